@@ -1,0 +1,284 @@
+"""Every event a trainbus run can carry, as one tagged union of frozen msgspec Structs.
+
+The training loop, with each event at the line where it fires (the Hugging Face callback points)::
+
+    RunStarted(config, hparams)                       # the run's identity card, once
+    InitEnd                                           # end of Trainer.__init__
+    TrainBegin
+    for epoch in epochs:
+        EpochBegin
+        for update_step in epoch:
+            StepBegin                                 # first micro-batch of the window
+            for micro_batch in window[:-1]:
+                forward; backward; SubstepEnd
+            forward; backward (last micro-batch); clip
+            PreOptimizerStep; optimizer.step(); OptimizerStep
+            scheduler.step(); zero_grad; global_step += 1
+            StepEnd
+            [Log(logs)] [PredictionStep * N, Log(eval logs), Evaluate(metrics)] [Save, Artifact]
+        EpochEnd
+        [Log] [PredictionStep * N, Log, Evaluate] [Save, Artifact]
+    Log(summary); TrainEnd
+    RunFinished(status)                               # completed / stopped / failed / killed
+
+    predict():      PredictionStep * N, Predict(metrics)
+    push_to_hub():  PushBegin
+
+Every event carries the same envelope: ``run_id``, ``seq`` (per-run, strictly increasing, assigned
+at publish time), ``global_step``, ``epoch``, ``time`` (Unix wall time, seconds) and ``rank``
+(global rank of the publishing process). Events hold plain data only: live objects (model,
+optimizer, data loaders) reach control callbacks as keyword arguments and never enter the journal.
+
+Schema evolution (the journal outlives the code that wrote it):
+
+* Tags never change and are never reused. A tag is the snake_case hook name without ``on_``
+  (``StepEnd`` -> ``"step_end"`` -> ``on_step_end``).
+* A new field always gets a default, so old journals still decode.
+* A field is never removed or retyped; deprecate it and add a new one instead.
+* A new event type gets a new tag; old readers reject it with a clear error instead of guessing.
+
+Non-finite floats survive msgpack (the journal's encoding) unchanged; JSON has no spelling for
+them, so ``encode_json`` writes them as ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "ALL_EVENT_TYPES",
+    "HF_EVENT_TYPES",
+    "RUN_EVENT_TYPES",
+    "Artifact",
+    "ArtifactKind",
+    "EpochBegin",
+    "EpochEnd",
+    "Evaluate",
+    "Event",
+    "EventBase",
+    "InitEnd",
+    "Log",
+    "MetricValue",
+    "OptimizerStep",
+    "PreOptimizerStep",
+    "Predict",
+    "PredictionStep",
+    "PushBegin",
+    "RunFinished",
+    "RunStarted",
+    "RunStatus",
+    "Save",
+    "StepBegin",
+    "StepEnd",
+    "SubstepEnd",
+    "TrainBegin",
+    "TrainEnd",
+    "decode_json",
+    "decode_msgpack",
+    "encode_json",
+    "encode_msgpack",
+    "hook_name",
+]
+
+MetricValue: TypeAlias = bool | int | float | str | None
+"""What a logged value may be. Sinks that only take numbers skip the rest."""
+
+RunStatus: TypeAlias = Literal["completed", "stopped", "failed", "killed"]
+ArtifactKind: TypeAlias = Literal["checkpoint", "model", "file", "directory"]
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event shares."""
+
+    run_id: str
+    seq: int
+    time: float
+    global_step: int = 0
+    epoch: float = 0.0
+    rank: int = 0
+
+
+# --- Hugging Face callback events -------------------------------------------------------------
+
+
+class InitEnd(EventBase, frozen=True, kw_only=True, tag="init_end"):
+    """End of ``Trainer.__init__``."""
+
+
+class TrainBegin(EventBase, frozen=True, kw_only=True, tag="train_begin"):
+    """Start of training, after model, optimizer and scheduler are ready."""
+
+    max_steps: int = 0
+    num_train_epochs: int = 0
+
+
+class TrainEnd(EventBase, frozen=True, kw_only=True, tag="train_end"):
+    """End of training, after the summary log and loading the best model."""
+
+
+class EpochBegin(EventBase, frozen=True, kw_only=True, tag="epoch_begin"):
+    """Start of an epoch."""
+
+
+class EpochEnd(EventBase, frozen=True, kw_only=True, tag="epoch_end"):
+    """End of an epoch, also when it was cut short by a stop flag or ``max_steps``."""
+
+
+class StepBegin(EventBase, frozen=True, kw_only=True, tag="step_begin"):
+    """First micro-batch of an optimizer step, before its forward pass."""
+
+
+class SubstepEnd(EventBase, frozen=True, kw_only=True, tag="substep_end"):
+    """After a micro-batch that is not the last of its accumulation window."""
+
+
+class PreOptimizerStep(EventBase, frozen=True, kw_only=True, tag="pre_optimizer_step"):
+    """After clipping, right before ``optimizer.step()``."""
+
+
+class OptimizerStep(EventBase, frozen=True, kw_only=True, tag="optimizer_step"):
+    """Right after ``optimizer.step()``, before the scheduler steps and gradients are zeroed."""
+
+
+class StepEnd(EventBase, frozen=True, kw_only=True, tag="step_end"):
+    """After ``global_step`` was incremented."""
+
+
+class Log(EventBase, frozen=True, kw_only=True, tag="log"):
+    """A log entry, exactly what ``on_log`` receives (``epoch`` included, ``step`` not)."""
+
+    logs: dict[str, MetricValue] = {}
+
+
+class Evaluate(EventBase, frozen=True, kw_only=True, tag="evaluate"):
+    """End of an evaluation; ``metrics`` carry their ``eval_`` prefix."""
+
+    metrics: dict[str, MetricValue] = {}
+
+
+class Predict(EventBase, frozen=True, kw_only=True, tag="predict"):
+    """End of ``predict()``; ``metrics`` carry their ``test_`` prefix."""
+
+    metrics: dict[str, MetricValue] = {}
+
+
+class PredictionStep(EventBase, frozen=True, kw_only=True, tag="prediction_step"):
+    """After one evaluation or prediction batch."""
+
+
+class Save(EventBase, frozen=True, kw_only=True, tag="save"):
+    """A checkpoint was fully written (files, ``trainer_state.json``, rotation)."""
+
+    checkpoint_dir: str | None = None
+
+
+class PushBegin(EventBase, frozen=True, kw_only=True, tag="push_begin"):
+    """Start of a push to a model hub."""
+
+
+# --- Run-level events -------------------------------------------------------------------------
+
+
+class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
+    """The run's identity card: arguments (secrets removed) and model hyper-parameters."""
+
+    run_name: str = ""
+    output_dir: str = ""
+    world_size: int = 1
+    config: dict[str, Any] = {}
+    hparams: dict[str, Any] = {}
+
+
+class Artifact(EventBase, frozen=True, kw_only=True, tag="artifact"):
+    """A file or directory a sink may upload (a checkpoint, the final model, ...)."""
+
+    path: str
+    kind: ArtifactKind = "file"
+    name: str = ""
+
+
+class RunFinished(EventBase, frozen=True, kw_only=True, tag="run_finished"):
+    """The run ended; ``error`` says why when ``status`` is ``failed``."""
+
+    status: RunStatus = "completed"
+    error: str | None = None
+
+
+Event: TypeAlias = (
+    InitEnd
+    | TrainBegin
+    | TrainEnd
+    | EpochBegin
+    | EpochEnd
+    | StepBegin
+    | SubstepEnd
+    | PreOptimizerStep
+    | OptimizerStep
+    | StepEnd
+    | Log
+    | Evaluate
+    | Predict
+    | PredictionStep
+    | Save
+    | PushBegin
+    | RunStarted
+    | Artifact
+    | RunFinished
+)
+
+HF_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (
+    InitEnd,
+    TrainBegin,
+    TrainEnd,
+    EpochBegin,
+    EpochEnd,
+    StepBegin,
+    SubstepEnd,
+    PreOptimizerStep,
+    OptimizerStep,
+    StepEnd,
+    Log,
+    Evaluate,
+    Predict,
+    PredictionStep,
+    Save,
+    PushBegin,
+)
+"""The sixteen Hugging Face callback events, each with an ``on_<tag>`` hook on ``TrainerCallback``."""
+
+RUN_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (RunStarted, Artifact, RunFinished)
+ALL_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = HF_EVENT_TYPES + RUN_EVENT_TYPES
+
+
+def hook_name(event_type: type[EventBase]) -> str:
+    """The callback method an event type maps to: ``StepEnd`` -> ``"on_step_end"``."""
+    tag = event_type.__struct_config__.tag
+    return f"on_{tag}"
+
+
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
+_msgpack_decoder: Final = msgspec.msgpack.Decoder(Event)
+_json_encoder: Final = msgspec.json.Encoder()
+_json_decoder: Final = msgspec.json.Decoder(Event)
+
+
+def encode_msgpack(event: Event) -> bytes:
+    """Encode one event as msgpack (the journal's record payload)."""
+    return _msgpack_encoder.encode(event)
+
+
+def decode_msgpack(data: bytes | memoryview) -> Event:
+    """Decode and validate one msgpack-encoded event; raises ``msgspec.ValidationError``."""
+    return _msgpack_decoder.decode(data)
+
+
+def encode_json(event: Event) -> bytes:
+    """Encode one event as JSON (non-finite floats become ``null``)."""
+    return _json_encoder.encode(event)
+
+
+def decode_json(data: bytes | str) -> Event:
+    """Decode and validate one JSON-encoded event; raises ``msgspec.ValidationError``."""
+    return _json_decoder.decode(data)

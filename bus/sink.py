@@ -1,0 +1,80 @@
+"""The sink interface: what a destination for events implements.
+
+A sink is an object with three coroutines: ``open()`` (all I/O starts here, never in
+``__init__``), ``write(batch)`` (deliver a batch; return normally only once the remote end has
+accepted it) and ``close()`` (flush whatever the sink buffers itself). The sink runtime
+(``bus.runtime``) owns everything else: the bounded queue, batching by count and latency, retries
+with backoff, the cursor into the journal, catch-up after an overflow, and isolation.
+
+A custom sink in a few lines::
+
+    class PrintLosses(Sink):
+        name = "print-losses"
+        events = (Log,)
+
+        async def write(self, batch: Sequence[Event]) -> None:
+            for event in batch:
+                print(event.global_step, event.logs.get("loss"))
+
+``write`` must be idempotent where the destination allows it: after a crash between the remote
+accepting a batch and the cursor being written, the runtime delivers that batch again
+(at-least-once). Raise ``RetryableSinkError`` for failures that may pass and
+``PermanentSinkError`` for those that never will; see ``bus.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from bus.events import RUN_EVENT_TYPES, Event, EventBase
+
+__all__ = ["Sink"]
+
+
+class Sink:
+    """Base class of every sink. Override ``write``; ``open`` and ``close`` are optional."""
+
+    name: ClassVar[str] = ""
+    """Stable identifier: names the sink's cursor file and its log lines. Defaults to the class name."""
+
+    events: ClassVar[tuple[type[EventBase], ...] | None] = None
+    """Event types this sink receives; ``None`` means every type."""
+
+    every: ClassVar[int] = 1
+    """Deliver step-bearing events only when ``global_step % every == 0``. Run-level events
+    (``RunStarted``, ``RunFinished``, ``Artifact``) always pass. Deterministic, so a replay
+    from the journal filters exactly as the live run did."""
+
+    max_batch_size: ClassVar[int] = 512
+    """Most events handed to one ``write`` call."""
+
+    max_batch_latency: ClassVar[float] = 1.0
+    """Longest time (seconds) an event waits for its batch to fill before it is written anyway."""
+
+    world_rank_zero_only: ClassVar[bool] = True
+    """Run this sink on global rank zero only (remote trackers); ``False`` for per-rank files."""
+
+    @property
+    def sink_name(self) -> str:
+        """The name used for cursors and logs."""
+        return self.name or type(self).__name__
+
+    def accepts(self, event: EventBase) -> bool:
+        """Whether this sink wants ``event``; the runtime calls it once per event."""
+        if self.events is not None and not isinstance(event, self.events):
+            return False
+        if self.every > 1 and not isinstance(event, RUN_EVENT_TYPES):
+            return event.global_step % self.every == 0
+        return True
+
+    async def open(self) -> None:
+        """Connect, create remote runs, open files. Called once before the first ``write``."""
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Deliver ``batch`` (in ``seq`` order); return only after the destination accepted it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement write(batch)")
+
+    async def close(self) -> None:
+        """Flush and release resources. Called once, after the last ``write``."""
+

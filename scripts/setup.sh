@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up trainbus in ./.venv. Usage: bash scripts/setup.sh [demo|test|bench]
+#   demo  (default) runtime + what the demo needs (scikit-learn's bundled digits, TensorBoard)
+#   test  runtime + test and lint tools (pytest, mlflow server, TensorBoard reader, ...)
+# Without an NVIDIA GPU it installs the CPU build of torch; with one, bring your own torch first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile="${1:-demo}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "${pip[@]}" torch
+  else
+    "${pip[@]}" "torch==2.13.0"
+  fi
+fi
+case "$profile" in
+  demo) "${pip[@]}" -e ".[demo]" ;;
+  test) "${pip[@]}" -e ".[test,lint]" ;;
+  bench) "${pip[@]}" -e ".[test,lint]" ;;
+  *) echo "setup.sh: unknown profile '$profile' (expected demo, test or bench)" >&2; exit 2 ;;
+esac
+echo "trainbus is set up in .venv ($profile)"

@@ -1,0 +1,1 @@
+"""trainbus: sinks package."""

@@ -1,0 +1,1 @@
+"""trainbus: trainer package."""
