@@ -1,0 +1,64 @@
+"""The one place where structlog is configured.
+
+Every other module only calls ``structlog.get_logger(__name__)``. Configuration happens once per
+process, the first time the orchestrator opens a run or the CLI starts, so that a host application
+that configured structlog itself keeps its own setup (pass ``force=True`` to override it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "is_configured"]
+
+_configured = False
+
+
+def is_configured() -> bool:
+    """Whether trainbus (or the host application) has configured structlog already."""
+    return _configured or structlog.is_configured()
+
+
+def configure_logging(
+    *,
+    level: int | str = logging.INFO,
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    force: bool = False,
+) -> None:
+    """Configure structlog: a console renderer on a terminal, one JSON object a line otherwise.
+
+    Idempotent: later calls do nothing unless ``force`` is set, so libraries embedding trainbus and
+    the CLI can both call it without fighting over the configuration.
+    """
+    global _configured
+    if is_configured() and not force:
+        return
+    out = stream if stream is not None else sys.stderr
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level must be a logging level name such as 'INFO', got {level!r}")
+    use_json = not out.isatty() if json is None else json
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if use_json:
+        # JSON needs the traceback as a string; the console renderer formats it itself.
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # Not cached: tests swap the configuration with structlog.testing.capture_logs().
+        cache_logger_on_first_use=False,
+    )
+    _configured = True

@@ -1,0 +1,172 @@
+"""``report_to`` names, the sink classes behind them, and how a name list becomes sink objects.
+
+The names are Hugging Face's, so a ``report_to`` copied from a ``transformers`` script means the
+same thing here. Each name maps to a ``"module:Class"`` string imported only when that integration
+is chosen (or probed for ``"all"``), so a vendor SDK is never imported unless it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol, cast, runtime_checkable
+
+import structlog
+
+from bus.errors import ConfigurationError
+from bus.sink import Sink
+
+__all__ = [
+    "INTEGRATIONS",
+    "SinkFactory",
+    "available_integrations",
+    "build_sinks",
+    "import_object",
+    "load_sink_class",
+    "resolve_report_to",
+]
+
+log = structlog.get_logger(__name__)
+
+INTEGRATIONS: Final[Mapping[str, str | None]] = {
+    "tensorboard": "sinks.tensorboard:TensorBoardSink",
+    "mlflow": "sinks.mlflow:MLflowSink",
+    "comet_ml": "sinks.comet:CometSink",
+    "wandb": None,
+    "azure_ml": None,
+    "codecarbon": None,
+    "clearml": None,
+    "dagshub": None,
+    "flyte": None,
+    "dvclive": None,
+    "swanlab": None,
+}
+"""Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""
+
+
+@runtime_checkable
+class SinkFactory(Protocol):
+    """What a registered sink class offers besides the ``Sink`` interface."""
+
+    @classmethod
+    def is_available(cls, env: Mapping[str, str]) -> bool: ...
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Sink: ...
+
+
+def import_object(spec: str, *, field: str) -> Any:
+    """Import ``"package.module:attribute"``; errors name ``field`` for the user to fix."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigurationError(f"{field} must look like 'package.module:name', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{field} = {spec!r}: cannot import module {module_name!r} ({exc})"
+        ) from exc
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(
+                f"{field} = {spec!r}: module {module_name!r} has no attribute {attr!r}"
+            ) from None
+    return obj
+
+
+def _valid_names() -> str:
+    return ", ".join(repr(name) for name in ("all", "none", *INTEGRATIONS))
+
+
+def load_sink_class(name: str) -> type[Sink]:
+    """The sink class behind a ``report_to`` name, imported now."""
+    if name not in INTEGRATIONS:
+        raise ConfigurationError(
+            f"report_to contains unknown integration {name!r}; expected one of {_valid_names()}"
+        )
+    spec = INTEGRATIONS[name]
+    if spec is None:
+        raise ConfigurationError(
+            f"report_to integration {name!r} is not implemented yet in trainbus; implemented: "
+            + ", ".join(repr(n) for n, s in INTEGRATIONS.items() if s is not None)
+        )
+    cls = import_object(spec, field=f"report_to[{name!r}]")
+    if not (isinstance(cls, type) and issubclass(cls, Sink)):
+        raise ConfigurationError(f"report_to integration {name!r} ({spec}) is not a Sink subclass")
+    return cls
+
+
+def _is_available(name: str, env: Mapping[str, str]) -> bool:
+    spec = INTEGRATIONS[name]
+    if spec is None:
+        return False
+    try:
+        cls = load_sink_class(name)
+    except ConfigurationError as exc:
+        log.debug("integration_unavailable", integration=name, reason=str(exc))
+        return False
+    probe = getattr(cls, "is_available", None)
+    return bool(probe(env)) if callable(probe) else True
+
+
+def available_integrations(env: Mapping[str, str]) -> list[str]:
+    """The implemented integrations whose requirements ``env`` and the installed packages meet."""
+    return [name for name in INTEGRATIONS if _is_available(name, env)]
+
+
+def resolve_report_to(report_to: str | Sequence[str] | None, env: Mapping[str, str]) -> list[str]:
+    """Normalise ``report_to`` as Hugging Face does: ``"all"``, ``"none"``, one name or a list."""
+    if report_to is None:
+        names: list[str] = ["all"]
+    elif isinstance(report_to, str):
+        names = [report_to]
+    else:
+        names = list(report_to)
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigurationError(
+                f"report_to must hold integration names (strings), got {name!r}"
+            )
+    if not names:
+        return []
+    if names == ["all"]:
+        return available_integrations(env)
+    if names == ["none"]:
+        return []
+    if "all" in names or "none" in names:
+        raise ConfigurationError(
+            f"report_to may use 'all' or 'none' only on their own, got {names!r}"
+        )
+    resolved: list[str] = []
+    for name in names:
+        load_sink_class(name)  # unknown or unimplemented names fail here, before training
+        if name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def build_sinks(
+    names: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    run_dir: Path,
+    run_name: str,
+    world_rank: int = 0,
+) -> list[Sink]:
+    """Instantiate the sinks for resolved names; rank-zero-only sinks are left out elsewhere."""
+    sinks: list[Sink] = []
+    for name in names:
+        cls = load_sink_class(name)
+        if cls.world_rank_zero_only and world_rank != 0:
+            continue
+        from_env = getattr(cls, "from_env", None)
+        if callable(from_env):
+            sink = cast(Sink, from_env(env, run_dir=run_dir, run_name=run_name))
+        else:
+            sink = cls()
+        sinks.append(sink)
+    return sinks
