@@ -1,0 +1,457 @@
+"""`TrainerCallback` and `CallbackHandler`: Hugging Face's callback contract, dispatched cheaply.
+
+The handler keeps Hugging Face's semantics (registration order, the per-event flag resets,
+``control`` threaded through the callbacks, the common keyword arguments) and adds two things:
+
+* For every event it precomputes the callbacks whose class really overrides that hook, so the
+  no-op hooks inherited from `TrainerCallback` (ours or `transformers`') cost nothing per step.
+* ``async def`` hooks. With a ``bus`` attached, every dispatch goes through
+  ``bus.barrier(hooks, args, state, control, **kwargs)``, which runs plain hooks inline and awaits
+  coroutine hooks on the bus's event loop. Without a bus, an event that has coroutine hooks is
+  run to completion in place with `anyio.run`; from inside a running event loop that is
+  impossible, so the handler raises `RuntimeError` telling the caller to attach a bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import structlog
+
+if TYPE_CHECKING:
+    from trainer.arguments import TrainingArguments
+    from trainer.state import TrainerControl, TrainerState
+
+__all__ = ["EVENT_NAMES", "Barrier", "CallbackHandler", "Hook", "TrainerCallback"]
+
+_log = structlog.get_logger(__name__)
+
+EVENT_NAMES: Final = (
+    "on_init_end",
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_begin",
+    "on_substep_end",
+    "on_pre_optimizer_step",
+    "on_optimizer_step",
+    "on_step_end",
+    "on_evaluate",
+    "on_predict",
+    "on_save",
+    "on_log",
+    "on_prediction_step",
+    "on_push_begin",
+)
+"""The sixteen hooks, in the order Hugging Face documents them."""
+
+Hook = Callable[..., Any]
+"""A bound ``on_*`` method: ``(args, state, control, **kwargs) -> TrainerControl | None``."""
+
+
+class Barrier(Protocol):
+    """What the handler needs from the bus: run hooks in order and return the final control."""
+
+    def barrier(
+        self,
+        hooks: tuple[Hook, ...],
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> TrainerControl: ...
+
+
+class TrainerCallback:
+    """Base class for control callbacks: every hook is a no-op that the handler never calls.
+
+    A hook receives ``args``, ``state`` and ``control`` positionally and the common keyword
+    arguments (``model``, ``processing_class``, ``optimizer``, ``lr_scheduler``,
+    ``train_dataloader``, ``eval_dataloader``, plus ``logs`` or ``metrics`` where they apply). It
+    may edit ``control`` in place or return a replacement; ``async def`` hooks are allowed.
+    """
+
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """End of the trainer's constructor."""
+        return None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """Start of training; ``should_training_stop`` was just cleared."""
+        return None
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """End of training, after the summary log and loading the best model."""
+        return None
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """Start of an epoch; ``should_epoch_stop`` was just cleared."""
+        return None
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """End of an epoch, also one cut short by a stop flag or ``max_steps``."""
+        return None
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """First micro-batch of an update; log/evaluate/save flags were just cleared."""
+        return None
+
+    def on_substep_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """After a micro-batch that is not the last of its accumulation window."""
+        return None
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """After clipping, before ``optimizer.step()``: gradients are still there."""
+        return None
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """After ``optimizer.step()``, before gradients are zeroed."""
+        return None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """After ``global_step`` was incremented; the place to raise log/evaluate/save flags."""
+        return None
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """End of an evaluation; ``metrics`` carry the ``eval_`` prefix."""
+        return None
+
+    def on_predict(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """End of ``predict()``; ``metrics`` carry the ``test_`` prefix."""
+        return None
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """A checkpoint was fully written."""
+        return None
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """A log entry (``logs``) was appended to ``state.log_history``."""
+        return None
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """After one evaluation or prediction batch."""
+        return None
+
+    def on_push_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl | None:
+        """Start of a push to a model hub; the returned control is ignored."""
+        return None
+
+
+def _is_base_hook(klass: type) -> bool:
+    """Whether ``klass`` is a base class whose hooks are all no-ops (ours or transformers')."""
+    if klass is TrainerCallback:
+        return True
+    return klass.__name__ == "TrainerCallback" and klass.__module__.startswith("transformers")
+
+
+def overridden_hook(callback: object, name: str) -> Hook | None:
+    """The bound hook ``name`` of ``callback``, or None when calling it would do nothing."""
+    instance_attrs = getattr(callback, "__dict__", {})
+    if name in instance_attrs:
+        hook: Hook = getattr(callback, name)
+        return hook
+    for klass in type(callback).__mro__:
+        if name in vars(klass):
+            if _is_base_hook(klass):
+                return None
+            bound: Hook = getattr(callback, name)
+            return bound
+    return None
+
+
+def _has_flow(callbacks: Iterable[object]) -> bool:
+    return any(
+        klass.__name__ == "DefaultFlowCallback" for cb in callbacks for klass in type(cb).__mro__
+    )
+
+
+class CallbackHandler:
+    """Holds the ordered callbacks and dispatches each event to those that listen to it."""
+
+    def __init__(
+        self,
+        callbacks: Iterable[object],
+        model: Any = None,
+        processing_class: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+    ) -> None:
+        self.callbacks: list[Any] = []
+        self.model = model
+        self.processing_class = processing_class
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.train_dataloader: Any = None
+        self.eval_dataloader: Any = None
+        self.bus: Barrier | None = None
+        self._hooks: dict[str, tuple[Hook, ...]] = {}
+        self._async_events: frozenset[str] = frozenset()
+        for callback in callbacks:
+            self.add_callback(callback)
+        self._rebuild()
+        if not _has_flow(self.callbacks):
+            _log.warning(
+                "The Trainer will not work properly if you don't have a `DefaultFlowCallback` in "
+                "its callbacks. You should add one before training with "
+                "`trainer.add_callback(DefaultFlowCallback)`. The current list of callbacks is\n"
+                + self.callback_list
+            )
+
+    # --- registration (Hugging Face's exact semantics) --------------------------------------
+
+    def add_callback(self, callback: object) -> None:
+        """Append a callback (a class is instantiated); a second one of a class only warns."""
+        cb = callback() if isinstance(callback, type) else callback
+        cb_class = callback if isinstance(callback, type) else type(callback)
+        if cb_class in [type(c) for c in self.callbacks]:
+            _log.warning(
+                f"You are adding a {cb_class} to the callbacks of this Trainer, but there is "
+                "already one. The current list of callbacks is\n:" + self.callback_list
+            )
+        self.callbacks.append(cb)
+        self._rebuild()
+
+    def pop_callback(self, callback: object) -> Any:
+        """Remove and return the first match (a class matches subclasses), or None."""
+        for cb in self.callbacks:
+            if (isinstance(callback, type) and isinstance(cb, callback)) or cb == callback:
+                self.callbacks.remove(cb)
+                self._rebuild()
+                return cb
+        return None
+
+    def remove_callback(self, callback: object) -> None:
+        """Remove the first match; an instance that is not registered raises ValueError."""
+        if isinstance(callback, type):
+            for cb in self.callbacks:
+                if isinstance(cb, callback):
+                    self.callbacks.remove(cb)
+                    break
+        else:
+            self.callbacks.remove(callback)
+        self._rebuild()
+
+    @property
+    def callback_list(self) -> str:
+        return "\n".join(type(cb).__name__ for cb in self.callbacks)
+
+    def listeners(self, event: str) -> tuple[Hook, ...]:
+        """The hooks ``event`` will call, in order (empty when nobody overrides it)."""
+        return self._hooks.get(event, ())
+
+    def _rebuild(self) -> None:
+        """Work out once which callbacks listen to which event, so dispatch loops stay tight."""
+        hooks: dict[str, tuple[Hook, ...]] = {}
+        async_events: set[str] = set()
+        for event in EVENT_NAMES:
+            found = [overridden_hook(cb, event) for cb in self.callbacks]
+            listening = tuple(hook for hook in found if hook is not None)
+            hooks[event] = listening
+            if any(inspect.iscoroutinefunction(hook) for hook in listening):
+                async_events.add(event)
+        self._hooks = hooks
+        self._async_events = frozenset(async_events)
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def call_event(
+        self,
+        event: str,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        """Run ``event``'s listeners in order, threading ``control``; return the final one."""
+        hooks = self._hooks[event]
+        if not hooks:
+            return control
+        kwargs = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+            **kwargs,
+        }
+        if self.bus is not None:
+            return self.bus.barrier(hooks, args, state, control, **kwargs)
+        if event in self._async_events:
+            return _run_with_coroutines(event, hooks, args, state, control, kwargs)
+        for hook in hooks:
+            result = hook(args, state, control, **kwargs)
+            if result is not None:
+                control = result
+        return control
+
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_init_end", args, state, control, **kwargs)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        control.should_training_stop = False
+        return self.call_event("on_train_begin", args, state, control, **kwargs)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_train_end", args, state, control, **kwargs)
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        control.should_epoch_stop = False
+        return self.call_event("on_epoch_begin", args, state, control, **kwargs)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_epoch_end", args, state, control, **kwargs)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        control.should_log = False
+        control.should_evaluate = False
+        control.should_save = False
+        return self.call_event("on_step_begin", args, state, control, **kwargs)
+
+    def on_substep_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_substep_end", args, state, control, **kwargs)
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
+
+    def on_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_optimizer_step", args, state, control, **kwargs)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_step_end", args, state, control, **kwargs)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any],
+        **kwargs: Any,
+    ) -> TrainerControl:
+        control.should_evaluate = False
+        return self.call_event("on_evaluate", args, state, control, metrics=metrics, **kwargs)
+
+    def on_predict(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any],
+        **kwargs: Any,
+    ) -> TrainerControl:
+        return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        control.should_save = False
+        return self.call_event("on_save", args, state, control, **kwargs)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any],
+        **kwargs: Any,
+    ) -> TrainerControl:
+        control.should_log = False
+        return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
+
+    def on_prediction_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_prediction_step", args, state, control, **kwargs)
+
+    def on_push_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        return self.call_event("on_push_begin", args, state, control, **kwargs)
+
+
+def _run_with_coroutines(
+    event: str,
+    hooks: tuple[Hook, ...],
+    args: TrainingArguments,
+    state: TrainerState,
+    control: TrainerControl,
+    kwargs: dict[str, Any],
+) -> TrainerControl:
+    """Dispatch an event with ``async def`` hooks when no bus is attached: one `anyio.run`."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop on this thread: running one in place is safe
+    else:
+        raise RuntimeError(
+            f"{event} has async hooks and is dispatched from inside a running event loop "
+            "without a bus; attach a bus (handler.bus) so they are awaited on its loop."
+        )
+
+    async def run_all() -> TrainerControl:
+        current = control
+        for hook in hooks:
+            result = hook(args, state, current, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                current = result
+        return current
+
+    return anyio.run(run_all)
