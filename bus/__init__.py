@@ -1,1 +1,104 @@
-"""trainbus: bus package."""
+"""The trainbus event bus: typed events, the run journal and the sink runtime (torch-free)."""
+
+from __future__ import annotations
+
+from bus.bus import Bus, Hook
+from bus.cursor import CursorStore
+from bus.errors import (
+    ConfigurationError,
+    JournalCorruptError,
+    JournalError,
+    PermanentSinkError,
+    RetryableSinkError,
+    SinkError,
+    TrainbusError,
+)
+from bus.events import (
+    ALL_EVENT_TYPES,
+    HF_EVENT_TYPES,
+    RUN_EVENT_TYPES,
+    Artifact,
+    ArtifactKind,
+    EpochBegin,
+    EpochEnd,
+    Evaluate,
+    Event,
+    EventBase,
+    InitEnd,
+    Log,
+    MetricValue,
+    OptimizerStep,
+    Predict,
+    PredictionStep,
+    PreOptimizerStep,
+    PushBegin,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    Save,
+    StepBegin,
+    StepEnd,
+    SubstepEnd,
+    TrainBegin,
+    TrainEnd,
+    hook_name,
+)
+from bus.journal import JournalReader, JournalWriter, RepairReport, TornTail, repair_journal
+from bus.retry import RetryPolicy
+from bus.runtime import replay
+from bus.sink import Sink
+from bus.stats import SinkMode, SinkReport, SinkStats
+from bus.stream import Subscription
+
+__all__ = [
+    "ALL_EVENT_TYPES",
+    "HF_EVENT_TYPES",
+    "RUN_EVENT_TYPES",
+    "Artifact",
+    "ArtifactKind",
+    "Bus",
+    "ConfigurationError",
+    "CursorStore",
+    "EpochBegin",
+    "EpochEnd",
+    "Evaluate",
+    "Event",
+    "EventBase",
+    "Hook",
+    "InitEnd",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalReader",
+    "JournalWriter",
+    "Log",
+    "MetricValue",
+    "OptimizerStep",
+    "PermanentSinkError",
+    "PreOptimizerStep",
+    "Predict",
+    "PredictionStep",
+    "PushBegin",
+    "RepairReport",
+    "RetryPolicy",
+    "RetryableSinkError",
+    "RunFinished",
+    "RunStarted",
+    "RunStatus",
+    "Save",
+    "Sink",
+    "SinkError",
+    "SinkMode",
+    "SinkReport",
+    "SinkStats",
+    "StepBegin",
+    "StepEnd",
+    "SubstepEnd",
+    "Subscription",
+    "TornTail",
+    "TrainBegin",
+    "TrainEnd",
+    "TrainbusError",
+    "hook_name",
+    "repair_journal",
+    "replay",
+]

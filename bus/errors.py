@@ -3,7 +3,7 @@
 ::
 
     TrainbusError
-    ├── ConfigurationError          (also a ValueError) bad user input, raised before training starts
+    ├── ConfigurationError          (also a ValueError) bad user input, raised before training
     ├── JournalError                the run journal cannot be read or written
     │   └── JournalCorruptError     a record failed its checksum or framing (not a torn tail)
     └── SinkError                   a sink could not deliver a batch
@@ -50,7 +50,7 @@ class SinkError(TrainbusError):
 
 
 class RetryableSinkError(SinkError):
-    """Delivery failed for a reason that may pass; ``retry_after`` is the server's hint in seconds."""
+    """Delivery failed for a reason that may pass; ``retry_after`` is the server's hint (s)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

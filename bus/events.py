@@ -246,7 +246,7 @@ HF_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (
     Save,
     PushBegin,
 )
-"""The sixteen Hugging Face callback events, each with an ``on_<tag>`` hook on ``TrainerCallback``."""
+"""The sixteen Hugging Face callback events, each with an ``on_<tag>`` hook on TrainerCallback."""
 
 RUN_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (RunStarted, Artifact, RunFinished)
 ALL_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = HF_EVENT_TYPES + RUN_EVENT_TYPES

@@ -25,7 +25,6 @@ accepting a batch and the cursor being written, the runtime delivers that batch 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 from bus.events import RUN_EVENT_TYPES, Event, EventBase
 
@@ -35,24 +34,24 @@ __all__ = ["Sink"]
 class Sink:
     """Base class of every sink. Override ``write``; ``open`` and ``close`` are optional."""
 
-    name: ClassVar[str] = ""
-    """Stable identifier: names the sink's cursor file and its log lines. Defaults to the class name."""
+    name: str = ""
+    """Stable identifier: names the sink's cursor file and log lines (default: the class name)."""
 
-    events: ClassVar[tuple[type[EventBase], ...] | None] = None
+    events: tuple[type[EventBase], ...] | None = None
     """Event types this sink receives; ``None`` means every type."""
 
-    every: ClassVar[int] = 1
+    every: int = 1
     """Deliver step-bearing events only when ``global_step % every == 0``. Run-level events
     (``RunStarted``, ``RunFinished``, ``Artifact``) always pass. Deterministic, so a replay
     from the journal filters exactly as the live run did."""
 
-    max_batch_size: ClassVar[int] = 512
+    max_batch_size: int = 512
     """Most events handed to one ``write`` call."""
 
-    max_batch_latency: ClassVar[float] = 1.0
+    max_batch_latency: float = 1.0
     """Longest time (seconds) an event waits for its batch to fill before it is written anyway."""
 
-    world_rank_zero_only: ClassVar[bool] = True
+    world_rank_zero_only: bool = True
     """Run this sink on global rank zero only (remote trackers); ``False`` for per-rank files."""
 
     @property
@@ -77,4 +76,3 @@ class Sink:
 
     async def close(self) -> None:
         """Flush and release resources. Called once, after the last ``write``."""
-

@@ -1,0 +1,356 @@
+"""The bus: a training thread publishes, an event loop journals and fans out.
+
+Two sides, one object. The *training side* (``emit``, ``publish``, ``barrier``, ``fsync``) is
+called from whatever thread trains. Publishing appends to a deque under a lock that is never
+held across I/O, and schedules at most one loop wake-up per burst: the flag that says "a wake-up
+is on its way" is cleared by the loop only once it has found the deque empty, so while the
+training thread keeps publishing it never pays for another one. The *loop side* (``async with
+bus``) drains the deque in bursts, appends each burst to the journal with one write, and hands
+it to every sink runner and live subscription.
+
+The loop may run in a background thread (``trainer.train()`` in a plain script, through a
+blocking portal) or be the host application's loop while training runs in a worker thread
+(``train_async``); the training side works the same in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from inspect import iscoroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar, cast
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import msgspec
+import structlog
+
+from bus.cursor import CursorStore
+from bus.errors import ConfigurationError, JournalError
+from bus.events import Event, EventBase
+from bus.journal import JournalWriter
+from bus.retry import RetryPolicy
+from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from bus.sink import Sink
+from bus.stats import SinkReport, SinkStats
+from bus.stream import Subscription
+
+__all__ = ["Bus", "Hook"]
+
+log = structlog.get_logger(__name__)
+
+E = TypeVar("E", bound=EventBase)
+C = TypeVar("C")
+Hook = Callable[..., Any]
+"""A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
+
+_BURST: Final = 4096
+_UNSTARTED_LIMIT: Final = 65536
+
+
+async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
+    return await coro
+
+
+class Bus:
+    """One run's (and one rank's) event bus. See ``docs/architecture.md`` for the contract.
+
+    ``journal_path=None`` with sinks keeps the journal in a temporary directory removed at
+    close (sinks still never drop events, but nothing is left for ``trainbus sync``); with
+    neither a journal nor sinks the bus only serves barriers and live streams, and keeps at most
+    the newest 65,536 events while no loop is running.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        rank: int = 0,
+        journal_path: str | Path | None = None,
+        cursor_dir: str | Path | None = None,
+        sinks: Sequence[Sink] = (),
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        close_deadline: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        if not run_id:
+            raise ConfigurationError("Bus(run_id=...) must be a non-empty string.")
+        if queue_size < 1:
+            raise ConfigurationError(f"Bus(queue_size=...) must be at least 1, got {queue_size}.")
+        if close_deadline < 0:
+            raise ConfigurationError(
+                f"Bus(close_deadline=...) must be >= 0 seconds, got {close_deadline}."
+            )
+        names = [s.sink_name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(
+                f"Bus(sinks=...) needs distinct sink names (they name cursor files), got {names}."
+            )
+        self.run_id = run_id
+        self.rank = rank
+        self.journal_path = Path(journal_path) if journal_path is not None else None
+        self.cursor_dir = Path(cursor_dir) if cursor_dir is not None else None
+        self.sinks = [s for s in sinks if rank == 0 or not s.world_rank_zero_only]
+        self.close_deadline = close_deadline
+        self.report: dict[str, SinkReport] | None = None
+        """Per sink, how the run ended for it; set when the bus closes."""
+        self._queue_size = queue_size
+        self._policy = retry_policy
+        bounded = self.journal_path is None and not self.sinks
+        self._pending: deque[Event] = deque(maxlen=_UNSTARTED_LIMIT if bounded else None)
+        self._lock = threading.Lock()
+        self._next_seq = 0
+        self._wake_scheduled = False
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._wakeup = anyio.Event()
+        self._journal: JournalWriter | None = None
+        self._tmpdir: str | None = None
+        self._runners: list[SinkRunner] = []
+        self._subscriptions: list[Subscription] = []
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._drainer_scope: anyio.CancelScope | None = None
+
+    # --- training side: any thread ------------------------------------------------------------
+
+    def emit(self, event_type: type[E], /, **fields: Any) -> E:
+        """Build an event with this bus's envelope (run_id, seq, time, rank) and publish it."""
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            event = event_type(
+                run_id=self.run_id, seq=seq, time=time.time(), rank=self.rank, **fields
+            )
+            self._pending.append(cast(Event, event))
+        if not self._wake_scheduled:
+            self._schedule_wake()
+        return event
+
+    def publish(self, event: E) -> E:
+        """Publish a ready-made event; it gets this bus's next ``seq``, ``run_id`` and ``rank``."""
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            if event.seq != seq or event.run_id != self.run_id or event.rank != self.rank:
+                event = msgspec.structs.replace(event, seq=seq, run_id=self.run_id, rank=self.rank)
+            self._pending.append(cast(Event, event))
+        if not self._wake_scheduled:
+            self._schedule_wake()
+        return event
+
+    def _schedule_wake(self) -> None:
+        call_soon = self._call_soon
+        if call_soon is None:
+            return  # no loop yet (or any more): the events wait for the next start
+        self._wake_scheduled = True
+        try:
+            call_soon(self._on_wake)
+        except RuntimeError:  # the loop closed under us; nothing left to wake
+            self._wake_scheduled = False
+
+    def _on_wake(self) -> None:
+        self._wakeup.set()
+
+    def barrier(self, hooks: Sequence[Hook], args: Any, state: Any, control: C, **kwargs: Any) -> C:
+        """Run control callbacks in order, as Hugging Face's callback handler does.
+
+        Each hook is called as ``hook(args, state, control, **kwargs)``; a non-``None`` return
+        replaces the control object the next hook sees, and the last one is returned. Plain
+        hooks run inline on the calling thread; ``async def`` hooks are awaited on the bus's
+        loop while the caller waits. Exceptions propagate, as in Hugging Face.
+        """
+        for hook in hooks:
+            result = hook(args, state, control, **kwargs)
+            if result is not None:
+                if iscoroutine(result):
+                    result = self._await_on_loop(result)
+                    if result is None:
+                        continue
+                control = result
+        return control
+
+    async def abarrier(
+        self, hooks: Sequence[Hook], args: Any, state: Any, control: C, **kwargs: Any
+    ) -> C:
+        """``barrier`` for code already on the bus's loop (plain hooks then run on the loop)."""
+        for hook in hooks:
+            result = hook(args, state, control, **kwargs)
+            if iscoroutine(result):
+                result = await result
+            if result is not None:
+                control = result
+        return control
+
+    def _await_on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        token = self._token
+        if token is None:
+            return anyio.run(_await, coro)
+        if threading.get_ident() == self._loop_thread:
+            coro.close()
+            raise RuntimeError(
+                "Bus.barrier() was called on the bus's own event loop thread with an async hook; "
+                "use `await bus.abarrier(...)` there."
+            )
+        return anyio.from_thread.run(_await, coro, token=token)
+
+    def fsync(self) -> None:
+        """Block until every event published so far is in the journal and durable on disk."""
+        token = self._token
+        if token is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("Bus.fsync() blocks; on the bus's loop use `await bus.afsync()`.")
+        anyio.from_thread.run(self.afsync, token=token)
+
+    def stats(self) -> dict[str, SinkStats]:
+        """Per sink: counts, lag and mode. Safe to call from any thread (a best-effort snapshot)."""
+        return {runner.name: runner.stats() for runner in list(self._runners)}
+
+    # --- loop side ----------------------------------------------------------------------------
+
+    async def afsync(self) -> None:
+        """``fsync`` for code on the bus's loop."""
+        await self.drain()
+        if self._journal is not None:
+            await anyio.to_thread.run_sync(self._journal.fsync)
+
+    async def drain(self) -> None:
+        """Journal and fan out every event published so far (tests and checkpoints use it)."""
+        pending = self._pending
+        while True:
+            if not pending:
+                self._wake_scheduled = False
+                if not pending:
+                    return
+            batch = [pending.popleft() for _ in range(min(len(pending), _BURST))]
+            self._dispatch(batch)
+            await anyio.lowlevel.checkpoint()
+
+    def _dispatch(self, batch: list[Event]) -> None:
+        if self._journal is not None:
+            self._journal.append(batch)
+        for runner in self._runners:
+            runner.offer(batch)
+        for subscription in self._subscriptions:
+            subscription.offer(batch)
+
+    async def _drain_forever(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.CancelScope() as self._drainer_scope:
+            task_status.started()
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                await self.drain()
+
+    def stream(self, *event_types: type[EventBase], max_buffer: int = 1024) -> Subscription:
+        """Subscribe to events (all, or ``event_types``) as they are published; call on the loop.
+
+        Bounded: a subscriber more than ``max_buffer`` events behind loses the oldest ones
+        (``Subscription.dropped`` counts them). The stream ends when the bus closes.
+        """
+        subscription = Subscription(event_types, max_buffer, self._subscriptions.remove)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def __aenter__(self) -> Bus:
+        if self._token is not None:
+            raise RuntimeError("This Bus is already running; a bus is entered once at a time.")
+        self._open_journal()
+        cursors = CursorStore(self.cursor_dir)
+        if self._journal is not None:
+            self._runners = [
+                SinkRunner(
+                    s, self._journal, cursors, policy=self._policy, queue_size=self._queue_size
+                )
+                for s in self.sinks
+            ]
+        token = anyio.lowlevel.current_token()
+        native = token.native_token
+        if isinstance(native, asyncio.AbstractEventLoop):
+            self._call_soon = native.call_soon_threadsafe
+        else:
+            self._call_soon = native.run_sync_soon  # type: ignore[attr-defined]  # a TrioToken
+        self._token = token
+        self._loop_thread = threading.get_ident()
+        self._wakeup = anyio.Event()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        await task_group.start(self._drain_forever)
+        for runner in self._runners:
+            task_group.start_soon(runner.run, name=f"trainbus sink {runner.name}")
+        log.info(
+            "bus_started", run_id=self.run_id, rank=self.rank, sinks=[r.name for r in self._runners]
+        )
+        self._wakeup.set()  # events published before the start
+        return self
+
+    def _open_journal(self) -> None:
+        path = self.journal_path
+        if path is None and self.sinks:
+            self._tmpdir = tempfile.mkdtemp(prefix="trainbus-")
+            path = Path(self._tmpdir) / "journal.tbj"
+        if path is None:
+            return
+        self._journal = JournalWriter.open(path)
+        last = self._journal.last_seq
+        with self._lock:
+            if last >= self._next_seq:
+                if self._next_seq > 0:
+                    self._journal.close()
+                    raise JournalError(
+                        f"The journal {path} already holds events up to seq {last}, but this bus "
+                        f"published seq 0..{self._next_seq - 1} before it started."
+                    )
+                self._next_seq = last + 1
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group = self._task_group
+        if task_group is None:
+            raise RuntimeError("Bus.__aexit__ was called without a matching __aenter__.")
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.drain()
+            for runner in self._runners:
+                runner.begin_close(self.close_deadline)
+            for subscription in list(self._subscriptions):
+                subscription.close()
+            if self._drainer_scope is not None:
+                self._drainer_scope.cancel()
+        finally:
+            self._call_soon = None
+            try:
+                await task_group.__aexit__(None, None, None)
+            finally:
+                self._close_journal()
+
+    def _close_journal(self) -> None:
+        self.report = {r.name: r.report for r in self._runners if r.report is not None}
+        self._token = None
+        self._loop_thread = None
+        self._task_group = None
+        if self._journal is not None:
+            self._journal.close()
+        left = {name: r.undelivered for name, r in self.report.items() if r.undelivered}
+        if left:
+            where = "lost with the temporary journal" if self._tmpdir else "kept in the journal"
+            log.warning("bus_closed_with_backlog", undelivered=left, note=where)
+        log.info("bus_closed", run_id=self.run_id, rank=self.rank)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self._journal = None

@@ -1,0 +1,65 @@
+"""Per-sink cursors: the last journal ``seq`` a sink's destination acknowledged.
+
+A cursor moves only after the destination accepted a batch, and is replaced atomically (write a
+temporary file, then ``os.replace``), so after any crash it names a batch that really arrived. A
+crash between the acknowledgement and the cursor write makes the next run or ``trainbus sync``
+send that batch again: delivery is at-least-once, never at-most-once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from bus.errors import JournalError
+
+__all__ = ["CursorStore"]
+
+_SUFFIX: Final = ".cursor"
+
+
+class CursorStore:
+    """Cursor files under one directory (``<run>/cursors/<sink name>.cursor``), or memory only."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self._memory: dict[str, int] = {}
+
+    def path(self, sink_name: str) -> Path | None:
+        """Where ``sink_name``'s cursor lives, or ``None`` when cursors are kept in memory."""
+        if self.directory is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sink_name)
+        return self.directory / f"{safe}{_SUFFIX}"
+
+    def read(self, sink_name: str) -> int:
+        """The acknowledged seq, or -1 when the sink has acknowledged nothing yet."""
+        path = self.path(sink_name)
+        if path is None:
+            return self._memory.get(sink_name, -1)
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return -1
+        try:
+            return int(text)
+        except ValueError as exc:
+            raise JournalError(
+                f"The cursor file {path} should hold one integer seq, found {text[:40]!r}."
+            ) from exc
+
+    def write(self, sink_name: str, seq: int, *, durable: bool = False) -> None:
+        """Record ``seq`` as acknowledged; ``durable`` also fsyncs (used at close)."""
+        path = self.path(sink_name)
+        if path is None:
+            self._memory[sink_name] = seq
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{seq}\n")
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)

@@ -1,0 +1,334 @@
+"""The run journal: an append-only file of length-framed, checksummed msgpack records.
+
+The journal is the run's source of truth. Sinks that fall behind read it instead of holding events
+in memory, and ``trainbus sync`` replays it after the process is gone, so its format outlives the
+code that wrote it::
+
+    file    := FILE_MAGIC record*
+    record  := header payload
+    header  := marker:u16 flags:u16 length:u32 crc:u32 seq:u64      (little endian, 20 bytes)
+    payload := msgpack(event)                                         (``length`` bytes)
+    crc     := crc32(length:u32 seq:u64 payload)
+
+The sequence number sits in the header so a reader can skip to a ``seq`` without decoding, and the
+checksum covers it. A process killed mid-write leaves a *torn tail*: a partial or mismatching last
+record. Readers stop before it and report it; ``repair_journal`` (and the writer, when it reopens a
+journal) truncates it. Damage followed by intact records is not a torn tail but corruption, and
+raises ``JournalCorruptError`` instead of dropping the records after it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import zlib
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final, NamedTuple
+
+import msgspec
+import structlog
+
+from bus.errors import JournalCorruptError, JournalError
+from bus.events import Event, decode_msgpack
+
+__all__ = [
+    "FILE_MAGIC",
+    "JournalReader",
+    "JournalWriter",
+    "Record",
+    "RepairReport",
+    "TornTail",
+    "repair_journal",
+]
+
+log = structlog.get_logger(__name__)
+
+FILE_MAGIC: Final = b"TBJRNL\x00\x01"
+_MARKER: Final = 0xB5E7
+_HEADER: Final = struct.Struct("<HHIIQ")
+_LEN_SEQ: Final = struct.Struct("<IQ")
+_MAX_RECORD: Final = 64 * 1024 * 1024
+_INDEX_EVERY: Final = 4096
+_READ_CHUNK: Final = 1 << 20
+_MARKER_BYTES: Final = _MARKER.to_bytes(2, "little")
+_encode: Final = msgspec.msgpack.Encoder().encode
+
+
+class Record(NamedTuple):
+    """One framed record as found on disk; ``end`` is the offset just past it."""
+
+    offset: int
+    end: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Where a journal's intact records end and how many bytes after that are unusable."""
+
+    offset: int
+    dropped_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What ``repair_journal`` found: the last intact seq and the tail it cut off, if any."""
+
+    path: Path
+    records: int
+    last_seq: int
+    torn_tail: TornTail | None
+
+
+def _frame(seq: int, payload: bytes) -> bytes:
+    length = len(payload)
+    crc = zlib.crc32(payload, zlib.crc32(_LEN_SEQ.pack(length, seq)))
+    return _HEADER.pack(_MARKER, 0, length, crc, seq) + payload
+
+
+def _parse_at(data: bytes | memoryview, pos: int) -> tuple[Record | None, str]:
+    """Parse the record at ``pos`` of an in-memory buffer; ``(None, reason)`` when it is not one.
+
+    ``reason`` is ``"short"`` when the buffer ends inside the record (more bytes may follow).
+    """
+    if len(data) - pos < _HEADER.size:
+        return None, "short"
+    marker, flags, length, crc, seq = _HEADER.unpack_from(data, pos)
+    if marker != _MARKER or flags != 0 or length > _MAX_RECORD:
+        return None, "bad header"
+    end = pos + _HEADER.size + length
+    if end > len(data):
+        return None, "short"
+    payload = bytes(data[pos + _HEADER.size : end])
+    if zlib.crc32(payload, zlib.crc32(_LEN_SEQ.pack(length, seq))) != crc:
+        return None, "checksum mismatch"
+    return Record(pos, end, seq, payload), ""
+
+
+def _next_intact_record(data: bytes, start: int) -> int | None:
+    """Offset of the first intact record at or after ``start``, by searching for its marker."""
+    pos = data.find(_MARKER_BYTES, start)
+    while pos != -1:
+        if _parse_at(data, pos)[0] is not None:
+            return pos
+        pos = data.find(_MARKER_BYTES, pos + 1)
+    return None
+
+
+class JournalReader:
+    """Reads a journal written now or long ago; never decodes a damaged record.
+
+    After a scan stops early, ``torn_tail`` says where and why. Reading is safe while a writer in
+    the same process appends: the writer only hands events on after their records are complete.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.torn_tail: TornTail | None = None
+
+    def records(self, start_offset: int = len(FILE_MAGIC)) -> Generator[Record, None, None]:
+        """Every intact record from ``start_offset`` (a record boundary) to the end or torn tail."""
+        self.torn_tail = None
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 -- closed in the finally below; a generator
+        except FileNotFoundError as exc:
+            raise JournalError(f"The journal {self.path} does not exist.") from exc
+        try:
+            if start_offset <= len(FILE_MAGIC):
+                magic = f.read(len(FILE_MAGIC))
+                if magic != FILE_MAGIC:
+                    if FILE_MAGIC.startswith(magic):
+                        self.torn_tail = TornTail(0, len(magic), "incomplete file header")
+                        return
+                    raise JournalError(f"{self.path} is not a trainbus journal (bad file header).")
+                start_offset = len(FILE_MAGIC)
+            f.seek(start_offset)
+            buf = b""
+            base = start_offset
+            pos = 0
+            eof = False
+            while True:
+                record, reason = _parse_at(buf, pos)
+                if record is not None:
+                    yield Record(
+                        base + record.offset, base + record.end, record.seq, record.payload
+                    )
+                    pos = record.end
+                    continue
+                if reason == "short" and not eof:
+                    chunk = f.read(_READ_CHUNK)
+                    eof = not chunk
+                    buf = buf[pos:] + chunk
+                    base += pos
+                    pos = 0
+                    continue
+                if pos == len(buf):
+                    return
+                self._damaged(
+                    f, buf, base, pos, "truncated record" if reason == "short" else reason
+                )
+                return
+        finally:
+            f.close()
+
+    def _damaged(self, f: BinaryIO, buf: bytes, base: int, pos: int, reason: str) -> None:
+        rest = buf[pos:] + f.read()
+        found = _next_intact_record(rest, 1)
+        if found is not None:
+            raise JournalCorruptError(
+                f"The journal {self.path} has a damaged record at offset {base + pos} ({reason}) "
+                f"followed by intact records at offset {base + pos + found}; refusing to skip them."
+            )
+        self.torn_tail = TornTail(base + pos, len(rest), reason)
+        log.warning(
+            "journal_torn_tail", path=str(self.path), offset=base + pos, dropped_bytes=len(rest)
+        )
+
+    def read_from(self, seq: int = 0, *, start_offset: int = len(FILE_MAGIC)) -> Iterator[Event]:
+        """Events with ``event.seq >= seq`` in journal order; records before it are not decoded."""
+        for record in self.records(start_offset):
+            if record.seq >= seq:
+                yield _decode(self.path, record)
+
+    def last_seq(self) -> int:
+        """The seq of the last intact record, or -1 for an empty journal."""
+        last = -1
+        for record in self.records():
+            last = record.seq
+        return last
+
+
+def _decode(path: Path, record: Record) -> Event:
+    try:
+        return decode_msgpack(record.payload)
+    except msgspec.ValidationError as exc:
+        raise JournalError(
+            f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
+            f"checksum but is not an event this version understands: {exc}"
+        ) from exc
+
+
+def repair_journal(path: str | os.PathLike[str]) -> RepairReport:
+    """Truncate a torn tail so the journal can be appended to again; corruption still raises."""
+    reader = JournalReader(path)
+    count = 0
+    last = -1
+    end = len(FILE_MAGIC)
+    for record in reader.records():
+        count += 1
+        last = record.seq
+        end = record.end
+    tail = reader.torn_tail
+    if tail is not None:
+        with open(reader.path, "r+b") as f:
+            if tail.offset == 0:
+                f.truncate(0)
+                f.write(FILE_MAGIC)
+            else:
+                f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning(
+            "journal_repaired", path=str(reader.path), kept_records=count, **_tail_fields(tail)
+        )
+    return RepairReport(reader.path, count, last, tail)
+
+
+def _tail_fields(tail: TornTail) -> dict[str, object]:
+    return {"offset": tail.offset, "dropped_bytes": tail.dropped_bytes, "reason": tail.reason}
+
+
+class JournalWriter:
+    """Appends events; owned by the bus's event loop, which calls it once per drained burst.
+
+    Each ``append`` reaches the operating system (one ``os.write``) before it returns, so readers
+    in this process see whole records and a crash of the process loses nothing already appended;
+    ``fsync`` makes it survive a crash of the machine.
+    """
+
+    def __init__(self, path: Path, fd: int, offset: int, last_seq: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._offset = offset
+        self.last_seq = last_seq
+        self._index_seqs: list[int] = []
+        self._index_offsets: list[int] = []
+        self._since_index = _INDEX_EVERY
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> JournalWriter:
+        """Open or create the journal at ``path``, repairing a torn tail left by a crash."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        last = -1
+        if path.exists() and path.stat().st_size > 0:
+            last = repair_journal(path).last_seq
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        offset = os.fstat(fd).st_size
+        if offset == 0:
+            os.write(fd, FILE_MAGIC)
+            offset = len(FILE_MAGIC)
+        writer = cls(path, fd, offset, last)
+        if last >= 0:
+            writer._index_seqs.append(0)
+            writer._index_offsets.append(len(FILE_MAGIC))
+        return writer
+
+    @property
+    def end_offset(self) -> int:
+        """The offset one past the last appended record."""
+        return self._offset
+
+    def append(self, events: Sequence[Event]) -> None:
+        """Append ``events`` (seq strictly increasing) as one write."""
+        if not events:
+            return
+        frames = []
+        offset = self._offset
+        since = self._since_index
+        last = self.last_seq
+        for event in events:
+            seq = event.seq
+            if seq <= last:
+                raise JournalError(
+                    f"Event seq {seq} does not follow the journal's last seq {last}; "
+                    "sequence numbers must increase strictly."
+                )
+            frame = _frame(seq, _encode(event))
+            if since >= _INDEX_EVERY:
+                self._index_seqs.append(seq)
+                self._index_offsets.append(offset)
+                since = 0
+            since += 1
+            offset += len(frame)
+            frames.append(frame)
+            last = seq
+        data = b"".join(frames)
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._offset = offset
+        self._since_index = since
+        self.last_seq = last
+
+    def offset_for(self, seq: int) -> int:
+        """A record boundary at or before the record carrying ``seq``: where a reader starts."""
+        i = bisect.bisect_right(self._index_seqs, seq) - 1
+        return self._index_offsets[i] if i >= 0 else len(FILE_MAGIC)
+
+    def fsync(self) -> None:
+        """Make every appended record durable on disk."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Fsync and close; idempotent."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1

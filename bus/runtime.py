@@ -1,0 +1,391 @@
+"""The sink runtime: one task per sink that batches, retries, moves the cursor and catches up.
+
+Each sink is fed from a bounded in-memory queue while it keeps up (``live``). When the queue is
+full the runtime stops queueing for that sink and marks it ``catch-up``: once the queue is
+drained it reads the journal from the first event it missed, and goes back to ``live`` when it
+reaches the journal's end. Memory stays bounded and no event is dropped, however long a sink
+is stuck. The same runner, started on a finished journal, is ``replay`` for ``trainbus sync``.
+
+Everything here runs on the bus's event loop; ``offer`` is called by the bus right after a burst
+of events was appended to the journal, with no checkpoint in between, so "the journal's last
+seq" and "the last event offered" are always the same number when a runner looks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import structlog
+
+from bus.cursor import CursorStore
+from bus.errors import PermanentSinkError, RetryableSinkError
+from bus.events import Event
+from bus.journal import JournalReader, Record, _decode
+from bus.retry import RetryPolicy
+from bus.sink import Sink
+from bus.stats import SinkMode, SinkReport, SinkStats
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "JournalSource", "SinkRunner", "replay"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_QUEUE_SIZE = 8192
+_CLOSE_TIMEOUT = 10.0
+
+
+class JournalSource(Protocol):
+    """What a runner needs from the journal: where it is, how far it goes, where to start."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def offset_for(self, seq: int) -> int: ...
+
+
+class _FinishedJournal:
+    """A journal nobody writes to any more (``trainbus sync``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last_seq = JournalReader(path).last_seq()
+
+    def offset_for(self, seq: int) -> int:
+        return 0
+
+
+class SinkRunner:
+    """Delivers one sink's events; created and driven by the bus (or by ``replay``)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        source: JournalSource,
+        cursors: CursorStore,
+        *,
+        policy: RetryPolicy | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+    ) -> None:
+        self.sink = sink
+        self.name = sink.sink_name
+        self._source = source
+        self._cursors = cursors
+        self._policy = policy or RetryPolicy()
+        self._queue: deque[Event] = deque()
+        self._queue_size = max(queue_size, sink.max_batch_size)
+        self._first_queued_at = 0.0
+        self._wake = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._deadline = math.inf
+        self._closing = False
+        self._mode: SinkMode = "starting"
+        self.acked = cursors.read(self.name)
+        self._next_seq = self.acked + 1
+        self._records: Generator[Record, None, None] | None = None
+        self._opened = False
+        self._read_offset = 0
+        self._in_flight: Sequence[Event] = ()
+        self._delivered = self._retried = self._failed = self._skipped = self._crashes = 0
+        self._last_error: str | None = None
+        self.report: SinkReport | None = None
+
+    # --- fed by the bus -----------------------------------------------------------------------
+
+    def offer(self, events: Sequence[Event]) -> None:
+        """Queue the events this sink accepts, or switch to catch-up when the queue is full."""
+        if self._mode != "live":
+            return
+        queue = self._queue
+        accepts = self.sink.accepts
+        if not queue:
+            self._first_queued_at = time.monotonic()
+        for event in events:
+            if accepts(event):
+                if len(queue) >= self._queue_size:
+                    self._start_catch_up(event.seq)
+                    break
+                queue.append(event)
+        self._wake.set()
+
+    def begin_close(self, deadline: float) -> None:
+        """Deliver what is left, giving up ``deadline`` seconds from now."""
+        self._closing = True
+        self._deadline = anyio.current_time() + deadline
+        if self._scope is not None:
+            self._scope.deadline = self._deadline
+        self._wake.set()
+
+    # --- the task -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Open the sink, deliver until closed, close it and leave ``report``."""
+        try:
+            with anyio.CancelScope(deadline=self._deadline) as self._scope:
+                if await self._open():
+                    while (batch := await self._next_batch()) is not None:
+                        await self._deliver(batch)
+                        if self._mode == "disabled":
+                            break
+        finally:
+            if self._opened:
+                with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                    await self._close_sink()
+            self._finish()
+
+    async def _open(self) -> bool:
+        if self._source.last_seq > self.acked:
+            self._start_catch_up(self.acked + 1)
+        else:
+            self._set_mode("live")
+        attempt = 0
+        while True:
+            try:
+                await self.sink.open()
+                self._opened = True
+                return True
+            except RetryableSinkError as exc:
+                attempt += 1
+                self._retried += 1
+                self._note_error(exc, "sink_open_retrying", attempt)
+                await anyio.sleep(self._policy.delay(attempt, exc.retry_after))
+            except PermanentSinkError as exc:
+                self._disable(f"opening failed permanently: {exc}")
+                return False
+            except Exception as exc:
+                self._crashes += 1
+                log.error("sink_open_crashed", sink=self.name, exc_info=exc)
+                if self._crashes >= self._policy.max_crashes:
+                    self._disable(f"open() raised {type(exc).__name__}: {exc}")
+                    return False
+                await anyio.sleep(self._policy.delay(self._crashes))
+
+    async def _next_batch(self) -> list[Event] | None:
+        size = self.sink.max_batch_size
+        latency = self.sink.max_batch_latency
+        while True:
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+            queue = self._queue
+            if queue:
+                waited = time.monotonic() - self._first_queued_at
+                if len(queue) >= size or self._closing or self._mode != "live" or waited >= latency:
+                    batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+                    self._first_queued_at = time.monotonic()
+                    return batch
+                with anyio.move_on_after(latency - waited):
+                    await self._wake.wait()
+                continue
+            if self._mode == "catch-up":
+                batch = self._read_journal(size)
+                if batch:
+                    return batch
+                continue
+            if self._closing:
+                return None
+            await self._wake.wait()
+
+    def _read_journal(self, size: int) -> list[Event]:
+        """Up to ``size`` accepted events from the journal; switches to live at its end."""
+        batch: list[Event] = []
+        accepts = self.sink.accepts
+        last = self._source.last_seq
+        fresh = False
+        while len(batch) < size and self._next_seq <= last:
+            if self._records is None:
+                offset = self._read_offset or self._source.offset_for(self._next_seq)
+                self._records = JournalReader(self._source.path).records(offset)
+                fresh = True
+            record = next(self._records, None)
+            if record is None:
+                self._records = None
+                if fresh:
+                    log.error("journal_shorter_than_expected", sink=self.name, last_seq=last)
+                    self._next_seq = last + 1
+                continue
+            fresh = False
+            self._read_offset = record.end
+            if record.seq < self._next_seq:
+                continue
+            self._next_seq = record.seq + 1
+            event = _decode(self._source.path, record)
+            if accepts(event):
+                batch.append(event)
+        if self._next_seq > last:
+            self._stop_catch_up()
+        return batch
+
+    async def _deliver(self, batch: list[Event]) -> None:
+        self._in_flight = batch
+        attempt = 0
+        crashes = 0
+        while True:
+            try:
+                await self.sink.write(batch)
+            except RetryableSinkError as exc:
+                attempt += 1
+                self._retried += 1
+                self._note_error(exc, "sink_retrying", attempt)
+                await anyio.sleep(self._policy.delay(attempt, exc.retry_after))
+            except PermanentSinkError as exc:
+                self._failed += 1
+                self._skipped += len(batch)
+                self._last_error = str(exc)
+                log.error(
+                    "sink_batch_rejected",
+                    sink=self.name,
+                    error=str(exc),
+                    status=exc.status,
+                    body=exc.body,
+                    events=len(batch),
+                    first_seq=batch[0].seq,
+                    last_seq=batch[-1].seq,
+                )
+                break
+            except Exception as exc:
+                crashes += 1
+                self._crashes += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.error("sink_crashed", sink=self.name, attempt=crashes, exc_info=exc)
+                if crashes >= self._policy.max_crashes:
+                    self._in_flight = ()
+                    self._disable(f"write() raised {crashes} times in a row: {self._last_error}")
+                    return
+                await anyio.sleep(self._policy.delay(crashes))
+            else:
+                self._delivered += len(batch)
+                if attempt or crashes:
+                    log.info("sink_recovered", sink=self.name, attempts=attempt + crashes + 1)
+                break
+        self._in_flight = ()
+        self.acked = batch[-1].seq
+        self._cursors.write(self.name, self.acked)
+
+    def _note_error(self, exc: RetryableSinkError, event: str, attempt: int) -> None:
+        self._last_error = str(exc)
+        if attempt == 1:
+            log.warning(event, sink=self.name, error=str(exc), retry_after=exc.retry_after)
+
+    async def _close_sink(self) -> None:
+        try:
+            await self.sink.close()
+        except Exception as exc:
+            log.error("sink_close_failed", sink=self.name, exc_info=exc)
+
+    # --- modes and reports --------------------------------------------------------------------
+
+    def _set_mode(self, mode: SinkMode) -> None:
+        if mode != self._mode:
+            self._mode = mode
+            log.info("sink_mode", sink=self.name, mode=mode, acknowledged_seq=self.acked)
+
+    def _start_catch_up(self, first_missed_seq: int) -> None:
+        self._next_seq = first_missed_seq
+        self._read_offset = 0
+        self._set_mode("catch-up")
+
+    def _stop_catch_up(self) -> None:
+        if self._records is not None:
+            self._records.close()
+            self._records = None
+        self._read_offset = 0
+        self._set_mode("live")
+
+    def _disable(self, reason: str) -> None:
+        self._last_error = reason
+        self._set_mode("disabled")
+        log.error("sink_disabled", sink=self.name, reason=reason)
+
+    def _finish(self) -> None:
+        disabled = self._mode == "disabled"
+        caught_up = not disabled and not self._queue and not self._in_flight
+        caught_up = caught_up and (
+            self._mode != "catch-up" or self._next_seq > self._source.last_seq
+        )
+        if caught_up:
+            self.acked = max(self.acked, self._source.last_seq)
+        self._cursors.write(self.name, self.acked, durable=True)
+        undelivered = 0 if caught_up else self._count_after(self.acked)
+        if self._records is not None:
+            self._records.close()
+            self._records = None
+        self._queue.clear()
+        self.report = SinkReport(
+            name=self.name,
+            delivered=self._delivered,
+            skipped=self._skipped,
+            undelivered=undelivered,
+            acknowledged_seq=self.acked,
+            disabled=disabled,
+            last_error=self._last_error,
+        )
+        if not disabled:
+            self._mode = "closed"
+        event = "sink_closed" if undelivered == 0 else "sink_closed_with_backlog"
+        log.info(event, sink=self.name, delivered=self._delivered, undelivered=undelivered)
+
+    def _count_after(self, seq: int) -> int:
+        """Events after ``seq`` this sink would accept: what a later sync still has to send."""
+        if not self._source.path.exists():
+            return len(self._queue) + len(self._in_flight)
+        reader = JournalReader(self._source.path)
+        start = self._source.offset_for(seq + 1)
+        if self.sink.events is None and self.sink.every == 1:
+            return sum(1 for r in reader.records(start) if r.seq > seq)
+        return sum(1 for e in reader.read_from(seq + 1, start_offset=start) if self.sink.accepts(e))
+
+    def stats(self) -> SinkStats:
+        """A snapshot for ``Bus.stats()``."""
+        last = self._source.last_seq
+        try:
+            oldest = self._in_flight[0] if self._in_flight else self._queue[0]
+        except IndexError:  # empty, or emptied by the loop thread while we looked
+            oldest = None
+        lag_seconds = max(0.0, time.time() - oldest.time) if oldest is not None else 0.0
+        lag_events = len(self._queue) + len(self._in_flight)
+        if self._mode in ("catch-up", "disabled"):
+            lag_events = max(lag_events, last - self.acked)
+        return SinkStats(
+            name=self.name,
+            mode=self._mode,
+            delivered=self._delivered,
+            retried=self._retried,
+            failed=self._failed,
+            skipped=self._skipped,
+            crashes=self._crashes,
+            acknowledged_seq=self.acked,
+            lag_events=lag_events,
+            lag_seconds=lag_seconds,
+            last_error=self._last_error,
+        )
+
+
+async def replay(
+    journal_path: str | os.PathLike[str],
+    sinks: Sequence[Sink],
+    *,
+    cursor_dir: str | os.PathLike[str] | None,
+    policy: RetryPolicy | None = None,
+    deadline: float = math.inf,
+) -> dict[str, SinkReport]:
+    """Deliver every journal event past each sink's cursor, as the live run would have.
+
+    This is what ``trainbus sync RUN_DIR`` runs after the process that wrote the journal is gone:
+    same filters, batching, retries and cursor updates, all sinks concurrently.
+    """
+    source = _FinishedJournal(Path(journal_path))
+    cursors = CursorStore(cursor_dir)
+    runners = [SinkRunner(sink, source, cursors, policy=policy) for sink in sinks]
+    async with anyio.create_task_group() as tg:
+        for runner in runners:
+            runner.begin_close(deadline)
+            tg.start_soon(runner.run)
+    return {r.name: r.report for r in runners if r.report is not None}
