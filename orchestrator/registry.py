@@ -156,9 +156,9 @@ def build_sinks(
     run_dir: Path,
     run_name: str,
     world_rank: int = 0,
-) -> list[Sink]:
-    """Instantiate the sinks for resolved names; rank-zero-only sinks are left out elsewhere."""
-    sinks: list[Sink] = []
+) -> list[tuple[str, Sink]]:
+    """Instantiate the sinks for resolved names, leaving rank-zero-only ones out on other ranks."""
+    sinks: list[tuple[str, Sink]] = []
     for name in names:
         cls = load_sink_class(name)
         if cls.world_rank_zero_only and world_rank != 0:
@@ -168,5 +168,5 @@ def build_sinks(
             sink = cast(Sink, from_env(env, run_dir=run_dir, run_name=run_name))
         else:
             sink = cls()
-        sinks.append(sink)
+        sinks.append((name, sink))
     return sinks

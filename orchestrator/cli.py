@@ -1,0 +1,175 @@
+"""``trainbus``: train from a TOML file, sync, show and plot run directories, run the demo.
+
+Bad input (a malformed file, an unknown ``report_to`` name, a factory that does not import, an
+unwritable ``output_dir``, a path that is not a run directory) ends with exit code 2 and one line
+on stderr, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from bus.errors import ConfigurationError, TrainbusError
+from orchestrator.logging import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+EXIT_USAGE = 2
+
+
+def _add_app_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        help="directory put first on sys.path so 'module:function' factories import (default: .)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``trainbus`` argument parser (exposed for the docs and the tests)."""
+    parser = argparse.ArgumentParser(
+        prog="trainbus",
+        description="PyTorch training on an async event bus: non-blocking sinks, no lost metrics.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="structlog level: DEBUG, INFO, WARNING, ERROR"
+    )
+    parser.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: JSON unless stderr is a terminal)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train from a TOML run file")
+    train.add_argument("config", type=Path, help="the run file (see examples/digits.toml)")
+    train.add_argument("--output-dir", help="override args.output_dir")
+    train.add_argument("--run-name", help="override args.run_name")
+    train.add_argument(
+        "--report-to", help="override args.report_to: 'all', 'none' or names separated by commas"
+    )
+    _add_app_dir(train)
+
+    sync = sub.add_parser("sync", help="deliver what the journal holds beyond each sink's cursor")
+    sync.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
+    sync.add_argument("--sink", action="append", dest="sinks", help="only this sink (repeatable)")
+    sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    _add_app_dir(sync)
+
+    show = sub.add_parser("show", help="steps, last and best metrics, per-sink delivery state")
+    show.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
+    show.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    plot = sub.add_parser("plot", help="draw loss and evaluation curves from the journal")
+    plot.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
+    plot.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
+
+    demo = sub.add_parser("demo", help="train a small MLP on scikit-learn's digits (no server)")
+    demo.add_argument("--output-dir", default="trainbus-demo", help="where the run goes")
+    demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    return parser
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from orchestrator.config import load_train_config
+    from orchestrator.task import prepare_run
+
+    config = load_train_config(ns.config)
+    report_to = ns.report_to.split(",") if ns.report_to else None
+    prepared = prepare_run(
+        config,
+        overrides={"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to},
+    )
+    orch = prepared.orchestrator
+    prepared.orchestrator.run_blocking(lambda _bus: prepared.trainer.train())
+    print(f"run directory: {orch.run_dir.path}")
+    return 0
+
+
+def _sync(ns: argparse.Namespace) -> int:
+    from orchestrator.sync import sync_run
+
+    deadline = ns.timeout if ns.timeout is not None else float("inf")
+
+    async def go() -> int:
+        reports = await sync_run(ns.run_dir, only=ns.sinks, deadline=deadline)
+        left = 0
+        for report in reports.values():
+            print(
+                f"{report.name}: delivered {report.delivered}, skipped {report.skipped}, "
+                f"undelivered {report.undelivered}"
+                + (f" (disabled: {report.last_error})" if report.disabled else "")
+            )
+            left += report.undelivered
+        return 0 if left == 0 else 1
+
+    return anyio.run(go)
+
+
+def _show(ns: argparse.Namespace) -> int:
+    import msgspec
+
+    from orchestrator.rundir import find_run_dir
+    from orchestrator.show import format_summary, summarize
+
+    run_dir = find_run_dir(ns.run_dir)
+    summary = summarize(run_dir)
+    if ns.json:
+        print(msgspec.json.format(msgspec.json.encode(summary), indent=2).decode())
+    else:
+        print(format_summary(summary, run_dir))
+    return 0
+
+
+def _plot(ns: argparse.Namespace) -> int:
+    from orchestrator.plot import plot_run
+    from orchestrator.rundir import find_run_dir
+
+    path = plot_run(find_run_dir(ns.run_dir), ns.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(Path(ns.output_dir), quick=ns.quick)
+
+
+_COMMANDS = {"train": _train, "sync": _sync, "show": _show, "plot": _plot, "demo": _demo}
+
+
+def _error(command: str, exc: BaseException) -> None:
+    message = " ".join(str(exc).split())
+    print(f"trainbus {command}: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trainbus`` command; returns the exit code."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        configure_logging(level=ns.log_level, json=ns.log_json)
+    except ValueError as exc:
+        parser.error(str(exc))
+    app_dir = getattr(ns, "app_dir", None)
+    if app_dir is not None:
+        sys.path.insert(0, str(Path(app_dir).resolve()))
+    try:
+        return _COMMANDS[ns.command](ns)
+    except ConfigurationError as exc:
+        # One line, no traceback: this is the user's input, not a bug.
+        _error(ns.command, exc)
+        return EXIT_USAGE
+    except TrainbusError as exc:
+        _error(ns.command, exc)
+        return 1
+    except KeyboardInterrupt:
+        print(f"trainbus {ns.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,52 @@
+"""The launcher the ``Trainer`` finds under the entry point ``trainbus.launchers: default``.
+
+``Trainer.train()`` and ``await Trainer.train_async()`` hand their training work to it; it wraps
+that work in an ``Orchestrator`` so ``report_to``, the journal and the run directory apply to
+plain scripts exactly as to the CLI. When the trainer already runs inside
+``Orchestrator.train()``, the launcher reuses that run instead of opening a second one (the active
+orchestrator travels to the worker thread in a context variable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from bus.bus import Bus
+from orchestrator.run import Orchestrator, active_orchestrator
+
+if TYPE_CHECKING:
+    from trainer.loop import Trainer
+
+__all__ = ["LAUNCHER", "OrchestratorLauncher", "active_orchestrator"]
+
+T = TypeVar("T")
+
+
+class OrchestratorLauncher:
+    """Opens an ``Orchestrator`` around the trainer's work, on a portal thread or the host loop."""
+
+    def __init__(self, *, backend: str = "asyncio") -> None:
+        self.backend = backend
+
+    def _orchestrator(self, trainer: Trainer) -> Orchestrator:
+        return Orchestrator.for_trainer(trainer)
+
+    def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
+        """Run ``work`` on the calling thread; the bus and sinks run on a blocking-portal loop."""
+        active = active_orchestrator.get()
+        if active is not None:
+            return work(active.bus)
+        return self._orchestrator(trainer).run_blocking(work, backend=self.backend)
+
+    async def run_async(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
+        """Open the run on the caller's loop and run ``work`` in a worker thread."""
+        active = active_orchestrator.get()
+        if active is not None:
+            return await active.run_in_thread(work)
+        async with self._orchestrator(trainer) as orch:
+            return await orch.run_in_thread(work)
+
+
+LAUNCHER: Final = OrchestratorLauncher()
+"""The instance registered as ``trainbus.launchers: default``."""

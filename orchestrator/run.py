@@ -1,0 +1,276 @@
+"""The ``Orchestrator``: the loop side of one run (bus, journal, sinks) and its run directory.
+
+Training runs in a worker thread; the orchestrator's event loop (the host application's, or the
+blocking portal the launcher starts for plain scripts) runs the bus and every sink task, so a slow
+sink never stalls a step and the host's other tasks keep running::
+
+    async with Orchestrator(output_dir="out", report_to=["tensorboard"]) as orch:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, orch)               # async for event in orch.events(): ...
+            result = await orch.train(trainer)
+
+Everything that can fail on user input (``report_to`` names, a writable ``output_dir``) is checked
+in ``__aenter__`` before the run directory is created.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import structlog
+
+from bus.bus import Bus
+from bus.errors import ConfigurationError
+from bus.events import EventBase, RunFinished
+from bus.sink import Sink
+from bus.stream import Subscription
+from orchestrator.config import check_writable_dir
+from orchestrator.logging import configure_logging
+from orchestrator.registry import build_sinks, resolve_report_to
+from orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
+
+__all__ = ["Orchestrator", "active_orchestrator"]
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+active_orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.ContextVar(
+    "trainbus_active_orchestrator", default=None
+)
+"""The run whose worker thread is executing; the launcher reuses its bus instead of opening one."""
+
+
+def _world() -> tuple[int, int]:
+    """World rank and size as torchrun exports them (1 process when unset)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def _factory_of(sink: Sink) -> str | None:
+    """``module:Class`` of a sink class that can be rebuilt without arguments, for ``sync``."""
+    cls = type(sink)
+    if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":
+        return None
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class Orchestrator:
+    """Owns a run's bus, journal, sink tasks and run directory for one ``async with``."""
+
+    def __init__(
+        self,
+        *,
+        output_dir: str | os.PathLike[str],
+        run_name: str | None = None,
+        report_to: str | Sequence[str] | None = "all",
+        sinks: Sequence[Sink] = (),
+        env: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        env_rank, env_world = _world()
+        self.output_dir = Path(output_dir)
+        self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()
+        if self.run_id == "none":  # torchrun's placeholder when no rendezvous id was given
+            self.run_id = new_run_id()
+        self.run_name = run_name or self.run_id
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        self.env: Mapping[str, str] = dict(os.environ) if env is None else env
+        self.run_dir = RunDir.for_run(
+            self.output_dir, self.run_id, rank=self.rank, world_size=self.world_size
+        )
+        self._report_to = report_to
+        self._extra_sinks = list(sinks)
+        self._status_watch: Subscription | None = None
+        self._stack: AsyncExitStack | None = None
+        self._bus: Bus | None = None
+        self._record: RunRecord | None = None
+
+    @classmethod
+    def for_trainer(cls, trainer: Any, **overrides: Any) -> Orchestrator:
+        """An orchestrator set up from a trainer's ``TrainingArguments`` (the launcher's way)."""
+        args = trainer.args
+        settings: dict[str, Any] = {
+            "output_dir": args.output_dir,
+            "run_name": args.run_name,
+            "report_to": args.report_to,
+            "sinks": list(getattr(trainer, "sinks", ()) or ()),
+        }
+        settings.update(overrides)
+        return cls(**settings)
+
+    @property
+    def bus(self) -> Bus:
+        """The open bus; only valid inside ``async with``."""
+        if self._bus is None:
+            raise RuntimeError(
+                "Orchestrator.bus is only available inside 'async with Orchestrator(...)'"
+            )
+        return self._bus
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[list[Sink], RunRecord]:
+        """Validate everything and build the sinks; creates nothing on disk."""
+        names = resolve_report_to(self._report_to, self.env)
+        check_writable_dir(self.output_dir, field="output_dir")
+        built = build_sinks(
+            names, self.env, run_dir=self.run_dir.path, run_name=self.run_name, world_rank=self.rank
+        )
+        sinks = [sink for _, sink in built]
+        records = [SinkRecord(name=sink.sink_name, integration=name) for name, sink in built]
+        for sink in self._extra_sinks:
+            if self.rank == 0 or not sink.world_rank_zero_only:
+                sinks.append(sink)
+                records.append(SinkRecord(name=sink.sink_name, factory=_factory_of(sink)))
+        seen: set[str] = set()
+        for sink in sinks:
+            if sink.sink_name in seen:
+                raise ConfigurationError(
+                    f"two sinks share the name {sink.sink_name!r}; give each sink a distinct 'name'"
+                )
+            seen.add(sink.sink_name)
+        record = RunRecord(
+            run_id=self.run_id,
+            run_name=self.run_name,
+            output_dir=str(self.output_dir),
+            rank=self.rank,
+            world_size=self.world_size,
+            created=time.time(),
+            sinks=records,
+        )
+        return sinks, record
+
+    async def __aenter__(self) -> Orchestrator:
+        configure_logging()
+        sinks, self._record = self._prepare()
+        self.run_dir.create()
+        self.run_dir.write_record(self._record)
+        bus = Bus(
+            run_id=self.run_id,
+            rank=self.rank,
+            journal_path=self.run_dir.journal_path,
+            cursor_dir=self.run_dir.cursor_dir,
+            sinks=sinks,
+        )
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(bus)
+            self._stack = stack.pop_all()
+        self._bus = bus
+        self._status_watch = bus.stream(RunFinished, max_buffer=8)
+        log.info(
+            "run_started",
+            run_id=self.run_id,
+            run_dir=str(self.run_dir.path),
+            sinks=[s.sink_name for s in sinks],
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._stack is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+            self._bus = None
+            status = await self._final_status(exc)
+            if self._record is not None:
+                self._record.status = status
+                self._record.finished = time.time()
+                if exc is not None and self._record.error is None:
+                    self._record.error = f"{type(exc).__name__}: {exc}"
+                self.run_dir.write_record(self._record)
+            log.info("run_closed", run_id=self.run_id, status=status)
+
+    async def _final_status(self, exc: BaseException | None) -> RecordStatus:
+        reported: RecordStatus | None = None
+        if self._status_watch is not None:
+            # Closed with the bus: iterating only drains what it buffered, without waiting.
+            async for event in self._status_watch:
+                if isinstance(event, RunFinished):
+                    reported = event.status
+            self._status_watch = None
+        if exc is not None:
+            return "killed" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+        if self._record is not None and self._record.status != "running":
+            return self._record.status
+        return reported or "completed"
+
+    def mark(self, status: RecordStatus, error: str | None = None) -> None:
+        """Record how training ended (``stopped`` by a callback, ``failed`` ...) before closing."""
+        if self._record is not None:
+            self._record.status = status
+            self._record.error = error
+
+    # --- running work -------------------------------------------------------------------------
+
+    async def run_in_thread(self, work: Callable[[Bus], T]) -> T:
+        """Run ``work(bus)`` in a worker thread while this loop keeps serving the bus and sinks."""
+        bus = self.bus
+
+        def in_run() -> T:
+            # A Trainer inside ``work`` asks the launcher for a bus and gets this run's, instead
+            # of opening a second run.
+            token = active_orchestrator.set(self)
+            try:
+                return work(bus)
+            finally:
+                active_orchestrator.reset(token)
+
+        try:
+            return await anyio.to_thread.run_sync(in_run, abandon_on_cancel=False)
+        except BaseException as exc:
+            self.mark("failed", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def run_blocking(self, work: Callable[[Bus], T], *, backend: str = "asyncio") -> T:
+        """Open this run on a loop in a background thread and run ``work(bus)`` on this thread.
+
+        The way for plain scripts and the CLI: training keeps the main thread (signals, debuggers,
+        CUDA context) while the bus and sinks run on a blocking portal's loop.
+        """
+        with (
+            anyio.from_thread.start_blocking_portal(backend) as portal,
+            portal.wrap_async_context_manager(self),
+        ):
+            token = active_orchestrator.set(self)
+            try:
+                return work(self.bus)
+            except BaseException as exc:
+                self.mark("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                active_orchestrator.reset(token)
+
+    async def train(self, trainer: Any, **train_kwargs: Any) -> Any:
+        """Run ``trainer.train(**train_kwargs)`` in a worker thread on this run's bus."""
+        return await self.run_in_thread(lambda _bus: trainer.train(**train_kwargs))
+
+    def events(self, *types: type[EventBase], max_buffer: int = 1024) -> Subscription:
+        """Watch the run live: events published from now on (of ``types``, or all), in order.
+
+        Call it on the run's loop, inside ``async with``; iteration ends when the run closes. A
+        watcher more than ``max_buffer`` events behind loses the oldest ones (the subscription's
+        ``dropped`` counts them); what must see every event is a sink, or reads the journal.
+        """
+        return self.bus.stream(*types, max_buffer=max_buffer)

@@ -1,0 +1,156 @@
+"""``trainbus show RUN_DIR``: what a run did, read from its journal, cursors and ``run.json``.
+
+Works on a live run, a finished one or one killed mid-step: the journal reader stops before a torn
+tail, so the summary covers every event that was durably written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from bus.cursor import CursorStore
+from bus.events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
+from bus.journal import JournalReader
+from orchestrator.rundir import RunDir, RunRecord
+
+__all__ = ["RunSummary", "SinkState", "format_summary", "summarize", "summarize_events"]
+
+
+class SinkState(msgspec.Struct, frozen=True, kw_only=True):
+    """How far one sink's destination got: its cursor against the journal's end."""
+
+    name: str
+    acknowledged_seq: int
+    behind: int
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """Everything ``show`` prints, also available as JSON (``--json``)."""
+
+    run_id: str = ""
+    run_name: str = ""
+    status: str = "unknown"
+    events: int = 0
+    last_seq: int = -1
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    last_train: dict[str, Any] = {}
+    last_eval: dict[str, Any] = {}
+    best: dict[str, Any] = {}
+    metric_for_best_model: str | None = None
+    sinks: list[SinkState] = []
+    torn_tail_bytes: int = 0
+
+
+def _numeric(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _better(name: str, new: float, old: float, greater: bool | None) -> bool:
+    higher = greater if greater is not None else not name.endswith("loss")
+    return new > old if higher else new < old
+
+
+def summarize_events(events: Iterable[Event]) -> RunSummary:
+    """Fold a run's events into a summary (pure: no files involved)."""
+    out = RunSummary()
+    greater: bool | None = None
+    for event in events:
+        out.events += 1
+        out.last_seq = event.seq
+        out.run_id = event.run_id
+        out.global_step = max(out.global_step, event.global_step)
+        out.epoch = max(out.epoch, event.epoch)
+        match event:
+            case RunStarted():
+                out.run_name = event.run_name
+                metric = event.config.get("metric_for_best_model")
+                out.metric_for_best_model = metric if isinstance(metric, str) else None
+                flag = event.config.get("greater_is_better")
+                greater = flag if isinstance(flag, bool) else None
+            case TrainBegin():
+                out.max_steps = event.max_steps
+            case Log() if "loss" in event.logs:
+                out.last_train = {"step": event.global_step, **event.logs}
+            case Evaluate():
+                out.last_eval = {"step": event.global_step, **event.metrics}
+                for key, raw in event.metrics.items():
+                    value = _numeric(raw)
+                    if value is None or key.endswith(("_runtime", "_per_second")) or key == "epoch":
+                        continue
+                    best = out.best.get(key)
+                    if best is None or _better(key, value, best["value"], greater):
+                        out.best[key] = {"value": value, "step": event.global_step}
+            case RunFinished():
+                out.status = event.status
+            case _:
+                pass
+    return out
+
+
+def summarize(run_dir: RunDir) -> RunSummary:
+    """Summarise a run directory: journal, ``run.json`` and every sink's cursor."""
+    record: RunRecord = run_dir.read_record()
+    reader = JournalReader(run_dir.journal_path)
+    summary = (
+        summarize_events(reader.read_from(0)) if run_dir.journal_path.exists() else RunSummary()
+    )
+    summary.run_id = summary.run_id or record.run_id
+    summary.run_name = summary.run_name or record.run_name
+    if summary.status == "unknown" or record.status not in ("running", "completed"):
+        summary.status = record.status if record.status != "running" else "running or killed"
+    summary.torn_tail_bytes = reader.torn_tail.dropped_bytes if reader.torn_tail else 0
+    cursors = CursorStore(run_dir.cursor_dir)
+    summary.sinks = [
+        SinkState(
+            name=entry.name,
+            acknowledged_seq=(acked := cursors.read(entry.name)),
+            behind=max(0, summary.last_seq - acked),
+        )
+        for entry in record.sinks
+    ]
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _metrics(values: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k != "step") or "-"
+
+
+def format_summary(summary: RunSummary, run_dir: RunDir) -> str:
+    """The human-readable report ``trainbus show`` prints."""
+    steps = (
+        f"{summary.global_step}/{summary.max_steps}"
+        if summary.max_steps
+        else str(summary.global_step)
+    )
+    lines = [
+        f"run        {summary.run_name} ({summary.run_id})",
+        f"directory  {run_dir.path}",
+        f"status     {summary.status}",
+        f"steps      {steps}   epoch {summary.epoch:.2f}   events {summary.events}",
+        f"train      step {summary.last_train.get('step', '-')}: {_metrics(summary.last_train)}",
+        f"eval       step {summary.last_eval.get('step', '-')}: {_metrics(summary.last_eval)}",
+    ]
+    if summary.best:
+        best = "  ".join(f"{k}={_fmt(v['value'])}@{v['step']}" for k, v in summary.best.items())
+        lines.append(f"best       {best}")
+    if summary.torn_tail_bytes:
+        lines.append(f"journal    torn tail of {summary.torn_tail_bytes} bytes (ignored)")
+    lines.append("sinks" if summary.sinks else "sinks      none")
+    for sink in summary.sinks:
+        state = "up to date" if sink.behind == 0 else f"{sink.behind} events behind"
+        lines.append(f"  {sink.name:<20} acknowledged seq {sink.acknowledged_seq:<8} {state}")
+    if any(s.behind for s in summary.sinks):
+        lines.append(f"run 'trainbus sync {run_dir.path}' to deliver the rest")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""From a validated ``TrainConfig`` to a ready ``Trainer`` and the orchestrator that will run it.
+
+Order matters: the cheap checks that need no user code (``report_to`` names, a writable
+``output_dir``) run first, then the factories are imported and called. Nothing touches the disk
+until ``Orchestrator.__aenter__``, so a failure here leaves no half-written run behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.errors import ConfigurationError
+from bus.sink import Sink
+from orchestrator.config import TrainConfig, call_factory, check_writable_dir
+from orchestrator.registry import resolve_report_to
+from orchestrator.run import Orchestrator
+
+__all__ = ["PreparedRun", "prepare_run"]
+
+
+@dataclass
+class PreparedRun:
+    """A trainer built from a config file, and the orchestrator that will own its run."""
+
+    trainer: Any
+    orchestrator: Orchestrator
+    sinks: list[Sink] = field(default_factory=list)
+
+
+def _arguments(config: TrainConfig, overrides: Mapping[str, Any]) -> Any:
+    from trainer.arguments import TrainingArguments
+
+    values = {**config.args, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return TrainingArguments.from_dict(values)
+    except ConfigurationError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"[args]: {exc}") from exc
+
+
+def _user_sink(spec: str, index: int) -> Sink:
+    sink = call_factory(spec, {}, field=f"sinks[{index}]")
+    if not isinstance(sink, Sink):
+        raise ConfigurationError(
+            f"sinks[{index}] = {spec!r} must build a bus.sink.Sink, got {type(sink).__name__}"
+        )
+    return sink
+
+
+def prepare_run(
+    config: TrainConfig,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> PreparedRun:
+    """Validate ``config`` and build everything; writes nothing."""
+    args = _arguments(config, overrides or {})
+    environ = dict(os.environ) if env is None else env
+    resolve_report_to(args.report_to, environ)
+    check_writable_dir(Path(args.output_dir), field="output_dir")
+    if args.eval_strategy != "no" and config.eval_dataset is None:
+        raise ConfigurationError(
+            f"args.eval_strategy = {args.eval_strategy!r} needs an eval_dataset factory"
+        )
+
+    from trainer.early_stopping import EarlyStoppingCallback
+    from trainer.loop import Trainer
+
+    model = call_factory(config.model, config.model_kwargs, field="model")
+    train_dataset = (
+        call_factory(config.train_dataset, config.train_dataset_kwargs, field="train_dataset")
+        if config.train_dataset
+        else None
+    )
+    eval_dataset = (
+        call_factory(config.eval_dataset, config.eval_dataset_kwargs, field="eval_dataset")
+        if config.eval_dataset
+        else None
+    )
+    metrics = (
+        call_factory(config.compute_metrics, {}, field="compute_metrics")
+        if config.compute_metrics
+        else None
+    )
+    callbacks: list[Any] = [
+        call_factory(spec, {}, field=f"callbacks[{i}]") for i, spec in enumerate(config.callbacks)
+    ]
+    if config.early_stopping is not None:
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=config.early_stopping.patience,
+                early_stopping_threshold=config.early_stopping.threshold,
+            )
+        )
+    sinks = [_user_sink(spec, i) for i, spec in enumerate(config.sinks)]
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        compute_metrics=metrics,
+        callbacks=callbacks,
+    )
+    orchestrator = Orchestrator.for_trainer(trainer, sinks=sinks, env=environ)
+    return PreparedRun(trainer=trainer, orchestrator=orchestrator, sinks=sinks)
