@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import anyio
 import structlog
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from trainer.arguments import TrainingArguments
     from trainer.state import TrainerControl, TrainerState
 
-__all__ = ["EVENT_NAMES", "Barrier", "CallbackHandler", "Hook", "TrainerCallback"]
+__all__ = [
+    "Barrier",
+    "CallbackHandler",
+    "EVENT_NAMES",
+    "Hook",
+    "HookResult",
+    "TrainerCallback",
+    "overridden_hook",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -49,6 +57,9 @@ EVENT_NAMES: Final = (
     "on_push_begin",
 )
 """The sixteen hooks, in the order Hugging Face documents them."""
+
+HookResult: TypeAlias = "TrainerControl | Awaitable[TrainerControl | None] | None"
+"""What a hook returns: nothing, a replacement control, or (``async def``) an awaitable of those."""
 
 Hook = Callable[..., Any]
 """A bound ``on_*`` method: ``(args, state, control, **kwargs) -> TrainerControl | None``."""
@@ -78,97 +89,97 @@ class TrainerCallback:
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """End of the trainer's constructor."""
         return None
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """Start of training; ``should_training_stop`` was just cleared."""
         return None
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """End of training, after the summary log and loading the best model."""
         return None
 
     def on_epoch_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """Start of an epoch; ``should_epoch_stop`` was just cleared."""
         return None
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """End of an epoch, also one cut short by a stop flag or ``max_steps``."""
         return None
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """First micro-batch of an update; log/evaluate/save flags were just cleared."""
         return None
 
     def on_substep_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """After a micro-batch that is not the last of its accumulation window."""
         return None
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """After clipping, before ``optimizer.step()``: gradients are still there."""
         return None
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """After ``optimizer.step()``, before gradients are zeroed."""
         return None
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """After ``global_step`` was incremented; the place to raise log/evaluate/save flags."""
         return None
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """End of an evaluation; ``metrics`` carry the ``eval_`` prefix."""
         return None
 
     def on_predict(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """End of ``predict()``; ``metrics`` carry the ``test_`` prefix."""
         return None
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """A checkpoint was fully written."""
         return None
 
     def on_log(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """A log entry (``logs``) was appended to ``state.log_history``."""
         return None
 
     def on_prediction_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """After one evaluation or prediction batch."""
         return None
 
     def on_push_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl | None:
+    ) -> HookResult:
         """Start of a push to a model hub; the returned control is ignored."""
         return None
 

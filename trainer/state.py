@@ -30,6 +30,7 @@ __all__ = [
     "TrainerState",
     "callback_state",
     "is_exportable",
+    "restore_callback_states",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -106,6 +107,59 @@ class TrainerControl(ExportableState):
             },
             "attributes": {},
         }
+
+
+class _Registry(Protocol):
+    """The part of `CallbackHandler` a restore needs."""
+
+    callbacks: list[Any]
+
+    def add_callback(self, callback: object) -> None: ...
+
+    def pop_callback(self, callback: object) -> Any: ...
+
+
+def _rebuild(obj: object, stored: Mapping[str, Any]) -> Any:
+    """A fresh object of ``obj``'s class built from a stored state (no unpickling)."""
+    fresh = type(obj)(**stored.get("args", {}))
+    for name, value in stored.get("attributes", {}).items():
+        setattr(fresh, name, value)
+    return fresh
+
+
+def restore_callback_states(
+    stored: Mapping[str, Any], handler: _Registry, control: TrainerControl
+) -> TrainerControl:
+    """Rebuild registered stateful callbacks (and the control) from a checkpoint's states.
+
+    Objects are paired with stored states by class name, in registration order. Restored
+    callbacks replace the first registered object of their class and move to the end of the list,
+    as in Hugging Face; the restored control is returned. Stored names nobody registers are
+    reported once and ignored.
+    """
+    queued: list[Any] = []
+    missing: list[str] = []
+    for name, value in stored.items():
+        states = value if isinstance(value, list) else [value]
+        live = [obj for obj in [*handler.callbacks, control] if type(obj).__name__ == name]
+        if not live:
+            missing.append(name)
+            continue
+        for obj, state in zip(live, states, strict=False):
+            fresh = _rebuild(obj, state)
+            if isinstance(obj, TrainerControl):
+                control = fresh
+            else:
+                handler.pop_callback(type(obj))
+                queued.append(fresh)
+    if missing:
+        _log.warning(
+            "Checkpoint contains callback states not included in current configuration. Ignoring.",
+            callbacks=missing,
+        )
+    for callback in queued:
+        handler.add_callback(callback)
+    return control
 
 
 class _TrainerLike(Protocol):

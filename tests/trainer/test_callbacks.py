@@ -1,0 +1,332 @@
+"""The callback contract: hooks, registration semantics, pre-resets, control threading, dispatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from bus.events import HF_EVENT_TYPES, hook_name
+from trainer.arguments import TrainingArguments
+from trainer.callbacks import EVENT_NAMES, CallbackHandler, Hook, TrainerCallback
+from trainer.flow import DefaultFlowCallback
+from trainer.progress import PrinterCallback
+from trainer.state import TrainerControl, TrainerState
+
+ALL_FLAGS = dict.fromkeys(
+    ["should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log"],
+    True,
+)
+
+# event -> flags the handler clears before any callback runs (spec §2.1 / §4)
+PRE_RESETS: dict[str, set[str]] = {
+    "on_train_begin": {"should_training_stop"},
+    "on_epoch_begin": {"should_epoch_stop"},
+    "on_step_begin": {"should_log", "should_evaluate", "should_save"},
+    "on_log": {"should_log"},
+    "on_evaluate": {"should_evaluate"},
+    "on_save": {"should_save"},
+}
+
+
+class Recorder(TrainerCallback):
+    """Overrides every hook and records (event, flags seen, kwargs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, bool], dict[str, Any]]] = []
+
+    def _record(self, event: str, control: TrainerControl, kwargs: dict[str, Any]) -> None:
+        self.calls.append((event, dict(control.state()["args"]), kwargs))
+
+
+for _event in EVENT_NAMES:
+
+    def _hook(
+        self: Recorder,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        _event: str = _event,
+        **kwargs: Any,
+    ) -> None:
+        self._record(_event, control, kwargs)
+
+    setattr(Recorder, _event, _hook)
+
+
+def fire(handler: CallbackHandler, event: str, control: TrainerControl) -> TrainerControl:
+    """Call the handler's wrapper for ``event`` with the extra argument it needs."""
+    args, state = TrainingArguments(), TrainerState()
+    if event == "on_log":
+        return handler.on_log(args, state, control, {"loss": 1.0})
+    if event in ("on_evaluate", "on_predict"):
+        result: TrainerControl = getattr(handler, event)(args, state, control, {"eval_loss": 1.0})
+        return result
+    result = getattr(handler, event)(args, state, control)
+    return result
+
+
+def test_trainer_callback_has_a_hook_for_every_hf_event() -> None:
+    """TrainerCallback and CallbackHandler define ``on_<tag>`` for every HF event on the bus."""
+    names = {hook_name(event_type) for event_type in HF_EVENT_TYPES}
+    assert names == set(EVENT_NAMES)
+    for name in names:
+        assert callable(getattr(TrainerCallback, name))
+        assert callable(getattr(CallbackHandler, name))
+
+
+def test_base_hooks_return_none() -> None:
+    """Every base hook is a no-op returning None, as in Hugging Face."""
+    cb = TrainerCallback()
+    for name in EVENT_NAMES:
+        assert getattr(cb, name)(TrainingArguments(), TrainerState(), TrainerControl()) is None
+
+
+@pytest.mark.parametrize("event", EVENT_NAMES)
+def test_pre_resets_happen_before_callbacks(event: str) -> None:
+    """The handler clears exactly the spec's flags for each event before any callback sees them."""
+    recorder = Recorder()
+    handler = CallbackHandler([DefaultFlowCallback, recorder])
+    control = TrainerControl(**ALL_FLAGS)
+    fire(handler, event, control)
+    (seen_event, flags, _), *_ = recorder.calls
+    assert seen_event == event
+    cleared = {flag for flag, value in flags.items() if not value}
+    assert cleared == PRE_RESETS.get(event, set())
+
+
+def test_common_and_event_kwargs_reach_callbacks() -> None:
+    """Callbacks get model/processing_class/optimizer/lr_scheduler/dataloaders and logs/metrics."""
+    recorder = Recorder()
+    handler = CallbackHandler([DefaultFlowCallback, recorder], "M", "P", "O", "S")
+    handler.train_dataloader, handler.eval_dataloader = "T", "E"
+    fire(handler, "on_log", TrainerControl())
+    fire(handler, "on_evaluate", TrainerControl())
+    fire(handler, "on_step_end", TrainerControl())
+    common = {
+        "model": "M",
+        "processing_class": "P",
+        "optimizer": "O",
+        "lr_scheduler": "S",
+        "train_dataloader": "T",
+        "eval_dataloader": "E",
+    }
+    assert [call[2] for call in recorder.calls] == [
+        {**common, "logs": {"loss": 1.0}},
+        {**common, "metrics": {"eval_loss": 1.0}},
+        common,
+    ]
+
+
+def test_returned_control_replaces_the_one_passed_on() -> None:
+    """A non-None return becomes the control the next callback sees and the handler returns."""
+    replacement = TrainerControl(should_save=True)
+    seen: list[TrainerControl] = []
+
+    class Replace(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            return replacement
+
+    class Mutate(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.append(control)
+            control.should_log = True
+
+    handler = CallbackHandler([DefaultFlowCallback, Replace, Mutate])
+    original = TrainerControl()
+    state = TrainerState(global_step=3, max_steps=100)
+    result = handler.on_step_end(TrainingArguments(), state, original)
+    assert result is replacement and seen == [replacement]
+    assert result.should_log and result.should_save
+    assert not original.should_log
+
+
+def test_add_instantiates_classes_and_warns_on_duplicates() -> None:
+    """Adding a class instantiates it; a second object of the same class warns but is appended."""
+    handler = CallbackHandler([DefaultFlowCallback])
+    with capture_logs() as logs:
+        handler.add_callback(PrinterCallback)
+        handler.add_callback(PrinterCallback())
+    assert [type(cb) for cb in handler.callbacks] == [
+        DefaultFlowCallback,
+        PrinterCallback,
+        PrinterCallback,
+    ]
+    warnings = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1 and "there is already one" in warnings[0]
+    assert handler.callback_list == "DefaultFlowCallback\nPrinterCallback\nPrinterCallback"
+
+
+def test_missing_default_flow_callback_warns() -> None:
+    """A handler built without a DefaultFlowCallback warns that the trainer will misbehave."""
+    with capture_logs() as logs:
+        CallbackHandler([PrinterCallback])
+    assert any("DefaultFlowCallback" in entry["event"] for entry in logs)
+    with capture_logs() as logs:
+        CallbackHandler([DefaultFlowCallback])
+    assert logs == []
+
+
+def test_pop_matches_subclasses_for_classes_and_equality_for_instances() -> None:
+    """pop_callback takes the first isinstance match for a class, the first == for an instance."""
+
+    class Sub(PrinterCallback):
+        pass
+
+    sub, printer = Sub(), PrinterCallback()
+    handler = CallbackHandler([DefaultFlowCallback, sub, printer])
+    assert handler.pop_callback(PrinterCallback) is sub
+    assert handler.pop_callback(printer) is printer
+    assert handler.pop_callback(PrinterCallback) is None
+    assert handler.pop_callback(PrinterCallback()) is None
+
+
+def test_remove_is_silent_for_classes_and_strict_for_instances() -> None:
+    """remove_callback ignores an unknown class but raises ValueError for an unknown instance."""
+    printer = PrinterCallback()
+    handler = CallbackHandler([DefaultFlowCallback, printer])
+    handler.remove_callback(Recorder)
+    handler.remove_callback(printer)
+    assert [type(cb) for cb in handler.callbacks] == [DefaultFlowCallback]
+    with pytest.raises(ValueError):
+        handler.remove_callback(printer)
+    handler.remove_callback(DefaultFlowCallback)
+    assert handler.callbacks == []
+
+
+def test_only_overriding_callbacks_are_listed_and_lists_follow_changes() -> None:
+    """Hooks inherited from the base class are never dispatched; lists update on add/pop."""
+    flow, printer = DefaultFlowCallback(), PrinterCallback()
+    handler = CallbackHandler([flow, printer])
+    assert handler.listeners("on_step_begin") == ()
+    assert handler.listeners("on_step_end") == (flow.on_step_end,)
+    assert handler.listeners("on_log") == (printer.on_log,)
+    handler.pop_callback(printer)
+    assert handler.listeners("on_log") == ()
+    recorder = Recorder()
+    handler.add_callback(recorder)
+    assert handler.listeners("on_step_begin") == (recorder.on_step_begin,)
+
+
+def test_duck_typed_callbacks_and_instance_hooks_are_dispatched() -> None:
+    """Any object with on_* methods works, and a hook set on an instance is seen."""
+    calls: list[str] = []
+
+    class Duck:
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            calls.append("duck")
+
+    printer = PrinterCallback()
+
+    def patched(args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        calls.append("instance")
+
+    printer.on_save = patched  # type: ignore[method-assign]  # what the test is about
+    handler = CallbackHandler([DefaultFlowCallback, Duck(), printer])
+    handler.on_save(TrainingArguments(), TrainerState(), TrainerControl())
+    assert calls == ["duck", "instance"]
+    assert handler.listeners("on_log") == (printer.on_log,)
+
+
+def test_transformers_base_hooks_are_skipped() -> None:
+    """A transformers TrainerCallback subclass is dispatched only for the hooks it overrides."""
+    transformers = pytest.importorskip("transformers")
+    calls: list[str] = []
+
+    their_base: Any = transformers.TrainerCallback
+
+    class TheirCallback(their_base):  # type: ignore[misc]  # transformers ships no stubs here
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            calls.append(f"step {state.global_step}")
+            control.should_save = True
+
+    theirs = TheirCallback()
+    handler = CallbackHandler([DefaultFlowCallback, theirs])
+    assert handler.listeners("on_step_end")[1] == theirs.on_step_end
+    others = [hook for e in EVENT_NAMES if e != "on_step_end" for hook in handler.listeners(e)]
+    assert all(getattr(hook, "__self__", None) is not theirs for hook in others)
+    control = handler.on_step_end(
+        TrainingArguments(), TrainerState(global_step=3), TrainerControl()
+    )
+    assert calls == ["step 3"] and control.should_save
+
+
+class AsyncSaver(TrainerCallback):
+    async def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        return TrainerControl(should_save=True, should_log=control.should_log)
+
+
+def test_async_hooks_without_a_bus_run_in_place() -> None:
+    """Without a bus an event with coroutine hooks runs to completion in place, control threaded."""
+    handler = CallbackHandler([DefaultFlowCallback, AsyncSaver()])
+    state = TrainerState(global_step=1, max_steps=10)
+    control = handler.on_step_end(
+        TrainingArguments(logging_first_step=True), state, TrainerControl()
+    )
+    assert control.should_save and control.should_log
+
+
+async def test_async_hooks_inside_a_running_loop_need_a_bus() -> None:
+    """Dispatching coroutine hooks from a running event loop without a bus is a clear error."""
+    handler = CallbackHandler([DefaultFlowCallback, AsyncSaver()])
+    with pytest.raises(RuntimeError, match="attach a bus"):
+        handler.on_step_end(TrainingArguments(), TrainerState(max_steps=10), TrainerControl())
+
+
+class RecordingBarrier:
+    """A minimal stand-in for the bus's barrier: runs sync hooks and records what it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[tuple[Hook, ...], set[str]]] = []
+
+    def barrier(
+        self,
+        hooks: tuple[Hook, ...],
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> TrainerControl:
+        self.seen.append((hooks, set(kwargs)))
+        for hook in hooks:
+            result = hook(args, state, control, **kwargs)
+            control = control if result is None else result
+        return control
+
+
+def test_dispatch_goes_through_the_bus_barrier_when_attached() -> None:
+    """With a bus attached, the listeners and all kwargs go to bus.barrier; empty events skip it."""
+    flow = DefaultFlowCallback()
+    handler = CallbackHandler([flow])
+    bus = RecordingBarrier()
+    handler.bus = bus
+    args, state = TrainingArguments(), TrainerState(global_step=5, max_steps=5)
+    control = handler.on_step_end(args, state, TrainerControl())
+    handler.on_step_begin(args, state, TrainerControl())
+    assert control.should_training_stop
+    assert len(bus.seen) == 1
+    hooks, kwargs = bus.seen[0]
+    assert hooks == (flow.on_step_end,)
+    assert kwargs == {
+        "model",
+        "processing_class",
+        "optimizer",
+        "lr_scheduler",
+        "train_dataloader",
+        "eval_dataloader",
+    }
+
+
+def test_callback_exceptions_propagate() -> None:
+    """An exception in a callback aborts the dispatch, as in Hugging Face (no swallowing)."""
+
+    class Boom(TrainerCallback):
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            raise KeyError("boom")
+
+    handler = CallbackHandler([DefaultFlowCallback, Boom])
+    with pytest.raises(KeyError):
+        handler.on_epoch_end(TrainingArguments(), TrainerState(), TrainerControl())
