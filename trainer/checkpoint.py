@@ -1,0 +1,219 @@
+"""Checkpoints: written whole or not at all, read back without unpickling arbitrary objects.
+
+Layout of ``<output_dir>/checkpoint-<step>/``::
+
+    model.safetensors    weights
+    optimizer.pt         optimizer.state_dict()       (absent with save_only_model)
+    scheduler.pt         lr_scheduler.state_dict()    (absent with save_only_model)
+    rng_state.pth        Python, NumPy, torch CPU and CUDA generator states
+    trainer_state.json   TrainerState, callback states included
+    training_args.json   the arguments, secrets removed
+
+Everything is written into a hidden sibling directory, flushed to disk, and renamed into place,
+so a crash leaves either the previous set of checkpoints or the new one, never half a checkpoint
+that a resume would pick up. Every ``.pt``/``.pth`` file is read with ``weights_only=True``: the
+RNG states are stored as tensors and numbers precisely so that they load under that restriction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import safetensors.torch
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from bus.errors import ConfigurationError
+from trainer.rng import capture_rng_state
+
+__all__ = [
+    "ARGS_NAME",
+    "OPTIMIZER_NAME",
+    "PREFIX",
+    "RNG_NAME",
+    "SCHEDULER_NAME",
+    "STATE_NAME",
+    "WEIGHTS_NAME",
+    "checkpoint_dir",
+    "find_checkpoint",
+    "load_optimizer_and_scheduler",
+    "load_weights",
+    "rotate_checkpoints",
+    "save_model",
+    "sorted_checkpoints",
+    "write_checkpoint",
+]
+
+PREFIX: Final = "checkpoint"
+WEIGHTS_NAME: Final = "model.safetensors"
+OPTIMIZER_NAME: Final = "optimizer.pt"
+SCHEDULER_NAME: Final = "scheduler.pt"
+RNG_NAME: Final = "rng_state.pth"
+STATE_NAME: Final = "trainer_state.json"
+ARGS_NAME: Final = "training_args.json"
+_STEP = re.compile(rf"^{PREFIX}-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
+    """Where the checkpoint of ``global_step`` lives."""
+    return Path(output_dir) / f"{PREFIX}-{global_step}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    output_dir: str | os.PathLike[str],
+    global_step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: LRScheduler | None,
+    write_state: Callable[[Path], None],
+    args_dict: dict[str, Any],
+) -> Path:
+    """Write a complete checkpoint and rename it into place; returns its final directory.
+
+    ``write_state`` writes ``trainer_state.json`` into the directory it is given; it runs last, so
+    the state may refer to this checkpoint as the best one. ``optimizer`` and ``scheduler`` are
+    skipped when ``None`` (``save_only_model``).
+    """
+    final = checkpoint_dir(output_dir, global_step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    safetensors.torch.save_model(model, str(staging / WEIGHTS_NAME))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), staging / SCHEDULER_NAME)
+    torch.save(capture_rng_state(), staging / RNG_NAME)
+    (staging / ARGS_NAME).write_text(
+        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+    write_state(staging)
+    for child in staging.iterdir():
+        _fsync_file(child)
+    _fsync_dir(staging)
+    if final.exists():
+        # Same step saved twice (step- and epoch-level save): the newer one wins, as in HF.
+        shutil.rmtree(final)
+    staging.rename(final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def sorted_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint directories of ``output_dir``, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def find_checkpoint(output_dir: str | os.PathLike[str], wanted: bool | str) -> Path:
+    """``True`` -> the newest checkpoint of ``output_dir``; a string -> that directory, checked."""
+    if wanted is True:
+        found = sorted_checkpoints(output_dir)
+        if not found:
+            raise ConfigurationError(
+                f"resume_from_checkpoint=True but output_dir {str(output_dir)!r} holds no "
+                f"{PREFIX}-<step> directory to resume from"
+            )
+        return found[-1]
+    path = Path(str(wanted))
+    if not (path / STATE_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise ConfigurationError(
+            f"resume_from_checkpoint={str(wanted)!r} is not a checkpoint directory: expected "
+            f"{STATE_NAME} and {WEIGHTS_NAME} inside it"
+        )
+    return path
+
+
+def rotate_checkpoints(
+    output_dir: str | os.PathLike[str],
+    limit: int | None,
+    best: str | None,
+    *,
+    keep_only_best: bool = False,
+) -> list[Path]:
+    """Delete the oldest checkpoints beyond ``limit``, never the best one; returns the deleted.
+
+    With a best checkpoint that is not the newest, the best takes one of the ``limit`` places
+    and at least the newest checkpoint is kept too (so ``limit=1`` keeps two, as in HF).
+    ``keep_only_best`` deletes everything but the best (the end of a ``limit=1`` run).
+    """
+    found = sorted_checkpoints(output_dir)
+    best_path = Path(best).resolve() if best else None
+    others = [path for path in found if path.resolve() != best_path]
+    if keep_only_best:
+        doomed = others if best_path is not None and len(others) < len(found) else []
+    elif limit is None or limit <= 0:
+        doomed = []
+    else:
+        keep_others = limit - 1 if len(others) < len(found) else limit
+        doomed = others[: max(len(others) - max(keep_others, 1), 0)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def save_model(
+    directory: Path, model: nn.Module, args_dict: dict[str, Any], processing_class: Any
+) -> None:
+    """The final model: weights, arguments, model config and processor when they can be saved."""
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_NAME))
+    (directory / ARGS_NAME).write_text(
+        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    if callable(to_dict):
+        (directory / "config.json").write_text(
+            json.dumps(to_dict(), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
+    save_pretrained = getattr(processing_class, "save_pretrained", None)
+    if callable(save_pretrained):
+        save_pretrained(str(directory))
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    """Load ``model.safetensors`` into ``model`` in place (strict: every key must match)."""
+    safetensors.torch.load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+
+
+def load_optimizer_and_scheduler(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    device: torch.device,
+) -> None:
+    """Restore optimizer and scheduler states when the checkpoint has them."""
+    if (directory / OPTIMIZER_NAME).is_file():
+        state = torch.load(directory / OPTIMIZER_NAME, map_location=device, weights_only=True)
+        optimizer.load_state_dict(state)
+    if (directory / SCHEDULER_NAME).is_file():
+        scheduler.load_state_dict(torch.load(directory / SCHEDULER_NAME, weights_only=True))

@@ -1,0 +1,133 @@
+"""Batches for the loop: the default collator and data loaders whose order a resume can replay.
+
+The training order of epoch ``e`` is a permutation drawn from its own generator seeded with
+``seed + e``; it never touches the global RNG. A resumed run therefore sees the same batches in the
+same order, and skipping the batches already trained costs nothing (the sampler starts later in the
+permutation instead of loading and dropping them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+__all__ = [
+    "DataCollator",
+    "EpochSampler",
+    "default_data_collator",
+    "eval_dataloader",
+    "has_length",
+    "move_to_device",
+    "train_dataloader",
+]
+
+DataCollator = Callable[[list[Any]], dict[str, Any]]
+
+
+def default_data_collator(features: list[Any]) -> dict[str, Any]:
+    """Stack a list of dict samples into one dict of tensors (numbers become tensors too)."""
+    if not features:
+        raise ValueError(
+            "default_data_collator got an empty list of samples; expected at least one"
+        )
+    first = features[0]
+    if not isinstance(first, Mapping):
+        raise ValueError(
+            "default_data_collator expects each sample to be a dict of tensors or numbers, got "
+            f"{type(first).__name__}; pass data_collator= to the Trainer for other shapes"
+        )
+    batch: dict[str, Any] = {}
+    for key, value in first.items():
+        if value is None:
+            continue
+        values = [feature[key] for feature in features]
+        if isinstance(value, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(value, bool | int):
+            batch[key] = torch.tensor(values, dtype=torch.long)
+        elif isinstance(value, float):
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+def has_length(dataset: object) -> bool:
+    """Whether ``len(dataset)`` works (iterable data sets usually have none)."""
+    if isinstance(dataset, IterableDataset) or not isinstance(dataset, Sized):
+        return False
+    try:
+        len(dataset)
+    except TypeError:
+        return False
+    return True
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with an order that depends only on ``seed + epoch``; can start mid-permutation."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the permutation of ``epoch`` and begin ``start`` samples into it (resume)."""
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.length, generator=generator)[self.start :]
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return max(self.length - self.start, 0)
+
+
+def train_dataloader(
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    collator: DataCollator,
+    seed: int,
+    drop_last: bool,
+    num_workers: int,
+) -> DataLoader[Any]:
+    """The training loader: shuffled by an ``EpochSampler`` when the data set has a length."""
+    # has_length() checked len() works; Dataset itself declares no __len__.
+    sampler = EpochSampler(len(dataset), seed) if has_length(dataset) else None  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collator,
+        drop_last=drop_last,
+        num_workers=num_workers,
+    )
+
+
+def eval_dataloader(
+    dataset: Dataset[Any], *, batch_size: int, collator: DataCollator, num_workers: int
+) -> DataLoader[Any]:
+    """The evaluation loader: sequential, every sample kept."""
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers
+    )
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to_device(value, device) for value in batch)
+    return batch

@@ -1,0 +1,79 @@
+"""Small rules the loop applies around a run: input checks, best-metric tracking, run identity.
+
+Kept out of ``trainer.loop`` so that the loop reads as the sequence of events it publishes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from bus.errors import ConfigurationError
+from trainer.arguments import TrainingArguments
+
+__all__ = ["best_metric_key", "check_arguments", "improved", "json_safe", "run_config"]
+
+
+def check_arguments(args: object, eval_dataset: object) -> None:
+    """Refuse what cannot work before anything runs (HF: an eval strategy needs eval data)."""
+    if not isinstance(args, TrainingArguments):
+        raise ConfigurationError(
+            f"args must be a trainer.TrainingArguments, got {type(args).__name__}"
+        )
+    if args.eval_strategy != "no" and eval_dataset is None:
+        raise ConfigurationError(
+            f"eval_strategy={args.eval_strategy!r} needs an eval_dataset: pass "
+            "Trainer(eval_dataset=...) or set eval_strategy='no'"
+        )
+    if args.eval_on_start and eval_dataset is None:
+        raise ConfigurationError(
+            "eval_on_start=True needs an eval_dataset: pass Trainer(eval_dataset=...)"
+        )
+
+
+def best_metric_key(args: TrainingArguments) -> str | None:
+    """The metrics key best-model tracking reads (``eval_`` added), or ``None`` when off."""
+    name = args.metric_for_best_model
+    if name is None:
+        return None
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def improved(args: TrainingArguments, value: Any, best: float | None) -> bool:
+    """Whether ``value`` strictly beats ``best`` in the direction ``greater_is_better`` says."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    greater = args.greater_is_better
+    if greater is None:
+        greater = not str(args.metric_for_best_model).endswith("loss")
+    return value > best if greater else value < best
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON data: containers walked, numbers and strings kept, anything else as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(item) for item in value]
+    return str(value)
+
+
+def run_config(args: TrainingArguments, model: nn.Module) -> dict[str, Any]:
+    """The fields of ``RunStarted``: arguments (secrets already masked) and model config."""
+    config = getattr(model, "config", None)
+    to_dict = getattr(config, "to_dict", None)
+    hparams = json_safe(to_dict()) if callable(to_dict) else {}
+    return {
+        "run_name": args.run_name or "",
+        "output_dir": args.output_dir,
+        "world_size": args.world_size,
+        "config": json_safe(args.to_dict()),
+        "hparams": hparams,
+    }
