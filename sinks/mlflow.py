@@ -1,0 +1,380 @@
+"""MLflow over its REST API: experiment, run, params, tags, metrics, status and checkpoints.
+
+Behaviour follows Hugging Face's ``MLflowCallback`` (same environment variables, raw metric keys
+sanitised the same way, params from the model config overlaid by the arguments), with what the
+callback could not do:
+
+* Nothing runs on the training thread. Metrics go out through ``runs/log-batch`` in requests
+  filled to the server's limits, so a slow server costs one round trip per 1000 points.
+* Replays never duplicate points. Each point's timestamp is its event's wall time, so a re-sent
+  batch carries byte-identical points, which MLflow's SQL store ignores; the sink also remembers
+  the highest event it saw acknowledged and skips it on retry.
+* The run survives restarts: its id is saved in ``<run_dir>/mlflow.json`` and tagged on the run
+  (``trainbus.run_id``), so ``trainbus sync`` resumes the same MLflow run.
+
+Environment: ``MLFLOW_TRACKING_URI`` (http/https), ``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``
+(resume that run; with ``MLFLOW_NESTED_RUN`` it is the parent of a new child run),
+``MLFLOW_TAGS`` (JSON object), ``MLFLOW_FLATTEN_PARAMS``, ``MLFLOW_MAX_LOG_PARAMS``,
+``HF_MLFLOW_LOG_ARTIFACTS`` (upload checkpoints from ``Artifact`` events),
+``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``,
+``MLFLOW_TRACKING_INSECURE_TLS``, ``MLFLOW_TRACKING_SERVER_CERT_PATH``,
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (seconds) and ``DISABLE_MLFLOW_INTEGRATION``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import structlog
+
+from bus.errors import ConfigurationError, PermanentSinkError
+from bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from bus.sink import Sink
+from sinks._env import env_flag, env_int, env_str
+from sinks._mlflow_api import (
+    MAX_KEY_LENGTH,
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MlflowApi,
+    RunInfo,
+    chunk_batches,
+    metric_entry,
+)
+from sinks._redact import redact, redact_url
+from sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
+from sinks._state import load_state, save_state
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+__all__ = ["MLflowSink"]
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE: Final = "mlflow.json"
+RUN_TAG: Final = "trainbus.run_id"
+_STATUS: Final = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
+
+
+class MLflowSink(Sink):
+    """Deliver a run to an MLflow tracking server; see the module docstring."""
+
+    name = "mlflow"
+    events = (RunStarted, Log, Artifact, RunFinished)
+    max_batch_size = 1000
+    max_batch_latency = 1.0
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        run_dir: Path,
+        run_name: str = "",
+        experiment_name: str | None = None,
+        run_id: str | None = None,
+        nested: bool = False,
+        tags: Mapping[str, str] | None = None,
+        flatten_params: bool = False,
+        max_log_params: int | None = None,
+        log_artifacts: bool = False,
+        token: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        verify: bool | str = True,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not tracking_uri.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                "MLFLOW_TRACKING_URI must be an http:// or https:// tracking server URL, got "
+                f"{redact_url(tracking_uri)!r}."
+            )
+        if nested and not run_id:
+            raise ConfigurationError(
+                "MLFLOW_NESTED_RUN needs MLFLOW_RUN_ID to name the parent run."
+            )
+        self.tracking_uri = tracking_uri.rstrip("/")
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.experiment_name = experiment_name
+        self.requested_run_id = run_id
+        self.nested = nested
+        self.tags = dict(tags or {})
+        self.flatten_params = flatten_params
+        self.max_log_params = max_log_params
+        self.log_artifacts = log_artifacts
+        self._token = token
+        self._auth = (username, password or "") if username else None
+        self._verify = verify
+        self._timeout = timeout
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._api: MlflowApi | None = None
+        self._run: RunInfo | None = None
+        self._state: dict[str, Any] = {}
+        self._acked_seq = -1
+        self.dropped_params = 0
+
+    # --- configuration ------------------------------------------------------------------------
+
+    @classmethod
+    def is_available(cls, env: Mapping[str, str]) -> bool:
+        """Chosen by ``report_to="all"`` when a tracking URI is set and the integration is on."""
+        try:
+            disabled = env_flag(env, "DISABLE_MLFLOW_INTEGRATION")
+        except ConfigurationError:
+            disabled = False
+        return env_str(env, "MLFLOW_TRACKING_URI") is not None and not disabled
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
+        """Build the sink from HF's MLflow environment variables (see the module docstring)."""
+        if env_flag(env, "DISABLE_MLFLOW_INTEGRATION"):
+            raise ConfigurationError(
+                "report_to names mlflow but DISABLE_MLFLOW_INTEGRATION is set; unset it or "
+                "drop mlflow from report_to."
+            )
+        uri = env_str(env, "MLFLOW_TRACKING_URI")
+        if uri is None:
+            raise ConfigurationError(
+                "MLFLOW_TRACKING_URI must name the tracking server (http://host:port) for the "
+                "mlflow sink."
+            )
+        tags = _json_tags(env_str(env, "MLFLOW_TAGS"))
+        cert = env_str(env, "MLFLOW_TRACKING_SERVER_CERT_PATH")
+        if cert is not None and not Path(cert).expanduser().is_file():
+            raise ConfigurationError(
+                f"MLFLOW_TRACKING_SERVER_CERT_PATH must name a CA bundle file; {cert!r} is not one."
+            )
+        verify: bool | str = True
+        if env_flag(env, "MLFLOW_TRACKING_INSECURE_TLS"):
+            if cert is not None:
+                raise ConfigurationError(
+                    "MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH cannot "
+                    "both be set."
+                )
+            verify = False
+        elif cert is not None:
+            verify = str(Path(cert).expanduser())
+        return cls(
+            uri,
+            run_dir=run_dir,
+            run_name=run_name,
+            experiment_name=env_str(env, "MLFLOW_EXPERIMENT_NAME"),
+            run_id=env_str(env, "MLFLOW_RUN_ID"),
+            nested=env_flag(env, "MLFLOW_NESTED_RUN"),
+            tags=tags,
+            flatten_params=env_flag(env, "MLFLOW_FLATTEN_PARAMS"),
+            max_log_params=env_int(env, "MLFLOW_MAX_LOG_PARAMS"),
+            log_artifacts=env_flag(env, "HF_MLFLOW_LOG_ARTIFACTS"),
+            token=env_str(env, "MLFLOW_TRACKING_TOKEN"),
+            username=env_str(env, "MLFLOW_TRACKING_USERNAME"),
+            password=env_str(env, "MLFLOW_TRACKING_PASSWORD"),
+            verify=verify,
+            timeout=float(env_int(env, "MLFLOW_HTTP_REQUEST_TIMEOUT", minimum=1) or 120),
+        )
+
+    # --- sink interface -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Prepare the HTTP client only; the run is resolved at the first write, so a server
+        that is down at start is retried like any other failed delivery."""
+        headers = {"User-Agent": "trainbus"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        verify: bool | ssl.SSLContext = (
+            self._verify
+            if isinstance(self._verify, bool)
+            else (ssl.create_default_context(cafile=self._verify))
+        )
+        self._client = httpx.AsyncClient(
+            base_url=self.tracking_uri,
+            headers=headers,
+            auth=self._auth,
+            verify=verify,
+            timeout=httpx.Timeout(self._timeout, connect=min(10.0, self._timeout)),
+            transport=self._transport,
+        )
+        self._api = MlflowApi(self._client)
+        self._state = load_state(self.run_dir / STATE_FILE)
+        log.info("mlflow sink opened", tracking_uri=redact_url(self.tracking_uri))
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Deliver params and tags, then metrics, then artifacts, then the final status."""
+        api = self._require_api()
+        started = next((e for e in batch if isinstance(e, RunStarted)), None)
+        run = await self._ensure_run(api, batch[0] if batch else None, started)
+        if started is not None and not self._state.get("params_logged"):
+            await self._log_params(api, run, started)
+        await self._log_metrics(api, run, [e for e in batch if isinstance(e, Log)])
+        for event in batch:
+            if isinstance(event, Artifact) and self.log_artifacts:
+                await self._upload(api, run, event)
+            elif isinstance(event, RunFinished):
+                status = _STATUS.get(event.status, "KILLED")
+                await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
+                log.info("mlflow run ended", run_id=run.run_id, status=status)
+        if batch:
+            self._acked_seq = max(self._acked_seq, batch[-1].seq)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _require_api(self) -> MlflowApi:
+        if self._api is None:
+            raise RuntimeError("MLflowSink.write() called before open()")
+        return self._api
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run this sink writes to, once known."""
+        return self._run.run_id if self._run else None
+
+    async def _ensure_run(
+        self, api: MlflowApi, first: Event | None, started: RunStarted | None
+    ) -> RunInfo:
+        if self._run is not None:
+            return self._run
+        run: RunInfo | None = None
+        saved = self._state.get("run_id")
+        if saved:
+            run = await api.get_run(str(saved))
+        if run is None and self.requested_run_id and not self.nested:
+            run = await api.get_run(self.requested_run_id)
+            if run is None:
+                raise PermanentSinkError(
+                    f"MLFLOW_RUN_ID names run {self.requested_run_id!r}, which the server "
+                    "does not know"
+                )
+        bus_run_id = first.run_id if first is not None else ""
+        if run is None:
+            experiment_id = (
+                await api.experiment_id(self.experiment_name) if self.experiment_name else "0"
+            )
+            if bus_run_id:
+                run = await api.find_run(experiment_id, RUN_TAG, bus_run_id)
+            if run is None:
+                run = await self._create_run(api, experiment_id, bus_run_id, started)
+        elif run.status != "RUNNING" and started is not None:
+            await api.update_run(run.run_id, status="RUNNING")
+        self._run = run
+        self._state.update(run_id=run.run_id, experiment_id=run.experiment_id)
+        save_state(self.run_dir / STATE_FILE, self._state)
+        log.info("mlflow run ready", run_id=run.run_id, experiment_id=run.experiment_id)
+        return run
+
+    async def _create_run(
+        self, api: MlflowApi, experiment_id: str, bus_run_id: str, started: RunStarted | None
+    ) -> RunInfo:
+        run_name = (started.run_name if started is not None else "") or self.run_name
+        tags = {k: _clip(v, MAX_TAG_VALUE_LENGTH) for k, v in self.tags.items()}
+        if bus_run_id:
+            tags[RUN_TAG] = bus_run_id
+        if run_name:
+            tags["mlflow.runName"] = run_name
+        if self.nested and self.requested_run_id:
+            tags["mlflow.parentRunId"] = self.requested_run_id
+        start = started.time if started is not None else time.time()
+        return await api.create_run(
+            experiment_id, run_name=run_name, start_ms=_ms(start), tags=tags
+        )
+
+    async def _log_params(self, api: MlflowApi, run: RunInfo, started: RunStarted) -> None:
+        merged: dict[str, Any] = {**redact(started.hparams), **redact(started.config)}
+        if self.flatten_params:
+            merged = flatten(merged)
+        params: list[dict[str, str]] = []
+        for key, value in merged.items():
+            text = param_text(value)
+            name = sanitize_key(str(key))
+            if len(text) > MAX_PARAM_VALUE_LENGTH or len(name) > MAX_KEY_LENGTH:
+                self.dropped_params += 1
+                log.warning("mlflow param too long, dropped", param=name, length=len(text))
+                continue
+            params.append({"key": name, "value": text})
+        if self.max_log_params is not None:
+            params = params[: self.max_log_params]
+        for payload in chunk_batches(params=params):
+            try:
+                await api.log_batch(run.run_id, payload)
+            except PermanentSinkError as exc:
+                # A resumed run may hold other values for some params; that must not cost
+                # the metrics that follow, so report it and go on.
+                self.dropped_params += len(payload.params)
+                log.warning("mlflow refused params", count=len(payload.params), error=str(exc))
+        self._state["params_logged"] = True
+        save_state(self.run_dir / STATE_FILE, self._state)
+
+    async def _log_metrics(self, api: MlflowApi, run: RunInfo, logs: list[Log]) -> None:
+        entries: list[dict[str, Any]] = []
+        last_seq: list[int] = []  # event seq of each entry, to advance the watermark per chunk
+        for event in logs:
+            if event.seq <= self._acked_seq:
+                continue
+            stamp = _ms(event.time)
+            for key, value in numeric_items(event.logs):
+                entries.append(metric_entry(sanitize_key(key), value, stamp, event.global_step))
+                last_seq.append(event.seq)
+        sent = 0
+        for payload in chunk_batches(metrics=entries):
+            await api.log_batch(run.run_id, payload)
+            sent += len(payload.metrics)
+            # Events whose every point is acknowledged are skipped if this batch is retried.
+            done = last_seq[sent - 1]
+            if sent == len(last_seq) or last_seq[sent] != done:
+                self._acked_seq = max(self._acked_seq, done)
+            else:
+                self._acked_seq = max(self._acked_seq, done - 1)
+
+    async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
+        source = Path(event.path)
+        base = event.name or source.name
+        uploaded: list[str] = self._state.setdefault("artifacts", [])
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        if not source.exists():
+            log.warning("mlflow artifact missing, skipped", path=str(source))
+            return
+        for file in files:
+            rel = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
+            stat = file.stat()
+            marker = f"{rel}:{stat.st_size}:{stat.st_mtime_ns}"
+            if marker in uploaded:
+                continue
+            await api.upload_file(run.artifact_uri, rel, file)
+            uploaded.append(marker)
+        save_state(self.run_dir / STATE_FILE, self._state)
+        log.info("mlflow artifact uploaded", name=base, files=len(files))
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit]
+
+
+def _json_tags(raw: str | None) -> dict[str, str]:
+    if raw is None:
+        return {}
+    try:
+        tags = json.loads(raw)
+    except json.JSONDecodeError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise ConfigurationError(
+            f"MLFLOW_TAGS must be a JSON object of tag names to values, got {raw[:80]!r}."
+        )
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in tags.items()}
