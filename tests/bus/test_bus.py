@@ -1,0 +1,248 @@
+"""The bus's training side: envelopes, burst wake-ups, barriers in both threading models, fsync."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import pytest
+
+from bus import Bus, JournalReader, Log, StepEnd, TrainBegin
+from bus.errors import ConfigurationError
+from bus.testing import RecordingSink, capture_events
+from tests.bus.conftest import MakeBus
+
+
+@dataclass(frozen=True)
+class Control:
+    """A stand-in for TrainerControl: the bus only threads it through."""
+
+    should_stop: bool = False
+    trail: tuple[str, ...] = ()
+
+
+async def test_emit_fills_the_envelope_and_journals(make_bus: MakeBus, tmp_path: Path) -> None:
+    """emit() sets run_id, increasing seq, time and rank; every event reaches the journal."""
+    with anyio.fail_after(10):
+        async with make_bus(rank=0) as bus:
+            first = bus.emit(TrainBegin, max_steps=3)
+            second = bus.emit(StepEnd, global_step=1, epoch=0.5)
+    assert (first.run_id, first.seq, first.rank, first.max_steps) == ("test-run", 0, 0, 3)
+    assert second.seq == 1 and second.time >= first.time > 0
+    assert list(JournalReader(tmp_path / "journal.tbj").read_from()) == [first, second]
+
+
+async def test_publish_restamps_a_ready_made_event(make_bus: MakeBus) -> None:
+    """publish() gives a foreign event this bus's seq, run_id and rank."""
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            bus.emit(StepEnd, global_step=1)
+            event = bus.publish(Log(run_id="other", seq=99, time=1.0, rank=3, logs={"loss": 1.0}))
+    assert (event.run_id, event.seq, event.rank, event.logs) == ("test-run", 1, 0, {"loss": 1.0})
+
+
+async def test_a_burst_costs_one_wake_up(make_bus: MakeBus) -> None:
+    """Publishing many events before the loop runs schedules one wake-up, not one per event."""
+    with anyio.fail_after(10):
+        async with make_bus() as bus, capture_events(bus) as events:
+            calls = 0
+            real = bus._call_soon
+            assert real is not None
+
+            def counting(callback: Any) -> object:
+                nonlocal calls
+                calls += 1
+                return real(callback)
+
+            bus._call_soon = counting
+            for step in range(1000):
+                bus.emit(StepEnd, global_step=step)
+            await bus.drain()
+            bus.emit(StepEnd, global_step=1000)
+    assert calls == 2
+    assert [e.global_step for e in events] == list(range(1001))
+
+
+async def test_events_published_from_threads_all_arrive(make_bus: MakeBus) -> None:
+    """Four threads publishing concurrently lose nothing and the journal order follows seq."""
+    sink = RecordingSink()
+    with anyio.fail_after(20):
+        async with make_bus([sink]) as bus:
+
+            def publisher() -> None:
+                for step in range(2000):
+                    bus.emit(StepEnd, global_step=step)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(anyio.to_thread.run_sync, publisher)
+    seqs = [e.seq for e in sink.received]
+    assert seqs == list(range(8000))
+
+
+def _record(name: str, result: Any = None) -> Any:
+    def hook(args: Any, state: Any, control: Control, **kwargs: Any) -> Any:
+        kwargs["seen"].append((name, control.trail, threading.get_ident()))
+        return replace(control, trail=(*control.trail, name)) if result is None else result
+
+    return hook
+
+
+def _async_record(name: str) -> Any:
+    async def hook(args: Any, state: Any, control: Control, **kwargs: Any) -> Control:
+        await anyio.sleep(0)
+        kwargs["seen"].append((name, control.trail, threading.get_ident()))
+        return replace(control, trail=(*control.trail, name))
+
+    return hook
+
+
+def _returns_none(args: Any, state: Any, control: Control, **kwargs: Any) -> None:
+    kwargs["seen"].append(("none", control.trail, threading.get_ident()))
+
+
+def _run_barrier(bus: Bus, seen: list[Any]) -> Control:
+    hooks = [_record("a"), _async_record("b"), _returns_none, _record("c")]
+    return bus.barrier(hooks, "args", "state", Control(), seen=seen)
+
+
+def _check_barrier(result: Control, seen: list[Any], caller: int, loop: int) -> None:
+    assert result.trail == ("a", "b", "c")
+    assert [(name, trail) for name, trail, _ in seen] == [
+        ("a", ()),
+        ("b", ("a",)),
+        ("none", ("a", "b")),
+        ("c", ("a", "b")),
+    ]
+    assert [thread for _, _, thread in seen] == [caller, loop, caller, caller]
+
+
+async def test_barrier_from_a_worker_thread_of_the_host_loop(make_bus: MakeBus) -> None:
+    """train_async case: sync hooks run in the worker, async ones on the host loop, in order."""
+    seen: list[Any] = []
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            loop_thread = threading.get_ident()
+            result, caller = await anyio.to_thread.run_sync(
+                lambda: (_run_barrier(bus, seen), threading.get_ident())
+            )
+    _check_barrier(result, seen, caller, loop_thread)
+
+
+def test_barrier_with_the_loop_in_a_blocking_portal(tmp_path: Path) -> None:
+    """Plain-script case: the loop runs in a portal thread and train() calls the barrier."""
+    seen: list[Any] = []
+    bus = Bus(run_id="portal", journal_path=tmp_path / "journal.tbj")
+    with anyio.from_thread.start_blocking_portal() as portal, portal.wrap_async_context_manager(bus):
+        loop_thread = portal.call(threading.get_ident)
+        result = _run_barrier(bus, seen)
+        bus.emit(StepEnd, global_step=1)
+        bus.fsync()
+        assert [e.global_step for e in JournalReader(tmp_path / "journal.tbj").read_from()] == [1]
+    _check_barrier(result, seen, threading.get_ident(), loop_thread)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_barrier_and_publish_on_both_backends(tmp_path: Path, backend: str) -> None:
+    """The same code works when the bus's loop is asyncio or trio."""
+    sink = RecordingSink()
+
+    async def main() -> Control:
+        with anyio.fail_after(10):
+            async with Bus(run_id="r", journal_path=tmp_path / backend, sinks=[sink]) as bus:
+
+                def train() -> Control:
+                    bus.emit(StepEnd, global_step=1)
+                    control = _run_barrier(bus, [])
+                    bus.fsync()
+                    return control
+
+                return await anyio.to_thread.run_sync(train)
+
+    assert anyio.run(main, backend=backend).trail == ("a", "b", "c")
+    assert [e.global_step for e in sink.received] == [1]
+
+
+def test_barrier_without_a_running_loop() -> None:
+    """A bus that was never started still runs sync and async hooks in order."""
+    seen: list[Any] = []
+    result = _run_barrier(Bus(run_id="idle"), seen)
+    assert result.trail == ("a", "b", "c")
+
+
+async def test_barrier_propagates_hook_exceptions(make_bus: MakeBus) -> None:
+    """An exception in a control callback propagates to the caller, as in Hugging Face."""
+
+    def broken(args: Any, state: Any, control: Control, **kwargs: Any) -> None:
+        raise KeyError("boom")
+
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            with pytest.raises(KeyError):
+                await anyio.to_thread.run_sync(lambda: bus.barrier([broken], 0, 0, Control()))
+
+
+async def test_async_barrier_on_the_loop_thread_is_refused(make_bus: MakeBus) -> None:
+    """Calling the blocking barrier with an async hook on the loop's own thread raises clearly."""
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            with pytest.raises(RuntimeError, match="abarrier"):
+                bus.barrier([_async_record("x")], 0, 0, Control(), seen=[])
+            result = await bus.abarrier([_async_record("x"), _record("y")], 0, 0, Control(), seen=[])
+    assert result.trail == ("x", "y")
+
+
+async def test_stream_delivers_live_events_and_ends_on_close(make_bus: MakeBus) -> None:
+    """A stream yields the selected event types in order and ends when the bus closes."""
+    got: list[int] = []
+    with anyio.fail_after(10):
+        async with make_bus() as bus, anyio.create_task_group() as tg:
+            stream = bus.stream(Log)
+
+            async def consume() -> None:
+                async for event in stream:
+                    got.append(event.global_step)
+
+            tg.start_soon(consume)
+            for step in range(5):
+                bus.emit(StepEnd, global_step=step)
+                bus.emit(Log, global_step=step, logs={})
+            await bus.drain()
+            stream.close()
+    assert got == [0, 1, 2, 3, 4]
+
+
+async def test_stream_overflow_drops_oldest_and_counts(make_bus: MakeBus) -> None:
+    """A subscriber that falls behind keeps the newest max_buffer events and counts the rest."""
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            async with bus.stream(max_buffer=10) as stream:
+                for step in range(25):
+                    bus.emit(StepEnd, global_step=step)
+                await bus.drain()
+                stream.close()
+                got = [event.global_step async for event in stream]
+    assert got == list(range(15, 25))
+    assert stream.dropped == 15
+
+
+def test_bad_configuration_names_the_field() -> None:
+    """Invalid constructor arguments raise ConfigurationError naming the field."""
+    with pytest.raises(ConfigurationError, match="queue_size"):
+        Bus(run_id="r", queue_size=0)
+    with pytest.raises(ConfigurationError, match="distinct sink names"):
+        Bus(run_id="r", sinks=[RecordingSink("x"), RecordingSink("x")])
+    with pytest.raises(ConfigurationError, match="run_id"):
+        Bus(run_id="")
+
+
+def test_remote_sinks_run_on_rank_zero_only() -> None:
+    """Sinks marked world_rank_zero_only are left out on other ranks."""
+    local = RecordingSink("local", world_rank_zero_only=False)
+    remote = RecordingSink("remote")
+    assert Bus(run_id="r", rank=1, sinks=[local, remote]).sinks == [local]
+    assert Bus(run_id="r", rank=0, sinks=[local, remote]).sinks == [local, remote]

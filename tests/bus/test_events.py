@@ -1,0 +1,103 @@
+"""The event union: complete, uniquely tagged, and lossless through msgpack and JSON."""
+
+from __future__ import annotations
+
+import typing
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+import bus.events as events_module
+from bus.events import (
+    ALL_EVENT_TYPES,
+    HF_EVENT_TYPES,
+    Event,
+    EventBase,
+    decode_json,
+    decode_msgpack,
+    encode_json,
+    encode_msgpack,
+    hook_name,
+)
+
+
+def _all_subclasses(cls: type) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        found.add(sub)
+        found |= _all_subclasses(sub)
+    return found
+
+
+def test_union_lists_every_event_type() -> None:
+    """Every EventBase subclass defined in bus.events is in the Event union and ALL_EVENT_TYPES."""
+    defined = {c for c in _all_subclasses(EventBase) if c.__module__ == events_module.__name__}
+    assert defined == set(typing.get_args(Event))
+    assert defined == set(ALL_EVENT_TYPES)
+    assert len(ALL_EVENT_TYPES) == len(set(ALL_EVENT_TYPES))
+
+
+def test_tags_are_unique_snake_case_hook_names() -> None:
+    """Tags are distinct, and each Hugging Face event's tag names its on_<tag> hook."""
+    tags = [t.__struct_config__.tag for t in ALL_EVENT_TYPES]
+    assert len(tags) == len(set(tags))
+    for event_type in ALL_EVENT_TYPES:
+        tag = event_type.__struct_config__.tag
+        assert isinstance(tag, str) and tag == tag.lower() and " " not in tag
+    assert len(HF_EVENT_TYPES) == 16
+    for event_type in HF_EVENT_TYPES:
+        assert hook_name(event_type) == "on_" + str(event_type.__struct_config__.tag)
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _finite, st.text())
+_metrics = st.dictionaries(st.text(max_size=20), _scalar, max_size=5)
+_json_value = st.recursive(
+    _scalar, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(), kids, max_size=3)
+)
+
+
+def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]:
+    envelope = {
+        "run_id": st.text(min_size=1, max_size=30),
+        "seq": st.integers(0, 2**63 - 1),
+        "time": _finite,
+        "global_step": st.integers(0, 2**40),
+        "epoch": _finite,
+        "rank": st.integers(0, 1024),
+    }
+    extra: dict[str, st.SearchStrategy[object]] = {}
+    for field in msgspec.structs.fields(event_type):
+        if field.name in envelope:
+            continue
+        if field.name in ("logs", "metrics"):
+            extra[field.name] = _metrics
+        elif field.name in ("config", "hparams"):
+            extra[field.name] = st.dictionaries(st.text(max_size=10), _json_value, max_size=4)
+        elif field.name == "kind":
+            extra[field.name] = st.sampled_from(["checkpoint", "model", "file", "directory"])
+        elif field.name == "status":
+            extra[field.name] = st.sampled_from(["completed", "stopped", "failed", "killed"])
+        elif field.type is int:
+            extra[field.name] = st.integers(0, 2**31)
+        elif field.name == "checkpoint_dir" or field.name == "error":
+            extra[field.name] = st.none() | st.text()
+        else:
+            extra[field.name] = st.text()
+    return st.builds(event_type, **envelope, **extra)
+
+
+any_event = st.one_of([_event_strategy(t) for t in ALL_EVENT_TYPES])
+
+
+@given(any_event)
+def test_every_event_round_trips_through_msgpack(event: Event) -> None:
+    """Any event, encoded as msgpack (the journal's payload) and decoded, comes back equal."""
+    assert decode_msgpack(encode_msgpack(event)) == event
+
+
+@given(any_event)
+def test_every_event_round_trips_through_json(event: Event) -> None:
+    """Any event with finite floats, encoded as JSON and decoded, comes back equal."""
+    assert decode_json(encode_json(event)) == event
