@@ -37,7 +37,8 @@ def _plain(value: Any) -> Any:
 
 
 def _is_secret(name: str) -> bool:
-    return any(marker in name for marker in _SECRET_MARKERS)
+    """``hub_token`` or ``api_key`` are secrets; ``include_num_input_tokens_seen`` is not."""
+    return any(part in _SECRET_MARKERS for part in name.split("_"))
 
 
 @dataclasses.dataclass
@@ -373,19 +374,18 @@ def _check_best_model_strategies(args: TrainingArguments) -> None:
     if args.eval_strategy != "steps":
         return
     save, every = args.save_steps, args.eval_steps or 0
-    scale = 1 if save >= 1 and every >= 1 else 1_000_000
-    if round(save * scale) % max(1, round(every * scale)) == 0:
-        return
     if (save < 1) != (every < 1):
         raise ConfigurationError(
             "load_best_model_at_end needs save_steps to be a multiple of eval_steps, which cannot "
             f"be guaranteed when one is a ratio and the other is not (save_steps={save}, "
             f"eval_steps={every})."
         )
-    raise ConfigurationError(
-        "load_best_model_at_end needs save_steps to be a multiple of eval_steps, got "
-        f"save_steps={save} and eval_steps={every}."
-    )
+    scale = 1 if save >= 1 else 1_000_000  # ratios: compare in millionths, not in floats
+    if round(save * scale) % max(1, round(every * scale)) != 0:
+        raise ConfigurationError(
+            "load_best_model_at_end needs save_steps to be a multiple of eval_steps, got "
+            f"save_steps={save} and eval_steps={every}."
+        )
 
 
 def _check_report_to(value: object) -> None:
