@@ -121,7 +121,8 @@ def run_steps(args: TrainingArguments, max_steps: int) -> dict[str, list[int]]:
     """Drive the flow over a whole run as the loop would (flags cleared at each step begin)."""
     state = TrainerState(max_steps=max_steps)
     state.compute_steps(args, max_steps)
-    flow, seen = DefaultFlowCallback(), {"log": [], "eval": [], "save": [], "stop": []}
+    flow = DefaultFlowCallback()
+    seen: dict[str, list[int]] = {"log": [], "eval": [], "save": [], "stop": []}
     for step in range(1, max_steps + 1):
         state.global_step = step
         control = flow.on_step_end(args, state, TrainerControl())
