@@ -188,8 +188,9 @@ class Orchestrator:
     ) -> None:
         try:
             if self._stack is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._stack.__aexit__(exc_type, exc, tb)
+                # No shield here: the bus's task group must exit in the scope it was entered in;
+                # the bus shields its own final drain.
+                await self._stack.__aexit__(exc_type, exc, tb)
         finally:
             self._stack = None
             self._bus = None
