@@ -1,4 +1,4 @@
-"""TrainingArguments: Hugging Face names and defaults, derived values, one clear error per bad value."""
+"""TrainingArguments: HF names and defaults, derived values, one clear error per bad value."""
 
 from __future__ import annotations
 
