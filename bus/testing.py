@@ -93,12 +93,13 @@ class RecordingSink(Sink):
         for _ in range(times):
             self._script.append(_Step(error=error or RuntimeError("scripted sink bug")))
 
-    def fail_after_accepting(self, error: BaseException) -> None:
-        """The next write records its batch (the remote accepted it) and then raises ``error``.
+    def fail_after_accepting(self, error: BaseException, *, after: int = 0) -> None:
+        """After ``after`` normal writes, a write records its batch and then raises ``error``.
 
         With a ``BaseException`` that is not an ``Exception`` this simulates the process dying
         between the remote's acknowledgement and the cursor write.
         """
+        self._script.extend(_Step() for _ in range(after))
         self._script.append(_Step(error=error, record_first=True))
 
     def block(self) -> None:
