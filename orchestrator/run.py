@@ -208,8 +208,8 @@ class Orchestrator:
         if self._status_watch is not None:
             # Closed with the bus: iterating only drains what it buffered, without waiting.
             async for event in self._status_watch:
-                if isinstance(event, RunFinished):
-                    reported = event.status
+                if isinstance(event, RunFinished) and reported in (None, "completed"):
+                    reported = event.status  # a later evaluate() must not hide a "stopped"
             self._status_watch = None
         if exc is not None:
             return "killed" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"

@@ -53,9 +53,16 @@ def _numeric(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _better(name: str, new: float, old: float, greater: bool | None) -> bool:
-    higher = greater if greater is not None else not name.endswith("loss")
+def _better(name: str, new: float, old: float, greater: bool | None, best_key: str | None) -> bool:
+    """Hugging Face's rule: ``greater_is_better`` for the best-model metric, else by name."""
+    higher = greater if greater is not None and name == best_key else not name.endswith("loss")
     return new > old if higher else new < old
+
+
+def _eval_key(metric: str | None) -> str | None:
+    if metric is None:
+        return None
+    return metric if metric.startswith("eval_") else f"eval_{metric}"
 
 
 def summarize_events(events: Iterable[Event]) -> RunSummary:
@@ -86,10 +93,13 @@ def summarize_events(events: Iterable[Event]) -> RunSummary:
                     if value is None or key.endswith(("_runtime", "_per_second")) or key == "epoch":
                         continue
                     best = out.best.get(key)
-                    if best is None or _better(key, value, best["value"], greater):
+                    best_key = _eval_key(out.metric_for_best_model)
+                    if best is None or _better(key, value, best["value"], greater, best_key):
                         out.best[key] = {"value": value, "step": event.global_step}
             case RunFinished():
-                out.status = event.status
+                # evaluate() after train() finishes "completed"; keep the training's "stopped".
+                if out.status in ("unknown", "completed"):
+                    out.status = event.status
             case _:
                 pass
     return out
