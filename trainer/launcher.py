@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
@@ -24,8 +24,9 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
+from bus.bus import Bus
 from bus.errors import ConfigurationError
-from bus.events import EventBase
+from bus.sink import Sink
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer
@@ -38,42 +39,6 @@ ENTRY_POINT_GROUP: Final = "trainbus.launchers"
 ENV_VAR: Final = "TRAINBUS_LAUNCHER"
 
 T = TypeVar("T")
-
-
-class Bus:
-    """Stand-in with the real bus's training-side methods until ``bus.bus`` lands."""
-
-    def __init__(self, run_id: str, rank: int = 0) -> None:
-        self.run_id = run_id
-        self.rank = rank
-        self.events: list[EventBase] = []
-        self._seq = 0
-
-    async def __aenter__(self) -> Bus:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def emit(self, event_type: type[EventBase], **fields: Any) -> EventBase:
-        import time
-
-        self._seq += 1
-        event = event_type(
-            run_id=self.run_id, seq=self._seq, time=time.time(), rank=self.rank, **fields
-        )
-        self.events.append(event)
-        return event
-
-    def barrier(self, hooks: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        for hook in hooks:
-            result = hook(args, state, control, **kwargs)
-            if result is not None:
-                control = result
-        return control
-
-    def fsync(self) -> None:
-        return None
 
 
 @runtime_checkable
@@ -90,13 +55,18 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    """The fallback: a bus with no journal and no sinks, its loop in a blocking-portal thread."""
+    """The fallback: a bus with no journal, its loop in a blocking-portal thread.
 
-    def __init__(self, *, backend: str = "asyncio") -> None:
+    ``sinks`` (none by default) are handed to every run's bus: in-process consumers such as a
+    test's ``RecordingSink``. ``backend`` is the anyio backend of the portal's loop.
+    """
+
+    def __init__(self, *, sinks: Sequence[Sink] = (), backend: str = "asyncio") -> None:
+        self.sinks = tuple(sinks)
         self.backend = backend
 
     def _bus(self, trainer: Trainer) -> Bus:
-        return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index)
+        return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=self.sinks)
 
     def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
         """Run ``work`` on the calling thread while the bus's loop runs in a portal thread."""

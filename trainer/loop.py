@@ -32,6 +32,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
+from bus.bus import Bus
 from bus.errors import ConfigurationError
 from bus.events import (
     Artifact,
@@ -77,7 +78,7 @@ from trainer.evaluation import (
     speed_metrics,
 )
 from trainer.flow import DefaultFlowCallback
-from trainer.launcher import Bus, Launcher, resolve_launcher
+from trainer.launcher import Launcher, resolve_launcher
 from trainer.optim import create_optimizer, create_scheduler
 from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
