@@ -6,15 +6,32 @@ accepted it) and ``close()`` (flush whatever the sink buffers itself). The sink 
 (``bus.runtime``) owns everything else: the bounded queue, batching by count and latency, retries
 with backoff, the cursor into the journal, catch-up after an overflow, and isolation.
 
-A custom sink in a few lines::
+A custom sink in about twenty lines (``tests/bus/test_sink_example.py`` runs this one)::
 
-    class PrintLosses(Sink):
-        name = "print-losses"
-        events = (Log,)
+    class CsvLosses(Sink):
+        # Appends step,loss lines to a CSV file, every 10th step.
+
+        name = "csv-losses"  # names the cursor file: keep it stable
+        events = (Log,)  # subscribe by type; None means every event
+        every = 10  # only events whose global_step % 10 == 0
+        max_batch_latency = 5.0  # write at least every 5 s, or per 512 events
+
+        def __init__(self, path: Path) -> None:
+            self.path = path  # no I/O here: a sink is built before the run starts
+
+        async def open(self) -> None:
+            self.file = await anyio.open_file(self.path, "a")
 
         async def write(self, batch: Sequence[Event]) -> None:
-            for event in batch:
-                print(event.global_step, event.logs.get("loss"))
+            lines = [f"{e.global_step},{e.logs['loss']}\n" for e in batch if "loss" in e.logs]
+            await self.file.writelines(lines)
+            await self.file.flush()  # return only once the data is where it belongs
+
+        async def close(self) -> None:
+            await self.file.aclose()
+
+Pass it to the bus (``Bus(..., sinks=[CsvLosses(path)])``) or, through the orchestrator, to
+``report_to``. ``write`` is never called concurrently with itself, and always in ``seq`` order.
 
 ``write`` must be idempotent where the destination allows it: after a crash between the remote
 accepting a batch and the cursor being written, the runtime delivers that batch again

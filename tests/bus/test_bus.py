@@ -137,7 +137,10 @@ def test_barrier_with_the_loop_in_a_blocking_portal(tmp_path: Path) -> None:
     """Plain-script case: the loop runs in a portal thread and train() calls the barrier."""
     seen: list[Any] = []
     bus = Bus(run_id="portal", journal_path=tmp_path / "journal.tbj")
-    with anyio.from_thread.start_blocking_portal() as portal, portal.wrap_async_context_manager(bus):
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bus),
+    ):
         loop_thread = portal.call(threading.get_ident)
         result = _run_barrier(bus, seen)
         bus.emit(StepEnd, global_step=1)
@@ -192,7 +195,9 @@ async def test_async_barrier_on_the_loop_thread_is_refused(make_bus: MakeBus) ->
         async with make_bus() as bus:
             with pytest.raises(RuntimeError, match="abarrier"):
                 bus.barrier([_async_record("x")], 0, 0, Control(), seen=[])
-            result = await bus.abarrier([_async_record("x"), _record("y")], 0, 0, Control(), seen=[])
+            result = await bus.abarrier(
+                [_async_record("x"), _record("y")], 0, 0, Control(), seen=[]
+            )
     assert result.trail == ("x", "y")
 
 
@@ -219,13 +224,12 @@ async def test_stream_delivers_live_events_and_ends_on_close(make_bus: MakeBus) 
 async def test_stream_overflow_drops_oldest_and_counts(make_bus: MakeBus) -> None:
     """A subscriber that falls behind keeps the newest max_buffer events and counts the rest."""
     with anyio.fail_after(10):
-        async with make_bus() as bus:
-            async with bus.stream(max_buffer=10) as stream:
-                for step in range(25):
-                    bus.emit(StepEnd, global_step=step)
-                await bus.drain()
-                stream.close()
-                got = [event.global_step async for event in stream]
+        async with make_bus() as bus, bus.stream(max_buffer=10) as stream:
+            for step in range(25):
+                bus.emit(StepEnd, global_step=step)
+            await bus.drain()
+            stream.close()
+            got = [event.global_step async for event in stream]
     assert got == list(range(15, 25))
     assert stream.dropped == 15
 

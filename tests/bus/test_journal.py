@@ -84,7 +84,7 @@ def test_not_a_journal_is_refused(tmp_path: Path) -> None:
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 40), cut=st.integers(1, 400), junk=st.binary(max_size=64))
 def test_torn_tail_is_detected_and_truncated(n: int, cut: int, junk: bytes) -> None:
-    """Cutting the file anywhere (plus junk) yields an intact prefix, a report, and a clean repair."""
+    """A file cut anywhere (plus junk) reads as an intact prefix, is reported, and repairs."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "j.tbj"
         events = _write(path, n)

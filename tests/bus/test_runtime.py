@@ -1,4 +1,4 @@
-"""The sink runtime: retries, permanent errors, isolation, overflow to the journal, close, replay."""
+"""The sink runtime: retries, permanent errors, isolation, overflow, close deadline, replay."""
 
 from __future__ import annotations
 
@@ -250,7 +250,9 @@ def test_runtime_on_both_backends(tmp_path: Path, backend: str) -> None:
     def make(root: Path, sinks: list[RecordingSink], **kw: Any) -> Any:
         from bus import Bus
 
-        return Bus(run_id="r", journal_path=root / "j.tbj", sinks=sinks, retry_policy=FAST_RETRIES, **kw)
+        return Bus(
+            run_id="r", journal_path=root / "j.tbj", sinks=sinks, retry_policy=FAST_RETRIES, **kw
+        )
 
     anyio.run(main, backend=backend)
     assert _seqs(sink) == list(range(2000))
