@@ -194,6 +194,8 @@ class TrainerState:
     stateful_callbacks: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Like Hugging Face, also accept None and a list of live objects (snapshotted here);
+        # typed code should call record_callback_states instead.
         if self.log_history is None:
             self.log_history = []
         stored: object = self.stateful_callbacks
