@@ -41,7 +41,7 @@ def _is_secret(name: str) -> bool:
     return any(part in _SECRET_MARKERS for part in name.split("_"))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class TrainingArguments:
     """Everything a run is configured with; mutable because Hugging Face callbacks may edit it."""
 
@@ -107,6 +107,11 @@ class TrainingArguments:
             # Same rule as Hugging Face: a logger quieter than WARNING means "no progress bars".
             self.disable_tqdm = logging.getLogger("trainer").getEffectiveLevel() > logging.WARNING
         _validate(self)
+
+    def __repr__(self) -> str:
+        # Arguments end up in logs and tracebacks: never show a secret there.
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({fields})"
 
     # --- serialisation ----------------------------------------------------------------------
 

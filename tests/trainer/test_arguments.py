@@ -68,6 +68,7 @@ def test_to_dict_is_json_ready_and_redacts_secrets() -> None:
     data = json.loads(args.to_json_string())
     assert data["hub_token"] == "<HUB_TOKEN>"
     assert "hf_abc" not in args.to_json_string()
+    assert "hf_abc" not in repr(args) and "hub_token='<HUB_TOKEN>'" in repr(args)
     assert data["report_to"] == ["tensorboard"]
     assert set(data) == set(args.to_dict())
     assert TrainingArguments().to_dict()["hub_token"] is None
