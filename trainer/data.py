@@ -91,6 +91,13 @@ class EpochSampler(Sampler[int]):
         return max(self.length - self.start, 0)
 
 
+def _private_generator(seed: int) -> torch.Generator:
+    """A loader draws its workers' base seed at every ``iter()``; without a generator of its own
+    that draw comes from the global RNG, so starting an epoch (or an evaluation) would shift the
+    dropout noise of the following steps and a resumed run would drift off the original curve."""
+    return torch.Generator().manual_seed(seed)
+
+
 def train_dataloader(
     dataset: Dataset[Any],
     *,
@@ -110,6 +117,7 @@ def train_dataloader(
         collate_fn=collator,
         drop_last=drop_last,
         num_workers=num_workers,
+        generator=_private_generator(seed),
     )
 
 
@@ -118,7 +126,12 @@ def eval_dataloader(
 ) -> DataLoader[Any]:
     """The evaluation loader: sequential, every sample kept."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collator,
+        num_workers=num_workers,
+        generator=_private_generator(0),
     )
 
 
