@@ -1,4 +1,4 @@
-"""trainbus's trainer: Hugging Face's ``Trainer`` API, publishing every callback point on the bus."""
+"""trainbus's trainer: Hugging Face's ``Trainer`` API, each callback point published on the bus."""
 
 from __future__ import annotations
 

@@ -79,6 +79,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_files(
+    staging: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: LRScheduler | None,
+    write_state: Callable[[Path], None],
+    args_dict: dict[str, Any],
+) -> None:
+    safetensors.torch.save_model(model, str(staging / WEIGHTS_NAME))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), staging / SCHEDULER_NAME)
+    torch.save(capture_rng_state(), staging / RNG_NAME)
+    (staging / ARGS_NAME).write_text(
+        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+    write_state(staging)
+    for child in staging.iterdir():
+        _fsync_file(child)
+    _fsync_dir(staging)
+
+
 def write_checkpoint(
     output_dir: str | os.PathLike[str],
     global_step: int,
@@ -100,24 +123,22 @@ def write_checkpoint(
     staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    safetensors.torch.save_model(model, str(staging / WEIGHTS_NAME))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
-    if scheduler is not None:
-        torch.save(scheduler.state_dict(), staging / SCHEDULER_NAME)
-    torch.save(capture_rng_state(), staging / RNG_NAME)
-    (staging / ARGS_NAME).write_text(
-        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
-    write_state(staging)
-    for child in staging.iterdir():
-        _fsync_file(child)
-    _fsync_dir(staging)
+    try:
+        _write_files(staging, model, optimizer, scheduler, write_state, args_dict)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    retired = None
     if final.exists():
-        # Same step saved twice (step- and epoch-level save): the newer one wins, as in HF.
-        shutil.rmtree(final)
+        # Same step saved twice (step- and epoch-level save): the newer one wins, as in HF. The
+        # old one moves aside first, so a crash in between never leaves this step missing.
+        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        shutil.rmtree(retired, ignore_errors=True)
+        final.rename(retired)
     staging.rename(final)
     _fsync_dir(final.parent)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
     return final
 
 
@@ -174,8 +195,11 @@ def rotate_checkpoints(
     elif limit is None or limit <= 0:
         doomed = []
     else:
-        keep_others = limit - 1 if len(others) < len(found) else limit
-        doomed = others[: max(len(others) - max(keep_others, 1), 0)]
+        has_best = len(others) < len(found)
+        keep_others = limit - 1 if has_best else limit
+        if keep_others == 0 and has_best and found[-1].resolve() != best_path:
+            keep_others = 1  # limit 1 and an older best: keep the newest too, as HF does
+        doomed = others[: max(len(others) - keep_others, 0)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
