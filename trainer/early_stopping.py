@@ -94,12 +94,17 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
             )
 
     def on_evaluate(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         name = args.metric_for_best_model or "loss"
         if not name.startswith("eval_"):
             name = f"eval_{name}"
-        metrics: dict[str, Any] = kwargs.get("metrics") or {}
+        metrics = metrics or {}
         value = metrics.get(name)
         if value is None:
             _log.warning(

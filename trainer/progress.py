@@ -39,9 +39,13 @@ class PrinterCallback(TrainerCallback):
     """Print each log entry on the local main process (used when ``disable_tqdm`` is set)."""
 
     def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        logs: Mapping[str, Any] | None = kwargs.get("logs")
         if logs is None or not state.is_local_process_zero:
             return
         print({k: _display(v) for k, v in logs.items() if k != "total_flos"})
@@ -72,9 +76,14 @@ class ProgressCallback(TrainerCallback):
             self.current_step = state.global_step
 
     def on_prediction_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        eval_dataloader: Any = None,
+        **kwargs: Any,
     ) -> None:
-        total = _length(kwargs.get("eval_dataloader"))
+        total = _length(eval_dataloader)
         if not state.is_world_process_zero or total is None:
             return
         if self.prediction_bar is None:
@@ -94,9 +103,13 @@ class ProgressCallback(TrainerCallback):
         self._close_prediction_bar(state)
 
     def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        logs: Mapping[str, Any] | None = kwargs.get("logs")
         if not state.is_world_process_zero or self.training_bar is None or logs is None:
             return
         shown = {k: self._shorten(v) for k, v in logs.items() if k != "total_flos"}
