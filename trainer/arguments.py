@@ -22,12 +22,20 @@ from typing import Any, Final
 
 from bus.errors import ConfigurationError
 
-__all__ = ["LOGGING_STRATEGIES", "SAVE_STRATEGIES", "SCHEDULER_TYPES", "TrainingArguments"]
+__all__ = [
+    "LOGGING_STRATEGIES",
+    "SAVE_STRATEGIES",
+    "SCHEDULER_TYPES",
+    "TOKEN_COUNTING",
+    "TrainingArguments",
+]
 
 LOGGING_STRATEGIES: Final = ("no", "steps", "epoch")
 """Valid values of ``logging_strategy`` and ``eval_strategy``."""
 SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
 SCHEDULER_TYPES: Final = ("linear", "cosine", "constant", "constant_with_warmup")
+TOKEN_COUNTING: Final = ("all", "non_padding", "no")
+"""Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
 _SECRET_MARKERS: Final = ("token", "key", "password", "secret")
 
 
@@ -89,7 +97,7 @@ class TrainingArguments:
     dataloader_drop_last: bool = False
     restore_callback_states_from_checkpoint: bool = False
     resume_from_checkpoint: str | None = None
-    include_num_input_tokens_seen: bool = False
+    include_num_input_tokens_seen: str | bool = "no"
     skip_memory_metrics: bool = True
     use_cpu: bool = False
     push_to_hub: bool = False
@@ -103,6 +111,10 @@ class TrainingArguments:
         self.save_strategy = _plain(self.save_strategy)
         self.lr_scheduler_type = _plain(self.lr_scheduler_type)
         self.report_to = _plain(self.report_to)
+        if isinstance(self.include_num_input_tokens_seen, bool):
+            self.include_num_input_tokens_seen = (
+                "all" if self.include_num_input_tokens_seen else "no"
+            )
         if self.disable_tqdm is None:
             # Same rule as Hugging Face: a logger quieter than WARNING means "no progress bars".
             self.disable_tqdm = logging.getLogger("trainer").getEffectiveLevel() > logging.WARNING
@@ -234,6 +246,9 @@ def _validate(args: TrainingArguments) -> None:
     _check_choice("eval_strategy", args.eval_strategy, LOGGING_STRATEGIES)
     _check_choice("save_strategy", args.save_strategy, SAVE_STRATEGIES)
     _check_choice("lr_scheduler_type", args.lr_scheduler_type, SCHEDULER_TYPES)
+    _check_choice(
+        "include_num_input_tokens_seen", args.include_num_input_tokens_seen, TOKEN_COUNTING
+    )
     _check_sizes(args)
     _check_optimizer(args)
     _check_warmup(args)

@@ -72,7 +72,7 @@ def test_to_dict_is_json_ready_and_redacts_secrets() -> None:
     assert data["report_to"] == ["tensorboard"]
     assert set(data) == set(args.to_dict())
     assert TrainingArguments().to_dict()["hub_token"] is None
-    assert data["include_num_input_tokens_seen"] is False  # "tokens" is not a secret
+    assert data["include_num_input_tokens_seen"] == "no"  # "tokens" is not a secret
 
 
 def test_secret_detection_covers_fields_of_subclasses() -> None:
@@ -93,6 +93,25 @@ def test_from_dict_round_trips_and_names_unknown_keys() -> None:
     assert TrainingArguments.from_dict(args.to_dict()) == args
     with pytest.raises(ConfigurationError, match=r"'learnig_rate'.*'learning_rate'"):
         TrainingArguments.from_dict({"learnig_rate": 1e-3})
+
+
+def test_field_names_and_defaults_match_transformers() -> None:
+    """Every field but warmup_ratio exists in transformers with the same default, bar three."""
+    transformers = pytest.importorskip("transformers")
+    theirs = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
+    differing = {}
+    for field in dataclasses.fields(TrainingArguments):
+        if field.name == "warmup_ratio":  # kept for old configs; v5 folds it into warmup_steps
+            assert field.name not in theirs
+            continue
+        their_default = theirs[field.name].default
+        if their_default != field.default:
+            differing[field.name] = (field.default, their_default)
+    # output_dir: theirs is None, which their __post_init__ turns into "trainer_output".
+    assert differing == {"output_dir": ("trainer_output", None), "report_to": ("all", "none")}
+    assert TrainingArguments(include_num_input_tokens_seen=True).include_num_input_tokens_seen == (
+        "all"
+    )
 
 
 def test_strategy_enums_from_transformers_are_accepted() -> None:
@@ -174,6 +193,7 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ),
     ({"save_strategy": "best"}, r"save_strategy 'best' saves after evaluations"),
     ({"report_to": None}, r"report_to must be 'all', 'none'"),
+    ({"include_num_input_tokens_seen": "some"}, r"include_num_input_tokens_seen must be one of"),
     ({"report_to": ["mlflow", 3]}, r"report_to must be"),
 ]
 
