@@ -77,6 +77,14 @@ def test_trainer_callback_has_a_hook_for_every_hf_event() -> None:
         assert callable(getattr(CallbackHandler, name))
 
 
+def test_hook_names_equal_transformers() -> None:
+    """Our TrainerCallback has exactly the on_* hooks of transformers' TrainerCallback."""
+    transformers = pytest.importorskip("transformers")
+    theirs = {name for name in dir(transformers.TrainerCallback) if name.startswith("on_")}
+    ours = {name for name in dir(TrainerCallback) if name.startswith("on_")}
+    assert ours == theirs == set(EVENT_NAMES)
+
+
 def test_base_hooks_return_none() -> None:
     """Every base hook is a no-op returning None, as in Hugging Face."""
     cb = TrainerCallback()
