@@ -54,6 +54,8 @@ Hook = Callable[..., Any]
 
 _BURST: Final = 4096
 _UNSTARTED_LIMIT: Final = 65536
+_HIGH_WATER: Final = 32768
+_MAX_PAUSE: Final = 0.001
 
 
 async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -102,6 +104,8 @@ class Bus:
         self.close_deadline = close_deadline
         self.report: dict[str, SinkReport] | None = None
         """Per sink, how the run ended for it; set when the bus closes."""
+        self.flow_control_pauses = 0
+        """How many publishes paused because the loop was far behind (see ``_yield_to_loop``)."""
         self._queue_size = queue_size
         self._policy = retry_policy
         bounded = self.journal_path is None and not self.sinks
@@ -133,6 +137,8 @@ class Bus:
             self._pending.append(cast(Event, event))
         if not self._wake_scheduled:
             self._schedule_wake()
+        if len(self._pending) > _HIGH_WATER:
+            self._yield_to_loop()
         return event
 
     def publish(self, event: E) -> E:
@@ -145,6 +151,8 @@ class Bus:
             self._pending.append(cast(Event, event))
         if not self._wake_scheduled:
             self._schedule_wake()
+        if len(self._pending) > _HIGH_WATER:
+            self._yield_to_loop()
         return event
 
     def _schedule_wake(self) -> None:
@@ -156,6 +164,24 @@ class Bus:
             call_soon(self._on_wake)
         except RuntimeError:  # the loop closed under us; nothing left to wake
             self._wake_scheduled = False
+
+    def _yield_to_loop(self) -> None:
+        """Flow control for floods: let the loop catch up, for at most a millisecond per call.
+
+        Only reached when the loop is more than ``_HIGH_WATER`` events behind, which a training
+        loop publishing a few events per step never is; a flood (or a loop starved of CPU) would
+        otherwise grow the backlog without bound. Sleeping releases the GIL to the loop thread;
+        this never waits on I/O and never waits long, so a stuck loop slows publishing down
+        instead of hanging it.
+        """
+        if self._call_soon is None or threading.get_ident() == self._loop_thread:
+            return
+        if not self.flow_control_pauses:
+            log.warning("bus_flow_control", backlog=len(self._pending), run_id=self.run_id)
+        self.flow_control_pauses += 1
+        deadline = time.monotonic() + _MAX_PAUSE
+        while len(self._pending) > _HIGH_WATER // 2 and time.monotonic() < deadline:
+            time.sleep(_MAX_PAUSE / 4)
 
     def _on_wake(self) -> None:
         self._wakeup.set()

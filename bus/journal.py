@@ -85,12 +85,6 @@ class RepairReport:
     torn_tail: TornTail | None
 
 
-def _frame(seq: int, payload: bytes) -> bytes:
-    length = len(payload)
-    crc = zlib.crc32(payload, zlib.crc32(_LEN_SEQ.pack(length, seq)))
-    return _HEADER.pack(_MARKER, 0, length, crc, seq) + payload
-
-
 def _parse_at(data: bytes | memoryview, pos: int) -> tuple[Record | None, str]:
     """Parse the record at ``pos`` of an in-memory buffer; ``(None, reason)`` when it is not one.
 
@@ -288,7 +282,9 @@ class JournalWriter:
         """Append ``events`` (seq strictly increasing) as one write."""
         if not events:
             return
-        frames = []
+        parts: list[bytes] = []
+        add = parts.append
+        encode, pack, pack_len_seq, crc32 = _encode, _HEADER.pack, _LEN_SEQ.pack, zlib.crc32
         offset = self._offset
         since = self._since_index
         last = self.last_seq
@@ -299,16 +295,18 @@ class JournalWriter:
                     f"Event seq {seq} does not follow the journal's last seq {last}; "
                     "sequence numbers must increase strictly."
                 )
-            frame = _frame(seq, _encode(event))
+            payload = encode(event)
+            length = len(payload)
             if since >= _INDEX_EVERY:
                 self._index_seqs.append(seq)
                 self._index_offsets.append(offset)
                 since = 0
             since += 1
-            offset += len(frame)
-            frames.append(frame)
+            offset += _HEADER.size + length
+            add(pack(_MARKER, 0, length, crc32(payload, crc32(pack_len_seq(length, seq))), seq))
+            add(payload)
             last = seq
-        data = b"".join(frames)
+        data = b"".join(parts)
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
