@@ -1,0 +1,141 @@
+"""An unmodified ``transformers.TrainerCallback`` runs in our Trainer and sees what HF shows it.
+
+The same callback class is run in ``transformers.Trainer`` and in ours, with the same model, data
+and arguments; the event names, steps, epochs and control flags it records must be identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from trainer import Trainer, TrainingArguments  # noqa: E402  (after the importorskip guard)
+from trainer.launcher import LocalLauncher  # noqa: E402
+from trainer.testing import RegressionDataset, TinyRegressor  # noqa: E402
+
+HOOKS = (
+    "on_init_end",
+    "on_train_begin",
+    "on_train_end",
+    "on_epoch_begin",
+    "on_epoch_end",
+    "on_step_begin",
+    "on_substep_end",
+    "on_pre_optimizer_step",
+    "on_optimizer_step",
+    "on_step_end",
+    "on_evaluate",
+    "on_save",
+    "on_log",
+    "on_prediction_step",
+)
+
+
+class HFRecorder(transformers.TrainerCallback):  # type: ignore[misc]  # untyped third-party base
+    """A plain Hugging Face callback: records each hook with the step, epoch and flags it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+
+def _hook(name: str) -> Any:
+    def hook(self: HFRecorder, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        flags = (
+            control.should_training_stop,
+            control.should_epoch_stop,
+            control.should_save,
+            control.should_evaluate,
+            control.should_log,
+        )
+        keys = sorted(kwargs.get("logs") or kwargs.get("metrics") or {})
+        self.seen.append((name, state.global_step, round(float(state.epoch or 0), 6), flags, keys))
+
+    return hook
+
+
+for _name in HOOKS:
+    setattr(HFRecorder, _name, _hook(_name))
+
+ARGS: dict[str, Any] = {
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "max_steps": 5,
+    "logging_steps": 2,
+    "logging_first_step": True,
+    "eval_strategy": "steps",
+    "eval_steps": 3,
+    "save_strategy": "steps",
+    "save_steps": 4,
+    "learning_rate": 0.01,
+    "report_to": "none",
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "seed": 3,
+}
+
+
+def _run_hf(tmp_path: Path) -> list[tuple[Any, ...]]:
+    recorder = HFRecorder()
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), **ARGS)
+    trainer = transformers.Trainer(
+        model=TinyRegressor(),
+        args=args,
+        train_dataset=RegressionDataset(20),
+        eval_dataset=RegressionDataset(8, seed=1),
+        callbacks=[recorder],
+    )
+    trainer.train()
+    return recorder.seen
+
+
+def _run_ours(tmp_path: Path) -> list[tuple[Any, ...]]:
+    recorder = HFRecorder()
+    args = TrainingArguments(output_dir=str(tmp_path / "ours"), **ARGS)
+    trainer = Trainer(
+        TinyRegressor(),
+        args,
+        train_dataset=RegressionDataset(20),
+        eval_dataset=RegressionDataset(8, seed=1),
+        callbacks=[recorder],
+        launcher=LocalLauncher(),
+    )
+    trainer.train()
+    return recorder.seen
+
+
+def _without_speed_keys(seen: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Both trainers log the same keys; only memory/throughput extras may differ by version."""
+    return [(*entry[:4], [k for k in entry[4] if not k.endswith("_per_second")]) for entry in seen]
+
+
+def test_hf_callback_sees_the_same_events_steps_and_flags(tmp_path: Path) -> None:
+    """Same hooks, same order, same ``global_step``/``epoch`` and flags as in transformers."""
+    theirs = _without_speed_keys(_run_hf(tmp_path))
+    ours = _without_speed_keys(_run_ours(tmp_path))
+    assert [entry[0] for entry in ours] == [entry[0] for entry in theirs]
+    assert ours == theirs
+
+
+def test_hf_callback_can_stop_training(tmp_path: Path) -> None:
+    """An HF callback setting ``should_training_stop`` stops our loop at that step."""
+
+    class Stop(transformers.TrainerCallback):  # type: ignore[misc]  # untyped third-party base
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == 2:
+                control.should_training_stop = True
+            return control
+
+    args = TrainingArguments(output_dir=str(tmp_path), **{**ARGS, "eval_strategy": "no"})
+    trainer = Trainer(
+        TinyRegressor(),
+        args,
+        train_dataset=RegressionDataset(20),
+        callbacks=[Stop()],
+        launcher=LocalLauncher(),
+    )
+    assert trainer.train().global_step == 2
