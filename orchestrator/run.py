@@ -16,6 +16,7 @@ in ``__aenter__`` before the run directory is created.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +40,7 @@ from orchestrator.logging import configure_logging
 from orchestrator.registry import build_sinks, resolve_report_to
 from orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
 
-__all__ = ["Orchestrator", "active_orchestrator"]
+__all__ = ["Orchestrator", "active_orchestrator", "warm_up"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -48,6 +49,23 @@ active_orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.C
     "trainbus_active_orchestrator", default=None
 )
 """The run whose worker thread is executing; the launcher reuses its bus instead of opening one."""
+
+
+_LAZY_TORCH_MODULES = ("torch._dynamo", "torch.distributed.tensor")
+
+
+def warm_up() -> None:
+    """Import what torch otherwise imports on the first optimizer and clipping step.
+
+    Those first-time imports hold the GIL for 100-300 ms at a time, whichever thread runs them,
+    so a host service's loop stalls once when its first training starts. Call this at startup,
+    before serving, and the stall happens while nothing is waiting.
+    """
+    for name in _LAZY_TORCH_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a torch build without these parts never imports them later either
+            continue
 
 
 def _world() -> tuple[int, int]:
@@ -225,8 +243,14 @@ class Orchestrator:
 
     # --- running work -------------------------------------------------------------------------
 
-    async def run_in_thread(self, work: Callable[[Bus], T]) -> T:
-        """Run ``work(bus)`` in a worker thread while this loop keeps serving the bus and sinks."""
+    async def run_in_thread(
+        self, work: Callable[[Bus], T], *, on_cancel: Callable[[], None] | None = None
+    ) -> T:
+        """Run ``work(bus)`` in a worker thread while this loop keeps serving the bus and sinks.
+
+        A thread cannot be cancelled, so cancelling the caller calls ``on_cancel`` (ask the work
+        to stop) and then waits for the thread: the run never closes under a live training loop.
+        """
         bus = self.bus
 
         def in_run() -> T:
@@ -238,11 +262,31 @@ class Orchestrator:
             finally:
                 active_orchestrator.reset(token)
 
-        try:
-            return await anyio.to_thread.run_sync(in_run, abandon_on_cancel=False)
-        except BaseException as exc:
-            self.mark("failed", f"{type(exc).__name__}: {exc}")
-            raise
+        finished = anyio.Event()
+
+        async def relay_cancel() -> None:
+            try:
+                await finished.wait()
+            except anyio.get_cancelled_exc_class():
+                if on_cancel is not None:
+                    on_cancel()
+                raise
+
+        outcome: list[T] = []
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay_cancel)
+            with anyio.CancelScope(shield=True):
+                try:
+                    outcome.append(await anyio.to_thread.run_sync(in_run))
+                except BaseException as exc:  # re-raised below, outside the task group
+                    error = exc
+                finally:
+                    finished.set()
+        if error is not None:
+            self.mark("failed", f"{type(error).__name__}: {error}")
+            raise error
+        return outcome[0]
 
     def run_blocking(self, work: Callable[[Bus], T], *, backend: str = "asyncio") -> T:
         """Open this run on a loop in a background thread and run ``work(bus)`` on this thread.
@@ -264,8 +308,16 @@ class Orchestrator:
                 active_orchestrator.reset(token)
 
     async def train(self, trainer: Any, **train_kwargs: Any) -> Any:
-        """Run ``trainer.train(**train_kwargs)`` in a worker thread on this run's bus."""
-        return await self.run_in_thread(lambda _bus: trainer.train(**train_kwargs))
+        """Run ``trainer.train(**train_kwargs)`` in a worker thread on this run's bus.
+
+        Cancelling the caller sets ``trainer.control.should_training_stop``: the loop stops after
+        the current step, as if a callback had asked, and the run closes normally.
+        """
+
+        def stop() -> None:
+            trainer.control.should_training_stop = True
+
+        return await self.run_in_thread(lambda _bus: trainer.train(**train_kwargs), on_cancel=stop)
 
     def events(self, *types: type[EventBase], max_buffer: int = 1024) -> Subscription:
         """Watch the run live: events published from now on (of ``types``, or all), in order.

@@ -34,7 +34,7 @@ def test_a_full_config_decodes() -> None:
 
 def test_malformed_toml_is_one_configuration_error() -> None:
     """A TOML syntax error becomes a ConfigurationError naming the source."""
-    with pytest.raises(ConfigurationError, match="run.toml is not valid TOML"):
+    with pytest.raises(ConfigurationError, match=r"run\.toml is not valid TOML"):
         parse_train_config("model = [unclosed", source="run.toml")
 
 
@@ -53,7 +53,7 @@ def test_factory_keywords_are_checked_before_the_call() -> None:
 
 
 def test_missing_output_dir_under_a_writable_parent_is_fine(tmp_path: Path) -> None:
-    """An output_dir that does not exist yet passes when its parent is writable, and is not created."""
+    """A missing output_dir under a writable parent passes the check and is not created."""
     target = tmp_path / "a" / "b"
     check_writable_dir(target, field="output_dir")
     assert not target.exists()

@@ -44,7 +44,7 @@ def test_none_and_empty_mean_no_integration() -> None:
 
 
 def test_all_picks_only_available_integrations() -> None:
-    """``"all"`` includes MLflow only when a tracking server is configured, and no unimplemented name."""
+    """``"all"`` has MLflow only with a tracking server configured, and no unimplemented name."""
     without = resolve_report_to("all", {})
     with_uri = resolve_report_to("all", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert "mlflow" not in without

@@ -84,13 +84,15 @@ async def test_events_lets_an_application_watch_live(tmp_path: Path) -> None:
                 seen.append(event.global_step)
 
     with anyio.fail_after(30):
-        async with Orchestrator(output_dir=tmp_path, report_to="none") as orch:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch, orch)
-                await anyio.wait_all_tasks_blocked()
-                await orch.run_in_thread(fake_training(5))  # type: ignore[arg-type]
-                await orch.bus.drain()
-                tg.cancel_scope.cancel()
+        async with (
+            Orchestrator(output_dir=tmp_path, report_to="none") as orch,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(watch, orch)
+            await anyio.wait_all_tasks_blocked()
+            await orch.run_in_thread(fake_training(5))  # type: ignore[arg-type]
+            await orch.bus.drain()
+            tg.cancel_scope.cancel()
     assert seen == [1, 2, 3, 4, 5]
 
 
@@ -132,7 +134,7 @@ def test_launcher_reuses_the_active_run(tmp_path: Path) -> None:
     """Work started through the launcher inside a run's thread lands in that run's journal."""
 
     class FakeTrainer:
-        class args:  # noqa: N801 -- mimics the attribute a Trainer has
+        class args:
             output_dir = str(tmp_path)
             run_name = "fake"
             report_to = "none"
