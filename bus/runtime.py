@@ -374,18 +374,19 @@ async def replay(
     *,
     cursor_dir: str | os.PathLike[str] | None,
     policy: RetryPolicy | None = None,
-    deadline: float = math.inf,
+    deadline: float | None = None,
 ) -> dict[str, SinkReport]:
     """Deliver every journal event past each sink's cursor, as the live run would have.
 
     This is what ``trainbus sync RUN_DIR`` runs after the process that wrote the journal is gone:
-    same filters, batching, retries and cursor updates, all sinks concurrently.
+    same filters, batching, retries and cursor updates, all sinks concurrently. ``deadline``
+    (seconds, ``None`` for none) bounds the whole replay; what is left is in the reports.
     """
     source = _FinishedJournal(Path(journal_path))
     cursors = CursorStore(cursor_dir)
     runners = [SinkRunner(sink, source, cursors, policy=policy) for sink in sinks]
     async with anyio.create_task_group() as tg:
         for runner in runners:
-            runner.begin_close(deadline)
+            runner.begin_close(math.inf if deadline is None else deadline)
             tg.start_soon(runner.run)
     return {r.name: r.report for r in runners if r.report is not None}

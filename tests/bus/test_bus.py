@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import pytest
+from structlog.testing import capture_logs
 
 from bus import Bus, JournalReader, Log, StepEnd, TrainBegin
 from bus.errors import ConfigurationError
@@ -250,3 +251,25 @@ def test_remote_sinks_run_on_rank_zero_only() -> None:
     remote = RecordingSink("remote")
     assert Bus(run_id="r", rank=1, sinks=[local, remote]).sinks == [local]
     assert Bus(run_id="r", rank=0, sinks=[local, remote]).sinks == [local, remote]
+
+
+async def test_events_published_before_start_are_kept(make_bus: MakeBus, tmp_path: Path) -> None:
+    """Events emitted before the loop starts (Trainer.__init__) are journaled once it does."""
+    bus = make_bus()
+    early = bus.emit(StepEnd, global_step=0)
+    with anyio.fail_after(10):
+        async with bus:
+            late = bus.emit(StepEnd, global_step=1)
+    assert list(JournalReader(tmp_path / "journal.tbj").read_from()) == [early, late]
+
+
+async def test_flow_control_never_hangs_a_publisher_when_the_loop_stalls(make_bus: MakeBus) -> None:
+    """With the loop stalled, publishes past the high-water mark pause briefly, then go on."""
+    with anyio.fail_after(30), capture_logs() as logs:
+        async with make_bus() as bus:
+            flood = threading.Thread(target=lambda: [bus.emit(StepEnd) for _ in range(32_868)])
+            flood.start()
+            flood.join()  # blocks the loop's own thread: nothing drains meanwhile
+            await bus.drain()
+    assert 0 < bus.flow_control_pauses <= 100
+    assert [e["event"] for e in logs].count("bus_flow_control") == 1
