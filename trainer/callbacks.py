@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex, TypeAlias
 
 import anyio
 import structlog
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from trainer.arguments import TrainingArguments
     from trainer.state import TrainerControl, TrainerState
 
@@ -206,6 +208,60 @@ def overridden_hook(callback: object, name: str) -> Hook | None:
     return None
 
 
+class _CallbackList(list[Any]):
+    """The handler's list: editing it in place (HF users do) refreshes the dispatch tables."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_change = on_change
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._on_change()
+
+    def insert(self, index: SupportsIndex, item: Any) -> None:
+        super().insert(index, item)
+        self._on_change()
+
+    def extend(self, items: Iterable[Any]) -> None:
+        super().extend(items)
+        self._on_change()
+
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        self._on_change()
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        item = super().pop(index)
+        self._on_change()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._on_change()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._on_change()
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        super().sort(key=key, reverse=reverse)
+        self._on_change()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._on_change()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._on_change()
+
+    def __iadd__(self, items: Iterable[Any]) -> Self:  # type: ignore[misc]  # as list does
+        super().__iadd__(items)
+        self._on_change()
+        return self
+
+
 def _has_flow(callbacks: Iterable[object]) -> bool:
     return any(
         klass.__name__ == "DefaultFlowCallback" for cb in callbacks for klass in type(cb).__mro__
@@ -223,7 +279,7 @@ class CallbackHandler:
         optimizer: Any = None,
         lr_scheduler: Any = None,
     ) -> None:
-        self.callbacks: list[Any] = []
+        self._callbacks = _CallbackList(self._rebuild)
         self.model = model
         self.processing_class = processing_class
         self.optimizer = optimizer
@@ -233,9 +289,9 @@ class CallbackHandler:
         self.bus: Barrier | None = None
         self._hooks: dict[str, tuple[Hook, ...]] = {}
         self._async_events: frozenset[str] = frozenset()
+        self._rebuild()
         for callback in callbacks:
             self.add_callback(callback)
-        self._rebuild()
         if not _has_flow(self.callbacks):
             _log.warning(
                 "The Trainer will not work properly if you don't have a `DefaultFlowCallback` in "
@@ -245,6 +301,18 @@ class CallbackHandler:
             )
 
     # --- registration (Hugging Face's exact semantics) --------------------------------------
+
+    @property
+    def callbacks(self) -> list[Any]:
+        """The callbacks in dispatch order; edits in place or by assignment take effect at once."""
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: Iterable[Any]) -> None:
+        fresh = _CallbackList(self._rebuild)
+        list.extend(fresh, callbacks)
+        self._callbacks = fresh
+        self._rebuild()
 
     def add_callback(self, callback: object) -> None:
         """Append a callback (a class is instantiated); a second one of a class only warns."""
@@ -256,14 +324,12 @@ class CallbackHandler:
                 "already one. The current list of callbacks is\n:" + self.callback_list
             )
         self.callbacks.append(cb)
-        self._rebuild()
 
     def pop_callback(self, callback: object) -> Any:
         """Remove and return the first match (a class matches subclasses), or None."""
         for cb in self.callbacks:
             if (isinstance(callback, type) and isinstance(cb, callback)) or cb == callback:
                 self.callbacks.remove(cb)
-                self._rebuild()
                 return cb
         return None
 
@@ -276,7 +342,6 @@ class CallbackHandler:
                     break
         else:
             self.callbacks.remove(callback)
-        self._rebuild()
 
     @property
     def callback_list(self) -> str:

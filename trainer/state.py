@@ -150,7 +150,7 @@ def restore_callback_states(
             if isinstance(obj, TrainerControl):
                 control = fresh
             else:
-                handler.pop_callback(type(obj))
+                handler.pop_callback(obj)  # this very object, not the first of its class
                 queued.append(fresh)
     if missing:
         _log.warning(

@@ -218,6 +218,25 @@ def test_only_overriding_callbacks_are_listed_and_lists_follow_changes() -> None
     assert handler.listeners("on_step_begin") == (recorder.on_step_begin,)
 
 
+def test_editing_the_list_in_place_refreshes_dispatch() -> None:
+    """Inserting, replacing or deleting in handler.callbacks (as HF users do) takes effect."""
+    recorder, printer = Recorder(), PrinterCallback()
+    handler = CallbackHandler([DefaultFlowCallback])
+    handler.callbacks.insert(0, recorder)
+    assert handler.listeners("on_substep_end") == (recorder.on_substep_end,)
+    handler.callbacks[0] = printer
+    assert handler.listeners("on_substep_end") == ()
+    assert handler.listeners("on_log") == (printer.on_log,)
+    del handler.callbacks[0]
+    assert handler.listeners("on_log") == ()
+    handler.callbacks += [recorder]
+    assert handler.listeners("on_log") == (recorder.on_log,)
+    handler.callbacks = [printer]
+    assert handler.listeners("on_log") == (printer.on_log,)
+    handler.callbacks.clear()
+    assert all(handler.listeners(event) == () for event in EVENT_NAMES)
+
+
 def test_duck_typed_callbacks_and_instance_hooks_are_dispatched() -> None:
     """Any object with on_* methods works, and a hook set on an instance is seen."""
     calls: list[str] = []
