@@ -1,0 +1,264 @@
+"""What the ``Trainer`` costs over a hand-written torch loop doing the same work, and over HF's.
+
+Every contender trains the shared workload (``benchmarks._common.Workload``: the MLP, pre-built
+batches, AdamW with linear decay, grad-norm clipping at 1.0, one torch thread) for the same
+number of optimizer steps and logs **every** step (``logging_steps=1``): the loss and grad norm
+are read back and a log line is written each step. Contenders:
+
+* ``hand loop``: plain torch, printing ``{loss, grad_norm, learning_rate, epoch}`` each step;
+* ``trainbus``: ``trainer.Trainer`` with its default callbacks and ``disable_tqdm=True`` (the
+  default flow and the printer callback, every event published on a bus);
+* ``hand loop + tqdm`` / ``trainbus + tqdm``: the same, with a progress bar;
+* ``transformers``: ``transformers.Trainer`` with the same model, data and arguments.
+
+Output (stdout and stderr) goes to ``/dev/null`` while timing, so terminal speed is not measured.
+Runs alternate (A B C, C B A, ...) and the medians of end-to-end wall time (``train()`` call, or
+the hand loop from optimizer creation to its last step) are compared.
+
+Run: ``python -m benchmarks.bench_trainer [--quick]``; writes ``benchmarks/results/trainer.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks._common import (
+    Headline,
+    Workload,
+    abab_order,
+    format_table,
+    median,
+    write_result,
+)
+from benchmarks._contenders import BatchList, Classifier, unwrap
+
+TARGET_OVERHEAD = 1.03
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Send stdout and stderr (prints, log lines, progress bars) to /dev/null."""
+    with (
+        open(os.devnull, "w") as sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        yield
+
+
+def _hand_loop(work: Workload, steps: int, bar: bool) -> float:
+    """The same work as the Trainer, written out: shuffled loader, AdamW, schedule, clip, log."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(work.seed)
+    model = Classifier(work)
+    began = time.perf_counter()
+    loader = DataLoader(
+        BatchList(work),
+        batch_size=1,
+        shuffle=True,
+        collate_fn=unwrap,
+        generator=torch.Generator().manual_seed(work.seed),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
+    progress = tqdm(total=steps, dynamic_ncols=True) if bar else None
+    model.train()
+    step = 0
+    while step < steps:
+        for batch in loader:
+            loss = model(**batch)["loss"]
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), work.max_grad_norm)
+            optimizer.step()
+            learning_rate = scheduler.get_last_lr()[0]
+            scheduler.step()
+            model.zero_grad(set_to_none=True)
+            step += 1
+            logs = {
+                "loss": loss.item(),
+                "grad_norm": grad_norm.item(),
+                "learning_rate": learning_rate,
+                "epoch": step / len(loader),
+            }
+            text = {k: f"{v:.4g}" for k, v in logs.items()}
+            if progress is not None:
+                progress.update(1)
+                progress.write(str(text))
+            else:
+                print(text)
+            if step >= steps:
+                break
+    if progress is not None:
+        progress.close()
+    return time.perf_counter() - began
+
+
+def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> float:
+    from trainer import Trainer, TrainingArguments
+    from trainer.launcher import LocalLauncher
+
+    torch.manual_seed(work.seed)
+    args = TrainingArguments(
+        output_dir=str(workdir / "trainbus"),
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        learning_rate=work.learning_rate,
+        max_grad_norm=work.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not bar,
+        use_cpu=True,
+        seed=work.seed,
+    )
+    trainer = Trainer(
+        Classifier(work),
+        args,
+        data_collator=unwrap,
+        train_dataset=BatchList(work),
+        launcher=LocalLauncher(),
+    )
+    began = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - began
+
+
+def _transformers(work: Workload, steps: int, workdir: Path) -> float:
+    import transformers
+
+    torch.manual_seed(work.seed)
+    args = transformers.TrainingArguments(
+        output_dir=str(workdir / "hf"),
+        max_steps=steps,
+        per_device_train_batch_size=1,
+        learning_rate=work.learning_rate,
+        max_grad_norm=work.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        use_cpu=True,
+        seed=work.seed,
+    )
+    trainer = transformers.Trainer(
+        model=Classifier(work), args=args, train_dataset=BatchList(work), data_collator=unwrap
+    )
+    began = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - began
+
+
+def _contenders(work: Workload, steps: int, workdir: Path) -> dict[str, Callable[[], float]]:
+    found: dict[str, Callable[[], float]] = {
+        "hand loop": lambda: _hand_loop(work, steps, bar=False),
+        "trainbus": lambda: _trainbus(work, steps, False, workdir),
+        "hand loop + tqdm": lambda: _hand_loop(work, steps, bar=True),
+        "trainbus + tqdm": lambda: _trainbus(work, steps, True, workdir),
+    }
+    try:
+        import accelerate  # noqa: F401  (transformers.Trainer needs it)
+        import transformers  # noqa: F401
+    except ImportError:
+        print("transformers/accelerate missing: transformers.Trainer not measured", file=sys.stderr)
+    else:
+        found["transformers"] = lambda: _transformers(work, steps, workdir)
+    return found
+
+
+def _ratio(times: dict[str, list[float]], a: str, b: str) -> float | None:
+    if a not in times or b not in times:
+        return None
+    return median(times[a]) / median(times[b])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
+    parser.add_argument("--rounds", type=int, default=None, help="runs per contender")
+    options = parser.parse_args(argv)
+    steps = options.steps or (100 if options.quick else 500)
+    rounds = options.rounds or (3 if options.quick else 7)
+    work = Workload()
+    torch.set_num_threads(work.threads)
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        contenders = _contenders(work, steps, Path(tmp))
+        with _silenced():
+            for fn in contenders.values():  # warm-up: imports, allocator, first-call costs
+                fn()
+        for name in abab_order(list(contenders), rounds):
+            with _silenced():
+                times.setdefault(name, []).append(contenders[name]())
+
+    rows = [
+        {
+            "contender": name,
+            "median_s": median(values),
+            "ms_per_step": 1000 * median(values) / steps,
+            "min_s": min(values),
+            "max_s": max(values),
+            "runs": len(values),
+        }
+        for name, values in times.items()
+    ]
+    plain = _ratio(times, "trainbus", "hand loop")
+    bar = _ratio(times, "trainbus + tqdm", "hand loop + tqdm")
+    versus_hf = _ratio(times, "transformers", "trainbus")
+    headline = [
+        Headline(
+            "trainbus / hand loop (logging every step)",
+            plain,
+            "x",
+            f"<= {TARGET_OVERHEAD}",
+            None if plain is None else plain <= TARGET_OVERHEAD,
+        ),
+        Headline(
+            "trainbus / hand loop, both with a progress bar",
+            bar,
+            "x",
+            f"<= {TARGET_OVERHEAD}",
+            None if bar is None else bar <= TARGET_OVERHEAD,
+        ),
+        Headline(
+            "transformers.Trainer / trainbus",
+            versus_hf,
+            "x",
+            "> 1 (trainbus faster)",
+            None if versus_hf is None else versus_hf > 1,
+        ),
+    ]
+    print(format_table(rows))
+    print()
+    print(
+        format_table([{"figure": h.name, "value": h.value, "target": h.target} for h in headline])
+    )
+    path = write_result(
+        "trainer",
+        quick=options.quick,
+        headline=headline,
+        tables={"wall_time": rows},
+        extra={
+            "workload": work.describe(),
+            "steps": steps,
+            "rounds": rounds,
+            "raw_seconds": times,
+        },
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
