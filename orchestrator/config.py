@@ -125,7 +125,8 @@ def check_writable_dir(path: Path, *, field: str) -> None:
             reason = exc.strerror or type(exc).__name__
     if reason is not None:
         raise ConfigurationError(
-            f"{field} = {str(path)!r} is not writable ({reason} in {str(probe)!r})"
+            f"{field} = {str(path)!r} is not writable: cannot create files in {str(probe)!r} "
+            f"({reason})"
         )
 
 

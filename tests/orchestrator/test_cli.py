@@ -1,0 +1,144 @@
+"""The ``trainbus`` command: train, show and plot end to end, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = """
+model = "trainer.testing:TinyRegressor"
+train_dataset = "trainer.testing:RegressionDataset"
+eval_dataset = "trainer.testing:RegressionDataset"
+sinks = ["examples.custom_sink:JsonLines"]
+
+[eval_dataset_kwargs]
+length = 16
+seed = 1
+
+[args]
+output_dir = "{output_dir}"
+max_steps = 12
+per_device_train_batch_size = 8
+logging_steps = 4
+eval_strategy = "steps"
+eval_steps = 6
+save_strategy = "steps"
+save_steps = 6
+report_to = {report_to}
+disable_tqdm = true
+"""
+
+
+def trainbus(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m orchestrator`` (the ``trainbus`` command) in a fresh interpreter."""
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environ.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_config(path: Path, output_dir: Path, report_to: str = '["tensorboard"]') -> Path:
+    """A tiny run file pointing at ``output_dir``."""
+    path.write_text(TINY.format(output_dir=output_dir, report_to=report_to))
+    return path
+
+
+def test_train_then_show_then_plot(tmp_path: Path) -> None:
+    """``train`` on a tiny config writes a run that ``show`` summarises and ``plot`` draws."""
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.toml", out)
+    jsonl = tmp_path / "metrics.jsonl"
+    trained = trainbus("train", str(config), env={"TRAINBUS_JSONL": str(jsonl)})
+    assert trained.returncode == 0, trained.stderr
+    assert "run directory:" in trained.stdout
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [4, 8, 12]
+
+    shown = trainbus("show", str(out), "--json")
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    assert summary["global_step"] == 12
+    assert summary["status"] == "completed"
+    assert "eval_loss" in summary["best"]
+    assert {s["name"]: s["behind"] for s in summary["sinks"]} == {"tensorboard": 0, "jsonlines": 0}
+    text = trainbus("show", str(out))
+    assert text.returncode == 0 and "up to date" in text.stdout
+
+    png = tmp_path / "curves.png"
+    plotted = trainbus("plot", str(out), "-o", str(png))
+    assert plotted.returncode == 0, plotted.stderr
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 1000
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit code 2, nothing on stdout, exactly one line on stderr containing ``needles``."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "needles"),
+    [
+        ('model = "trainer.testing:TinyRegressor"\n[args\n', ["not valid TOML"]),
+        (None, ["unknown integration 'tensorbored'", "'mlflow'"]),
+        ('model = "no_such_pkg.models:tiny"\n', ["model", "no_such_pkg.models"]),
+        ('model = "trainer.testing:NoSuchFactory"\n', ["model", "NoSuchFactory"]),
+        ('model = "trainer.testing:TinyRegressor"\n[args]\nlearning_rat = 0.1\n', ["learning_rat"]),
+    ],
+    ids=["malformed-toml", "unknown-report-to", "missing-module", "missing-function", "bad-arg"],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    tmp_path: Path, body: str | None, needles: list[str]
+) -> None:
+    """Each kind of bad run file ends with exit code 2, one stderr line, and no output_dir."""
+    out = tmp_path / "out"
+    config = tmp_path / "run.toml"
+    if body is None:
+        write_config(config, out, report_to='["tensorbored"]')
+    else:
+        args_table = "" if "[args]" in body else f'\n[args]\noutput_dir = "{out}"\n'
+        config.write_text(body + args_table)
+    result = trainbus("train", str(config), cwd=tmp_path)
+    assert_one_line_error(result, *needles)
+    assert not out.exists()
+    assert not (tmp_path / "trainer_output").exists()
+
+
+def test_unwritable_output_dir_is_one_line_and_nothing_written(tmp_path: Path) -> None:
+    """An output_dir that cannot be created fails before training with exit code 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    config = write_config(tmp_path / "run.toml", blocker / "out")
+    result = trainbus("train", str(config))
+    assert_one_line_error(result, "output_dir")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_show_on_a_path_that_is_no_run(tmp_path: Path) -> None:
+    """``show`` on a directory without a run says so in one line with exit code 2."""
+    assert_one_line_error(trainbus("show", str(tmp_path)), "neither a trainbus run directory")
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    """argparse's own errors also exit with code 2."""
+    assert trainbus("frobnicate").returncode == 2
