@@ -18,9 +18,12 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from bus.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "LOGGING_STRATEGIES",
@@ -105,7 +108,12 @@ class TrainingArguments:
     hub_token: str | None = None
 
     def __post_init__(self) -> None:
-        self.output_dir = os.path.expanduser(self.output_dir)
+        raw_dir: object = self.output_dir
+        if raw_dir is None:  # Hugging Face's own default spelling
+            raw_dir = "trainer_output"
+        if not isinstance(raw_dir, str | os.PathLike) or not os.fspath(raw_dir):
+            raise ConfigurationError(f"output_dir must be a non-empty path, got {raw_dir!r}.")
+        self.output_dir = os.path.expanduser(os.fspath(raw_dir))
         self.logging_strategy = _plain(self.logging_strategy)
         self.eval_strategy = _plain(self.eval_strategy)
         self.save_strategy = _plain(self.save_strategy)
@@ -200,7 +208,7 @@ class TrainingArguments:
         return self.process_index == 0
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         """The ``torch.device`` this process trains on."""
         import torch
 
@@ -242,6 +250,7 @@ def _distributed_value(getter: str, env: str, default: int) -> int:
 
 def _validate(args: TrainingArguments) -> None:
     """Check every field once, filling in Hugging Face's derived defaults along the way."""
+    _check_flags(args)
     _check_choice("logging_strategy", args.logging_strategy, LOGGING_STRATEGIES)
     _check_choice("eval_strategy", args.eval_strategy, LOGGING_STRATEGIES)
     _check_choice("save_strategy", args.save_strategy, SAVE_STRATEGIES)
@@ -257,6 +266,17 @@ def _validate(args: TrainingArguments) -> None:
     _check_report_to(args.report_to)
     if args.eval_strategy != "no":
         args.do_eval = True
+
+
+def _check_flags(args: TrainingArguments) -> None:
+    """Yes/no fields must be real booleans: a TOML string "false" would otherwise read as true."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        optional = field.type == "bool | None"
+        if (field.type == "bool" or optional) and not isinstance(value, bool):
+            if optional and value is None:
+                continue
+            raise ConfigurationError(f"{field.name} must be true or false, got {value!r}.")
 
 
 def _check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:

@@ -194,6 +194,9 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"save_strategy": "best"}, r"save_strategy 'best' saves after evaluations"),
     ({"report_to": None}, r"report_to must be 'all', 'none'"),
     ({"include_num_input_tokens_seen": "some"}, r"include_num_input_tokens_seen must be one of"),
+    ({"logging_first_step": "false"}, r"logging_first_step must be true or false, got 'false'"),
+    ({"greater_is_better": 1}, r"greater_is_better must be true or false"),
+    ({"output_dir": ""}, r"output_dir must be a non-empty path"),
     ({"report_to": ["mlflow", 3]}, r"report_to must be"),
 ]
 
