@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -229,13 +229,13 @@ class TrainerState:
         """Write ``trainer_state.json`` as Hugging Face does; atomically, via a sibling file."""
         text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
         path = Path(json_path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        # A plain open (not mkstemp) so the file gets the usual permissions, like Hugging Face's.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     @classmethod
