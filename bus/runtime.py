@@ -108,12 +108,16 @@ class SinkRunner:
         accepts = self.sink.accepts
         if not queue:
             self._first_queued_at = time.monotonic()
-        for event in events:
-            if accepts(event):
-                if len(queue) >= self._queue_size:
-                    self._start_catch_up(event.seq)
-                    break
-                queue.append(event)
+        try:
+            for event in events:
+                if accepts(event):
+                    if len(queue) >= self._queue_size:
+                        self._start_catch_up(event.seq)
+                        break
+                    queue.append(event)
+        except Exception as exc:  # an overridden accepts() with a bug
+            log.error("sink_accepts_failed", sink=self.name, exc_info=exc)
+            self._disable(f"accepts() raised {type(exc).__name__}: {exc}")
         self._wake.set()
 
     def begin_close(self, deadline: float) -> None:
@@ -130,16 +134,23 @@ class SinkRunner:
         """Open the sink, deliver until closed, close it and leave ``report``."""
         try:
             with anyio.CancelScope(deadline=self._deadline) as self._scope:
-                if await self._open():
-                    while (batch := await self._next_batch()) is not None:
-                        await self._deliver(batch)
-                        if self._mode == "disabled":
-                            break
+                try:
+                    await self._run()
+                except Exception as exc:  # a failure of ours for this sink: the others go on
+                    log.error("sink_runtime_failed", sink=self.name, exc_info=exc)
+                    self._disable(f"the sink runtime failed: {type(exc).__name__}: {exc}")
         finally:
             if self._opened:
                 with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                     await self._close_sink()
             self._finish()
+
+    async def _run(self) -> None:
+        if await self._open():
+            while (batch := await self._next_batch()) is not None:
+                await self._deliver(batch)
+                if self._mode == "disabled":
+                    break
 
     async def _open(self) -> bool:
         if self._source.last_seq > self.acked:
@@ -171,7 +182,7 @@ class SinkRunner:
     async def _next_batch(self) -> list[Event] | None:
         size = self.sink.max_batch_size
         latency = self.sink.max_batch_latency
-        while True:
+        while self._mode != "disabled":
             if self._wake.is_set():
                 self._wake = anyio.Event()
             queue = self._queue
@@ -192,6 +203,7 @@ class SinkRunner:
             if self._closing:
                 return None
             await self._wake.wait()
+        return None
 
     def _read_journal(self, size: int) -> list[Event]:
         """Up to ``size`` accepted events from the journal; switches to live at its end."""
@@ -334,6 +346,13 @@ class SinkRunner:
 
     def _count_after(self, seq: int) -> int:
         """Events after ``seq`` this sink would accept: what a later sync still has to send."""
+        try:
+            return self._count_in_journal(seq)
+        except Exception as exc:  # an unreadable journal: report what memory still holds
+            log.error("sink_backlog_uncounted", sink=self.name, exc_info=exc)
+            return max(len(self._queue) + len(self._in_flight), self._source.last_seq - seq)
+
+    def _count_in_journal(self, seq: int) -> int:
         if not self._source.path.exists():
             return len(self._queue) + len(self._in_flight)
         reader = JournalReader(self._source.path)

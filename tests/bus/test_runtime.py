@@ -256,3 +256,42 @@ def test_runtime_on_both_backends(tmp_path: Path, backend: str) -> None:
 
     anyio.run(main, backend=backend)
     assert _seqs(sink) == list(range(2000))
+
+
+class _PickySink(RecordingSink):
+    """A user sink whose accepts() override has a bug."""
+
+    def accepts(self, event: Any) -> bool:
+        if isinstance(event, Log):
+            raise KeyError("oops")
+        return True
+
+
+async def test_a_sink_whose_filter_raises_is_disabled_alone(make_bus: MakeBus) -> None:
+    """An exception from a sink's accepts() disables that sink only; the bus and others go on."""
+    picky, healthy = _PickySink("picky"), RecordingSink("healthy")
+    with anyio.fail_after(20):
+        async with make_bus([picky, healthy]) as bus:
+            await _publish_from_thread(bus, 50, log_every=10)
+    assert len(healthy.received) == 55
+    assert bus.report is not None and bus.report["picky"].disabled
+    assert "KeyError" in (bus.report["picky"].last_error or "")
+
+
+async def test_a_sink_that_cannot_read_the_journal_is_disabled_alone(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """Corruption met while catching up disables that sink; the live sink still gets everything."""
+    behind, live = RecordingSink("behind", max_batch_size=10), RecordingSink("live")
+    behind.block()
+    with anyio.fail_after(20):
+        async with make_bus([behind, live], queue_size=10) as bus:
+            await _publish_from_thread(bus, 400)
+            await live.wait_for(400)
+            with open(tmp_path / "journal.tbj", "r+b") as f:  # damage a record in the middle
+                f.seek(20_000)
+                f.write(b"\xff" * 8)
+            behind.release()
+    assert _seqs(live) == list(range(400))
+    assert bus.report is not None and bus.report["behind"].disabled
+    assert "JournalCorruptError" in (bus.report["behind"].last_error or "")
