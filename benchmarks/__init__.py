@@ -1,1 +1,1 @@
-"""Benchmarks of trainbus against a hand-written loop and its peers; run ``python -m benchmarks``."""
+"""trainbus benchmarks, against a hand-written loop and its peers: ``python -m benchmarks``."""

@@ -18,6 +18,7 @@ TORCH_VERSION="2.13.0"
 TRANSFORMERS_VERSION="5.24.0"
 MLFLOW_VERSION="3.17.2"
 LIGHTNING_VERSION="2.6.6"
+ACCELERATE_VERSION="1.15.0"
 
 if [ ! -x "$env_dir/bin/python" ]; then
   "$python" -m venv "$env_dir"
@@ -34,7 +35,8 @@ fi
   -e ".[test]" \
   "transformers==$TRANSFORMERS_VERSION" \
   "mlflow==$MLFLOW_VERSION" \
-  "lightning==$LIGHTNING_VERSION"
+  "lightning==$LIGHTNING_VERSION" \
+  "accelerate==$ACCELERATE_VERSION"
 
 "$env_dir/bin/python" - <<'PY'
 import importlib.metadata as md
@@ -44,7 +46,7 @@ import torch
 wanted = open("benchmarks/.env/constraints.txt").read().split("==")[1].strip()
 if torch.__version__.split("+")[0] != wanted:
     raise SystemExit(f"setup.sh: torch {torch.__version__} was installed, expected {wanted}")
-for name in ("torch", "transformers", "mlflow", "lightning", "tensorboard", "trainbus"):
+for name in ("torch", "transformers", "accelerate", "mlflow", "lightning", "tensorboard", "trainbus"):
     print(f"  {name:<13} {md.version(name)}")
 PY
 echo "benchmark environment ready: $env_dir/bin/python -m benchmarks [--quick] [--only NAME]"

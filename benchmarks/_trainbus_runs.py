@@ -1,0 +1,129 @@
+"""The trainbus contenders of ``bench_peers``: its ``Trainer`` bare and with the card sinks.
+
+They train exactly what the other contenders train (``benchmarks._contenders``): same model,
+batches, optimiser, schedule, clipping, log cadence and extra scalars, stopped by the same clock.
+The sinks are chosen the way a user chooses them, with ``report_to`` and the integrations'
+environment variables; Comet runs offline (``COMET_START_ONLINE=0``), writing its file locally.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks._common import extra_scalars
+from benchmarks._contenders import (
+    EXPERIMENT,
+    BatchList,
+    Classifier,
+    Measured,
+    RunSpec,
+    StepClock,
+    _prepare,
+    _with_env,
+    contender,
+    unwrap,
+)
+
+__all__ = ["run_trainbus"]
+
+
+def run_trainbus(spec: RunSpec, report_to: list[str], env: dict[str, str]) -> Measured:
+    """Train the workload with ``trainer.Trainer`` reporting to ``report_to``."""
+    return _with_env(env, lambda: _train(spec, report_to))
+
+
+def _train(spec: RunSpec, report_to: list[str]) -> Measured:
+    from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    _prepare(spec)
+    began = time.perf_counter()
+    clock = StepClock(spec)
+    scalars = spec.scalars
+    work = spec.work
+
+    class ClockCallback(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if clock.tick(state.global_step):
+                control.should_training_stop = True
+
+    class ScalarTrainer(Trainer):
+        """Adds the extra scalars to every log entry, before it is published or seen."""
+
+        def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                logs.update(extra_scalars(float(logs["loss"]), scalars))
+            super().log(logs, start_time)
+
+    args = TrainingArguments(
+        output_dir=str(spec.workdir / "trainbus"),
+        max_steps=work.max_steps,
+        per_device_train_batch_size=1,
+        learning_rate=work.learning_rate,
+        weight_decay=0.0,
+        max_grad_norm=work.max_grad_norm,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_strategy="steps",
+        logging_steps=spec.every,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=report_to or "none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=work.seed,
+        run_name="bench-peers-trainbus",
+    )
+    trainer = ScalarTrainer(
+        model=Classifier(work),
+        args=args,
+        train_dataset=BatchList(work),
+        data_collator=unwrap,
+        callbacks=[ClockCallback()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return clock.measured(began, time.perf_counter())
+
+
+def _mlflow(spec: RunSpec) -> dict[str, str]:
+    if spec.tracking_uri is None:
+        raise ValueError("tracking_uri must be set for a contender that logs to MLflow")
+    return {"MLFLOW_TRACKING_URI": spec.tracking_uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+
+
+def _tensorboard(spec: RunSpec) -> dict[str, str]:
+    return {"TENSORBOARD_LOGGING_DIR": str(spec.workdir / "tensorboard")}
+
+
+_COMET_OFFLINE = {"COMET_START_ONLINE": "0", "COMET_PROJECT_NAME": EXPERIMENT}
+
+
+@contender("trainbus", "trainbus Trainer, no sinks", "trainbus", uses_mlflow=False)
+def run_trainbus_bare(spec: RunSpec) -> Measured:
+    """trainbus with ``report_to="none"``: the bus and journal, no sink."""
+    return run_trainbus(spec, [], {})
+
+
+@contender("trainbus+tb", "trainbus + TensorBoard sink", "trainbus", uses_mlflow=False)
+def run_trainbus_tensorboard(spec: RunSpec) -> Measured:
+    """trainbus writing TensorBoard event files."""
+    return run_trainbus(spec, ["tensorboard"], _tensorboard(spec))
+
+
+@contender("trainbus+mlflow", "trainbus + MLflow sink", "trainbus", uses_mlflow=True)
+def run_trainbus_mlflow(spec: RunSpec) -> Measured:
+    """trainbus logging to the MLflow server over REST."""
+    return run_trainbus(spec, ["mlflow"], _mlflow(spec))
+
+
+@contender(
+    "trainbus+3",
+    "trainbus + TensorBoard + MLflow + Comet (offline)",
+    "trainbus",
+    uses_mlflow=True,
+)
+def run_trainbus_all(spec: RunSpec) -> Measured:
+    """trainbus with all three card sinks at once."""
+    env = {**_mlflow(spec), **_tensorboard(spec), **_COMET_OFFLINE}
+    return run_trainbus(spec, ["tensorboard", "mlflow", "comet_ml"], env)

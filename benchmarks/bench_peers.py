@@ -1,0 +1,344 @@
+"""trainbus beside its peers: the same training job, side by side, in the same run.
+
+Contenders (``benchmarks._contenders``, ``benchmarks._trainbus_runs``): a hand-written torch loop
+doing exactly the same work (the floor); trainbus with no sink, with TensorBoard, with MLflow,
+with all three card sinks (TensorBoard, MLflow, Comet offline); ``transformers.Trainer`` with
+``report_to="none"``, with its ``MLflowCallback`` on the synchronous branch, and as shipped with
+``MLFLOW_ENABLE_ASYNC_LOGGING=true``; Lightning without a logger and with ``MLFlowLogger``
+(``synchronous=True`` and ``False``).
+
+Conditions: log every step or every 10 steps; 10 or 200 extra scalars per log entry; MLflow
+reached directly or through a latency proxy adding 0, 50 or 200 ms per request. Contenders that
+do not talk to MLflow run only in the direct rows (latency cannot touch them).
+
+Method: within each condition every contender runs once per round, rounds alternate their order
+(A B C, C B A, ...), the floor runs in every round, and the figure is the median over rounds of
+training steps per second, divided by the floor's median in the same condition. Setup and
+teardown (flushing, closing runs) are reported apart.
+
+Run: ``python -m benchmarks.bench_peers [--quick]``; writes ``benchmarks/results/peers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import benchmarks._trainbus_runs  # noqa: F401  # registers the trainbus contenders
+from benchmarks._common import Headline, Workload, abab_order, format_table, median, write_result
+from benchmarks._contenders import CONTENDERS, Contender, Measured, RunSpec
+
+TARGET_SLOW_SINK_RATIO: Final = 0.97
+TARGET_TRAINER_SLOWDOWN: Final = 1.03
+DIRECT: Final = "direct"
+ORDER: Final = (
+    "floor",
+    "trainbus",
+    "trainbus+tb",
+    "trainbus+mlflow",
+    "trainbus+3",
+    "hf",
+    "hf+mlflow-sync",
+    "hf+mlflow-async",
+    "lightning",
+    "lightning+mlflow-sync",
+    "lightning+mlflow-async",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: conditions, rounds and the timed window per run."""
+
+    every: tuple[int, ...]
+    scalars: tuple[int, ...]
+    latencies_ms: tuple[int, ...]
+    repeats: int
+    budget_s: float
+    warmup_steps: int
+    warmup_s: float
+    mlflow: bool
+
+    @classmethod
+    def for_mode(cls, mode: str) -> Plan:
+        """``full`` (about 8 minutes on two cores), ``quick`` (about 1) or ``smoke`` (seconds)."""
+        if mode == "full":
+            return cls((1, 10), (10, 200), (0, 50, 200), 2, 0.75, 10, 0.3, True)
+        if mode == "quick":
+            return cls((1,), (200,), (200,), 1, 0.4, 10, 0.2, True)
+        if mode == "smoke":
+            return cls((10,), (10,), (), 1, 0.1, 3, 0.05, False)
+        raise ValueError(f"mode must be 'full', 'quick' or 'smoke', got {mode!r}")
+
+
+def _route_name(latency_ms: int | None) -> str:
+    return DIRECT if latency_ms is None else f"+{latency_ms} ms"
+
+
+@contextlib.contextmanager
+def _quiet(log_path: Path) -> Iterator[None]:
+    """Send the peers' chatter (prints, progress, warnings) to a log file, at the fd level."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log_path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _run_one(item: Contender, spec: RunSpec, log_path: Path) -> Measured | str:
+    try:
+        with _quiet(log_path):
+            return item.run(spec)
+    except Exception as exc:  # a failing contender is a row with its error, not a dead suite
+        return f"{type(exc).__name__}: {exc}"
+
+
+class Servers:
+    """The MLflow server and one latency proxy per latency, for the whole benchmark."""
+
+    def __init__(self, root: Path, latencies_ms: Sequence[int]) -> None:
+        from benchmarks._proxy import LatencyProxy
+        from tests.support.mlflow_server import MlflowServer
+
+        self.server = MlflowServer(root / "mlflow")
+        self.proxies = {ms: LatencyProxy(self.server.url, ms / 1000.0) for ms in latencies_ms}
+
+    def __enter__(self) -> Servers:
+        self.server.start()
+        for proxy in self.proxies.values():
+            proxy.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proxy in self.proxies.values():
+            proxy.stop()
+        self.server.stop()
+
+    def uri(self, latency_ms: int | None) -> str:
+        """Where a contender finds MLflow on this route."""
+        return self.server.url if latency_ms is None else self.proxies[latency_ms].url
+
+
+def measure(
+    plan: Plan, contenders: Sequence[Contender], root: Path, work: Workload
+) -> list[dict[str, Any]]:
+    """Every run of every contender in every condition, as rows."""
+    rows: list[dict[str, Any]] = []
+    routes: list[int | None] = [None, *plan.latencies_ms] if plan.mlflow else [None]
+    servers: contextlib.AbstractContextManager[Servers | None]
+    servers = Servers(root, plan.latencies_ms) if plan.mlflow else contextlib.nullcontext()
+    with servers as running:
+        # The first steps of a process pay for torch's lazy initialisation; pay it untimed.
+        floor = next(c for c in contenders if c.name == "floor")
+        warm = RunSpec(work, 10, 10, plan.budget_s, plan.warmup_steps, plan.warmup_s, root / "warm")
+        _run_one(floor, warm, root / "peers.log")
+        for every, scalars, latency in itertools.product(plan.every, plan.scalars, routes):
+            group = [
+                c
+                for c in contenders
+                if (latency is None or c.uses_mlflow or c.name == "floor")
+                and (running is not None or not c.uses_mlflow)
+            ]
+            route = _route_name(latency)
+            print(f"  every {every:>2}, {scalars:>3} scalars, MLflow {route}: ", end="", flush=True)
+            for round_index, item in enumerate(abab_order(group, plan.repeats)):
+                spec = RunSpec(
+                    work=work,
+                    every=every,
+                    scalars=scalars,
+                    budget_s=plan.budget_s,
+                    warmup_steps=plan.warmup_steps,
+                    warmup_s=plan.warmup_s,
+                    workdir=root / f"run-{len(rows)}",
+                    tracking_uri=running.uri(latency) if running is not None else None,
+                )
+                began = time.perf_counter()
+                result = _run_one(item, spec, root / "peers.log")
+                row: dict[str, Any] = {
+                    "every": every,
+                    "scalars": scalars,
+                    "route": route,
+                    "contender": item.name,
+                    "round": round_index // max(1, len(group)),
+                    "wall_s": time.perf_counter() - began,
+                }
+                if isinstance(result, str):
+                    row["error"] = result
+                    print("x", end="", flush=True)
+                else:
+                    row.update(
+                        steps_per_s=result.steps_per_s,
+                        steps=result.steps,
+                        setup_s=result.setup_s,
+                        teardown_s=result.teardown_s,
+                    )
+                    print(".", end="", flush=True)
+                rows.append(row)
+            print(flush=True)
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median per contender and condition, and its ratio to the floor of the same condition."""
+    keys = sorted(
+        {(r["every"], r["scalars"], r["route"], r["contender"]) for r in rows},
+        key=lambda k: (k[0], k[1], _route_rank(k[2]), _order_rank(k[3])),
+    )
+    floors: dict[tuple[int, int, str], float] = {}
+    table: list[dict[str, Any]] = []
+    for every, scalars, route, name in keys:
+        mine = [
+            r
+            for r in rows
+            if (r["every"], r["scalars"], r["route"], r["contender"])
+            == (every, scalars, route, name)
+        ]
+        good = [r for r in mine if "error" not in r and not math.isnan(r["steps_per_s"])]
+        sps = median([r["steps_per_s"] for r in good])
+        if name == "floor":
+            floors[(every, scalars, route)] = sps
+        floor = floors.get((every, scalars, route), math.nan)
+        table.append(
+            {
+                "every": every,
+                "scalars": scalars,
+                "route": route,
+                "contender": name,
+                "steps_per_s": sps,
+                "ratio": sps / floor if floor and not math.isnan(floor) else math.nan,
+                "overhead_us_per_step": (1 / sps - 1 / floor) * 1e6 if good and floor else math.nan,
+                "setup_s": median([r["setup_s"] for r in good]),
+                "teardown_s": median([r["teardown_s"] for r in good]),
+                "runs": len(good),
+                "error": next((r["error"] for r in mine if "error" in r), None),
+            }
+        )
+    return table
+
+
+def _route_rank(route: str) -> int:
+    return -1 if route == DIRECT else int(route.strip("+ ms"))
+
+
+def _order_rank(name: str) -> int:
+    return ORDER.index(name) if name in ORDER else len(ORDER)
+
+
+def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
+    """The two README targets this benchmark answers, each taken at its worst condition."""
+    out: list[Headline] = []
+    slow = [r for r in table if r["contender"] == "trainbus+mlflow" and r["route"] == "+200 ms"]
+    slow = [r for r in slow if not math.isnan(r["ratio"])]
+    if slow:
+        worst = min(slow, key=lambda r: r["ratio"])
+        out.append(
+            Headline(
+                name="slow-sink throughput ratio (trainbus+mlflow, +200 ms/request, worst case)",
+                value=worst["ratio"],
+                unit="x floor steps/s",
+                target=f">= {TARGET_SLOW_SINK_RATIO}",
+                met=worst["ratio"] >= TARGET_SLOW_SINK_RATIO,
+                note=f"every {worst['every']}, {worst['scalars']} scalars; "
+                f"teardown {worst['teardown_s']:.2f} s",
+            )
+        )
+    else:
+        out.append(Headline("slow-sink throughput ratio", None, "", ">= 0.97", None, "not run"))
+    bare = [r for r in table if r["contender"] == "trainbus" and not math.isnan(r["ratio"])]
+    if bare:
+        worst = min(bare, key=lambda r: r["ratio"])
+        out.append(
+            Headline(
+                name="trainbus Trainer time per step vs hand-written loop (worst condition)",
+                value=1 / worst["ratio"],
+                unit="x floor time",
+                target=f"<= {TARGET_TRAINER_SLOWDOWN}",
+                met=1 / worst["ratio"] <= TARGET_TRAINER_SLOWDOWN,
+                note=f"every {worst['every']}, {worst['scalars']} scalars; "
+                f"{worst['overhead_us_per_step']:.0f} us/step over the floor",
+            )
+        )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the comparison and write ``results/peers.json``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one condition pair, one round")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: no MLflow, the shortest windows"
+    )
+    parser.add_argument(
+        "--contenders", default="", help="comma-separated subset of: " + ", ".join(ORDER)
+    )
+    args = parser.parse_args(argv)
+    smoke = args.smoke or os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
+    mode = "smoke" if smoke else "quick" if args.quick else "full"
+    plan = Plan.for_mode(mode)
+    work = Workload()
+    wanted = {name for name in args.contenders.split(",") if name}
+    contenders: list[Contender] = []
+    skipped: dict[str, str] = {}
+    for item in sorted(CONTENDERS, key=lambda c: _order_rank(c.name)):
+        if wanted and item.name not in wanted and item.name != "floor":
+            continue
+        missing = item.missing()
+        if missing:
+            skipped[item.name] = "not installed: " + ", ".join(missing)
+        elif item.uses_mlflow and not plan.mlflow:
+            skipped[item.name] = f"no MLflow server in {mode} mode"
+        else:
+            contenders.append(item)
+    print(f"bench_peers ({mode}): {work.describe()}")
+    for name, why in skipped.items():
+        print(f"  skipped {name}: {why}")
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trainbus-peers-") as tmp:
+        rows = measure(plan, contenders, Path(tmp), work)
+    table = summarise(rows)
+    columns = ["every", "scalars", "route", "contender", "steps_per_s", "ratio"]
+    columns += ["overhead_us_per_step", "teardown_s", "runs"]
+    print(format_table(table, columns))
+    for row in table:
+        if row["error"]:
+            print(f"  {row['contender']} ({row['route']}): {row['error']}")
+    heads = headlines(table, plan)
+    path = write_result(
+        "peers",
+        quick=mode != "full",
+        headline=heads,
+        tables={"peers": table, "runs": rows},
+        extra={
+            "mode": mode,
+            "workload": work.describe(),
+            "plan": plan.__dict__,
+            "skipped": skipped,
+            "labels": {c.name: c.label for c in CONTENDERS},
+            "elapsed_s": time.perf_counter() - began,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
