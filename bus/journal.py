@@ -146,14 +146,26 @@ class JournalReader:
             base = start_offset
             pos = 0
             eof = False
+            unpack_from, header_size, crc32, pack_len_seq = (
+                _HEADER.unpack_from,
+                _HEADER.size,
+                zlib.crc32,
+                _LEN_SEQ.pack,
+            )
             while True:
+                # The fast path for an intact record; anything unusual goes to _parse_at below.
+                if len(buf) - pos >= header_size:
+                    marker, flags, length, crc, seq = unpack_from(buf, pos)
+                    end = pos + header_size + length
+                    if marker == _MARKER and flags == 0 and end <= len(buf):
+                        payload = buf[pos + header_size : end]
+                        if crc32(payload, crc32(pack_len_seq(length, seq))) == crc:
+                            yield Record(base + pos, base + end, seq, payload)
+                            pos = end
+                            continue
                 record, reason = _parse_at(buf, pos)
-                if record is not None:
-                    yield Record(
-                        base + record.offset, base + record.end, record.seq, record.payload
-                    )
-                    pos = record.end
-                    continue
+                if record is not None:  # pragma: no cover -- the fast path takes intact records
+                    raise JournalError("journal reader fast path and slow path disagree")
                 if reason == "short" and not eof:
                     chunk = f.read(_READ_CHUNK)
                     eof = not chunk
