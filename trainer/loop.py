@@ -84,7 +84,7 @@ from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
 from trainer.resume import exportable_objects, load_state, restore_callback_states
 from trainer.rng import restore_rng_state, set_seed
-from trainer.run_info import best_metric_key, check_arguments, improved, run_config
+from trainer.run_info import check_arguments, record_best, run_config
 from trainer.state import TrainerControl, TrainerState
 
 __all__ = ["Trainer"]
@@ -143,6 +143,10 @@ class Trainer:
         self._last_logged = 0
         self._grad_norm: torch.Tensor | None = None
         self._learning_rate = 0.0
+        self._flos = 0.0
+        self._count_flos: Callable[[dict[str, Any]], float] | None = getattr(
+            self.model, "floating_point_ops", None
+        )
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # --- public API -----------------------------------------------------------------------------
@@ -300,7 +304,12 @@ class Trainer:
 
     def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         args, handler = self.args, self.callback_handler
-        resume_from = resume_from_checkpoint or args.resume_from_checkpoint
+        # HF ignores args.resume_from_checkpoint; we honour it when train() got no say (CLI).
+        resume_from = (
+            args.resume_from_checkpoint
+            if resume_from_checkpoint is None
+            else resume_from_checkpoint
+        )
         checkpoint = ckpt.find_checkpoint(args.output_dir, resume_from) if resume_from else None
         if checkpoint is not None:
             ckpt.load_weights(self.model, checkpoint)
@@ -359,6 +368,9 @@ class Trainer:
         steps_in_epoch = plan.batches_per_epoch or plan.updates_per_epoch * ga
         step = skip * ga - 1
         batches = iter(loader)
+        if skip and not isinstance(loader.sampler, EpochSampler):
+            for _ in range(skip * ga):  # no sampler to start later in: read and drop them
+                next(batches, None)
         while window := _take(batches, ga):
             for index, batch in enumerate(window):
                 step += 1
@@ -381,6 +393,8 @@ class Trainer:
         """Forward and backward of one micro-batch; returns its detached, scaled loss."""
         self.model.train()
         inputs = move_to_device(batch, self.device)
+        if self._count_flos is not None:
+            self._flos += float(self._count_flos(inputs))
         loss = self.compute_loss(self.model, inputs) / window
         loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
         return loss.detach()
@@ -433,25 +447,13 @@ class Trainer:
             logs["grad_norm"] = float(self._grad_norm.item())
         logs["learning_rate"] = self._learning_rate
         self._last_logged = self.state.global_step
+        self.state.total_flos += self._flos
+        self._flos = 0.0
         return logs
 
     def _evaluate_during_training(self, *, track_best: bool) -> bool:
         """Evaluate every eval set; returns whether the tracked metric reached a new best."""
-        metrics = self.evaluate()
-        key = best_metric_key(self.args)
-        if key is None:
-            return False
-        if key not in metrics:
-            raise ConfigurationError(
-                f"metric_for_best_model={self.args.metric_for_best_model!r}: evaluation "
-                f"produced no {key!r}; the metrics it produced are {sorted(metrics)}"
-            )
-        if not track_best or not improved(self.args, metrics[key], self.state.best_metric):
-            return False
-        self.state.best_metric = float(metrics[key])
-        if self.args.save_strategy in ("steps", "epoch", "best"):
-            self.state.best_global_step = self.state.global_step
-        return True
+        return record_best(self.args, self.state, self.evaluate(), update=track_best)
 
     def _save_checkpoint(self) -> None:
         """Write ``checkpoint-<step>``, rotate old ones, publish ``Save`` and ``Artifact``."""
@@ -482,6 +484,8 @@ class Trainer:
         args, state = self.args, self.state
         self._total_loss += self._tr_loss.item()
         self._tr_loss.zero_()
+        state.total_flos += self._flos
+        self._flos = 0.0
         steps = max(state.global_step - start_step, 1)
         samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         metrics: dict[str, Any] = speed_metrics(

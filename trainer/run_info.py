@@ -13,8 +13,16 @@ from torch import nn
 
 from bus.errors import ConfigurationError
 from trainer.arguments import TrainingArguments
+from trainer.state import TrainerState
 
-__all__ = ["best_metric_key", "check_arguments", "improved", "json_safe", "run_config"]
+__all__ = [
+    "best_metric_key",
+    "check_arguments",
+    "improved",
+    "json_safe",
+    "record_best",
+    "run_config",
+]
 
 
 def check_arguments(args: object, eval_dataset: object) -> None:
@@ -52,6 +60,30 @@ def improved(args: TrainingArguments, value: Any, best: float | None) -> bool:
     if greater is None:
         greater = not str(args.metric_for_best_model).endswith("loss")
     return value > best if greater else value < best
+
+
+def record_best(
+    args: TrainingArguments, state: TrainerState, metrics: Mapping[str, Any], *, update: bool
+) -> bool:
+    """Best-metric tracking after an evaluation (HF spec §6.4); returns "is this a new best".
+
+    A tracked metric the evaluation did not produce is a configuration error naming what it did
+    produce, also for ``eval_on_start`` (``update=False``), where nothing else is recorded.
+    """
+    key = best_metric_key(args)
+    if key is None:
+        return False
+    if key not in metrics:
+        raise ConfigurationError(
+            f"metric_for_best_model={args.metric_for_best_model!r}: evaluation produced no "
+            f"{key!r}; the metrics it produced are {sorted(metrics)}"
+        )
+    if not update or not improved(args, metrics[key], state.best_metric):
+        return False
+    state.best_metric = float(metrics[key])
+    if args.save_strategy in ("steps", "epoch", "best"):
+        state.best_global_step = state.global_step
+    return True
 
 
 def json_safe(value: Any) -> Any:
