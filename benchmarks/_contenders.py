@@ -206,7 +206,11 @@ def run_floor(spec: RunSpec) -> Measured:
                 running.zero_()
                 epoch_f = epoch + (step % len(data)) / len(data)
                 logs = _log_dict(
-                    value, grad_norm.item(), scheduler.get_last_lr()[0], epoch_f, spec.scalars
+                    value,
+                    grad_norm.item(),
+                    float(scheduler.get_last_lr()[0]),
+                    epoch_f,
+                    spec.scalars,
                 )
                 sink.append(logs)
                 del sink[:-1]
@@ -280,12 +284,15 @@ def _run_hf(spec: RunSpec, report_to: str | list[str], extra_callbacks: list[Any
     clock = StepClock(spec)
     scalars = spec.scalars
 
-    class ClockCallback(transformers.TrainerCallback):  # type: ignore[misc]
+    callback_base: Any = transformers.TrainerCallback
+    trainer_base: Any = transformers.Trainer
+
+    class ClockCallback(callback_base):  # type: ignore[misc]
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if clock.tick(state.global_step):
                 control.should_training_stop = True
 
-    class ScalarTrainer(transformers.Trainer):  # type: ignore[misc]
+    class ScalarTrainer(trainer_base):  # type: ignore[misc]
         """Adds the extra scalars to every log entry, before any callback sees it."""
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -349,7 +356,9 @@ def run_hf_mlflow_sync(spec: RunSpec) -> Measured:
     """HF's MLflowCallback on its synchronous branch (the one it takes for mlflow < 2.8)."""
     integrations = _module("transformers.integrations")
 
-    class SynchronousMLflowCallback(integrations.MLflowCallback):  # type: ignore[misc]
+    base: Any = integrations.MLflowCallback
+
+    class SynchronousMLflowCallback(base):  # type: ignore[misc]
         def setup(self, args: Any, state: Any, model: Any) -> None:
             super().setup(args, state, model)
             self._async_log = False
@@ -382,7 +391,10 @@ def _run_lightning(spec: RunSpec, logger_factory: Callable[[], Any] | None) -> M
     work = spec.work
     scalars = spec.scalars
 
-    class Module(lightning.LightningModule):  # type: ignore[misc]
+    module_base: Any = lightning.LightningModule
+    callback_base: Any = lightning.Callback
+
+    class Module(module_base):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.model = Classifier(work)
@@ -406,7 +418,7 @@ def _run_lightning(spec: RunSpec, logger_factory: Callable[[], Any] | None) -> M
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
-    class ClockCallback(lightning.Callback):  # type: ignore[misc]
+    class ClockCallback(callback_base):  # type: ignore[misc]
         def on_train_batch_end(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
             if clock.tick(trainer.global_step):
                 trainer.should_stop = True
