@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from bus.cursor import CursorStore
@@ -38,6 +39,8 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_QUEUE_SIZE = 8192
 _CLOSE_TIMEOUT = 10.0
+_SCAN_BUDGET = 8192
+"""Most journal records one catch-up read looks at before yielding to the loop."""
 
 
 class JournalSource(Protocol):
@@ -106,8 +109,7 @@ class SinkRunner:
             return
         queue = self._queue
         accepts = self.sink.accepts
-        if not queue:
-            self._first_queued_at = time.monotonic()
+        was_empty = not queue
         try:
             for event in events:
                 if accepts(event):
@@ -118,6 +120,8 @@ class SinkRunner:
         except Exception as exc:  # an overridden accepts() with a bug
             log.error("sink_accepts_failed", sink=self.name, exc_info=exc)
             self._disable(f"accepts() raised {type(exc).__name__}: {exc}")
+        if was_empty and queue:
+            self._first_queued_at = time.monotonic()
         self._wake.set()
 
     def begin_close(self, deadline: float) -> None:
@@ -151,6 +155,7 @@ class SinkRunner:
                 await self._deliver(batch)
                 if self._mode == "disabled":
                     break
+                await anyio.lowlevel.checkpoint()  # a sink that never awaits cannot hog the loop
 
     async def _open(self) -> bool:
         if self._source.last_seq > self.acked:
@@ -189,13 +194,13 @@ class SinkRunner:
             if queue:
                 waited = time.monotonic() - self._first_queued_at
                 if len(queue) >= size or self._closing or self._mode != "live" or waited >= latency:
-                    batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-                    self._first_queued_at = time.monotonic()
-                    return batch
+                    # What stays queued is older than now: keeping the timestamp errs early.
+                    return [queue.popleft() for _ in range(min(size, len(queue)))]
                 with anyio.move_on_after(latency - waited):
                     await self._wake.wait()
                 continue
             if self._mode == "catch-up":
+                await anyio.lowlevel.checkpoint()  # reading is synchronous: let the loop breathe
                 batch = self._read_journal(size)
                 if batch:
                     return batch
@@ -211,7 +216,9 @@ class SinkRunner:
         accepts = self.sink.accepts
         last = self._source.last_seq
         fresh = False
-        while len(batch) < size and self._next_seq <= last:
+        budget = _SCAN_BUDGET
+        while len(batch) < size and self._next_seq <= last and budget:
+            budget -= 1
             if self._records is None:
                 offset = self._read_offset or self._source.offset_for(self._next_seq)
                 self._records = JournalReader(self._source.path).records(offset)

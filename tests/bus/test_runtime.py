@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psutil
 import pytest
 from hypothesis import given, settings
@@ -295,3 +296,25 @@ async def test_a_sink_that_cannot_read_the_journal_is_disabled_alone(
     assert _seqs(live) == list(range(400))
     assert bus.report is not None and bus.report["behind"].disabled
     assert "JournalCorruptError" in (bus.report["behind"].last_error or "")
+
+
+async def test_catching_up_yields_to_other_tasks(tmp_path: Path) -> None:
+    """A sink scanning a long journal for rare events lets the loop's other tasks run meanwhile."""
+    writer = JournalWriter.open(tmp_path / "journal.tbj")
+    writer.append([StepEnd(run_id="r", seq=s, time=1.0, global_step=s) for s in range(50_000)])
+    writer.close()
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await replay(tmp_path / "journal.tbj", [RecordingSink(events=(Log,))], cursor_dir=None)
+            done = True
+    assert ticks >= 5
