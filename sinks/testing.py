@@ -119,7 +119,9 @@ class FaultProxy:
         self._stack, self._portal = stack, portal
         listener = portal.call(self._listen)
         self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-        self._done = portal.start_task_soon(self._serve, listener)
+        # Made on the loop now, so a stop() right after start() has something to cancel.
+        self._scope = portal.call(anyio.CancelScope)
+        self._done = portal.start_task_soon(self._serve, listener, self._scope)
         return self
 
     def stop(self) -> None:
@@ -150,14 +152,15 @@ class FaultProxy:
     async def _listen(self) -> anyio.abc.Listener[anyio.abc.SocketStream]:
         return await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
 
-    async def _serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
+    async def _serve(
+        self, listener: anyio.abc.Listener[anyio.abc.SocketStream], scope: anyio.CancelScope
+    ) -> None:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         async with (
             httpx.AsyncClient(timeout=self.upstream_timeout, limits=limits) as client,
             listener,
         ):
-            with anyio.CancelScope() as scope:
-                self._scope = scope
+            with scope:
                 await listener.serve(lambda stream: self._connection(stream, client))
 
     def _next_fault(self) -> tuple[int, float | None] | None:

@@ -1,0 +1,333 @@
+"""Comet over its REST API v2, online or offline, following HF's ``CometCallback``.
+
+Metrics get HF's ``train/``/``eval/``/``test/`` prefixes with ``step`` = ``global_step`` and the
+event's epoch and wall time; ``Predict`` metrics are logged too. Parameters are the arguments and
+the model config, flattened (``args.learning_rate``, ``config.hidden_size``), secrets masked.
+
+Environment: ``COMET_API_KEY``; ``COMET_URL_OVERRIDE`` (server root, default
+``https://www.comet.com/``); ``COMET_WORKSPACE`` and ``COMET_PROJECT_NAME`` (default
+``general``); ``COMET_MODE`` = ``get`` (resume ``COMET_EXPERIMENT_KEY``), ``create`` (always a
+new experiment) or ``get_or_create`` (the default); ``COMET_LOG_ASSETS`` (upload files from
+``Artifact`` events); ``COMET_START_ONLINE=0`` for offline mode.
+
+Offline mode sends nothing: every request is appended to ``<run_dir>/comet-offline.jsonl``, one
+JSON object per line. Upload it later, from any machine that can reach the server, with::
+
+    COMET_API_KEY=... COMET_WORKSPACE=... python -m sinks.comet upload RUN_DIR/comet-offline.jsonl
+
+which creates the experiment and replays each request in order (see ``upload_offline``).
+
+The experiment key is saved in ``<run_dir>/comet.json`` so a replay continues the same
+experiment. Within a process, a retried batch skips the points already acknowledged; Comet has
+no idempotent metric write, so a replay after a crash may repeat the last unacknowledged batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import httpx
+import structlog
+
+from bus.errors import ConfigurationError, PermanentSinkError
+from bus.events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from bus.sink import Sink
+from sinks._comet_api import (
+    CometApi,
+    Request,
+    metric_body,
+    other_body,
+    parameter_body,
+    rest_base,
+    tags_body,
+    times_body,
+)
+from sinks._env import env_flag, env_str
+from sinks._redact import redact, redact_url
+from sinks._rewrite import flatten, numeric_items, param_text, rewrite_logs
+from sinks._state import load_state, save_state
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+__all__ = ["CometSink", "upload_offline"]
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE: Final = "comet.json"
+OFFLINE_FILE: Final = "comet-offline.jsonl"
+OFFLINE_KEY: Final = "OFFLINE"
+MODES: Final = ("get", "create", "get_or_create")
+IN_FLIGHT: Final = 16
+
+
+class CometSink(Sink):
+    """Deliver a run to Comet (or to an offline file); see the module docstring."""
+
+    name = "comet_ml"
+    events = (RunStarted, Log, Predict, Artifact, RunFinished)
+    max_batch_size = 512
+    max_batch_latency = 1.0
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        run_name: str = "",
+        api_key: str | None = None,
+        url_override: str | None = None,
+        workspace: str | None = None,
+        project: str = "general",
+        mode: str = "get_or_create",
+        experiment_key: str | None = None,
+        log_assets: bool = False,
+        online: bool = True,
+        timeout: float = 60.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigurationError(f"COMET_MODE must be one of {', '.join(MODES)}; got {mode!r}.")
+        if online and not api_key:
+            raise ConfigurationError(
+                "COMET_API_KEY must be set for online Comet logging (or set COMET_START_ONLINE=0 "
+                "to log offline)."
+            )
+        if mode == "get" and not experiment_key:
+            raise ConfigurationError("COMET_MODE=get needs COMET_EXPERIMENT_KEY to be set.")
+        if online and mode != "get" and not workspace and not experiment_key:
+            raise ConfigurationError(
+                "COMET_WORKSPACE must name the workspace new Comet experiments are created in."
+            )
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.base_url = rest_base(url_override)
+        self.workspace = workspace or ""
+        self.project = project
+        self.mode = mode
+        self.requested_key = experiment_key
+        self.log_assets = log_assets
+        self.online = online
+        self._api_key = api_key or ""
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+        self._api: CometApi | None = None
+        self._key: str | None = None
+        self._state: dict[str, Any] = {}
+        self._acked: set[tuple[int, str]] = set()
+        self._acked_seq = -1
+
+    @classmethod
+    def is_available(cls, env: Mapping[str, str]) -> bool:
+        """Chosen by ``report_to="all"`` when an API key, offline mode or a mode is configured."""
+        online = env.get("COMET_START_ONLINE", "").strip().upper()
+        return bool(env_str(env, "COMET_API_KEY") or online in ("0", "FALSE", "NO", "OFF")) or bool(
+            env_str(env, "COMET_MODE")
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
+        """Build the sink from Comet's and HF's environment variables."""
+        mode = (env_str(env, "COMET_MODE") or "get_or_create").lower()
+        return cls(
+            run_dir=run_dir,
+            run_name=run_name,
+            api_key=env_str(env, "COMET_API_KEY"),
+            url_override=env_str(env, "COMET_URL_OVERRIDE"),
+            workspace=env_str(env, "COMET_WORKSPACE"),
+            project=env_str(env, "COMET_PROJECT_NAME") or "general",
+            mode=mode,
+            experiment_key=env_str(env, "COMET_EXPERIMENT_KEY"),
+            log_assets=env_flag(env, "COMET_LOG_ASSETS"),
+            online=env_flag(env, "COMET_START_ONLINE", default=True),
+        )
+
+    @property
+    def experiment_key(self) -> str | None:
+        return self._key
+
+    @property
+    def offline_path(self) -> Path:
+        return self.run_dir / OFFLINE_FILE
+
+    async def open(self) -> None:
+        self._state = load_state(self.run_dir / STATE_FILE)
+        if self.online:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url + "/",
+                headers={"Authorization": self._api_key, "User-Agent": "trainbus"},
+                timeout=httpx.Timeout(self._timeout, connect=min(10.0, self._timeout)),
+            )
+            self._api = CometApi(self._client)
+        log.info("comet sink opened", online=self.online, server=redact_url(self.base_url))
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Send the batch: experiment first, then params, metrics, assets and the end time."""
+        started = next((e for e in batch if isinstance(e, RunStarted)), None)
+        key = await self._ensure_experiment(started)
+        requests: list[tuple[tuple[int, str], Request]] = []
+        for event in batch:
+            if event.seq <= self._acked_seq:
+                continue
+            requests.extend(self._requests(key, event))
+        await self._send_all(requests)
+        for event in batch:
+            if isinstance(event, Artifact) and self.log_assets and event.seq > self._acked_seq:
+                await self._upload(key, event)
+        if batch:
+            self._acked_seq = max(self._acked_seq, batch[-1].seq)
+            self._acked.clear()
+            if not self.online:
+                self._state["offline_seq"] = self._acked_seq
+                save_state(self.run_dir / STATE_FILE, self._state)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _ensure_experiment(self, started: RunStarted | None) -> str:
+        if self._key is not None:
+            return self._key
+        if not self.online:
+            self._key = OFFLINE_KEY
+            self._acked_seq = int(self._state.get("offline_seq", -1))
+            return self._key
+        api = self._require_api()
+        key: str | None = self._state.get("experiment_key")
+        if key is None and self.requested_key and self.mode != "create":
+            if await api.exists(self.requested_key):
+                key = self.requested_key
+            elif self.mode == "get":
+                raise PermanentSinkError(
+                    f"COMET_EXPERIMENT_KEY {self.requested_key!r} is unknown to the server"
+                )
+        if key is None:
+            name = (started.run_name if started else "") or self.run_name
+            key = await api.create(self.workspace, self.project, name)
+            await api.post(*tags_body(key, ["trainbus"]))
+            log.info("comet experiment created", experiment_key=key)
+        self._key = key
+        self._state["experiment_key"] = key
+        save_state(self.run_dir / STATE_FILE, self._state)
+        return key
+
+    def _require_api(self) -> CometApi:
+        if self._api is None:
+            raise RuntimeError("CometSink.write() called before open()")
+        return self._api
+
+    def _requests(self, key: str, event: Event) -> list[tuple[tuple[int, str], Request]]:
+        out: list[tuple[tuple[int, str], Request]] = []
+        stamp = round(event.time * 1000)
+        if isinstance(event, RunStarted):
+            params = flatten({"args": redact(event.config), "config": redact(event.hparams)})
+            for name, value in params.items():
+                out.append(((event.seq, "p:" + name), parameter_body(key, name, param_text(value))))
+            out.append(((event.seq, "t:start"), times_body(key, start_ms=stamp)))
+        elif isinstance(event, (Log, Predict)):
+            values = event.logs if isinstance(event, Log) else event.metrics
+            for name, number in numeric_items(rewrite_logs(values)):
+                if not math.isfinite(number):
+                    continue  # JSON has no spelling for it and Comet's API takes numbers only
+                body = metric_body(
+                    key, name, number, step=event.global_step, epoch=event.epoch, timestamp_ms=stamp
+                )
+                out.append(((event.seq, "m:" + name), body))
+        elif isinstance(event, RunFinished):
+            out.append(((event.seq, "o:status"), other_body(key, "trainbus_status", event.status)))
+            if event.error:
+                error = str(redact(event.error))[:1000]
+                out.append(((event.seq, "o:error"), other_body(key, "trainbus_error", error)))
+            out.append(((event.seq, "t:end"), times_body(key, end_ms=stamp)))
+        return out
+
+    async def _send_all(self, requests: list[tuple[tuple[int, str], Request]]) -> None:
+        pending = [(ident, req) for ident, req in requests if ident not in self._acked]
+        if not pending:
+            return
+        if not self.online:
+            with self.offline_path.open("a", encoding="utf-8") as handle:
+                for (seq, _), (endpoint, body) in pending:
+                    handle.write(json.dumps({"seq": seq, "endpoint": endpoint, "body": body}))
+                    handle.write("\n")
+            return
+        api = self._require_api()
+        limiter = anyio.CapacityLimiter(IN_FLIGHT)
+
+        async def send(ident: tuple[int, str], request: Request) -> None:
+            async with limiter:
+                await api.post(*request)
+            self._acked.add(ident)
+
+        async with anyio.create_task_group() as tg:
+            for ident, request in pending:
+                tg.start_soon(send, ident, request)
+
+    async def _upload(self, key: str, event: Artifact) -> None:
+        source = Path(event.path)
+        if not source.exists():
+            log.warning("comet asset missing, skipped", path=str(source))
+            return
+        base = event.name or source.name
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        for file in files:
+            name = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
+            if not self.online:
+                line = {"seq": event.seq, "asset": str(file), "fileName": name}
+                with self.offline_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(line) + "\n")
+                continue
+            await self._require_api().upload_asset(key, file, name)
+
+
+async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
+    """Replay an offline file against the server named by ``env``; returns the experiment key.
+
+    A new experiment is created (named after the run directory) unless ``COMET_EXPERIMENT_KEY``
+    names one; requests are sent in their original order.
+    """
+    sink = CometSink.from_env(
+        {**env, "COMET_START_ONLINE": "1"}, run_dir=path.parent, run_name=path.parent.name
+    )
+    await sink.open()
+    sink._state = {}  # never reuse a key saved by an earlier upload: each upload is one experiment
+    try:
+        key = await sink._ensure_experiment(None)
+        api = sink._require_api()
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                if "asset" in record:
+                    await api.upload_asset(key, Path(record["asset"]), record["fileName"])
+                    continue
+                body = dict(record["body"])
+                body["experimentKey"] = key
+                await api.post(record["endpoint"], body)
+    finally:
+        await sink.close()
+    return key
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sinks.comet upload FILE``: upload an offline run (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "upload":
+        print("usage: python -m sinks.comet upload RUN_DIR/comet-offline.jsonl", file=sys.stderr)
+        return 2
+    key = anyio.run(upload_offline, Path(args[1]), dict(os.environ))
+    print(f"uploaded to Comet experiment {key}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
