@@ -9,6 +9,7 @@ best model reaches on the held-out digits and where to look next.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,9 +85,15 @@ def run_demo(output_dir: Path, *, quick: bool = False) -> int:
         print(
             f"  eval accuracy of the best model: {accuracy:.4f}  (best at step {best.get('step')})"
         )
+    sinks = [entry.name for entry in run_dir.read_record().sinks]
+    print(f"  reported to:    {', '.join(sinks) or 'nothing but the journal'}")
     print(f"  run directory:  {run_dir.path}")
     print(f"  checkpoints:    {output_dir}/checkpoint-*/")
-    print(f"  TensorBoard:    tensorboard --logdir {output_dir}/runs")
+    if "tensorboard" in sinks:
+        logdir = os.environ.get("TENSORBOARD_LOGGING_DIR") or f"{output_dir}/runs"
+        print(f"  TensorBoard:    tensorboard --logdir {logdir}")
+    if "mlflow" in sinks:
+        print(f"  MLflow:         {os.environ.get('MLFLOW_TRACKING_URI')}")
     print(f"  summary:        trainbus show {output_dir}")
     print(f"  curves:         trainbus plot {output_dir} -o curves.png")
     return 0
