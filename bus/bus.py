@@ -272,10 +272,14 @@ class Bus:
     async def _drain_forever(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.CancelScope() as self._drainer_scope:
             task_status.started()
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                await self.drain()
+            try:
+                while True:
+                    await self._wakeup.wait()
+                    self._wakeup = anyio.Event()
+                    await self.drain()
+            except Exception as exc:  # the journal cannot be written: the run must hear of it
+                log.error("bus_drain_failed", run_id=self.run_id, exc_info=exc)
+                raise
 
     def stream(self, *event_types: type[EventBase], max_buffer: int = 1024) -> Subscription:
         """Subscribe to events (all, or ``event_types``) as they are published; call on the loop.

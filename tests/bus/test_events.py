@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing
 
 import msgspec
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bus.events as events_module
@@ -91,12 +91,14 @@ def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]
 any_event = st.one_of([_event_strategy(t) for t in ALL_EVENT_TYPES])
 
 
+@settings(deadline=None)
 @given(any_event)
 def test_every_event_round_trips_through_msgpack(event: Event) -> None:
     """Any event, encoded as msgpack (the journal's payload) and decoded, comes back equal."""
     assert decode_msgpack(encode_msgpack(event)) == event
 
 
+@settings(deadline=None)
 @given(any_event)
 def test_every_event_round_trips_through_json(event: Event) -> None:
     """Any event with finite floats, encoded as JSON and decoded, comes back equal."""
