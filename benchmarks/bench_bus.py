@@ -8,8 +8,10 @@ as ``trainer.train()`` runs it) and the journal on:
   reported separately);
 * **sustained throughput**: events per second from the first publish until the sink has
   acknowledged the last event (journal write, fan-out, batching and delivery included);
-* **a dead sink**: one sink blocked forever while 1,000,000 events are published; the resident
-  set size growth after everything was published and journaled, and its peak during the run.
+* **a dead sink**: one sink stuck while 1,000,000 events are published; the resident set size
+  growth after everything was published and journaled, and its peak during the run (measured in
+  a fresh interpreter). Then the sink is released: how long it takes to receive every event from
+  the journal, and whether they all arrived in order.
 
 Run: ``python -m benchmarks.bench_bus [--quick]``; writes ``benchmarks/results/bus.json``.
 """
@@ -57,13 +59,24 @@ class CountingSink(Sink):
         self.last_seq = batch[-1].seq
 
 
-class DeadSink(Sink):
-    """Never returns from ``write``: a tracker that hangs forever."""
+class StuckSink(Sink):
+    """Hangs in ``write`` until released (a tracker that is down), then checks order and counts."""
 
-    name = "dead"
+    name = "stuck"
+    max_batch_size = 4096
+
+    def __init__(self) -> None:
+        self.released = False
+        self.count = 0
+        self.last_seq = -1
+        self.in_order = True
 
     async def write(self, batch: Sequence[Event]) -> None:
-        await anyio.sleep_forever()
+        while not self.released:
+            await anyio.sleep(0.01)
+        self.in_order = self.in_order and batch[0].seq > self.last_seq
+        self.count += len(batch)
+        self.last_seq = batch[-1].seq
 
 
 @contextmanager
@@ -144,11 +157,10 @@ def _throughput(events: int, root: Path) -> dict[str, Any]:
 
 
 def _dead_sink_rss(events: int, root: Path) -> dict[str, Any]:
-    """RSS growth while a sink is stuck for the whole run; the journal takes the backlog."""
+    """RSS growth while a sink is stuck; then it is released and must catch up on everything."""
     process = psutil.Process()
-    bus = Bus(
-        run_id="bench", journal_path=root / "dead.tbj", sinks=[DeadSink()], close_deadline=0.1
-    )
+    sink = StuckSink()
+    bus = Bus(run_id="bench", journal_path=root / "dead.tbj", sinks=[sink])
     peak = 0
     stop = threading.Event()
 
@@ -175,16 +187,24 @@ def _dead_sink_rss(events: int, root: Path) -> dict[str, Any]:
         after = process.memory_info().rss
         stop.set()
         sampler.join()
-        stats = bus.stats()["dead"]
-    report = bus.report["dead"] if bus.report else None
+        stats = bus.stats()["stuck"]
+        released = time.perf_counter()
+        sink.released = True
+        while sink.count < events + 2000:  # the warm-up's events too
+            time.sleep(0.01)
+        caught_up = time.perf_counter() - released
+    report = bus.report["stuck"] if bus.report else None
     return {
         "events": events,
         "publish_s": published,
         "rss_growth_mib": (after - before) / 2**20,
         "rss_peak_growth_mib": (max(peak, after) - before) / 2**20,
         "flow_control_pauses": bus.flow_control_pauses,
-        "mode": stats.mode,
-        "lag_events": stats.lag_events,
+        "mode_while_stuck": stats.mode,
+        "lag_events_while_stuck": stats.lag_events,
+        "catch_up_s": caught_up,
+        "received_after_release": sink.count,
+        "in_order": sink.in_order,
         "undelivered_at_close": report.undelivered if report else None,
         "journal_mib": (root / "dead.tbj").stat().st_size / 2**20,
     }
@@ -244,6 +264,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"<= {TARGET_RSS_MIB} MiB",
             dead["rss_growth_mib"] <= TARGET_RSS_MIB,
             f"peak during publishing: {dead['rss_peak_growth_mib']:.1f} MiB",
+        ),
+        Headline(
+            "stuck sink, after release: events received from the journal",
+            float(dead["received_after_release"]),
+            "events",
+            f"all {dead_events + 2000:,}, in order",
+            dead["received_after_release"] == dead_events + 2000 and dead["in_order"],
+            f"caught up in {dead['catch_up_s']:.1f} s",
         ),
     ]
     tables = {"publish cost": costs, "throughput": [flow], "dead sink": [dead]}
