@@ -102,6 +102,11 @@ class MLflowSink(Sink):
                 "MLFLOW_NESTED_RUN needs MLFLOW_RUN_ID to name the parent run."
             )
         self.tracking_uri = tracking_uri.rstrip("/")
+        url = httpx.URL(self.tracking_uri)
+        if url.username and not token and not username:
+            # Credentials inside the URI act as basic auth, as the mlflow client treats them.
+            username, password = url.username, url.password
+        self._base_url = str(url.copy_with(userinfo=b""))
         self.run_dir = run_dir
         self.run_name = run_name
         self.experiment_name = experiment_name
@@ -196,7 +201,7 @@ class MLflowSink(Sink):
             else (ssl.create_default_context(cafile=self._verify))
         )
         self._client = httpx.AsyncClient(
-            base_url=self.tracking_uri,
+            base_url=self._base_url,
             headers=headers,
             auth=self._auth,
             verify=verify,

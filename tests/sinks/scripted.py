@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from bus.bus import Bus
-from bus.events import Artifact, Event, Evaluate, Log, RunFinished, RunStarted, RunStatus
+from bus.events import Artifact, Evaluate, Event, Log, RunFinished, RunStarted, RunStatus
 from bus.retry import RetryPolicy
 from bus.sink import Sink
 from bus.stats import SinkReport

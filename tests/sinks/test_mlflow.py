@@ -1,0 +1,303 @@
+"""MLflow sink against a real ``mlflow server`` on 127.0.0.1, read back with MLflow's own client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from bus.bus import Bus
+from bus.errors import ConfigurationError
+from bus.events import Log
+from sinks.mlflow import MLflowSink
+from sinks.testing import FaultProxy
+from tests.sinks.scripted import (
+    FAST_RETRY,
+    T0,
+    deliver_through_bus,
+    eval_logs,
+    scripted_run,
+    train_logs,
+)
+from tests.support.mlflow_server import MlflowServer
+
+pytestmark = pytest.mark.mlflow
+
+
+def _client(server: MlflowServer) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=server.url)
+
+
+def _experiment() -> str:
+    return f"trainbus-test-{uuid.uuid4().hex[:8]}"
+
+
+def _checkpoint(tmp_path: Path) -> Path:
+    checkpoint = tmp_path / "checkpoint-30"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 4096)
+    (checkpoint / "sub" / "trainer_state.json").write_text('{"global_step": 30}')
+    return checkpoint
+
+
+def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """Through a real Bus, MLflow's client reads back every metric once, params, tags,
+    checkpoint artifacts and the final status."""
+    events = scripted_run(30, eval_every=10, checkpoint=_checkpoint(tmp_path))
+    name = _experiment()
+    sink = MLflowSink(
+        mlflow_server.url,
+        run_dir=tmp_path / "run",
+        experiment_name=name,
+        tags={"team": "search"},
+        log_artifacts=True,
+    )
+    with anyio.fail_after(60):
+        report = await deliver_through_bus(events, [sink], tmp_path / "run")
+    assert report["mlflow"].undelivered == 0 and report["mlflow"].skipped == 0
+    client = _client(mlflow_server)
+    run = client.get_run(sink.run_id)
+    assert client.get_experiment(run.info.experiment_id).name == name
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-run"
+    assert _history(client, run.info.run_id, "loss") == [
+        (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 31)
+    ]
+    assert _history(client, run.info.run_id, "eval_accuracy") == [
+        (s, pytest.approx(eval_logs(s)["eval_accuracy"])) for s in (10, 20, 30)
+    ]
+    assert len(client.get_metric_history(run.info.run_id, "epoch")) == 33
+    params = run.data.params
+    assert params["learning_rate"] == "0.001"
+    assert params["hidden_size"] == "16"
+    assert params["hub_token"] == "***"
+    assert json.loads(params["optim_args"]) == {"betas": [0.9, 0.99]}
+    assert run.data.tags["team"] == "search"
+    assert run.data.tags["trainbus.run_id"] == "run-1"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint-30")}
+    assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
+    nested = client.list_artifacts(run.info.run_id, "checkpoint-30/sub")
+    assert [a.path for a in nested] == ["checkpoint-30/sub/trainer_state.json"]
+    saved = json.loads((tmp_path / "run" / "mlflow.json").read_text())
+    assert saved["run_id"] == run.info.run_id
+
+
+async def test_replay_after_restart_resumes_the_run_without_duplicates(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """A new sink on the same run directory resumes the saved run, and re-sent batches add
+    no points (MLflow ignores byte-identical points; the sink uses event time as timestamp)."""
+    events = scripted_run(12, eval_every=4, status="failed")
+    run_ids = []
+    for attempt in range(2):
+        sink = MLflowSink(mlflow_server.url, run_dir=tmp_path, experiment_name=_experiment())
+        with anyio.fail_after(30):
+            await sink.open()
+            await sink.write(events[:8])
+            await sink.write(events)  # a retry of an overlapping batch in the same process
+            await sink.close()
+        run_ids.append(sink.run_id)
+        if attempt == 0:
+            first_experiment = sink._state["experiment_id"]
+    assert run_ids[0] == run_ids[1]
+    client = _client(mlflow_server)
+    run = client.get_run(run_ids[0])
+    assert run.info.experiment_id == first_experiment
+    assert run.info.status == "FAILED"
+    assert [s for s, _ in _history(client, run_ids[0], "loss")] == list(range(1, 13))
+    assert [s for s, _ in _history(client, run_ids[0], "eval_loss")] == [4, 8, 12]
+
+
+async def test_run_is_found_by_tag_when_the_state_file_is_lost(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Without mlflow.json the run is found again by its trainbus.run_id tag, not duplicated."""
+    name = _experiment()
+    events = scripted_run(3, run_id=f"bus-{uuid.uuid4().hex[:6]}")
+    ids = []
+    for directory in ("a", "b"):
+        sink = MLflowSink(mlflow_server.url, run_dir=tmp_path / directory, experiment_name=name)
+        with anyio.fail_after(30):
+            await sink.open()
+            await sink.write(events)
+            await sink.close()
+        ids.append(sink.run_id)
+    assert ids[0] == ids[1]
+    assert len(_history(_client(mlflow_server), ids[0], "loss")) == 3
+
+
+async def test_faults_between_sink_and_server_lose_and_duplicate_nothing(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Behind 200 ms of added latency, bursts of 500s, 429 with Retry-After and the server
+    stopped for 3 s and restarted, publishing never waits and every metric lands exactly once."""
+    events = scripted_run(150, eval_every=50)
+    head, tail = events[:60], events[60:]
+    with FaultProxy(mlflow_server.url, latency=0.2) as proxy:
+        sink = MLflowSink(proxy.url, run_dir=tmp_path, experiment_name=_experiment())
+        proxy.fail_next(3)
+        proxy.throttle_next(2, retry_after=0.3)
+        bus = Bus(
+            run_id=events[0].run_id,
+            journal_path=tmp_path / "journal.tbj",
+            cursor_dir=tmp_path / "cursors",
+            sinks=[sink],
+            close_deadline=90,
+            retry_policy=FAST_RETRY,
+        )
+        try:
+            with anyio.fail_after(120):
+                async with bus:
+                    for event in head:
+                        bus.publish(event)
+                    while bus.stats()["mlflow"].delivered == 0:
+                        await anyio.sleep(0.05)
+                    await anyio.to_thread.run_sync(mlflow_server.stop)
+                    for event in tail:
+                        bus.publish(event)  # returns at once: the server is down right now
+                    published_while_down = not mlflow_server.running
+                    await anyio.sleep(3)
+                    await anyio.to_thread.run_sync(mlflow_server.start)
+        finally:
+            if not mlflow_server.running:
+                mlflow_server.start()
+    assert published_while_down
+    assert bus.report is not None and bus.report["mlflow"].undelivered == 0
+    assert proxy.stats.injected == {500: 3, 429: 2}
+    client = _client(mlflow_server)
+    assert _history(client, sink.run_id, "loss") == [
+        (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 151)
+    ]
+    assert [s for s, _ in _history(client, sink.run_id, "eval_loss")] == [50, 100, 150]
+    assert client.get_run(sink.run_id).info.status == "FINISHED"
+
+
+async def test_nested_run_and_resumed_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """MLFLOW_NESTED_RUN creates a child of MLFLOW_RUN_ID; MLFLOW_RUN_ID alone resumes it."""
+    client = _client(mlflow_server)
+    experiment_id = client.create_experiment(_experiment())
+    parent = client.create_run(experiment_id, run_name="parent").info.run_id
+    log_event = Log(run_id="r", seq=1, time=T0, global_step=5, logs={"loss": 0.25})
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_RUN_ID": parent}
+    nested = MLflowSink.from_env(
+        {**env, "MLFLOW_NESTED_RUN": "true"}, run_dir=tmp_path / "n", run_name="child"
+    )
+    resumed = MLflowSink.from_env(env, run_dir=tmp_path / "r", run_name="again")
+    with anyio.fail_after(30):
+        for sink in (nested, resumed):
+            await sink.open()
+            await sink.write([log_event])
+            await sink.close()
+    assert resumed.run_id == parent
+    child = client.get_run(nested.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.info.experiment_id == "0"
+    assert _history(client, parent, "loss") == [(5, 0.25)]
+
+
+async def test_param_limits_and_conflicts_never_cost_metrics(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Over-long params are dropped, MLFLOW_MAX_LOG_PARAMS truncates, flattening works, and a
+    param the resumed run already holds with another value is reported, not fatal."""
+    events = scripted_run(2)
+    started = events[0]
+    long_config = {**started.config, "id2label": "x" * 7000, "nested": {"a": 1, "b": 2}}
+    events[0] = type(started)(**{**_fields(started), "config": long_config})
+    sink = MLflowSink(
+        mlflow_server.url, run_dir=tmp_path / "a", flatten_params=True, max_log_params=100
+    )
+    with anyio.fail_after(30):
+        await sink.open()
+        await sink.write(events)
+        await sink.close()
+    client = _client(mlflow_server)
+    params = client.get_run(sink.run_id).data.params
+    assert "id2label" not in params and sink.dropped_params == 1
+    assert params["nested.a"] == "1" and params["optim_args.betas"] == "[0.9, 0.99]"
+
+    changed = dict(long_config, learning_rate=0.5)
+    events[0] = type(started)(**{**_fields(started), "config": changed})
+    again = MLflowSink(mlflow_server.url, run_dir=tmp_path / "b", run_id=sink.run_id)
+    later = [Log(run_id="run-1", seq=100, time=T0 + 50, global_step=3, logs={"loss": 0.1})]
+    with anyio.fail_after(30):
+        await again.open()
+        await again.write([events[0], *later])
+        await again.close()
+    assert again.dropped_params > 0
+    assert (3, 0.1) in _history(client, sink.run_id, "loss")
+
+
+def _fields(event: Any) -> dict[str, Any]:
+    return {f: getattr(event, f) for f in event.__struct_fields__}
+
+
+def test_from_env_validates_each_variable(tmp_path: Path) -> None:
+    """Bad values raise ConfigurationError naming the variable; availability follows HF."""
+    base = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    kwargs: dict[str, Any] = {"run_dir": tmp_path, "run_name": "r"}
+    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
+        MLflowSink.from_env({}, **kwargs)
+    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
+        MLflowSink.from_env({"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}, **kwargs)
+    with pytest.raises(ConfigurationError, match="MLFLOW_TAGS"):
+        MLflowSink.from_env({**base, "MLFLOW_TAGS": "[1, 2]"}, **kwargs)
+    with pytest.raises(ConfigurationError, match="DISABLE_MLFLOW_INTEGRATION"):
+        MLflowSink.from_env({**base, "DISABLE_MLFLOW_INTEGRATION": "TRUE"}, **kwargs)
+    with pytest.raises(ConfigurationError, match="MLFLOW_RUN_ID"):
+        MLflowSink.from_env({**base, "MLFLOW_NESTED_RUN": "1"}, **kwargs)
+    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        MLflowSink.from_env({**base, "MLFLOW_TRACKING_SERVER_CERT_PATH": "/nope.pem"}, **kwargs)
+    sink = MLflowSink.from_env(
+        {**base, "MLFLOW_TAGS": '{"a": "b", "n": 1}', "MLFLOW_TRACKING_INSECURE_TLS": "1"},
+        **kwargs,
+    )
+    assert sink.tags == {"a": "b", "n": "1"}
+    assert MLflowSink.is_available(base)
+    assert not MLflowSink.is_available({**base, "DISABLE_MLFLOW_INTEGRATION": "true"})
+    assert not MLflowSink.is_available({})
+
+
+async def test_credentials_are_sent_and_never_logged(tmp_path: Path) -> None:
+    """Token and basic auth reach the server as headers; logs show the URI without password."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("runs/get"):
+            info = {"run_id": "abc", "experiment_id": "1", "artifact_uri": "", "status": "RUNNING"}
+            return httpx.Response(200, json={"run": {"info": info}})
+        return httpx.Response(200, json={})
+
+    event = Log(run_id="r", seq=1, time=T0, global_step=1, logs={"loss": 1.0})
+    for auth, expected in (
+        ({"token": "tok123"}, "Bearer tok123"),
+        ({"username": "ann", "password": "pw9"}, "Basic " + base64.b64encode(b"ann:pw9").decode()),
+    ):
+        sink = MLflowSink(
+            "http://ann:pw9@127.0.0.1:1",
+            run_dir=tmp_path,
+            run_id="abc",
+            transport=httpx.MockTransport(handler),
+            **auth,
+        )
+        with capture_logs() as logs, anyio.fail_after(10):
+            await sink.open()
+            await sink.write([event])
+            await sink.close()
+        assert seen[-1].headers["Authorization"] == expected
+        assert "pw9" not in repr(logs)
+        assert any("ann:***@" in str(entry.get("tracking_uri")) for entry in logs)
