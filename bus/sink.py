@@ -23,7 +23,7 @@ A custom sink in about twenty lines (``tests/bus/test_sink_example.py`` runs thi
             self.file = await anyio.open_file(self.path, "a")
 
         async def write(self, batch: Sequence[Event]) -> None:
-            lines = [f"{e.global_step},{e.logs['loss']}\n" for e in batch if "loss" in e.logs]
+            lines = [f"{e.global_step},{e.logs['loss']}\\n" for e in batch if "loss" in e.logs]
             await self.file.writelines(lines)
             await self.file.flush()  # return only once the data is where it belongs
 
@@ -32,6 +32,9 @@ A custom sink in about twenty lines (``tests/bus/test_sink_example.py`` runs thi
 
 Pass it to the bus (``Bus(..., sinks=[CsvLosses(path)])``) or, through the orchestrator, to
 ``report_to``. ``write`` is never called concurrently with itself, and always in ``seq`` order.
+The close deadline cancels a ``write`` that hangs; one that blocks in a worker thread should use
+``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` or its client's own timeout, since a
+thread cannot be cancelled.
 
 ``write`` must be idempotent where the destination allows it: after a crash between the remote
 accepting a batch and the cursor being written, the runtime delivers that batch again
