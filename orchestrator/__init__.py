@@ -10,7 +10,7 @@ from orchestrator.config import TrainConfig, load_train_config, parse_train_conf
 from orchestrator.launcher import LAUNCHER, OrchestratorLauncher
 from orchestrator.logging import configure_logging
 from orchestrator.registry import INTEGRATIONS, available_integrations, resolve_report_to
-from orchestrator.run import Orchestrator
+from orchestrator.run import Orchestrator, warm_up
 from orchestrator.rundir import RunDir, RunRecord, find_run_dir
 from orchestrator.show import RunSummary, summarize
 from orchestrator.sync import sync_run
@@ -32,4 +32,5 @@ __all__ = [
     "resolve_report_to",
     "summarize",
     "sync_run",
+    "warm_up",
 ]
