@@ -52,8 +52,6 @@ from bus.stream import Subscription
 
 __all__ = [
     "ALL_EVENT_TYPES",
-    "HF_EVENT_TYPES",
-    "RUN_EVENT_TYPES",
     "Artifact",
     "ArtifactKind",
     "Bus",
@@ -64,6 +62,7 @@ __all__ = [
     "Evaluate",
     "Event",
     "EventBase",
+    "HF_EVENT_TYPES",
     "Hook",
     "InitEnd",
     "JournalCorruptError",
@@ -78,6 +77,7 @@ __all__ = [
     "Predict",
     "PredictionStep",
     "PushBegin",
+    "RUN_EVENT_TYPES",
     "RepairReport",
     "RetryPolicy",
     "RetryableSinkError",

@@ -9,11 +9,9 @@ import bus
 
 
 def test_all_is_sorted_and_importable() -> None:
-    """bus.__all__ is sorted (isort-style, constants first) and every name resolves."""
+    """bus.__all__ is sorted and every name resolves."""
     names = list(bus.__all__)
-    assert names == sorted(
-        names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
-    )
+    assert names == sorted(names)
     assert len(names) == len(set(names))
     for name in names:
         assert getattr(bus, name) is not None
