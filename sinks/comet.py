@@ -36,7 +36,7 @@ import anyio
 import httpx
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError
+from bus.errors import ConfigurationError, PermanentSinkError, SinkError
 from bus.events import Artifact, Event, Log, Predict, RunFinished, RunStarted
 from bus.sink import Sink
 from sinks._comet_api import (
@@ -263,15 +263,28 @@ class CometSink(Sink):
             return
         api = self._require_api()
         limiter = anyio.CapacityLimiter(IN_FLIGHT)
+        errors: list[SinkError] = []
 
         async def send(ident: tuple[int, str], request: Request) -> None:
             async with limiter:
-                await api.post(*request)
+                if errors:
+                    return  # the batch is failing anyway; leave the rest for the retry
+                try:
+                    await api.post(*request)
+                except SinkError as exc:
+                    errors.append(exc)
+                    return
             self._acked.add(ident)
 
         async with anyio.create_task_group() as tg:
             for ident, request in pending:
                 tg.start_soon(send, ident, request)
+        if errors:
+            # One error for the runtime: a permanent one wins, else the longest Retry-After.
+            permanent = [e for e in errors if isinstance(e, PermanentSinkError)]
+            if permanent:
+                raise permanent[0]
+            raise max(errors, key=lambda e: getattr(e, "retry_after", None) or 0.0)
 
     async def _upload(self, key: str, event: Artifact) -> None:
         source = Path(event.path)
