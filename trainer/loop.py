@@ -391,7 +391,8 @@ class Trainer:
 
     def _training_step(self, batch: Any, window: int) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its detached, scaled loss."""
-        self.model.train()
+        if not self.model.training:  # evaluation switched it; train() walks every module
+            self.model.train()
         inputs = move_to_device(batch, self.device)
         if self._count_flos is not None:
             self._flos += float(self._count_flos(inputs))

@@ -30,12 +30,19 @@ def create_optimizer(
     betas: tuple[float, float],
     eps: float,
 ) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: biases and norm scales are not decayed."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW with weight decay on matrices only: biases and norm scales are not decayed.
+
+    Without weight decay the split changes nothing but costs a second pass of the optimizer's
+    Python code per step, so there is then a single group.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if weight_decay == 0:
+        return torch.optim.AdamW(
+            trainable, lr=learning_rate, betas=betas, eps=eps, weight_decay=0.0
+        )
     groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
         [group for group in groups if group["params"]], lr=learning_rate, betas=betas, eps=eps
