@@ -8,6 +8,10 @@ training thread keeps publishing it never pays for another one. The *loop side* 
 bus``) drains the deque in bursts, appends each burst to the journal with one write, and hands
 it to every sink runner and live subscription.
 
+Durability: a burst reaches the operating system (one ``os.write``) as soon as the loop drains
+it, so a barrier has nothing of its own to flush; ``flush()`` waits for that from the training
+thread, and ``fsync()`` (checkpoints) and closing the bus also make the journal durable on disk.
+
 The loop may run in a background thread (``trainer.train()`` in a plain script, through a
 blocking portal) or be the host application's loop while training runs in a worker thread
 (``train_async``); the training side works the same in both.
@@ -227,6 +231,20 @@ class Bus:
                 "use `await bus.abarrier(...)` there."
             )
         return anyio.from_thread.run(_await, coro, token=token)
+
+    def flush(self) -> None:
+        """Block until every event published so far is written to the journal (not fsynced).
+
+        Rarely needed: each burst the loop drains reaches the operating system in one write, so
+        events are in the journal within one loop iteration of being published. Call it where
+        a crash of this process right afterwards must not lose them.
+        """
+        token = self._token
+        if token is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("Bus.flush() blocks; on the bus's loop use `await bus.drain()`.")
+        anyio.from_thread.run(self.drain, token=token)
 
     def fsync(self) -> None:
         """Block until every event published so far is in the journal and durable on disk."""

@@ -273,3 +273,18 @@ async def test_flow_control_never_hangs_a_publisher_when_the_loop_stalls(make_bu
             await bus.drain()
     assert 0 < bus.flow_control_pauses <= 100
     assert [e["event"] for e in logs].count("bus_flow_control") == 1
+
+
+def test_flush_and_fsync_from_the_training_thread(tmp_path: Path) -> None:
+    """flush() puts what was published in the journal; fsync() does too, durably."""
+    bus = Bus(run_id="r", journal_path=tmp_path / "journal.tbj")
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bus),
+    ):
+        bus.emit(StepEnd, global_step=1)
+        bus.flush()
+        assert len(list(JournalReader(tmp_path / "journal.tbj").read_from())) == 1
+        bus.emit(StepEnd, global_step=2)
+        bus.fsync()
+        assert len(list(JournalReader(tmp_path / "journal.tbj").read_from())) == 2
