@@ -57,8 +57,9 @@ class Launcher(Protocol):
 class LocalLauncher:
     """The fallback: a bus with no journal, its loop in a blocking-portal thread.
 
-    ``sinks`` (none by default) are handed to every run's bus: in-process consumers such as a
-    test's ``RecordingSink``. ``backend`` is the anyio backend of the portal's loop.
+    ``sinks`` (none by default) are handed to every run's bus, with the trainer's own
+    ``Trainer(sinks=...)``: in-process consumers such as a test's ``RecordingSink``.
+    ``backend`` is the anyio backend of the portal's loop.
     """
 
     def __init__(self, *, sinks: Sequence[Sink] = (), backend: str = "asyncio") -> None:
@@ -66,7 +67,8 @@ class LocalLauncher:
         self.backend = backend
 
     def _bus(self, trainer: Trainer) -> Bus:
-        return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=self.sinks)
+        sinks = [*self.sinks, *trainer.sinks]
+        return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=sinks)
 
     def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
         """Run ``work`` on the calling thread while the bus's loop runs in a portal thread."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +55,7 @@ from bus.events import (
     TrainBegin,
     TrainEnd,
 )
+from bus.sink import Sink
 from trainer import checkpoint as ckpt
 from trainer.arguments import TrainingArguments
 from trainer.callbacks import CallbackHandler
@@ -95,7 +96,11 @@ Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
 
 
 class Trainer:
-    """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API."""
+    """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
+
+    Beyond Hugging Face's arguments: ``launcher`` overrides the launcher found by name (see
+    ``trainer.launcher``), and ``sinks`` adds sinks of the caller's own to every run.
+    """
 
     def __init__(
         self,
@@ -110,6 +115,7 @@ class Trainer:
         optimizers: Optimizers = (None, None),
         *,
         launcher: Launcher | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         self.args = args if args is not None else TrainingArguments()
         check_arguments(self.args, eval_dataset)
@@ -123,6 +129,8 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.optimizer, self.lr_scheduler = optimizers
         self.launcher = launcher
+        self.sinks = list(sinks)
+        """Extra sinks for this trainer's runs (besides ``report_to``), e.g. a user's own."""
         self.callback_handler = CallbackHandler(
             [DefaultFlowCallback, *(callbacks or [])],
             self.model,

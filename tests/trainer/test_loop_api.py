@@ -20,6 +20,7 @@ from bus.events import (
     RunStarted,
     StepEnd,
 )
+from bus.testing import RecordingSink
 from tests.trainer.loop_helpers import make_run
 from trainer import (
     DefaultFlowCallback,
@@ -208,6 +209,31 @@ def test_plain_script_falls_back_to_the_local_launcher(
     )
     trainer = Trainer(TupleOutputRegressor(), args, train_dataset=RegressionDataset(8))
     assert trainer.train().global_step == 2
+
+
+@pytest.mark.parametrize("launcher", ["local", "default"])
+def test_trainer_sinks_receive_the_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: str
+) -> None:
+    """``Trainer(sinks=[...])`` gets every event, with the local and the installed launcher."""
+    monkeypatch.setenv("TRAINBUS_LAUNCHER", launcher)
+    sink = RecordingSink()
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        disable_tqdm=True,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = Trainer(
+        TupleOutputRegressor(), args, train_dataset=RegressionDataset(8), sinks=[sink]
+    )
+    trainer.train()
+    kinds = [type(e) for e in sorted(sink.received, key=lambda e: e.seq)]
+    assert kinds[:2] == [RunStarted, InitEnd]
+    assert kinds[-1] is RunFinished
+    assert kinds.count(StepEnd) == 2
 
 
 def _async_trainer(tmp_path: Path) -> tuple[Trainer, Any]:
