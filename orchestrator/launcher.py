@@ -4,11 +4,13 @@
 that work in an ``Orchestrator`` so ``report_to``, the journal and the run directory apply to
 plain scripts exactly as to the CLI. When the trainer already runs inside
 ``Orchestrator.train()``, the launcher reuses that run instead of opening a second one (the active
-orchestrator travels to the worker thread in a context variable).
+orchestrator travels to the worker thread in a context variable). Later calls on the same trainer
+(``evaluate()`` after ``train()``) continue its run: same run directory, journal and tracker runs.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -28,9 +30,14 @@ class OrchestratorLauncher:
 
     def __init__(self, *, backend: str = "asyncio") -> None:
         self.backend = backend
+        self._run_ids: weakref.WeakKeyDictionary[Trainer, str] = weakref.WeakKeyDictionary()
 
     def _orchestrator(self, trainer: Trainer) -> Orchestrator:
-        return Orchestrator.for_trainer(trainer)
+        """One run per trainer: ``evaluate()`` after ``train()`` continues the same run."""
+        run_id = self._run_ids.get(trainer)
+        orch = Orchestrator.for_trainer(trainer, run_id=run_id)
+        self._run_ids[trainer] = orch.run_id
+        return orch
 
     def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
         """Run ``work`` on the calling thread; the bus and sinks run on a blocking-portal loop."""

@@ -176,6 +176,10 @@ class Orchestrator:
     async def __aenter__(self) -> Orchestrator:
         configure_logging()
         sinks, self._record = self._prepare()
+        if self.run_dir.record_path.is_file():
+            # Continuing a run (evaluate() after train() on the same trainer): the journal goes
+            # on from its last seq and the run keeps its original start time.
+            self._record.created = self.run_dir.read_record().created
         self.run_dir.create()
         self.run_dir.write_record(self._record)
         bus = Bus(

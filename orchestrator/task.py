@@ -70,7 +70,9 @@ def prepare_run(
 
     from trainer.early_stopping import EarlyStoppingCallback
     from trainer.loop import Trainer
+    from trainer.rng import set_seed
 
+    set_seed(args.seed)  # the model's initial weights come from the factory: seed them too
     model = call_factory(config.model, config.model_kwargs, field="model")
     train_dataset = (
         call_factory(config.train_dataset, config.train_dataset_kwargs, field="train_dataset")
