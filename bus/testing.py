@@ -68,9 +68,10 @@ class RecordingSink(Sink):
         self.opened = False
         self.closed = False
         self._script: deque[_Step] = deque()
-        self._released = anyio.Event()
         self._blocked = False
-        self._progress = anyio.Event()
+        # Events are made on the running loop when needed, so one sink can serve several runs.
+        self._released: anyio.Event | None = None
+        self._progress: anyio.Event | None = None
 
     # --- scripting ----------------------------------------------------------------------------
 
@@ -105,12 +106,12 @@ class RecordingSink(Sink):
     def block(self) -> None:
         """Writes from now on wait, without returning, until ``release()``."""
         self._blocked = True
-        self._released = anyio.Event()
 
     def release(self) -> None:
         """Let blocked writes go on."""
         self._blocked = False
-        self._released.set()
+        if self._released is not None:
+            self._released.set()
 
     # --- the sink -----------------------------------------------------------------------------
 
@@ -119,7 +120,8 @@ class RecordingSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         self.attempts.append(list(batch))
-        if self._blocked:
+        while self._blocked:
+            self._released = anyio.Event()
             await self._released.wait()
         step = self._script.popleft() if self._script else _Step()
         if step.record_first:
@@ -133,8 +135,8 @@ class RecordingSink(Sink):
 
     def _record(self, batch: Sequence[Event]) -> None:
         self.batches.append(list(batch))
-        self._progress.set()
-        self._progress = anyio.Event()
+        if self._progress is not None:
+            self._progress.set()
 
     # --- inspection ---------------------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class RecordingSink(Sink):
     async def wait_for(self, count: int) -> None:
         """Wait until at least ``count`` events were accepted (bound it with ``fail_after``)."""
         while sum(len(b) for b in self.batches) < count:
+            self._progress = anyio.Event()
             await self._progress.wait()
 
 

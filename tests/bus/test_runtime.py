@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from bus import (
+    Bus,
     CursorStore,
     JournalReader,
     JournalWriter,
@@ -26,6 +27,13 @@ from bus import (
 )
 from bus.testing import RecordingSink
 from tests.bus.conftest import FAST_RETRIES, MakeBus
+
+
+def make_bus_at(root: Path, sinks: list[RecordingSink], **kw: Any) -> Bus:
+    """A bus journaling under ``root``, for tests that run their own event loops."""
+    return Bus(
+        run_id="r", journal_path=root / "j.tbj", sinks=sinks, retry_policy=FAST_RETRIES, **kw
+    )
 
 
 def _seqs(sink: RecordingSink) -> list[int]:
@@ -245,15 +253,8 @@ def test_runtime_on_both_backends(tmp_path: Path, backend: str) -> None:
 
     async def main() -> None:
         with anyio.fail_after(20):
-            async with make(tmp_path / backend, [sink], queue_size=1) as bus:
+            async with make_bus_at(tmp_path / backend, [sink], queue_size=1) as bus:
                 await _publish_from_thread(bus, 2000)
-
-    def make(root: Path, sinks: list[RecordingSink], **kw: Any) -> Any:
-        from bus import Bus
-
-        return Bus(
-            run_id="r", journal_path=root / "j.tbj", sinks=sinks, retry_policy=FAST_RETRIES, **kw
-        )
 
     anyio.run(main, backend=backend)
     assert _seqs(sink) == list(range(2000))
@@ -318,3 +319,22 @@ async def test_catching_up_yields_to_other_tasks(tmp_path: Path) -> None:
             await replay(tmp_path / "journal.tbj", [RecordingSink(events=(Log,))], cursor_dir=None)
             done = True
     assert ticks >= 5
+
+
+def test_a_recording_sink_serves_runs_on_different_loops(tmp_path: Path) -> None:
+    """One RecordingSink, built outside any loop, works in an asyncio run and then a trio run."""
+    sink = RecordingSink()
+
+    async def run(name: str) -> None:
+        with anyio.fail_after(10):
+            async with make_bus_at(tmp_path / name, [sink]) as bus:
+                sink.block()
+                bus.emit(StepEnd, global_step=1)
+                await bus.drain()
+                await anyio.lowlevel.checkpoint()
+                sink.release()
+                await sink.wait_for(len(sink.received) + 1)
+
+    anyio.run(run, "a", backend="asyncio")
+    anyio.run(run, "b", backend="trio")
+    assert len(sink.received) == 2
