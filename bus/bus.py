@@ -39,7 +39,7 @@ import structlog
 
 from bus.cursor import CursorStore
 from bus.errors import ConfigurationError, JournalError
-from bus.events import Event, EventBase
+from bus.events import ALL_EVENT_TYPES, Event, EventBase
 from bus.journal import JournalWriter
 from bus.retry import RetryPolicy
 from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
@@ -60,6 +60,16 @@ _BURST: Final = 4096
 _UNSTARTED_LIMIT: Final = 65536
 _HIGH_WATER: Final = 32768
 _MAX_PAUSE: Final = 0.001
+
+
+_KNOWN_TYPES: Final = frozenset(ALL_EVENT_TYPES)
+
+
+def _unknown_type(event_type: type) -> ConfigurationError:
+    return ConfigurationError(
+        f"{event_type.__name__} is not one of the event types in bus.events.Event; the journal "
+        "could not read it back. Add new event types to that union (with a new tag)."
+    )
 
 
 async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -132,6 +142,8 @@ class Bus:
 
     def emit(self, event_type: type[E], /, **fields: Any) -> E:
         """Build an event with this bus's envelope (run_id, seq, time, rank) and publish it."""
+        if event_type not in _KNOWN_TYPES:
+            raise _unknown_type(event_type)
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -147,6 +159,8 @@ class Bus:
 
     def publish(self, event: E) -> E:
         """Publish a ready-made event; it gets this bus's next ``seq``, ``run_id`` and ``rank``."""
+        if type(event) not in _KNOWN_TYPES:
+            raise _unknown_type(type(event))
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1

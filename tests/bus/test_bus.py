@@ -12,7 +12,7 @@ import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
-from bus import Bus, JournalReader, Log, StepEnd, TrainBegin
+from bus import Bus, EventBase, JournalReader, Log, StepEnd, TrainBegin
 from bus.errors import ConfigurationError
 from bus.testing import RecordingSink, capture_events
 from tests.bus.conftest import MakeBus
@@ -288,3 +288,16 @@ def test_flush_and_fsync_from_the_training_thread(tmp_path: Path) -> None:
         bus.emit(StepEnd, global_step=2)
         bus.fsync()
         assert len(list(JournalReader(tmp_path / "journal.tbj").read_from())) == 2
+
+
+def test_events_outside_the_union_are_refused() -> None:
+    """Publishing a type the journal could not decode raises ConfigurationError at the source."""
+
+    class Custom(EventBase, frozen=True, kw_only=True, tag="custom"):
+        pass
+
+    bus = Bus(run_id="r")
+    with pytest.raises(ConfigurationError, match="Custom is not one of the event types"):
+        bus.emit(Custom)
+    with pytest.raises(ConfigurationError, match="Custom"):
+        bus.publish(Custom(run_id="r", seq=0, time=0.0))
