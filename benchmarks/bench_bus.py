@@ -38,7 +38,7 @@ import psutil
 import structlog
 
 from benchmarks._common import BENCH_DIR, Headline, format_table, median, percentile, write_result
-from bus import Bus, Event, Sink, StepEnd
+from bus import Bus, Event, JournalReader, JournalWriter, Sink, StepEnd
 
 TARGET_PUBLISH_NS = 2000
 TARGET_RSS_MIB = 32
@@ -133,6 +133,37 @@ def _publish_cost(sinks: int, events: int, root: Path, *, burst: int = 0) -> dic
         "p99_ns": percentile(costs, 99),
         "max_ns": float(max(costs)),
         "flow_control_pauses": bus.flow_control_pauses,
+    }
+
+
+def _journal_costs(events: int, root: Path) -> dict[str, Any]:
+    """The loop side's own work per event: framing and writing a burst, and reading it back.
+
+    Appends go straight from the loop with one ``os.write`` per burst of up to 4,096 events; this
+    shows what that costs the loop, the figure that decides whether a writer thread would pay.
+    """
+    batch = [StepEnd(run_id="bench", seq=i, time=time.time(), global_step=i) for i in range(events)]
+    writer = JournalWriter.open(root / "journal-costs.tbj")
+    bursts = [batch[i : i + 4096] for i in range(0, events, 4096)]
+    write_ns = []
+    for burst in bursts:
+        start = time.perf_counter_ns()
+        writer.append(burst)
+        write_ns.append((time.perf_counter_ns() - start) / len(burst))
+    writer.close()
+    reader = JournalReader(root / "journal-costs.tbj")
+    start = time.perf_counter_ns()
+    scanned = sum(1 for _ in reader.records())
+    scan_ns = (time.perf_counter_ns() - start) / scanned
+    start = time.perf_counter_ns()
+    decoded = sum(1 for _ in reader.read_from(0))
+    decode_ns = (time.perf_counter_ns() - start) / decoded
+    return {
+        "events": events,
+        "append_ns_per_event_median": median(write_ns),
+        "append_ns_per_event_p99": percentile(write_ns, 99),
+        "scan_ns_per_record": scan_ns,
+        "read_and_decode_ns_per_event": decode_ns,
     }
 
 
@@ -240,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         costs = [_publish_cost(n, cost_events, root) for n in (0, 1, 4)]
         costs += [_publish_cost(n, paced_events, root, burst=16) for n in (0, 1, 4)]
         flow = _throughput(flow_events, root)
+        journal = _journal_costs(flow_events, root)
     dead = _dead_sink_in_fresh_process(dead_events)
     worst_median = max(row["median_ns"] for row in costs)
     headline = [
@@ -274,7 +306,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"caught up in {dead['catch_up_s']:.1f} s",
         ),
     ]
-    tables = {"publish cost": costs, "throughput": [flow], "dead sink": [dead]}
+    tables = {
+        "publish cost": costs,
+        "throughput": [flow],
+        "journal (loop side)": [journal],
+        "dead sink": [dead],
+    }
     for name, rows in tables.items():
         print(f"\n{name}\n{format_table(rows)}")
     print(f"\nheadline\n{format_table([h.__dict__ for h in headline])}")
