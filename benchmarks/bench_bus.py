@@ -8,6 +8,8 @@ as ``trainer.train()`` runs it) and the journal on:
   reported separately);
 * **sustained throughput**: events per second from the first publish until the sink has
   acknowledged the last event (journal write, fan-out, batching and delivery included);
+* **barriers**: ``bus.barrier`` with plain hooks (run inline) and with one ``async def`` hook (a
+  round trip to the loop's thread and back);
 * **a dead sink**: one sink stuck while 1,000,000 events are published; the resident set size
   growth after everything was published and journaled, and its peak during the run (measured in
   a fresh interpreter). Then the sink is released: how long it takes to receive every event from
@@ -167,6 +169,37 @@ def _journal_costs(events: int, root: Path) -> dict[str, Any]:
     }
 
 
+def _sync_hook(args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    return control
+
+
+async def _async_hook(args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    return control
+
+
+def _barrier_costs(calls: int, root: Path) -> list[dict[str, Any]]:
+    """One barrier per call from the training thread, the loop in its portal thread."""
+    rows = []
+    bus = Bus(run_id="bench", journal_path=root / "barrier.tbj")
+    cases = {"3 plain hooks": [_sync_hook] * 3, "1 async hook": [_async_hook]}
+    with _running(bus):
+        for name, hooks in cases.items():
+            costs = []
+            for _ in range(calls):
+                start = time.perf_counter_ns()
+                bus.barrier(hooks, None, None, 0, model=None)
+                costs.append(time.perf_counter_ns() - start)
+            rows.append(
+                {
+                    "hooks": name,
+                    "calls": calls,
+                    "median_ns": median(costs),
+                    "p99_ns": percentile(costs, 99),
+                }
+            )
+    return rows
+
+
 def _throughput(events: int, root: Path) -> dict[str, Any]:
     """Events per second, first publish to last acknowledgement by one sink."""
     sink = CountingSink("count")
@@ -272,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         costs += [_publish_cost(n, paced_events, root, burst=16) for n in (0, 1, 4)]
         flow = _throughput(flow_events, root)
         journal = _journal_costs(flow_events, root)
+        barriers = _barrier_costs(2_000 if args.quick else 20_000, root)
     dead = _dead_sink_in_fresh_process(dead_events)
     worst_median = max(row["median_ns"] for row in costs)
     headline = [
@@ -310,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "publish cost": costs,
         "throughput": [flow],
         "journal (loop side)": [journal],
+        "barrier": barriers,
         "dead sink": [dead],
     }
     for name, rows in tables.items():
