@@ -6,6 +6,7 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
     optimizer.pt         optimizer.state_dict()       (absent with save_only_model)
     scheduler.pt         lr_scheduler.state_dict()    (absent with save_only_model)
     rng_state.pth        Python, NumPy, torch CPU and CUDA generator states
+                         (rng_state_<rank>.pth, one per rank, when distributed)
     trainer_state.json   TrainerState, callback states included
     training_args.json   the arguments, secrets removed
 
@@ -31,7 +32,6 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from bus.errors import ConfigurationError
-from trainer.rng import capture_rng_state
 
 __all__ = [
     "ARGS_NAME",
@@ -45,6 +45,7 @@ __all__ = [
     "find_checkpoint",
     "load_optimizer_and_scheduler",
     "load_weights",
+    "rng_file",
     "rotate_checkpoints",
     "save_model",
     "sorted_checkpoints",
@@ -79,6 +80,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def rng_file(rank: int, world_size: int) -> str:
+    """The RNG file of ``rank``: ``rng_state.pth`` alone, ``rng_state_<rank>.pth`` in a group."""
+    return RNG_NAME if world_size <= 1 else f"rng_state_{rank}.pth"
+
+
 def _write_files(
     staging: Path,
     model: nn.Module,
@@ -86,13 +92,15 @@ def _write_files(
     scheduler: LRScheduler | None,
     write_state: Callable[[Path], None],
     args_dict: dict[str, Any],
+    rng_states: list[dict[str, Any]],
 ) -> None:
     safetensors.torch.save_model(model, str(staging / WEIGHTS_NAME))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
     if scheduler is not None:
         torch.save(scheduler.state_dict(), staging / SCHEDULER_NAME)
-    torch.save(capture_rng_state(), staging / RNG_NAME)
+    for rank, rng_state in enumerate(rng_states):
+        torch.save(rng_state, staging / rng_file(rank, len(rng_states)))
     (staging / ARGS_NAME).write_text(
         json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
     )
@@ -111,12 +119,13 @@ def write_checkpoint(
     scheduler: LRScheduler | None,
     write_state: Callable[[Path], None],
     args_dict: dict[str, Any],
+    rng_states: list[dict[str, Any]],
 ) -> Path:
     """Write a complete checkpoint and rename it into place; returns its final directory.
 
     ``write_state`` writes ``trainer_state.json`` into the directory it is given; it runs last, so
     the state may refer to this checkpoint as the best one. ``optimizer`` and ``scheduler`` are
-    skipped when ``None`` (``save_only_model``).
+    skipped when ``None`` (``save_only_model``). ``rng_states`` holds one entry per rank.
     """
     final = checkpoint_dir(output_dir, global_step)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +133,7 @@ def write_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _write_files(staging, model, optimizer, scheduler, write_state, args_dict)
+        _write_files(staging, model, optimizer, scheduler, write_state, args_dict, rng_states)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

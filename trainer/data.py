@@ -69,26 +69,39 @@ def has_length(dataset: object) -> bool:
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffles with an order that depends only on ``seed + epoch``; can start mid-permutation."""
+    """Shuffles with an order that depends only on ``seed + epoch``; can start mid-permutation.
 
-    def __init__(self, length: int, seed: int) -> None:
+    With several ranks, the permutation is padded (by repeating its start) to a multiple of
+    ``world_size`` and rank ``r`` takes every ``world_size``-th index from position ``r``, so
+    every rank gets as many samples and together they cover the whole data set.
+    """
+
+    def __init__(self, length: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
         self.length = length
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the permutation of ``epoch`` and begin ``start`` samples into it (resume)."""
+        """Select the permutation of ``epoch`` and begin ``start`` samples into this rank's part."""
         self.epoch = epoch
         self.start = start
 
+    def _shard_length(self) -> int:
+        return -(-self.length // self.world_size)
+
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.length, generator=generator)[self.start :]
-        return iter(order.tolist())
+        order = torch.randperm(self.length, generator=generator)
+        if self.world_size > 1:
+            padding = self._shard_length() * self.world_size - self.length
+            order = torch.cat([order, order[:padding]])[self.rank :: self.world_size]
+        return iter(order[self.start :].tolist())
 
     def __len__(self) -> int:
-        return max(self.length - self.start, 0)
+        return max(self._shard_length() - self.start, 0)
 
 
 def _private_generator(seed: int) -> torch.Generator:
@@ -106,10 +119,15 @@ def train_dataloader(
     seed: int,
     drop_last: bool,
     num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader[Any]:
     """The training loader: shuffled by an ``EpochSampler`` when the data set has a length."""
-    # has_length() checked len() works; Dataset itself declares no __len__.
-    sampler = EpochSampler(len(dataset), seed) if has_length(dataset) else None  # type: ignore[arg-type]
+    sampler = None
+    if has_length(dataset):
+        # has_length() checked len() works; Dataset itself declares no __len__.
+        length = len(dataset)  # type: ignore[arg-type]
+        sampler = EpochSampler(length, seed, rank=rank, world_size=world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -68,6 +68,7 @@ from trainer.data import (
     move_to_device,
     train_dataloader,
 )
+from trainer.distributed import Distributed
 from trainer.evaluation import (
     EvalLoopOutput,
     EvalPrediction,
@@ -84,7 +85,7 @@ from trainer.optim import create_optimizer, create_scheduler
 from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
 from trainer.resume import exportable_objects, load_state, restore_callback_states
-from trainer.rng import restore_rng_state, set_seed
+from trainer.rng import capture_rng_state, restore_rng_state, set_seed
 from trainer.run_info import check_arguments, record_best, run_config
 from trainer.state import TrainerControl, TrainerState
 
@@ -122,6 +123,9 @@ class Trainer:
         set_seed(self.args.seed)
         self.device: torch.device = self.args.device
         self.model = model.to(self.device)
+        self.model_wrapped: nn.Module = self.model
+        """What forward/backward run through: ``self.model``, or its DDP wrapper in a group."""
+        self._dist = Distributed(self.args.world_size, self.args.process_index, self.device)
         self.data_collator = data_collator or default_data_collator
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
@@ -237,6 +241,8 @@ class Trainer:
             seed=self.args.seed,
             drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
+            rank=self._dist.rank,
+            world_size=self._dist.world_size,
         )
 
     def get_eval_dataloader(self, dataset: Dataset[Any]) -> DataLoader[Any]:
@@ -321,6 +327,8 @@ class Trainer:
         checkpoint = ckpt.find_checkpoint(args.output_dir, resume_from) if resume_from else None
         if checkpoint is not None:
             ckpt.load_weights(self.model, checkpoint)
+        self._dist.setup()
+        self.model_wrapped = self._dist.wrap(self.model)
         loader = self.get_train_dataloader()
         plan = plan_run(
             batches_per_epoch=len(loader) if has_length(self.train_dataset) else None,
@@ -350,7 +358,7 @@ class Trainer:
         self._publish(TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs)
         self.control = handler.on_train_begin(args, self.state, self.control)
         if checkpoint is not None:
-            restore_rng_state(checkpoint / ckpt.RNG_NAME)
+            restore_rng_state(checkpoint / ckpt.rng_file(self._dist.rank, self._dist.world_size))
         if args.eval_on_start:
             self._evaluate_during_training(track_best=False)
         for epoch in range(start.epoch, plan.num_train_epochs):
@@ -362,7 +370,9 @@ class Trainer:
                 self.control.should_training_stop = True
             self._publish(EpochEnd)
             self.control = handler.on_epoch_end(args, self.state, self.control)
+            self._dist.merge(self.control)
             self._maybe_log_save_evaluate()
+            self._dist.merge(self.control)
             if self.control.should_training_stop:
                 break
         return self._finish_training(start_time, start_step)
@@ -385,27 +395,33 @@ class Trainer:
                 if step % ga == 0:
                     self._publish(StepBegin)
                     self.control = handler.on_step_begin(args, self.state, self.control)
-                self._accumulate(self._training_step(batch, len(window)))
-                if index == len(window) - 1:
+                last = index == len(window) - 1
+                self._accumulate(self._training_step(batch, len(window), last))
+                if last:
                     self._optimizer_step(epoch + (step + 1) / steps_in_epoch)
                 else:
                     self._publish(SubstepEnd)
                     self.control = handler.on_substep_end(args, self.state, self.control)
+                self._dist.merge(self.control)  # every rank must leave at the same batch
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
                 break
         return step >= skip * ga
 
-    def _training_step(self, batch: Any, window: int) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns its detached, scaled loss."""
+    def _training_step(self, batch: Any, window: int, last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its detached, scaled loss.
+
+        Gradients are synchronised across ranks on the ``last`` micro-batch of a window only.
+        """
         if not self.model.training:  # evaluation switched it; train() walks every module
             self.model.train()
         inputs = move_to_device(batch, self.device)
         if self._count_flos is not None:
             self._flos += float(self._count_flos(inputs))
-        loss = self.compute_loss(self.model, inputs) / window
-        loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
+        with self._dist.no_sync(self.model_wrapped, skip=not last):
+            loss = self.compute_loss(self.model_wrapped, inputs) / window
+            loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
         return loss.detach()
 
     def _accumulate(self, loss: torch.Tensor) -> None:
@@ -433,6 +449,7 @@ class Trainer:
         self.state.epoch = epoch
         self._publish(StepEnd)
         self.control = handler.on_step_end(args, self.state, self.control)
+        self._dist.merge(self.control)
         self._maybe_log_save_evaluate()
 
     def _maybe_log_save_evaluate(self) -> None:
@@ -448,7 +465,7 @@ class Trainer:
 
     def _training_logs(self) -> dict[str, Any]:
         """``loss`` (mean per update since the last log), ``grad_norm``, ``learning_rate``."""
-        loss = self._tr_loss.item()
+        loss = self._dist.mean(self._tr_loss).item()
         self._tr_loss.zero_()
         self._total_loss += loss
         logs: dict[str, Any] = {"loss": loss / (self.state.global_step - self._last_logged)}
@@ -472,16 +489,23 @@ class Trainer:
             if best.is_dir() or state.best_global_step == state.global_step:
                 state.best_model_checkpoint = str(best)
         state.record_callback_states(exportable_objects(self.callback_handler, self.control))
-        path = ckpt.write_checkpoint(
-            args.output_dir,
-            state.global_step,
-            model=self.model,
-            optimizer=None if args.save_only_model else self.optimizer,
-            scheduler=None if args.save_only_model else self.lr_scheduler,
-            write_state=lambda directory: state.save_to_json(directory / ckpt.STATE_NAME),
-            args_dict=args.to_dict(),
-        )
-        ckpt.rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        rng_states = self._dist.gather(capture_rng_state())
+        path = ckpt.checkpoint_dir(args.output_dir, state.global_step)
+        if args.should_save:
+            ckpt.write_checkpoint(
+                args.output_dir,
+                state.global_step,
+                model=self.model,
+                optimizer=None if args.save_only_model else self.optimizer,
+                scheduler=None if args.save_only_model else self.lr_scheduler,
+                write_state=lambda directory: state.save_to_json(directory / ckpt.STATE_NAME),
+                args_dict=args.to_dict(),
+                rng_states=rng_states,
+            )
+            ckpt.rotate_checkpoints(
+                args.output_dir, args.save_total_limit, state.best_model_checkpoint
+            )
+        self._dist.barrier()
         self._publish(Save, checkpoint_dir=str(path))
         self._publish(Artifact, kind="checkpoint", path=str(path), name=path.name)
         if self._bus is not None:
@@ -491,7 +515,7 @@ class Trainer:
     def _finish_training(self, start_time: float, start_step: int) -> TrainOutput:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""
         args, state = self.args, self.state
-        self._total_loss += self._tr_loss.item()
+        self._total_loss += self._dist.mean(self._tr_loss).item()
         self._tr_loss.zero_()
         state.total_flos += self._flos
         self._flos = 0.0
@@ -507,7 +531,7 @@ class Trainer:
         if args.load_best_model_at_end and best is not None and Path(best).is_dir():
             logger.info("loading the best model", checkpoint=best, metric=state.best_metric)
             ckpt.load_weights(self.model, Path(best))
-        if args.save_total_limit == 1 and best is not None:
+        if args.save_total_limit == 1 and best is not None and args.should_save:
             ckpt.rotate_checkpoints(args.output_dir, 0, best, keep_only_best=True)
         self._publish(TrainEnd)
         self.control = self.callback_handler.on_train_end(args, state, self.control)

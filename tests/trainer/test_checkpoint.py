@@ -15,6 +15,7 @@ from bus.events import Artifact
 from tests.trainer.loop_helpers import Run, make_run
 from trainer import EvalPrediction, TrainerCallback
 from trainer.checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
+from trainer.rng import capture_rng_state
 from trainer.testing import TinyRegressor
 
 FILES = {
@@ -86,6 +87,7 @@ def test_a_failed_write_leaves_no_checkpoint_behind(tmp_path: Path) -> None:
         scheduler=None,
         write_state=good_state,
         args_dict={},
+        rng_states=[capture_rng_state()],
     )
     with pytest.raises(OSError, match="disk full"):
         write_checkpoint(
@@ -96,6 +98,7 @@ def test_a_failed_write_leaves_no_checkpoint_behind(tmp_path: Path) -> None:
             scheduler=None,
             write_state=broken_state,
             args_dict={},
+            rng_states=[capture_rng_state()],
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
     assert find_checkpoint(tmp_path, True).name == "checkpoint-1"
