@@ -14,8 +14,9 @@ Each event point is two lines: publish the event (non-blocking), then run the co
 
 Features live in helpers: data loading (``trainer.data``), run length and resume position
 (``trainer.plan``), optimizer and schedules (``trainer.optim``), files (``trainer.checkpoint``),
-callback states (``trainer.resume``), the prediction loop (``trainer.evaluation``). The loss is
-summed on the device and read back only when a log entry is written.
+callback states (``trainer.resume``), the prediction loop (``trainer.evaluation``), several
+ranks (``trainer.distributed``). The loss is summed on the device and read back only when a log
+entry is written, so steps that do not log never wait for the device.
 """
 
 from __future__ import annotations
