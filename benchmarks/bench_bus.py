@@ -10,6 +10,8 @@ as ``trainer.train()`` runs it) and the journal on:
   acknowledged the last event (journal write, fan-out, batching and delivery included);
 * **barriers**: ``bus.barrier`` with plain hooks (run inline) and with one ``async def`` hook (a
   round trip to the loop's thread and back);
+* **host loop lag**: with the bus on the application's loop and training in a worker thread
+  (``train_async``), how late a 1 ms timer on that loop fires while training publishes;
 * **a dead sink**: one sink stuck while 1,000,000 events are published; the resident set size
   growth after everything was published and journaled, and its peak during the run (measured in
   a fresh interpreter). Then the sink is released: how long it takes to receive every event from
@@ -200,6 +202,46 @@ def _barrier_costs(calls: int, root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _host_loop_lag(events: int, root: Path, *, burst: int) -> dict[str, Any]:
+    """train_async: the bus on the host's loop, training in a worker thread; how late is a timer?
+
+    A task on the host loop sleeps 1 ms at a time; its oversleep is the loop lag a web service
+    embedding trainbus would see while training publishes (a flood, or bursts between steps).
+    """
+    sink = CountingSink("count")
+    lags: list[float] = []
+
+    async def main() -> None:
+        done = False
+
+        async def ticker() -> None:
+            while not done:
+                start = time.perf_counter()
+                await anyio.sleep(0.001)
+                lags.append(time.perf_counter() - start - 0.001)
+
+        def train(bus: Bus) -> None:
+            for i in range(events):
+                bus.emit(StepEnd, global_step=i, epoch=0.0)
+                if burst and i % burst == burst - 1:
+                    time.sleep(0.0002)
+
+        bus = Bus(run_id="bench", journal_path=root / f"lag-{burst}.tbj", sinks=[sink])
+        async with bus, anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.to_thread.run_sync(train, bus)
+            done = True
+
+    anyio.run(main)
+    return {
+        "pattern": f"bursts of {burst}" if burst else "flood",
+        "events": events,
+        "lag_median_ms": median(lags) * 1e3,
+        "lag_p99_ms": percentile(lags, 99) * 1e3,
+        "lag_max_ms": max(lags) * 1e3,
+    }
+
+
 def _throughput(events: int, root: Path) -> dict[str, Any]:
     """Events per second, first publish to last acknowledgement by one sink."""
     sink = CountingSink("count")
@@ -306,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         flow = _throughput(flow_events, root)
         journal = _journal_costs(flow_events, root)
         barriers = _barrier_costs(2_000 if args.quick else 20_000, root)
+        lag = [_host_loop_lag(flow_events // 4, root, burst=0)]
+        lag.append(_host_loop_lag(paced_events, root, burst=16))
     dead = _dead_sink_in_fresh_process(dead_events)
     worst_median = max(row["median_ns"] for row in costs)
     headline = [
@@ -345,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "throughput": [flow],
         "journal (loop side)": [journal],
         "barrier": barriers,
+        "host loop lag (train_async)": lag,
         "dead sink": [dead],
     }
     for name, rows in tables.items():

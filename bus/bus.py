@@ -56,7 +56,7 @@ C = TypeVar("C")
 Hook = Callable[..., Any]
 """A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
 
-_BURST: Final = 4096
+_BURST: Final = 512
 _UNSTARTED_LIMIT: Final = 65536
 _HIGH_WATER: Final = 32768
 _MAX_PAUSE: Final = 0.001
