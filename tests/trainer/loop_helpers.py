@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import faulthandler
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bus.events import RUN_EVENT_TYPES, Event
 from bus.testing import RecordingSink
@@ -14,6 +17,22 @@ from trainer import Trainer, TrainerCallback, TrainingArguments
 from trainer.callbacks import EVENT_NAMES
 from trainer.launcher import LocalLauncher
 from trainer.testing import RegressionDataset, TinyRegressor
+
+TIME_LIMIT_S = 120
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    """Bound every loop test: a hang dumps all threads' stacks and ends the test process.
+
+    Loop tests are synchronous (the bus's loop runs in a thread), so ``anyio.fail_after`` cannot
+    bound them; faulthandler's watchdog works even when a thread is stuck inside torch.
+    """
+    faulthandler.dump_traceback_later(TIME_LIMIT_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @dataclass
