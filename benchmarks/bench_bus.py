@@ -340,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     paced_events = 8_000 if args.quick else 64_000
     flow_events = 50_000 if args.quick else 1_000_000
     dead_events = 100_000 if args.quick else 1_000_000
+    load_before = os.getloadavg()
     timer_ns = _timer_overhead_ns()
     with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
         root = Path(tmp)
@@ -400,7 +401,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         quick=args.quick,
         headline=headline,
         tables=tables,
-        extra={"timer_overhead_ns": timer_ns, "pid_cpu_affinity": len(os.sched_getaffinity(0))},
+        extra={
+            "timer_overhead_ns": timer_ns,
+            "cpus_available": len(os.sched_getaffinity(0)),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
     )
     print(f"\nwrote {path}")
 
