@@ -100,6 +100,10 @@ class SinkRunner:
         self._delivered = self._retried = self._failed = self._skipped = self._crashes = 0
         self._last_error: str | None = None
         self.report: SinkReport | None = None
+        if source.last_seq > self.acked:  # a restart, or ``trainbus sync``: start from the cursor
+            self._start_catch_up(self.acked + 1)
+        else:
+            self._set_mode("live")
 
     # --- fed by the bus -----------------------------------------------------------------------
 
@@ -158,10 +162,6 @@ class SinkRunner:
                 await anyio.lowlevel.checkpoint()  # a sink that never awaits cannot hog the loop
 
     async def _open(self) -> bool:
-        if self._source.last_seq > self.acked:
-            self._start_catch_up(self.acked + 1)
-        else:
-            self._set_mode("live")
         attempt = 0
         while True:
             try:

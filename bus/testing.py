@@ -35,7 +35,6 @@ class _Step:
     """One scripted ``write`` outcome."""
 
     error: BaseException | None = None
-    block: bool = False
     record_first: bool = False
 
 
