@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import structlog
 
 from benchmarks._common import BENCH_DIR, Headline, format_table, median, percentile, write_result

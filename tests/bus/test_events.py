@@ -23,8 +23,9 @@ from bus.events import (
 
 
 def _all_subclasses(cls: type) -> set[type]:
-    found = set()
-    for sub in cls.__subclasses__():
+    found: set[type] = set()
+    subclasses: list[type] = cls.__subclasses__()
+    for sub in subclasses:
         found.add(sub)
         found |= _all_subclasses(sub)
     return found

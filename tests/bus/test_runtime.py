@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
