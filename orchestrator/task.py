@@ -107,6 +107,7 @@ def prepare_run(
         eval_dataset=eval_dataset,
         compute_metrics=metrics,
         callbacks=callbacks,
+        sinks=sinks,
     )
-    orchestrator = Orchestrator.for_trainer(trainer, sinks=sinks, env=environ)
+    orchestrator = Orchestrator.for_trainer(trainer, env=environ)
     return PreparedRun(trainer=trainer, orchestrator=orchestrator, sinks=sinks)
