@@ -23,6 +23,7 @@ Environment: ``MLFLOW_TRACKING_URI`` (http/https), ``MLFLOW_EXPERIMENT_NAME``, `
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import time
@@ -30,10 +31,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
 import httpx
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError
+from bus.errors import ConfigurationError, PermanentSinkError, SinkError
 from bus.events import Artifact, Event, Log, RunFinished, RunStarted
 from bus.sink import Sink
 from sinks._env import env_flag, env_int, env_str
@@ -61,6 +63,8 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "mlflow.json"
 RUN_TAG: Final = "trainbus.run_id"
+PIPELINE: Final = 2
+_sanitize: Final = functools.lru_cache(maxsize=4096)(sanitize_key)
 _STATUS: Final = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
 
 
@@ -324,24 +328,49 @@ class MLflowSink(Sink):
 
     async def _log_metrics(self, api: MlflowApi, run: RunInfo, logs: list[Log]) -> None:
         entries: list[dict[str, Any]] = []
-        last_seq: list[int] = []  # event seq of each entry, to advance the watermark per chunk
+        owners: list[int] = []  # event seq of each entry, to advance the watermark per chunk
         for event in logs:
             if event.seq <= self._acked_seq:
                 continue
             stamp = _ms(event.time)
             for key, value in numeric_items(event.logs):
-                entries.append(metric_entry(sanitize_key(key), value, stamp, event.global_step))
-                last_seq.append(event.seq)
+                entries.append(metric_entry(_sanitize(key), value, stamp, event.global_step))
+                owners.append(event.seq)
+        chunks = list(chunk_batches(metrics=entries))
+        if not chunks:
+            return
+        # Two requests in flight keep the server busy while the next body is built and the
+        # last answer parsed; the watermark only covers the prefix of chunks that all landed.
+        done = [False] * len(chunks)
+        errors: list[SinkError] = []
+        limiter = anyio.CapacityLimiter(PIPELINE)
+
+        async def send(index: int) -> None:
+            async with limiter:
+                if errors:
+                    return
+                try:
+                    await api.log_batch(run.run_id, chunks[index])
+                except SinkError as exc:
+                    errors.append(exc)
+                    return
+            done[index] = True
+
+        async with anyio.create_task_group() as tg:
+            for index in range(len(chunks)):
+                tg.start_soon(send, index)
         sent = 0
-        for payload in chunk_batches(metrics=entries):
-            await api.log_batch(run.run_id, payload)
-            sent += len(payload.metrics)
+        for index, chunk in enumerate(chunks):
+            if not done[index]:
+                break
+            sent += len(chunk.metrics)
+        if sent:
             # Events whose every point is acknowledged are skipped if this batch is retried.
-            done = last_seq[sent - 1]
-            if sent == len(last_seq) or last_seq[sent] != done:
-                self._acked_seq = max(self._acked_seq, done)
-            else:
-                self._acked_seq = max(self._acked_seq, done - 1)
+            last = owners[sent - 1]
+            complete = sent == len(owners) or owners[sent] != last
+            self._acked_seq = max(self._acked_seq, last if complete else last - 1)
+        if errors:
+            raise _most_telling(errors)
 
     async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
         source = Path(event.path)
@@ -361,6 +390,14 @@ class MLflowSink(Sink):
             uploaded.append(marker)
         save_state(self.run_dir / STATE_FILE, self._state)
         log.info("mlflow artifact uploaded", name=base, files=len(files))
+
+
+def _most_telling(errors: Sequence[SinkError]) -> SinkError:
+    """One error for the runtime: a permanent one wins, else the longest Retry-After."""
+    permanent = [e for e in errors if isinstance(e, PermanentSinkError)]
+    if permanent:
+        return permanent[0]
+    return max(errors, key=lambda e: getattr(e, "retry_after", None) or 0.0)
 
 
 def _ms(seconds: float) -> int:

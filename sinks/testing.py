@@ -22,6 +22,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -280,3 +281,29 @@ async def _respond(
     data += conn.send(h11.Data(data=body)) or b""
     data += conn.send(h11.EndOfMessage()) or b""
     await stream.send(data)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sinks.testing --upstream URL [--latency S] [--port N]``: serve until stopped.
+
+    Runs the proxy in its own process (benchmarks use this so the proxy's work does not compete
+    with the measured process for its GIL). Prints the proxy URL on one line once listening.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="Latency-adding HTTP proxy on 127.0.0.1")
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
+    options = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with FaultProxy(options.upstream, latency=options.latency, port=options.port) as proxy:
+        print(proxy.url, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

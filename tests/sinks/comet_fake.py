@@ -122,6 +122,13 @@ class FakeComet:
 
     def _dispatch(self, h: BaseHTTPRequestHandler, raw: bytes | None) -> None:
         parts = urlsplit(h.path)
+        if parts.path == "/_fake/experiments":
+            with self._lock:
+                dump = {
+                    key: {"metrics": [[m["metricName"], m["step"]] for m in exp.metrics]}
+                    for key, exp in self.experiments.items()
+                }
+            return self._reply(h, 200, dump)
         prefix = "/api/rest/v2/"
         if not parts.path.startswith(prefix):
             return self._reject(h, 404, f"not a REST v2 path: {parts.path}")
@@ -160,9 +167,10 @@ class FakeComet:
                     body["workspaceName"], body["projectName"], body.get("experimentName", "")
                 )
             return self._reply(h, 200, {"experimentKey": key, "link": f"{self.url}x/{key}"})
-        exp = self.experiments.get(body["experimentKey"])
-        if exp is None:
+        found = self.experiments.get(body["experimentKey"])
+        if found is None:
             return self._reject(h, 400, f"{endpoint}: unknown experimentKey")
+        exp = found
         with self._lock:
             if endpoint.endswith("/metric"):
                 exp.metrics.append(body)
@@ -190,7 +198,7 @@ class FakeComet:
         if len(files) != 1:
             return self._reject(h, 400, "upload-asset needs one multipart part named 'file'")
         with self._lock:
-            exp.assets[query["fileName"]] = files[0].get_payload(decode=True)
+            exp.assets[query["fileName"]] = bytes(files[0].get_payload(decode=True))
         return self._reply(h, 200, {"msg": "Saved"})
 
 
@@ -209,3 +217,23 @@ def _check(schema: dict[str, tuple[Any, bool]], body: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, types):
             return f"field {name} has the wrong type ({type(value).__name__})"
     return ""
+
+
+def main() -> None:
+    """``python -m tests.sinks.comet_fake [API_KEY]``: serve on a free port until stopped.
+
+    Prints the URL once listening. ``GET /_fake/experiments`` returns what was recorded (for
+    benchmarks that run the fake in its own process).
+    """
+    import signal
+    import sys
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FakeComet(sys.argv[1] if len(sys.argv) > 1 else "test-key") as fake:
+        print(fake.url, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

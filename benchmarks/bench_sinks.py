@@ -1,0 +1,496 @@
+"""Sinks: what they cost the training thread, and how fast they deliver.
+
+Three questions, each answered with figures measured in this run:
+
+1. **Training speed with each sink behind a slow server.** The trainbus ``Trainer`` trains the
+   shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, the TensorBoard
+   sink, the MLflow sink and the Comet sink, the remote ones behind ``sinks.testing.FaultProxy``
+   adding 200 ms to every request (MLflow: a real local ``mlflow server``; Comet: the local REST
+   fake from the tests, as no Comet server runs here). Reported: steps/s as a ratio to no sink
+   (target >= 0.97), per-step time percentiles (the training thread never waits on a request),
+   and whether every logged point reached the server exactly once after the run. One more run
+   stops the MLflow server mid-run (10 s, then restarts it; ``--quick``: a 3 s outage at the
+   proxy) and checks again that nothing was lost or duplicated.
+2. **Delivery rate into MLflow.** Metrics/s that the MLflow sink, fed through a real ``Bus``,
+   gets into the local server, against what the same server accepts in the same run from a bare
+   httpx loop posting maximal ``runs/log-batch`` requests (1000 metrics each); target >= 0.9.
+3. **TensorBoard writer cost.** Python time per scalar of the sink's minimal event-file writer
+   against TensorBoard's own ``EventFileWriter`` with protobuf messages.
+
+Run alone with ``python -m benchmarks.bench_sinks [--quick]``; writes ``results/sinks.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from benchmarks._common import (
+    Headline,
+    Workload,
+    abab_order,
+    format_table,
+    median,
+    percentile,
+    write_result,
+)
+from bus.bus import Bus
+from bus.events import Log
+from bus.sink import Sink
+from sinks.comet import CometSink
+from sinks.mlflow import MLflowSink
+from sinks.tensorboard import TensorBoardSink
+
+LATENCY_S = 0.2
+METRICS_PER_EVENT = 10
+WARMUP_STEPS = 20
+
+
+# --- 1. training speed ------------------------------------------------------------------------
+
+
+class _Child:
+    """A helper server in its own process (so it never competes for this process's GIL)."""
+
+    def __init__(self, *command: str) -> None:
+        self.command = [sys.executable, *command]
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> _Child:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+        )
+        assert self.process.stdout is not None  # we asked for a pipe
+        self.url = self.process.stdout.readline().strip().rstrip("/")
+        if not self.url.startswith("http"):
+            raise RuntimeError(f"{self.command} did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+class Stage:
+    """The servers every training run shares: MLflow and the Comet fake, each behind a proxy
+    adding 200 ms, all in other processes."""
+
+    def __init__(self, root: Path) -> None:
+        from tests.support.mlflow_server import MlflowServer
+
+        self.root = root
+        self.mlflow = MlflowServer(root / "mlflow")
+        self.comet_key = "bench-key"
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Stage:
+        self.mlflow.start()
+        self.stack.callback(self.mlflow.stop)
+        self.comet = self.stack.enter_context(
+            _Child("-m", "tests.sinks.comet_fake", self.comet_key)
+        )
+        latency = ["--latency", str(LATENCY_S)]
+        self.mlflow_proxy = self.stack.enter_context(
+            _Child("-m", "sinks.testing", "--upstream", self.mlflow.url, *latency)
+        )
+        self.comet_proxy = self.stack.enter_context(
+            _Child("-m", "sinks.testing", "--upstream", self.comet.url, *latency)
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def comet_steps(self, key: str) -> list[int]:
+        dump = httpx.get(f"{self.comet.url}/_fake/experiments", timeout=30).json()
+        return sorted(step for name, step in dump[key]["metrics"] if name == "train/loss")
+
+    def sinks(self, names: Sequence[str], run_dir: Path) -> list[Sink]:
+        made: list[Sink] = []
+        for name in names:
+            if name == "tensorboard":
+                made.append(TensorBoardSink(run_dir=run_dir, logging_dir=run_dir / "tb"))
+            elif name == "mlflow":
+                made.append(
+                    MLflowSink(self.mlflow_proxy.url, run_dir=run_dir, experiment_name="bench")
+                )
+            elif name == "comet":
+                made.append(
+                    CometSink(
+                        run_dir=run_dir,
+                        api_key=self.comet_key,
+                        url_override=self.comet_proxy.url,
+                        workspace="bench",
+                    )
+                )
+        return made
+
+
+def _train(
+    stage: Stage, names: Sequence[str], seconds: float, outage: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Train for ``seconds`` with the named sinks; time each step; check delivery afterwards."""
+    import torch
+
+    from benchmarks._contenders import BatchList, Classifier, unwrap
+    from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trainer.launcher import LocalLauncher
+
+    work = Workload()
+    run_dir = stage.root / f"run-{uuid.uuid4().hex[:8]}"
+    sinks = stage.sinks(names, run_dir)
+    stamps: list[float] = []
+    cpu: list[float] = []
+    logged: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
+            if len(stamps) == WARMUP_STEPS and outage is not None:
+                threading.Thread(target=outage, daemon=True).start()
+            if len(stamps) > WARMUP_STEPS and stamps[-1] - stamps[WARMUP_STEPS] >= seconds:
+                control.should_training_stop = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                logged.append(state.global_step)
+
+    args = TrainingArguments(
+        output_dir=str(run_dir / "out"),
+        max_steps=10_000_000,
+        per_device_train_batch_size=1,
+        learning_rate=work.learning_rate,
+        max_grad_norm=work.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=work.seed,
+        run_name="bench-sinks",
+    )
+    trainer = Trainer(
+        Classifier(work),
+        args,
+        data_collator=unwrap,
+        train_dataset=BatchList(work),
+        callbacks=[Clock()],
+        launcher=LocalLauncher(),
+        sinks=sinks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    torch.set_num_threads(work.threads)
+    trainer.train()
+    finished = time.perf_counter()
+    timed = stamps[WARMUP_STEPS:]
+    gaps = [b - a for a, b in itertools.pairwise(timed)]
+    row: dict[str, Any] = {
+        "sinks": "+".join(names) or "none",
+        "steps": len(stamps),
+        "steps_per_s": (len(timed) - 1) / (timed[-1] - timed[0]),
+        "steps_per_cpu_s": (len(timed) - 1) / (cpu[-1] - cpu[WARMUP_STEPS]),
+        "step_p50_ms": percentile(gaps, 50) * 1000,
+        "step_p99_ms": percentile(gaps, 99) * 1000,
+        "step_max_ms": max(gaps) * 1000,
+        "flush_s": finished - stamps[-1],
+    }
+    row.update(_delivered(stage, sinks, logged))
+    return row
+
+
+def _delivered(stage: Stage, sinks: Sequence[Sink], logged: Sequence[int]) -> dict[str, Any]:
+    """For each remote sink: did every logged loss reach the server, each exactly once?"""
+    out: dict[str, Any] = {}
+    expected = sorted(logged)
+    for sink in sinks:
+        if isinstance(sink, MLflowSink) and sink.run_id:
+            from mlflow.tracking import MlflowClient
+
+            history = MlflowClient(stage.mlflow.url).get_metric_history(sink.run_id, "loss")
+            out["mlflow_exactly_once"] = sorted(m.step for m in history) == expected
+        elif isinstance(sink, CometSink) and sink.experiment_key:
+            steps = stage.comet_steps(sink.experiment_key)
+            out["comet_exactly_once"] = steps == expected
+            out["comet_delivered"] = f"{len(steps)}/{len(expected)}"
+    return out
+
+
+def _server_outage(stage: Stage, seconds: float) -> Callable[[], None]:
+    def outage() -> None:
+        stage.mlflow.stop()
+        time.sleep(seconds)
+        stage.mlflow.start()
+
+    return outage
+
+
+# --- 2. delivery rate into MLflow -------------------------------------------------------------
+
+
+def _bare_rate(url: str, requests: int) -> float:
+    """Metrics/s from a plain httpx loop posting full log-batch requests to a fresh run."""
+    with httpx.Client(base_url=f"{url}/api/2.0/mlflow", timeout=120) as client:
+        created = client.post("/runs/create", json={"experiment_id": "0", "start_time": 0})
+        run_id = created.json()["run"]["info"]["run_id"]
+        bodies = [
+            {
+                "run_id": run_id,
+                "metrics": [
+                    {"key": f"m{k:02d}", "value": 0.5, "timestamp": 1, "step": r * 100 + s}
+                    for s in range(1000 // METRICS_PER_EVENT)
+                    for k in range(METRICS_PER_EVENT)
+                ],
+            }
+            for r in range(requests)
+        ]
+        began = time.perf_counter()
+        for body in bodies:
+            client.post("/runs/log-batch", json=body).raise_for_status()
+        return requests * 1000 / (time.perf_counter() - began)
+
+
+def _sink_rate(url: str, requests: int, root: Path) -> float:
+    """Metrics/s from first publish to last acknowledgement, through a Bus with a journal."""
+    events = requests * 1000 // METRICS_PER_EVENT
+    logs = [{f"m{k:02d}": 0.5 + k for k in range(METRICS_PER_EVENT)} for _ in range(8)]
+    run_dir = root / f"rate-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> float:
+        sink = MLflowSink(url, run_dir=run_dir, experiment_name="bench-rate")
+        bus = Bus(
+            run_id=run_dir.name,
+            journal_path=run_dir / "journal.tbj",
+            cursor_dir=run_dir / "cursors",
+            sinks=[sink],
+        )
+        async with bus:
+            # The run is created before timing, as the bare loop's is.
+            bus.emit(Log, global_step=0, logs={"warmup": 1.0})
+            while bus.stats()["mlflow"].acknowledged_seq < 0:
+                await anyio.sleep(0.01)
+            began = time.perf_counter()
+            for step in range(1, events + 1):
+                last = bus.emit(Log, global_step=step, logs=logs[step % 8])
+                if step % 1000 == 0:
+                    await anyio.sleep(0)
+            while bus.stats()["mlflow"].acknowledged_seq < last.seq:
+                await anyio.sleep(0.005)
+            return events * METRICS_PER_EVENT / (time.perf_counter() - began)
+
+    return anyio.run(main)
+
+
+# --- 3. TensorBoard writer cost ---------------------------------------------------------------
+
+
+def _tb_costs(events: int, root: Path) -> list[dict[str, Any]]:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter as TBWriter
+
+    from sinks._tfrecord import EventFileWriter, encode_scalars
+
+    scalars = [("train/loss", 0.5), ("train/grad_norm", 1.5), ("train/learning_rate", 1e-4)]
+    scalars.append(("train/epoch", 0.25))
+    rows = []
+
+    minimal = EventFileWriter(root / "tb-min")
+    began = time.perf_counter()
+    for step in range(events):
+        minimal.write(encode_scalars(1.0 + step, step, scalars))
+    minimal.close()
+    rows.append(_cost_row("trainbus minimal writer (one event per log)", began, events, scalars))
+
+    minimal = EventFileWriter(root / "tb-min1")
+    began = time.perf_counter()
+    for step in range(events):
+        for tag, value in scalars:
+            minimal.write(encode_scalars(1.0 + step, step, [(tag, value)]))
+    minimal.close()
+    rows.append(_cost_row("trainbus minimal writer (one event per scalar)", began, events, scalars))
+
+    standard = TBWriter(str(root / "tb-std"))
+    began = time.perf_counter()
+    for step in range(events):
+        for tag, value in scalars:
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]
+            )
+            standard.add_event(event_pb2.Event(summary=summary, wall_time=1.0 + step, step=step))
+    standard.close()
+    rows.append(_cost_row("tensorboard EventFileWriter + protobuf", began, events, scalars))
+
+    sink = TensorBoardSink(run_dir=root / "tb-sink", logging_dir=root / "tb-sink")
+    batch = [
+        Log(
+            run_id="r",
+            seq=i,
+            time=1.0 + i,
+            global_step=i,
+            logs=dict(loss=0.5, grad_norm=1.5, learning_rate=1e-4, epoch=0.25),
+        )
+        for i in range(events)
+    ]
+
+    async def write_all() -> None:
+        await sink.open()
+        for start in range(0, events, 512):
+            await sink.write(batch[start : start + 512])
+        await sink.close()
+
+    began = time.perf_counter()
+    anyio.run(write_all)
+    rows.append(
+        _cost_row("TensorBoardSink.write (rewrite + encode + write)", began, events, scalars)
+    )
+    return rows
+
+
+def _cost_row(name: str, began: float, events: int, scalars: Sequence[Any]) -> dict[str, Any]:
+    seconds = time.perf_counter() - began
+    return {"writer": name, "us_per_scalar": seconds / (events * len(scalars)) * 1e6}
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, one round")
+    options = parser.parse_args(argv)
+    quick = options.quick
+    seconds = 4.0 if quick else 10.0
+    rounds = 1 if quick else 3
+    rate_requests = 8 if quick else 25
+    contenders = [(), ("tensorboard",), ("mlflow",), ("comet",), ("tensorboard", "mlflow", "comet")]
+
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, _quiet():
+        root = Path(tmp)
+        tb_rows = _tb_costs(2000 if quick else 10000, root)
+        print(format_table(tb_rows))
+        with Stage(root) as stage:
+            _train(stage, (), 1.0)  # pay torch's first-step costs untimed
+            runs: list[dict[str, Any]] = []
+            for names in abab_order(contenders, rounds):
+                runs.append(_train(stage, names, seconds))
+                print(format_table([runs[-1]]))
+            outage_s = 3.0 if quick else 10.0
+            outage = _train(
+                stage,
+                ("mlflow",),
+                seconds + outage_s + 8,
+                _server_outage(stage, outage_s),
+            )
+            outage["sinks"] = f"mlflow, server down {outage_s:.0f} s mid-run"
+            print(format_table([outage]))
+            rates: list[dict[str, Any]] = []
+            for kind in abab_order(["bare", "sink"], rounds):
+                if kind == "bare":
+                    rate = _bare_rate(stage.mlflow.url, rate_requests)
+                else:
+                    rate = _sink_rate(stage.mlflow.url, rate_requests, root)
+                rates.append({"sender": kind, "metrics_per_s": rate})
+                print(format_table([rates[-1]]))
+
+    table = _summary(runs)
+    print(format_table(table))
+    bare = median([r["metrics_per_s"] for r in rates if r["sender"] == "bare"])
+    sink = median([r["metrics_per_s"] for r in rates if r["sender"] == "sink"])
+    headline = [
+        Headline(
+            f"steps/s with {row['sinks']} sink(s) at +200 ms, relative to no sink",
+            row["ratio_to_none"],
+            "x",
+            ">= 0.97",
+            row["ratio_to_none"] >= 0.97,
+        )
+        for row in table
+        if row["sinks"] != "none"
+    ]
+    headline.append(
+        Headline(
+            "MLflow sink metrics/s as a ratio to a bare log-batch loop",
+            sink / bare,
+            "x",
+            ">= 0.9",
+            sink / bare >= 0.9,
+            note=f"sink {sink:,.0f}/s, bare {bare:,.0f}/s",
+        )
+    )
+    headline.append(
+        Headline(
+            "nothing lost or duplicated after the MLflow server went down mid-run",
+            float(bool(outage.get("mlflow_exactly_once"))),
+            "yes=1",
+            "1",
+            bool(outage.get("mlflow_exactly_once")),
+        )
+    )
+    for h in headline:
+        print(f"{h.name}: {h.value:.3f} (target {h.target}, met {h.met}) {h.note}")
+    path = write_result(
+        "sinks",
+        quick=quick,
+        headline=headline,
+        tables={
+            "training_with_sinks": table,
+            "training_runs": [*runs, outage],
+            "mlflow_delivery_rate": rates,
+            "tensorboard_writer_cost": tb_rows,
+        },
+        extra={"latency_s": LATENCY_S, "run_seconds": seconds, "rounds": rounds},
+    )
+    print(f"wrote {path}")
+
+
+def _summary(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(r["sinks"] for r in runs))
+    base = median([r["steps_per_s"] for r in runs if r["sinks"] == "none"])
+    base_cpu = median([r["steps_per_cpu_s"] for r in runs if r["sinks"] == "none"])
+    table = []
+    for name in names:
+        mine = [r for r in runs if r["sinks"] == name]
+        rate = median([r["steps_per_s"] for r in mine])
+        checks = [v for r in mine for k, v in r.items() if k.endswith("exactly_once")]
+        table.append(
+            {
+                "sinks": name,
+                "steps_per_s": rate,
+                "ratio_to_none": rate / base,
+                "cpu_ratio_to_none": median([r["steps_per_cpu_s"] for r in mine]) / base_cpu,
+                "step_p99_ms": median([r["step_p99_ms"] for r in mine]),
+                "step_max_ms": max(r["step_max_ms"] for r in mine),
+                "flush_s": median([r["flush_s"] for r in mine]),
+                "exactly_once": all(checks) if checks else None,
+            }
+        )
+    return table
+
+
+if __name__ == "__main__":
+    main()
