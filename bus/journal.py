@@ -183,12 +183,21 @@ class JournalReader:
             f.close()
 
     def _damaged(self, f: BinaryIO, buf: bytes, base: int, pos: int, reason: str) -> None:
-        rest = buf[pos:] + f.read()
+        """Tell a torn tail (nothing intact after the damage) from corruption, and record it.
+
+        A torn tail is the remains of one interrupted write, so at most a burst of records; the
+        search for intact records after the damage looks at a bounded window, and damage with
+        more than that after it is corruption too.
+        """
+        rest = buf[pos:] + f.read(_MAX_RECORD + _READ_CHUNK)
         found = _next_intact_record(rest, 1)
-        if found is not None:
+        if found is not None or f.read(1):
+            where = (
+                "more data" if found is None else f"intact records at offset {base + pos + found}"
+            )
             raise JournalCorruptError(
                 f"The journal {self.path} has a damaged record at offset {base + pos} ({reason}) "
-                f"followed by intact records at offset {base + pos + found}; refusing to skip them."
+                f"followed by {where}; refusing to skip them."
             )
         self.torn_tail = TornTail(base + pos, len(rest), reason)
         log.warning(
