@@ -209,3 +209,21 @@ def test_save_model_inside_a_run_publishes_a_model_artifact(tmp_path: Path) -> N
     assert (target / "config.json").is_file()
     artifacts = [e for e in run.bus_events() if isinstance(e, Artifact)]
     assert [(a.kind, a.path) for a in artifacts] == [("model", str(target))]
+
+
+def test_save_strategy_best_saves_only_new_bests(tmp_path: Path) -> None:
+    """``save_strategy="best"`` writes a checkpoint exactly at the evaluations that improved."""
+    run = make_run(
+        tmp_path,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="best",
+        metric_for_best_model="score",
+        greater_is_better=True,
+        train_size=40,
+    )
+    _scripted_metrics(run, {1: 1.0, 2: 0.5, 3: 2.0, 4: 2.0, 5: 3.0, 6: 1.0})
+    run.trainer.train()
+    assert _checkpoints(run) == ["checkpoint-1", "checkpoint-3", "checkpoint-5"]
+    assert [s.global_step for s in run.callback.seen if s.event == "save"] == [1, 3, 5]

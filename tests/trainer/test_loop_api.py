@@ -185,6 +185,14 @@ def test_unknown_metric_for_best_model_names_the_available_keys(tmp_path: Path) 
     assert [s.global_step for s in run.callback.seen if s.event == "step_end"] == [1]
 
 
+def test_unknown_metric_is_caught_by_eval_on_start_before_any_step(tmp_path: Path) -> None:
+    """With ``eval_on_start`` the missing metric is reported before the first training step."""
+    run = make_run(tmp_path, max_steps=4, eval_on_start=True, metric_for_best_model="acc")
+    with pytest.raises(ConfigurationError, match="'eval_acc'"):
+        run.trainer.train()
+    assert "step_begin" not in run.callback.events
+
+
 def test_keyboard_interrupt_finishes_the_run_as_killed(tmp_path: Path) -> None:
     """Ctrl-C during training re-raises and the run ends with status ``killed``."""
 
