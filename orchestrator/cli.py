@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
     sync.add_argument("--sink", action="append", dest="sinks", help="only this sink (repeatable)")
     sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    sync.add_argument(
+        "--force", action="store_true", help="sync even if run.json says its process is alive"
+    )
     _add_app_dir(sync)
 
     show = sub.add_parser("show", help="steps, last and best metrics, per-sink delivery state")
@@ -98,7 +101,7 @@ def _sync(ns: argparse.Namespace) -> int:
     deadline = ns.timeout if ns.timeout is not None else float("inf")
 
     async def go() -> int:
-        reports = await sync_run(ns.run_dir, only=ns.sinks, deadline=deadline)
+        reports = await sync_run(ns.run_dir, only=ns.sinks, deadline=deadline, force=ns.force)
         left = 0
         for report in reports.values():
             print(

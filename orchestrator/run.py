@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -170,6 +171,8 @@ class Orchestrator:
             world_size=self.world_size,
             created=time.time(),
             sinks=records,
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
         return sinks, record
 

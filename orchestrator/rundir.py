@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Final, Literal
@@ -68,6 +69,26 @@ class RunRecord(msgspec.Struct, kw_only=True):
     error: str | None = None
     journal: str = JOURNAL_NAME
     sinks: list[SinkRecord] = []
+    pid: int | None = None
+    """The process that has the run open (while ``status`` is ``running``)."""
+    host: str | None = None
+
+    def is_live(self) -> bool:
+        """Whether the process that opened this run still runs (as far as this host can tell).
+
+        A ``running`` record whose process is gone was killed: ``sync`` may finish its delivery.
+        """
+        if self.status != "running" or self.pid is None:
+            return False
+        if self.host is not None and self.host != socket.gethostname():
+            return True  # cannot check another machine's processes: assume it is alive
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def new_run_id() -> str:

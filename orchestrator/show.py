@@ -114,8 +114,12 @@ def summarize(run_dir: RunDir) -> RunSummary:
     )
     summary.run_id = summary.run_id or record.run_id
     summary.run_name = summary.run_name or record.run_name
-    if summary.status == "unknown" or record.status not in ("running", "completed"):
-        summary.status = record.status if record.status != "running" else "running or killed"
+    if record.status == "running":
+        summary.status = (
+            f"running (pid {record.pid})" if record.is_live() else "killed (process gone)"
+        )
+    elif summary.status == "unknown" or record.status != "completed":
+        summary.status = record.status
     summary.torn_tail_bytes = reader.torn_tail.dropped_bytes if reader.torn_tail else 0
     cursors = CursorStore(run_dir.cursor_dir)
     summary.sinks = [

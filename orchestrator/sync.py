@@ -73,12 +73,20 @@ async def sync_run(
     only: Sequence[str] | None = None,
     sinks: Sequence[Sink] | None = None,
     deadline: float = math.inf,
+    force: bool = False,
 ) -> dict[str, SinkReport]:
     """Replay ``path``'s journal into its sinks; returns each sink's report.
 
-    ``sinks`` replaces the recorded ones (for user sinks that cannot be rebuilt by name).
+    ``sinks`` replaces the recorded ones (for user sinks that cannot be rebuilt by name). A run
+    whose process is still alive is refused unless ``force``: its own sinks are delivering.
     """
     run_dir = find_run_dir(path)
+    record = run_dir.read_record()
+    if record.is_live() and not force:
+        raise ConfigurationError(
+            f"run {record.run_id} is still open by process {record.pid} on {record.host}; its "
+            "sinks are delivering. Wait for it to finish, or pass --force if that process is gone"
+        )
     if not run_dir.journal_path.is_file():
         raise ConfigurationError(f"{str(run_dir.path)!r} has no journal to sync")
     chosen = list(sinks) if sinks is not None else rebuild_sinks(run_dir, env=env, only=only)

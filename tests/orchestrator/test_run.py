@@ -146,3 +146,13 @@ def test_launcher_reuses_the_active_run(tmp_path: Path) -> None:
     inner_bus = orch.run_blocking(outer)
     assert inner_bus.run_id == orch.run_id
     assert len(list((tmp_path / "trainbus").iterdir())) == 1
+
+
+async def test_sync_refuses_a_run_whose_process_is_alive(tmp_path: Path) -> None:
+    """While the process that opened a run lives, ``sync`` would race its sinks and refuses."""
+    from orchestrator.sync import sync_run
+
+    with anyio.fail_after(30):
+        async with Orchestrator(output_dir=tmp_path, report_to="none") as orch:
+            with pytest.raises(ConfigurationError, match="still open by process"):
+                await sync_run(orch.run_dir.path)

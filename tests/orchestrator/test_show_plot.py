@@ -73,3 +73,13 @@ def test_a_path_that_is_no_run_is_a_clear_error(tmp_path: Path) -> None:
         find_run_dir(tmp_path)
     with pytest.raises(ConfigurationError, match="does not exist"):
         find_run_dir(tmp_path / "missing")
+
+
+async def test_a_run_left_running_by_a_dead_process_shows_as_killed(tmp_path: Path) -> None:
+    """A ``running`` record whose process no longer exists is reported as killed."""
+    run_dir = await make_run(tmp_path)
+    record = run_dir.read_record()
+    record.status = "running"
+    record.pid = 2**22 + 12345  # above Linux's default pid_max: no such process
+    run_dir.write_record(record)
+    assert summarize(run_dir).status == "killed (process gone)"
