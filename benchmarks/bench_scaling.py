@@ -1,0 +1,153 @@
+"""How trainbus's costs grow with the number of sinks and the number of scalars per log entry.
+
+For 1, 2, 4 and 8 sinks and 10, 200 and 1,000 scalars per ``Log`` event, a training thread
+publishes what the ``Trainer`` publishes for one optimizer step that logs (``StepBegin``,
+``PreOptimizerStep``, ``OptimizerStep``, ``StepEnd``, ``Log``) followed by a 0.5 ms sleep
+standing in for the step's compute (it releases the GIL, as torch does). The bus's loop runs in
+a background thread as in ``trainer.train()``, with the journal on. Each sink reads every scalar
+of every ``Log`` it receives (the least work a real sink does) and acknowledges.
+
+Figures, per configuration:
+
+* **publish cost**: nanoseconds the training thread spends in ``emit`` per event (median, p99);
+* **per-step cost**: the sum of those ``emit`` calls for one step, in microseconds: what the
+  training thread loses to the bus per logging step;
+* **drain**: milliseconds from the last publish until the slowest sink acknowledged everything
+  (how far behind the sinks run at that load);
+* **RSS growth** over the configuration.
+
+Run: ``python -m benchmarks.bench_scaling [--quick]``; writes ``benchmarks/results/scaling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio.from_thread
+import psutil  # type: ignore[import-untyped]  # no stubs installed
+import structlog
+
+from benchmarks._common import Headline, format_table, median, percentile, write_result
+from bus import Bus, Event, Log, OptimizerStep, PreOptimizerStep, Sink, StepBegin, StepEnd
+
+SINK_COUNTS: Final = (1, 2, 4, 8)
+SCALAR_COUNTS: Final = (10, 200, 1000)
+COMPUTE_S: Final = 0.0005
+
+
+class ReadingSink(Sink):
+    """Reads every scalar it gets, then acknowledges: the floor of what a real sink does."""
+
+    max_batch_latency = 0.05
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last_seq = -1
+        self.scalars = 0
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        for event in batch:
+            if isinstance(event, Log):
+                self.scalars += sum(1 for value in event.logs.values() if value is not None)
+        self.last_seq = batch[-1].seq
+
+
+@contextmanager
+def _running(bus: Bus) -> Any:
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bus),
+    ):
+        yield bus
+
+
+def _one(sinks: int, scalars: int, steps: int, root: Path) -> dict[str, Any]:
+    attached = [ReadingSink(f"read-{i}") for i in range(sinks)]
+    bus = Bus(run_id="scaling", journal_path=root / f"s{sinks}-{scalars}.tbj", sinks=attached)
+    logs = {f"extra/s{i:04d}": float(i) for i in range(scalars)}
+    process = psutil.Process()
+    clock = time.perf_counter_ns
+    emit = bus.emit
+    costs: list[int] = []
+    rss_before = process.memory_info().rss
+    with _running(bus):
+        for step in range(200):  # warm-up
+            emit(StepEnd, global_step=step, epoch=0.0)
+        gc.collect()
+        for step in range(steps):
+            for event_type in (StepBegin, PreOptimizerStep, OptimizerStep, StepEnd):
+                start = clock()
+                emit(event_type, global_step=step, epoch=0.0)
+                costs.append(clock() - start)
+            start = clock()
+            emit(Log, global_step=step, epoch=0.0, logs=logs)
+            costs.append(clock() - start)
+            time.sleep(COMPUTE_S)
+        published = time.perf_counter()
+        last = bus.emit(StepEnd, global_step=steps, epoch=0.0).seq
+        deadline = time.monotonic() + 120
+        while min(s.last_seq for s in attached) < last and time.monotonic() < deadline:
+            time.sleep(0.001)
+        delivered = time.perf_counter()
+        rss_after = process.memory_info().rss
+    complete = min(s.last_seq for s in attached) >= last
+    return {
+        "sinks": sinks,
+        "scalars": scalars,
+        "publish_median_ns": median(costs),
+        "publish_p99_ns": percentile(costs, 99),
+        "publish_us_per_step": sum(costs) / steps / 1000,
+        "drain_ms": (delivered - published) * 1000 if complete else None,
+        "rss_growth_mib": (rss_after - rss_before) / 2**20,
+        "complete": complete,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run every configuration and write ``results/scaling.json``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps per configuration")
+    args = parser.parse_args(argv)
+    smoke = os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
+    steps = 200 if smoke else 1000 if args.quick else 4000
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="trainbus-scaling-") as tmp:
+        for scalars in SCALAR_COUNTS:
+            for sinks in SINK_COUNTS:
+                rows.append(_one(sinks, scalars, steps, Path(tmp)))
+    columns = ["sinks", "scalars", "publish_median_ns", "publish_p99_ns"]
+    columns += ["publish_us_per_step", "drain_ms", "rss_growth_mib", "complete"]
+    print(f"bench_scaling: {steps} logging steps per configuration")
+    print(format_table(rows, columns))
+    worst = max(rows, key=lambda r: r["publish_median_ns"])
+    heads = [
+        Headline(
+            "publish cost per event, worst of 1-8 sinks x 10-1000 scalars (median)",
+            worst["publish_median_ns"] / 1000,
+            "us",
+            "<= 2 us",
+            worst["publish_median_ns"] <= 2000,
+            f"{worst['sinks']} sinks, {worst['scalars']} scalars per Log",
+        )
+    ]
+    path = write_result(
+        "scaling",
+        quick=args.quick or smoke,
+        headline=heads,
+        tables={"scaling": rows},
+        extra={"steps": steps, "compute_s": COMPUTE_S},
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
