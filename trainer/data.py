@@ -107,7 +107,8 @@ class EpochSampler(Sampler[int]):
 def _private_generator(seed: int) -> torch.Generator:
     """A loader draws its workers' base seed at every ``iter()``; without a generator of its own
     that draw comes from the global RNG, so starting an epoch (or an evaluation) would shift the
-    dropout noise of the following steps and a resumed run would drift off the original curve."""
+    dropout noise of the following steps and a resumed run would drift off the original curve.
+    The loop reseeds it per epoch, so workers' seeds do not depend on where a run resumed."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -121,6 +122,7 @@ def train_dataloader(
     num_workers: int,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader[Any]:
     """The training loader: shuffled by an ``EpochSampler`` when the data set has a length."""
     sampler = None
@@ -135,12 +137,18 @@ def train_dataloader(
         collate_fn=collator,
         drop_last=drop_last,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=_private_generator(seed),
     )
 
 
 def eval_dataloader(
-    dataset: Dataset[Any], *, batch_size: int, collator: DataCollator, num_workers: int
+    dataset: Dataset[Any],
+    *,
+    batch_size: int,
+    collator: DataCollator,
+    num_workers: int,
+    pin_memory: bool = False,
 ) -> DataLoader[Any]:
     """The evaluation loader: sequential, every sample kept."""
     return DataLoader(
@@ -149,6 +157,7 @@ def eval_dataloader(
         shuffle=False,
         collate_fn=collator,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         generator=_private_generator(0),
     )
 

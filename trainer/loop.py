@@ -244,6 +244,7 @@ class Trainer:
             num_workers=self.args.dataloader_num_workers,
             rank=self._dist.rank,
             world_size=self._dist.world_size,
+            pin_memory=self.device.type == "cuda",
         )
 
     def get_eval_dataloader(self, dataset: Dataset[Any]) -> DataLoader[Any]:
@@ -253,6 +254,7 @@ class Trainer:
             batch_size=self.args.per_device_eval_batch_size,
             collator=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.device.type == "cuda",
         )
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
@@ -384,6 +386,8 @@ class Trainer:
         ga = args.gradient_accumulation_steps
         if isinstance(loader.sampler, EpochSampler):
             loader.sampler.set_epoch(epoch, start=skip * ga * args.per_device_train_batch_size)
+        if loader.generator is not None:
+            loader.generator.manual_seed(args.seed + epoch)
         steps_in_epoch = plan.batches_per_epoch or plan.updates_per_epoch * ga
         step = skip * ga - 1
         batches = iter(loader)
