@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="PyTorch training on an async event bus: non-blocking sinks, no lost metrics.",
     )
     parser.add_argument(
-        "--log-level", default="INFO", help="structlog level: DEBUG, INFO, WARNING, ERROR"
+        "--log-level",
+        default=None,
+        help="structlog level: DEBUG, INFO, WARNING, ERROR (default: INFO; WARNING for the demo)",
     )
     parser.add_argument(
         "--log-json",
@@ -158,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        configure_logging(level=ns.log_level, json=ns.log_json)
+        level = ns.log_level or ("WARNING" if ns.command == "demo" else "INFO")
+        configure_logging(level=level, json=ns.log_json)
     except ValueError as exc:
         parser.error(str(exc))
     app_dir = getattr(ns, "app_dir", None)
