@@ -350,3 +350,15 @@ async def test_logging_follows_state_changes_not_events(make_bus: MakeBus) -> No
     assert len(sinks[0].received) == 6000 and len(sinks[1].received) == 1000
     assert {s.mode for s in live.values()} == {"live"}
     assert len(logs) <= 8, [entry["event"] for entry in logs]
+
+
+async def test_sinks_are_flushed_when_training_fails(make_bus: MakeBus) -> None:
+    """If the body of `async with bus` raises, sinks still get everything, then it propagates."""
+    sink = RecordingSink(max_batch_latency=60.0)
+    with anyio.fail_after(20), pytest.raises(ZeroDivisionError):
+        async with make_bus([sink]) as bus:
+            for step in range(10):
+                bus.emit(StepEnd, global_step=step)
+            _ = 1 / 0
+    assert _seqs(sink) == list(range(10))
+    assert bus.report is not None and bus.report["recording"].undelivered == 0
