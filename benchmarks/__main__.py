@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchmarks._common import BENCH_DIR, RESULTS_DIR, machine_card, read_result, versions
-from benchmarks._report import render_markdown, render_plot, targets_table
+from benchmarks._report import (
+    readme_section,
+    render_markdown,
+    render_plot,
+    targets_table,
+    update_readme,
+)
 
 DEFAULT_LIMIT_S: Final = {"full": 600.0, "quick": 150.0, "smoke": 60.0}
 
@@ -118,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_path = out_dir / "results.png"
     plotted = render_plot(loaded, plot_path)
     markdown_path.write_text(render_markdown(loaded, context, plot_path if plotted else None))
+    # Only a full run into the repository's own files may speak for the README.
+    readme = BENCH_DIR.parent / "README.md"
+    if (
+        mode == "full"
+        and args.out is None
+        and update_readme(readme, readme_section(loaded, context))
+    ):
+        print("updated the Benchmarks section of README.md")
     print("\n=== summary")
     for outcome in outcomes:
         print(f"  {outcome.topic:<10} {outcome.status:<28} {outcome.elapsed_s:7.1f} s")
