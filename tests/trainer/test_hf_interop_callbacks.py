@@ -80,9 +80,39 @@ ARGS: dict[str, Any] = {
 }
 
 
-def _run_hf(tmp_path: Path) -> list[tuple[Any, ...]]:
+CONFIGS: dict[str, dict[str, Any]] = {
+    "steps-ga2": {},
+    "epochs": {
+        "gradient_accumulation_steps": 1,
+        "max_steps": -1,
+        "num_train_epochs": 2,
+        "logging_strategy": "epoch",
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "logging_first_step": False,
+    },
+    "ratios-and-delay": {
+        "gradient_accumulation_steps": 1,
+        "max_steps": 10,
+        "logging_steps": 0.2,
+        "eval_steps": 0.3,
+        "eval_delay": 4,
+        "save_strategy": "no",
+    },
+    "best-model-limit-1": {
+        "max_steps": 6,
+        "eval_steps": 2,
+        "save_steps": 2,
+        "save_total_limit": 1,
+        "load_best_model_at_end": True,
+    },
+    "eval-on-start": {"eval_on_start": True, "max_steps": 3, "save_strategy": "no"},
+}
+
+
+def _run_hf(tmp_path: Path, config: dict[str, Any]) -> list[tuple[Any, ...]]:
     recorder = HFRecorder()
-    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), **ARGS)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), **{**ARGS, **config})
     trainer = transformers.Trainer(
         model=TinyRegressor(),
         args=args,
@@ -94,9 +124,9 @@ def _run_hf(tmp_path: Path) -> list[tuple[Any, ...]]:
     return recorder.seen
 
 
-def _run_ours(tmp_path: Path) -> list[tuple[Any, ...]]:
+def _run_ours(tmp_path: Path, config: dict[str, Any]) -> list[tuple[Any, ...]]:
     recorder = HFRecorder()
-    args = TrainingArguments(output_dir=str(tmp_path / "ours"), **ARGS)
+    args = TrainingArguments(output_dir=str(tmp_path / "ours"), **{**ARGS, **config})
     trainer = Trainer(
         TinyRegressor(),
         args,
@@ -114,10 +144,13 @@ def _without_speed_keys(seen: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(*entry[:4], [k for k in entry[4] if not k.endswith("_per_second")]) for entry in seen]
 
 
-def test_hf_callback_sees_the_same_events_steps_and_flags(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_hf_callback_sees_the_same_events_steps_and_flags(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
     """Same hooks, same order, same ``global_step``/``epoch`` and flags as in transformers."""
-    theirs = _without_speed_keys(_run_hf(tmp_path))
-    ours = _without_speed_keys(_run_ours(tmp_path))
+    theirs = _without_speed_keys(_run_hf(tmp_path, config))
+    ours = _without_speed_keys(_run_ours(tmp_path, config))
     assert [entry[0] for entry in ours] == [entry[0] for entry in theirs]
     assert ours == theirs
 
