@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import main
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = """
@@ -108,7 +110,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     ids=["malformed-toml", "unknown-report-to", "missing-module", "missing-function", "bad-arg"],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
-    tmp_path: Path, body: str | None, needles: list[str]
+    tmp_path: Path,
+    body: str | None,
+    needles: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each kind of bad run file ends with exit code 2, one stderr line, and no output_dir."""
     out = tmp_path / "out"
@@ -118,8 +124,13 @@ def test_bad_input_is_one_line_and_exit_code_2(
     else:
         args_table = "" if "[args]" in body else f'\n[args]\noutput_dir = "{out}"\n'
         config.write_text(body + args_table)
-    result = trainbus("train", str(config), cwd=tmp_path)
-    assert_one_line_error(result, *needles)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(ROOT), *sys.path])
+    code = main(["--log-level", "WARNING", "train", str(config)])
+    captured = capsys.readouterr()
+    assert_one_line_error(
+        subprocess.CompletedProcess([], code, captured.out, captured.err), *needles
+    )
     assert not out.exists()
     assert not (tmp_path / "trainer_output").exists()
 
