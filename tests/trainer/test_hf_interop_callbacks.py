@@ -6,6 +6,7 @@ and arguments; the event names, steps, epochs and control flags it records must 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,34 @@ def test_hf_callback_can_stop_training(tmp_path: Path) -> None:
         launcher=LocalLauncher(),
     )
     assert trainer.train().global_step == 2
+
+
+def test_hf_early_stopping_runs_and_is_checkpointed(tmp_path: Path) -> None:
+    """transformers' own ``EarlyStoppingCallback`` stops our loop and its state is saved."""
+    scores = {1: 1.0, 2: 2.0, 3: 1.5, 4: 1.0, 5: 0.5}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        **{
+            **ARGS,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 5,
+            "eval_steps": 1,
+            "save_steps": 1,
+            "metric_for_best_model": "score",
+            "greater_is_better": True,
+            "load_best_model_at_end": True,
+        },
+    )
+    trainer = Trainer(
+        TinyRegressor(),
+        args,
+        train_dataset=RegressionDataset(20),
+        eval_dataset=RegressionDataset(8, seed=1),
+        callbacks=[transformers.EarlyStoppingCallback(early_stopping_patience=2)],
+        launcher=LocalLauncher(),
+    )
+    trainer.compute_metrics = lambda _: {"score": scores[trainer.state.global_step]}
+    assert trainer.train().global_step == 4
+    stored = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    counter = stored["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"]
+    assert counter == {"early_stopping_patience_counter": 2}
