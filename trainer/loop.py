@@ -203,7 +203,12 @@ class Trainer:
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
 
     def save_model(self, output_dir: str | None = None) -> Path:
-        """Write the weights (and the arguments) to ``output_dir``; publishes a model artifact."""
+        """Write weights, arguments and config to ``output_dir``.
+
+        Inside a run (from a callback, say ``on_train_end``) it also publishes
+        ``Artifact(kind="model")`` so sinks can upload it; after ``train()`` returned, the run and
+        its bus are closed, and only the files are written.
+        """
         target = Path(output_dir or self.args.output_dir)
         ckpt.save_model(target, self.model, self.args.to_dict(), self.processing_class)
         self._publish(Artifact, kind="model", path=str(target), name=target.name)
