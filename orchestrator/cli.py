@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
@@ -20,6 +21,13 @@ from orchestrator.logging import configure_logging
 __all__ = ["build_parser", "main"]
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _add_app_dir(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +40,7 @@ def _add_app_dir(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``trainbus`` argument parser (exposed for the docs and the tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="trainbus",
         description="PyTorch training on an async event bus: non-blocking sinks, no lost metrics.",
     )

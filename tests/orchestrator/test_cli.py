@@ -150,6 +150,11 @@ def test_show_on_a_path_that_is_no_run(tmp_path: Path) -> None:
     assert_one_line_error(trainbus("show", str(tmp_path)), "neither a trainbus run directory")
 
 
-def test_unknown_command_is_a_usage_error() -> None:
-    """argparse's own errors also exit with code 2."""
-    assert trainbus("frobnicate").returncode == 2
+def test_usage_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command or a missing argument is one stderr line with exit code 2."""
+    for argv in (["frobnicate"], ["plot"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        captured = capsys.readouterr()
+        result = subprocess.CompletedProcess(argv, info.value.code, captured.out, captured.err)
+        assert_one_line_error(result, "error:")
