@@ -293,10 +293,10 @@ def render_plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     left.set_title("MLflow direct (local server)")
     left.legend(fontsize=8)
 
-    every, scalars = max(
-        {(r["every"], r["scalars"]) for r in rows if r["route"] != "direct"} or {(1, 10)},
-        key=lambda c: (-c[0], c[1]),
-    )
+    swept: dict[tuple[int, int], set[str]] = {}
+    for r in rows:
+        swept.setdefault((r["every"], r["scalars"]), set()).add(r["route"])
+    every, scalars = max(swept, key=lambda c: (len(swept[c]), -c[0], c[1]))
     routes = list(
         dict.fromkeys(r["route"] for r in rows if (r["every"], r["scalars"]) == (every, scalars))
     )

@@ -41,6 +41,9 @@ from benchmarks._contenders import CONTENDERS, Contender, Measured, RunSpec
 TARGET_SLOW_SINK_RATIO: Final = 0.97
 TARGET_TRAINER_SLOWDOWN: Final = 1.03
 DIRECT: Final = "direct"
+REFERENCES: Final = ("floor", "trainbus")
+"""Run in every condition: the hand-written loop, and trainbus with no sink (so a sink's own
+cost is a ratio inside one condition, apart from the trainer's)."""
 ORDER: Final = (
     "floor",
     "trainbus",
@@ -198,7 +201,7 @@ def measure(
             group = [
                 c
                 for c in contenders
-                if (latency is None or c.uses_mlflow or c.name == "floor")
+                if (latency is None or c.uses_mlflow or c.name in REFERENCES)
                 and (running is not None or not c.uses_mlflow)
             ]
             late = time.perf_counter() - began > plan.soft_limit_s
@@ -250,6 +253,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         key=lambda k: (k[0], k[1], _route_rank(k[2]), _order_rank(k[3])),
     )
     floors: dict[tuple[int, int, str], float] = {}
+    bare: dict[tuple[int, int, str], float] = {}
     table: list[dict[str, Any]] = []
     for every, scalars, route, name in keys:
         mine = [
@@ -262,7 +266,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         sps = median([r["steps_per_s"] for r in good])
         if name == "floor":
             floors[(every, scalars, route)] = sps
+        if name == "trainbus":
+            bare[(every, scalars, route)] = sps
         floor = floors.get((every, scalars, route), math.nan)
+        reference = (
+            bare.get((every, scalars, route), math.nan) if name.startswith("trainbus") else math.nan
+        )
         table.append(
             {
                 "every": every,
@@ -271,6 +280,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "contender": name,
                 "steps_per_s": sps,
                 "ratio": sps / floor if floor and not math.isnan(floor) else math.nan,
+                "ratio_to_trainbus": sps / reference if reference else math.nan,
                 "overhead_us_per_step": (1 / sps - 1 / floor) * 1e6 if good and floor else math.nan,
                 "setup_s": median([r["setup_s"] for r in good]),
                 "teardown_s": median([r["teardown_s"] for r in good]),
@@ -292,19 +302,26 @@ def _order_rank(name: str) -> int:
 def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
     """The two README targets this benchmark answers, each taken at its worst condition."""
     out: list[Headline] = []
-    slow = [r for r in table if r["contender"] == "trainbus+mlflow" and r["route"] == "+200 ms"]
-    slow = [r for r in slow if not math.isnan(r["ratio"])]
+    slow = [
+        r
+        for r in table
+        if r["contender"] in ("trainbus+mlflow", "trainbus+3")
+        and r["route"] == "+200 ms"
+        and not math.isnan(r["ratio_to_trainbus"])
+    ]
     if slow:
-        worst = min(slow, key=lambda r: r["ratio"])
+        worst = min(slow, key=lambda r: r["ratio_to_trainbus"])
         out.append(
             Headline(
-                name="slow-sink throughput ratio (trainbus+mlflow, +200 ms/request, worst case)",
-                value=worst["ratio"],
-                unit="x floor steps/s",
+                name="slow-sink throughput ratio: trainbus with MLflow at +200 ms/request "
+                "vs trainbus with no sink (worst case)",
+                value=worst["ratio_to_trainbus"],
+                unit="x",
                 target=f">= {TARGET_SLOW_SINK_RATIO}",
-                met=worst["ratio"] >= TARGET_SLOW_SINK_RATIO,
-                note=f"every {worst['every']}, {worst['scalars']} scalars; "
-                f"teardown {worst['teardown_s']:.2f} s",
+                met=worst["ratio_to_trainbus"] >= TARGET_SLOW_SINK_RATIO,
+                note=f"{worst['contender']}, every {worst['every']}, {worst['scalars']} scalars; "
+                f"{worst['ratio']:.2f}x the hand-written loop; "
+                f"teardown {worst['teardown_s']:.1f} s",
             )
         )
     else:
@@ -361,7 +378,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="trainbus-peers-") as tmp:
         rows = measure(plan, contenders, Path(tmp), work)
     table = summarise(rows)
-    columns = ["every", "scalars", "route", "contender", "steps_per_s", "ratio"]
+    columns = [
+        "every",
+        "scalars",
+        "route",
+        "contender",
+        "steps_per_s",
+        "ratio",
+        "ratio_to_trainbus",
+    ]
     columns += ["overhead_us_per_step", "teardown_s", "runs"]
     print(format_table(table, columns))
     for row in table:
