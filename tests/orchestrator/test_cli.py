@@ -156,5 +156,6 @@ def test_usage_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> No
         with pytest.raises(SystemExit) as info:
             main(argv)
         captured = capsys.readouterr()
-        result = subprocess.CompletedProcess(argv, info.value.code, captured.out, captured.err)
+        code = info.value.code if isinstance(info.value.code, int) else 1
+        result = subprocess.CompletedProcess(argv, code, captured.out, captured.err)
         assert_one_line_error(result, "error:")
