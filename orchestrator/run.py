@@ -236,8 +236,10 @@ class Orchestrator:
                 if isinstance(event, RunFinished) and reported in (None, "completed"):
                     reported = event.status  # a later evaluate() must not hide a "stopped"
             self._status_watch = None
+        if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
+            return "killed"
         if exc is not None:
-            return "killed" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed"
+            return "failed"
         if self._record is not None and self._record.status != "running":
             return self._record.status
         return reported or "completed"
@@ -247,6 +249,10 @@ class Orchestrator:
         if self._record is not None:
             self._record.status = status
             self._record.error = error
+
+    def _mark_error(self, exc: BaseException) -> None:
+        status: RecordStatus = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.mark(status, f"{type(exc).__name__}: {exc}")
 
     # --- running work -------------------------------------------------------------------------
 
@@ -291,7 +297,7 @@ class Orchestrator:
                 finally:
                     finished.set()
         if error is not None:
-            self.mark("failed", f"{type(error).__name__}: {error}")
+            self._mark_error(error)
             raise error
         return outcome[0]
 
@@ -309,7 +315,7 @@ class Orchestrator:
             try:
                 return work(self.bus)
             except BaseException as exc:
-                self.mark("failed", f"{type(exc).__name__}: {exc}")
+                self._mark_error(exc)
                 raise
             finally:
                 active_orchestrator.reset(token)
