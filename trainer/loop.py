@@ -325,43 +325,11 @@ class Trainer:
     # --- training -------------------------------------------------------------------------------
 
     def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
+        """HF spec §2.3: prepare, ``TrainBegin``, epochs, then the end of training."""
         args, handler = self.args, self.callback_handler
-        # HF ignores args.resume_from_checkpoint; we honour it when train() got no say (CLI).
-        resume_from = (
-            args.resume_from_checkpoint
-            if resume_from_checkpoint is None
-            else resume_from_checkpoint
-        )
-        checkpoint = ckpt.find_checkpoint(args.output_dir, resume_from) if resume_from else None
-        if checkpoint is not None:
-            ckpt.load_weights(self.model, checkpoint)
-        self._dist.setup()
-        self.model_wrapped = self._dist.wrap(self.model)
-        loader = self.get_train_dataloader()
-        plan = plan_run(
-            batches_per_epoch=len(loader) if has_length(self.train_dataset) else None,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            max_steps=args.max_steps,
-            num_train_epochs=args.num_train_epochs,
-        )
-        start = self._fresh_state(plan, checkpoint)
-        self.create_optimizer_and_scheduler(plan.max_steps)
-        assert self.optimizer is not None and self.lr_scheduler is not None  # set just above
-        if checkpoint is not None:
-            ckpt.load_optimizer_and_scheduler(
-                checkpoint, self.optimizer, self.lr_scheduler, self.device
-            )
-        handler.model, handler.optimizer, handler.lr_scheduler = (
-            self.model,
-            self.optimizer,
-            self.lr_scheduler,
-        )
-        handler.train_dataloader = loader
-        self._tr_loss.zero_()
-        self._total_loss = 0.0
-        self._last_logged = start_step = self.state.global_step
-        self.model.zero_grad(set_to_none=True)
-        start_time = time.time()
+        checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+        loader, plan, start = self._prepare_training(checkpoint)
+        start_step, start_time = self.state.global_step, time.time()
 
         self._publish(TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs)
         self.control = handler.on_train_begin(args, self.state, self.control)
@@ -384,6 +352,44 @@ class Trainer:
             if self.control.should_training_stop:
                 break
         return self._finish_training(start_time, start_step)
+
+    def _checkpoint_to_resume(self, wanted: bool | str | None) -> Path | None:
+        """HF ignores ``args.resume_from_checkpoint``; we honour it when ``train()`` got none."""
+        resume_from = self.args.resume_from_checkpoint if wanted is None else wanted
+        if not resume_from:
+            return None
+        return ckpt.find_checkpoint(self.args.output_dir, resume_from)
+
+    def _prepare_training(
+        self, checkpoint: Path | None
+    ) -> tuple[DataLoader[Any], RunPlan, ResumePoint]:
+        """Weights, loader, run length, state, optimizer and schedule, all before ``TrainBegin``."""
+        args, handler = self.args, self.callback_handler
+        if checkpoint is not None:
+            ckpt.load_weights(self.model, checkpoint)
+        self._dist.setup()
+        self.model_wrapped = self._dist.wrap(self.model)
+        loader = self.get_train_dataloader()
+        plan = plan_run(
+            batches_per_epoch=len(loader) if has_length(self.train_dataset) else None,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            max_steps=args.max_steps,
+            num_train_epochs=args.num_train_epochs,
+        )
+        start = self._fresh_state(plan, checkpoint)
+        self.create_optimizer_and_scheduler(plan.max_steps)
+        assert self.optimizer is not None and self.lr_scheduler is not None  # set just above
+        if checkpoint is not None:
+            ckpt.load_optimizer_and_scheduler(
+                checkpoint, self.optimizer, self.lr_scheduler, self.device
+            )
+        handler.model, handler.optimizer = self.model, self.optimizer
+        handler.lr_scheduler, handler.train_dataloader = self.lr_scheduler, loader
+        self._tr_loss.zero_()
+        self._total_loss = 0.0
+        self._last_logged = self.state.global_step
+        self.model.zero_grad(set_to_none=True)
+        return loader, plan, start
 
     def _train_epoch(self, loader: DataLoader[Any], epoch: int, plan: RunPlan, skip: int) -> bool:
         """One epoch from update ``skip`` on; ``False`` when it produced no batch at all."""
