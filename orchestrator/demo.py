@@ -24,7 +24,7 @@ from orchestrator.task import prepare_run
 __all__ = ["QUICK_OVERRIDES", "demo_config_path", "run_demo"]
 
 QUICK_OVERRIDES: dict[str, Any] = {
-    "max_steps": 30,
+    "max_steps": 20,
     "eval_strategy": "steps",
     "eval_steps": 10,
     "save_strategy": "steps",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.rundir import find_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,3 +160,17 @@ def test_usage_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> No
         code = info.value.code if isinstance(info.value.code, int) else 1
         result = subprocess.CompletedProcess(argv, code, captured.out, captured.err)
         assert_one_line_error(result, "error:")
+
+
+def test_demo_quick_runs_every_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``trainbus demo --quick`` evaluates, checkpoints, writes TensorBoard and the journal."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eval accuracy of the best model:" in printed
+    assert f"trainbus show {out}" in printed
+    assert sorted(p.name for p in out.glob("checkpoint-*"))
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    run = find_run_dir(out)
+    assert run.journal_path.stat().st_size > 0
+    assert run.read_record().status == "completed"
