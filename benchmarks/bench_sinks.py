@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import httpx
 
 from benchmarks._common import (
@@ -49,6 +50,7 @@ from benchmarks._common import (
 )
 from bus.bus import Bus
 from bus.events import Log
+from bus.retry import RetryPolicy
 from bus.sink import Sink
 from sinks.comet import CometSink
 from sinks.mlflow import MLflowSink
@@ -60,6 +62,49 @@ WARMUP_STEPS = 20
 
 
 # --- 1. training speed ------------------------------------------------------------------------
+
+
+class _NoOpSink(Sink):
+    """Accepts everything and does nothing: what the bus, journal and runtime cost alone."""
+
+    name = "no-op"
+
+    async def write(self, batch: Sequence[Any]) -> None:
+        return None
+
+
+class _Launcher:
+    """The trainer's local launcher, with the bus a real run has: a journal on disk, cursors and
+    a flush deadline at close (what is left stays in the journal, reported per sink), and
+    retries capped at 2 s apart."""
+
+    def __init__(self, run_dir: Path, close_deadline: float) -> None:
+        self.run_dir = run_dir
+        self.close_deadline = close_deadline
+
+    def _bus(self, trainer: Any) -> Bus:
+        return Bus(
+            run_id=self.run_dir.name,
+            journal_path=self.run_dir / "journal.tbj",
+            cursor_dir=self.run_dir / "cursors",
+            sinks=trainer.sinks,
+            close_deadline=self.close_deadline,
+            # Remote trackers come back within seconds; do not sleep a minute between tries.
+            retry_policy=RetryPolicy(max_backoff=2.0),
+        )
+
+    def run_blocking(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
+        bus = self._bus(trainer)
+        with (
+            anyio.from_thread.start_blocking_portal() as portal,
+            portal.wrap_async_context_manager(bus),
+        ):
+            result = work(bus)
+        self.report = bus.report
+        return result
+
+    async def run_async(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
+        raise NotImplementedError("the benchmark trains synchronously")
 
 
 class _Child:
@@ -123,7 +168,9 @@ class Stage:
     def sinks(self, names: Sequence[str], run_dir: Path) -> list[Sink]:
         made: list[Sink] = []
         for name in names:
-            if name == "tensorboard":
+            if name == "no-op":
+                made.append(_NoOpSink())
+            elif name == "tensorboard":
                 made.append(TensorBoardSink(run_dir=run_dir, logging_dir=run_dir / "tb"))
             elif name == "mlflow":
                 made.append(
@@ -149,7 +196,6 @@ def _train(
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
     from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-    from trainer.launcher import LocalLauncher
 
     work = Workload()
     run_dir = stage.root / f"run-{uuid.uuid4().hex[:8]}"
@@ -171,6 +217,7 @@ def _train(
             if logs and "loss" in logs:
                 logged.append(state.global_step)
 
+    launcher = _Launcher(run_dir, close_deadline=15.0 if outage is None else 60.0)
     args = TrainingArguments(
         output_dir=str(run_dir / "out"),
         max_steps=10_000_000,
@@ -191,7 +238,7 @@ def _train(
         data_collator=unwrap,
         train_dataset=BatchList(work),
         callbacks=[Clock()],
-        launcher=LocalLauncher(),
+        launcher=launcher,
         sinks=sinks,
     )
     trainer.remove_callback(PrinterCallback)
@@ -211,6 +258,8 @@ def _train(
         "flush_s": finished - stamps[-1],
     }
     row.update(_delivered(stage, sinks, logged))
+    report = getattr(launcher, "report", None) or {}
+    row["left_in_journal"] = sum(r.undelivered for r in report.values())
     return row
 
 
@@ -324,6 +373,20 @@ def _tb_costs(events: int, root: Path) -> list[dict[str, Any]]:
     minimal.close()
     rows.append(_cost_row("trainbus minimal writer (one event per scalar)", began, events, scalars))
 
+    import sinks._tfrecord as tfrecord
+
+    native = tfrecord.crc32c
+    tfrecord.crc32c = tfrecord.py_crc32c  # type: ignore[misc]  # measure the fallback too
+    try:
+        minimal = EventFileWriter(root / "tb-py")
+        began = time.perf_counter()
+        for step in range(events):
+            minimal.write(encode_scalars(1.0 + step, step, scalars))
+        minimal.close()
+        rows.append(_cost_row("trainbus minimal writer, pure-Python CRC", began, events, scalars))
+    finally:
+        tfrecord.crc32c = native  # type: ignore[misc]
+
     standard = TBWriter(str(root / "tb-std"))
     began = time.perf_counter()
     for step in range(events):
@@ -387,7 +450,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = 4.0 if quick else 10.0
     rounds = 1 if quick else 3
     rate_requests = 8 if quick else 25
-    contenders = [(), ("tensorboard",), ("mlflow",), ("comet",), ("tensorboard", "mlflow", "comet")]
+    contenders = [
+        (),
+        ("no-op",),
+        ("tensorboard",),
+        ("mlflow",),
+        ("comet",),
+        ("tensorboard", "mlflow", "comet"),
+    ]
 
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, _quiet():
         root = Path(tmp)

@@ -17,6 +17,12 @@ JSON object per line. Upload it later, from any machine that can reach the serve
 
 which creates the experiment and replays each request in order (see ``upload_offline``).
 
+Comet's REST API takes one point per request, so this sink keeps at most ``IN_FLIGHT`` (8)
+requests open: enough for ordinary logging rates, and a bound on the CPU (and GIL time) it
+takes from training. At ``logging_steps=1`` on a fast loop it falls behind rather than slow
+training down; the bus keeps the backlog in the journal, the sink catches up, and whatever is
+left at the end stays there for ``trainbus sync`` (offline mode has no such limit).
+
 The experiment key is saved in ``<run_dir>/comet.json`` so a replay continues the same
 experiment. Within a process, a retried batch skips the points already acknowledged; Comet has
 no idempotent metric write, so a replay after a crash may repeat the last unacknowledged batch.
@@ -67,7 +73,7 @@ STATE_FILE: Final = "comet.json"
 OFFLINE_FILE: Final = "comet-offline.jsonl"
 OFFLINE_KEY: Final = "OFFLINE"
 MODES: Final = ("get", "create", "get_or_create")
-IN_FLIGHT: Final = 16
+IN_FLIGHT: Final = 8
 
 
 class CometSink(Sink):

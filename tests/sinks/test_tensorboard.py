@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bus.errors import ConfigurationError
 from bus.events import Log, RunStarted
-from sinks._tfrecord import crc32c, masked_crc32c
+from sinks._tfrecord import crc32c, masked_crc32c, py_crc32c
 from sinks.tensorboard import TensorBoardSink
 from tests.sinks.scripted import T0, deliver_through_bus, eval_logs, scripted_run, train_logs
 
@@ -24,14 +24,15 @@ def _accumulator(directory: Path) -> EventAccumulator:
 
 
 def test_crc32c_matches_known_vectors_and_tensorboard() -> None:
-    """The CRC is CRC-32C (Castagnoli) and the mask is TensorFlow's."""
+    """The CRC is CRC-32C (Castagnoli), native and pure-Python agree, the mask is TensorFlow's."""
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (
         masked_crc32c as reference,
     )
 
-    assert crc32c(b"123456789") == 0xE3069283
-    for data in (b"", b"a", b"hello world" * 7):
+    assert crc32c(b"123456789") == py_crc32c(b"123456789") == 0xE3069283
+    for data in (b"", b"a", b"hello world" * 7, bytes(range(256))):
         assert masked_crc32c(data) == reference(data)
+        assert py_crc32c(data) == crc32c(data)
 
 
 async def test_every_scalar_at_its_step_through_the_bus(tmp_path: Path) -> None:
