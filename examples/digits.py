@@ -16,8 +16,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = [
+    "DigitsConfig",
     "DigitsDataset",
     "DigitsMLP",
+    "accuracy",
     "compute_metrics",
     "eval_dataset",
     "model",
@@ -28,11 +30,23 @@ _SPLIT_SEED = 0
 _EVAL_FRACTION = 0.2
 
 
+class DigitsConfig:
+    """The model's hyper-parameters; ``to_dict`` is what trackers log as the model config."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_features": 64, "hidden": self.hidden, "dropout": self.dropout, "classes": 10}
+
+
 class DigitsMLP(nn.Module):
     """Two hidden layers; returns a dict with ``loss`` when labels are given, as HF models do."""
 
     def __init__(self, hidden: int = 128, dropout: float = 0.1) -> None:
         super().__init__()
+        self.config = DigitsConfig(hidden=hidden, dropout=dropout)
         self.net = nn.Sequential(
             nn.Linear(64, hidden),
             nn.ReLU(),
