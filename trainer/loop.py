@@ -12,7 +12,7 @@ Each event point is two lines: publish the event (non-blocking), then run the co
         EpochEnd, [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
       Log(summary), [load best model], TrainEnd, RunFinished(status)
 
-Features live in helpers: data loading (``trainer.data``), run length and resume position
+Features live in their own modules: data loading (``trainer.data``), run length and resume position
 (``trainer.plan``), optimizer and schedules (``trainer.optim``), files (``trainer.checkpoint``),
 callback states (``trainer.resume``), the prediction loop (``trainer.evaluation``), several
 ranks (``trainer.distributed``). The loss is summed on the device and read back only when a log

@@ -12,7 +12,7 @@ import torch
 
 from bus.errors import ConfigurationError
 from bus.events import Artifact
-from tests.trainer.loop_helpers import Run, make_run, time_limit  # noqa: F401  (autouse)
+from tests.trainer.recording import Run, make_run, time_limit  # noqa: F401  (autouse)
 from trainer import EvalPrediction, TrainerCallback
 from trainer.checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
 from trainer.rng import capture_rng_state

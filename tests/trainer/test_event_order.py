@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bus.events import Artifact, Log, RunFinished, RunStarted, Save
-from tests.trainer.loop_helpers import StopAt, make_run, time_limit  # noqa: F401  (autouse)
+from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
 
 
 @dataclass(frozen=True)

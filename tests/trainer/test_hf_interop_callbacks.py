@@ -14,7 +14,7 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from tests.trainer.loop_helpers import time_limit  # noqa: E402, F401  (autouse fixture)
+from tests.trainer.recording import time_limit  # noqa: E402, F401  (autouse fixture)
 from trainer import Trainer, TrainingArguments  # noqa: E402  (after the importorskip guard)
 from trainer.launcher import LocalLauncher  # noqa: E402
 from trainer.testing import RegressionDataset, TinyRegressor  # noqa: E402

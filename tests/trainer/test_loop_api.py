@@ -21,7 +21,7 @@ from bus.events import (
     StepEnd,
 )
 from bus.testing import RecordingSink
-from tests.trainer.loop_helpers import make_run, time_limit  # noqa: F401  (autouse)
+from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
 from trainer import (
     DefaultFlowCallback,
     EvalPrediction,

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from bus.errors import ConfigurationError
-from tests.trainer.loop_helpers import make_run, time_limit  # noqa: F401  (autouse)
+from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
 from trainer import Trainer, TrainerCallback, TrainingArguments
 from trainer.data import EpochSampler
 from trainer.launcher import LocalLauncher

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bus.events import RunFinished
-from tests.trainer.loop_helpers import Run, StopAt, make_run, time_limit  # noqa: F401  (autouse)
+from tests.trainer.recording import Run, StopAt, make_run, time_limit  # noqa: F401  (autouse)
 from trainer import EarlyStoppingCallback, EvalPrediction
 
 RESUME_ARGS: dict[str, Any] = {
