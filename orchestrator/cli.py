@@ -99,9 +99,11 @@ def _train(ns: argparse.Namespace) -> int:
         config,
         overrides={"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to},
     )
+    from orchestrator.show import format_summary, summarize
+
     orch = prepared.orchestrator
-    prepared.orchestrator.run_blocking(lambda _bus: prepared.trainer.train())
-    print(f"run directory: {orch.run_dir.path}")
+    orch.run_blocking(lambda _bus: prepared.trainer.train())
+    print(format_summary(summarize(orch.run_dir), orch.run_dir))
     return 0
 
 

@@ -68,7 +68,7 @@ def test_train_then_show_then_plot(tmp_path: Path) -> None:
     jsonl = tmp_path / "metrics.jsonl"
     trained = trainbus("train", str(config), env={"TRAINBUS_JSONL": str(jsonl)})
     assert trained.returncode == 0, trained.stderr
-    assert "run directory:" in trained.stdout
+    assert f"directory  {out / 'trainbus'}" in trained.stdout
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-6"]
     assert list((out / "runs").rglob("events.out.tfevents.*"))
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]

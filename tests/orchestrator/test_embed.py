@@ -117,3 +117,16 @@ async def test_cancelling_the_host_stops_training_and_closes_the_run(tmp_path: P
     assert seen_step.is_set()
     assert trainer.state.global_step < 1_000_000
     assert orch.run_dir.read_record().status == "stopped"
+
+
+def test_the_async_service_example_trains_and_reports(tmp_path: Path) -> None:
+    """``examples/async_service.py`` trains on trio, watches evaluations and measures its ticks."""
+    from examples.async_service import serve_and_train
+
+    async def main() -> dict[str, float]:
+        with anyio.fail_after(120):
+            return await serve_and_train(tmp_path, max_steps=50)
+
+    result = anyio.run(main, backend="trio")
+    assert result["eval_accuracy"] > 0.5
+    assert 0.0 <= result["max_tick_gap"] < 1.0
