@@ -157,6 +157,7 @@ class Trainer:
         self._grad_norm: torch.Tensor | None = None
         self._learning_rate = 0.0
         self._flos = 0.0
+        self._created_scheduler = False
         self._count_flos: Callable[[dict[str, Any]], float] | None = getattr(
             self.model, "floating_point_ops", None
         )
@@ -279,6 +280,7 @@ class Trainer:
                 num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 num_training_steps=num_training_steps,
             )
+            self._created_scheduler = True
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """The loss of one micro-batch under the Hugging Face model contract."""
@@ -377,6 +379,8 @@ class Trainer:
             num_train_epochs=args.num_train_epochs,
         )
         start = self._fresh_state(plan, checkpoint)
+        if self._created_scheduler:  # a second train(): a fresh schedule for this run, as in HF
+            self.lr_scheduler, self._created_scheduler = None, False
         self.create_optimizer_and_scheduler(plan.max_steps)
         assert self.optimizer is not None and self.lr_scheduler is not None  # set just above
         if checkpoint is not None:

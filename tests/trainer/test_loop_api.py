@@ -81,6 +81,16 @@ def test_tuple_output_models_train(tmp_path: Path) -> None:
     assert metrics["eval_loss"] > 0
 
 
+def test_a_second_train_call_gets_a_fresh_schedule(tmp_path: Path) -> None:
+    """Training twice restarts the learning-rate schedule the trainer created (HF behaviour)."""
+    run = make_run(tmp_path, max_steps=3, warmup_steps=1)
+    run.trainer.train()
+    first = [e["learning_rate"] for e in run.trainer.state.log_history if "loss" in e]
+    run.trainer.train()
+    second = [e["learning_rate"] for e in run.trainer.state.log_history if "loss" in e]
+    assert first == second == pytest.approx([0.0, 0.01, 0.005])
+
+
 def test_grad_norm_is_logged_even_without_clipping(tmp_path: Path) -> None:
     """``max_grad_norm=0`` turns clipping off, yet ``grad_norm`` is still logged (HF v5)."""
     run = make_run(tmp_path, max_steps=1, max_grad_norm=0.0)
