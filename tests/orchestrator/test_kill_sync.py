@@ -158,6 +158,8 @@ def test_sync_completes_mlflow_after_sigkill_behind_a_slow_proxy(
             env={"MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_EXPERIMENT_NAME": experiment},
         )
         run_dir = kill_when(proc, tmp_path, "mlflow", logs=150)
+    last_seq = JournalReader(run_dir.journal_path).last_seq()
+    assert CursorStore(run_dir.cursor_dir).read("mlflow") < last_seq  # behind at the kill
 
     result = sync(
         run_dir,
