@@ -8,6 +8,7 @@ is chosen (or probed for ``"all"``), so a vendor SDK is never imported unless it
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, cast, runtime_checkable
@@ -37,7 +38,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "azure_ml": None,
     "codecarbon": None,
     "clearml": None,
-    "dagshub": None,
+    "dagshub": "sinks.dagshub:DagsHubSink",
     "flyte": None,
     "dvclive": None,
     "swanlab": None,
@@ -82,6 +83,14 @@ def _valid_names() -> str:
     return ", ".join(repr(name) for name in ("all", "none", *INTEGRATIONS))
 
 
+def _implemented() -> list[str]:
+    return [
+        name
+        for name, spec in INTEGRATIONS.items()
+        if spec is not None and importlib.util.find_spec(spec.partition(":")[0]) is not None
+    ]
+
+
 def load_sink_class(name: str) -> type[Sink]:
     """The sink class behind a ``report_to`` name, imported now."""
     if name not in INTEGRATIONS:
@@ -89,10 +98,10 @@ def load_sink_class(name: str) -> type[Sink]:
             f"report_to contains unknown integration {name!r}; expected one of {_valid_names()}"
         )
     spec = INTEGRATIONS[name]
-    if spec is None:
+    if spec is None or importlib.util.find_spec(spec.partition(":")[0]) is None:
         raise ConfigurationError(
             f"report_to integration {name!r} is not implemented yet in trainbus; implemented: "
-            + ", ".join(repr(n) for n, s in INTEGRATIONS.items() if s is not None)
+            + ", ".join(repr(n) for n in _implemented())
         )
     cls = import_object(spec, field=f"report_to[{name!r}]")
     if not (isinstance(cls, type) and issubclass(cls, Sink)):
