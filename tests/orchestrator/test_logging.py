@@ -1,0 +1,73 @@
+"""structlog is configured once, by the orchestrator: JSON lines off a terminal, console on one."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from orchestrator import logging as trainbus_logging
+
+
+class FakeTerminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def restore_structlog() -> Iterator[None]:
+    """Put back whatever structlog configuration the test session had."""
+    saved: dict[str, Any] = structlog.get_config()
+    configured = trainbus_logging._configured
+    yield
+    structlog.configure(**saved)
+    trainbus_logging._configured = configured
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_json_lines_when_not_a_terminal() -> None:
+    """Off a terminal each event is one JSON object with level and timestamp."""
+    out = io.StringIO()
+    trainbus_logging.configure_logging(stream=out, force=True)
+    structlog.get_logger("t").info("run_started", run_id="r1")
+    record = json.loads(out.getvalue())
+    assert record["event"] == "run_started"
+    assert record["run_id"] == "r1"
+    assert record["level"] == "info"
+    assert "timestamp" in record
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_console_renderer_on_a_terminal() -> None:
+    """On a terminal the output is a human-readable line, not JSON."""
+    out = FakeTerminal()
+    trainbus_logging.configure_logging(stream=out, force=True)
+    structlog.get_logger("t").warning("sink_disabled", sink="mlflow")
+    line = out.getvalue()
+    assert "sink_disabled" in line and "mlflow" in line
+    assert not line.lstrip().startswith("{")
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_configuration_happens_once_and_levels_filter() -> None:
+    """A second call without ``force`` keeps the first configuration; the level filters."""
+    first, second = io.StringIO(), io.StringIO()
+    trainbus_logging.configure_logging(stream=first, level="WARNING", force=True)
+    trainbus_logging.configure_logging(stream=second)
+    log = structlog.get_logger("t")
+    log.info("hidden")
+    log.warning("shown")
+    assert "shown" in first.getvalue() and "hidden" not in first.getvalue()
+    assert second.getvalue() == ""
+
+
+def test_a_bad_level_names_the_problem() -> None:
+    """An unknown level name is a ValueError saying what was expected."""
+    with pytest.raises(ValueError, match="logging level name"):
+        trainbus_logging.configure_logging(level="LOUD", force=True)
