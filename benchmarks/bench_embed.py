@@ -3,7 +3,8 @@
 A "service" task ticks every 10 ms on the loop while ``Orchestrator.train`` trains the digits MLP
 of ``examples/digits.py`` (TensorBoard sink and journal on, evaluation every 100 steps) in a
 worker thread. The lag of a tick is how much later than 10 ms it woke up; we report its median,
-p99 and maximum, on asyncio and on trio, next to the same loop idling (the machine's own noise).
+p99 and maximum, on asyncio and on trio, each run next to the same loop idling for as long (the
+machine's own noise). The headline is the median p99 over three runs (one with ``--quick``).
 
 The first training in a process pays for torch's lazy imports (``torch._dynamo`` on the first
 optimizer, DTensor on the first clipping) which hold the GIL for 100-300 ms; that *cold* run is
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     ns = parser.parse_args(argv)
     steps = 150 if ns.quick else 1000
+    repeats = 1 if ns.quick else 3
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the loop, not a network, is under test
 
@@ -122,23 +124,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(_row("training, cold process", "asyncio", cold))
         warm_up()
         for backend in ("asyncio", "trio"):
-            warm = anyio.run(_measure_training, root / f"warm-{backend}", steps, backend=backend)
-            rows.append(_row("training, warm", backend, warm))
-            idle = anyio.run(_measure_idle, min(warm["seconds"], 5.0), backend=backend)
-            rows.append(_row("idle loop", backend, idle))
+            for repeat in range(repeats):
+                out = root / f"warm-{backend}-{repeat}"
+                warm = anyio.run(_measure_training, out, steps, backend=backend)
+                rows.append(_row("training, warm", backend, warm) | {"repeat": repeat + 1})
+                idle = anyio.run(_measure_idle, min(warm["seconds"], 5.0), backend=backend)
+                rows.append(_row("idle loop", backend, idle) | {"repeat": repeat + 1})
 
-    warm_rows = {r["backend"]: r for r in rows if r["case"] == "training, warm"}
-    headline = [
-        Headline(
-            f"host loop lag p99 while training ({backend})",
-            warm_rows[backend]["lag_p99_ms"],
-            "ms",
-            target=f"<= {TARGET_P99_MS:g} ms",
-            met=warm_rows[backend]["lag_p99_ms"] <= TARGET_P99_MS,
-            note="10 ms ticker beside Orchestrator.train, after warm_up()",
+    headline = []
+    for backend in ("asyncio", "trio"):
+        p99s = [
+            r["lag_p99_ms"]
+            for r in rows
+            if r["case"] == "training, warm" and r["backend"] == backend
+        ]
+        idle_p99s = [
+            r["lag_p99_ms"] for r in rows if r["case"] == "idle loop" and r["backend"] == backend
+        ]
+        value = round(median(p99s), 2)
+        headline.append(
+            Headline(
+                f"host loop lag p99 while training ({backend})",
+                value,
+                "ms",
+                target=f"<= {TARGET_P99_MS:g} ms",
+                met=value <= TARGET_P99_MS,
+                note=(
+                    f"median of {len(p99s)} runs; 10 ms ticker beside Orchestrator.train after "
+                    f"warm_up(); the idle loop's own p99 was {median(idle_p99s):.2f} ms"
+                ),
+            )
         )
-        for backend in ("asyncio", "trio")
-    ]
     headline.append(
         Headline(
             "host loop lag max, first training in a cold process",
@@ -154,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         quick=ns.quick,
         headline=headline,
         tables={"loop_lag": rows},
-        extra={"tick_ms": TICK * 1000, "steps": steps},
+        extra={"tick_ms": TICK * 1000, "steps": steps, "repeats": repeats},
     )
     print(f"\nwrote {path}")
 
