@@ -19,6 +19,7 @@ from bus.errors import ConfigurationError
 from bus.sink import Sink
 
 __all__ = [
+    "EXPLICIT_ONLY",
     "INTEGRATIONS",
     "SinkFactory",
     "available_integrations",
@@ -122,9 +123,13 @@ def _is_available(name: str, env: Mapping[str, str]) -> bool:
     return bool(probe(env)) if callable(probe) else True
 
 
+EXPLICIT_ONLY: Final = frozenset({"flyte"})
+"""Names ``"all"`` never picks, as in Hugging Face: they must be asked for by name."""
+
+
 def available_integrations(env: Mapping[str, str]) -> list[str]:
     """The implemented integrations whose requirements ``env`` and the installed packages meet."""
-    return [name for name in INTEGRATIONS if _is_available(name, env)]
+    return [n for n in INTEGRATIONS if n not in EXPLICIT_ONLY and _is_available(n, env)]
 
 
 def resolve_report_to(report_to: str | Sequence[str] | None, env: Mapping[str, str]) -> list[str]:
