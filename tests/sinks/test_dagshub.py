@@ -52,7 +52,7 @@ def _env(server: MlflowServer, **extra: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": server.url + PREFIX, **extra}
 
 
-def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+def _history(client: Any, run_id: str | None, key: str) -> list[tuple[int, Any]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
@@ -90,6 +90,7 @@ async def test_run_reaches_the_repository_server_with_token_auth(
     assert transport.authorizations == {f"Basic {basic}"}
     assert TOKEN not in repr(logs)
     client = MlflowClient(tracking_uri=mlflow_server.url)
+    assert sink.run_id is not None
     run = client.get_run(sink.run_id)
     assert client.get_experiment(run.info.experiment_id).name == experiment
     assert run.info.status == "FINISHED"

@@ -1,0 +1,201 @@
+"""DVCLive: metrics history as TSV files, ``metrics.json``, ``params.yaml``, through DVCLive itself.
+
+Mirrors Hugging Face's ``DVCLiveCallback``: ``RunStarted`` logs the training arguments as params
+(secrets masked); each ``Log`` logs every value DVCLive can plot under DVCLive's own names for
+the Hugging Face framework (``eval_loss`` -> ``eval/loss``, ``train_runtime`` ->
+``train/runtime``, ``loss`` stays ``loss``); ``RunFinished`` ends the session. With
+``HF_DVCLIVE_LOG_MODEL`` truthy the final model (``Artifact`` of kind ``model``) is logged as a
+DVC model artifact, with ``all`` every checkpoint too (DVCLive needs a DVC repository for that
+and warns otherwise).
+
+Where it differs, and why:
+
+* The step is the event's ``global_step``, not a counter of log calls, so a TSV row lines up with
+  the same point in TensorBoard or MLflow and a replayed batch lands on the same step.
+* The directory is ``<run_dir>/dvclive`` (a ``directory`` argument overrides it) rather than
+  ``./dvclive``, so two runs from one working directory never wipe each other's files.
+* No DVC experiment is saved and no ``dvc.yaml`` is written unless asked (``save_dvc_exp``,
+  ``dvcyaml``): creating git refs in the user's repository is for ``dvc exp run`` to decide.
+* Replays never duplicate rows: the highest event written is kept in ``<run_dir>/dvclive.json``
+  and a restarted sink resumes DVCLive's files instead of clearing them.
+
+DVCLive's own variables (``DVCLIVE_LOGLEVEL``, ``DVC_EXP_NAME``, Studio settings ...) are read
+by DVCLive. Every DVCLive call blocks, so it runs in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from bus.errors import ConfigurationError
+from bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from bus.sink import Sink
+from sinks._env import env_flag, env_str
+from sinks._redact import redact
+from sinks._state import load_state, save_state
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+__all__ = ["DVCLiveSink", "LogModel"]
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE: Final = "dvclive.json"
+FRAMEWORK: Final = "dvclive.huggingface"
+LogModel = Literal["all"] | bool
+_T = TypeVar("_T")
+
+
+class DVCLiveSink(Sink):
+    """Write a run through DVCLive; see the module docstring."""
+
+    name = "dvclive"
+    events = (RunStarted, Log, Artifact, RunFinished)
+    max_batch_size = 1024
+    max_batch_latency = 1.0
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        directory: Path | None = None,
+        log_model: LogModel = False,
+        save_dvc_exp: bool = False,
+        dvcyaml: bool = False,
+        report: Literal["md", "html"] | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.directory = directory or run_dir / "dvclive"
+        self.log_model = log_model
+        self.save_dvc_exp = save_dvc_exp
+        self.dvcyaml = dvcyaml
+        self.report = report
+        self._live: Any = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._written_seq = -1
+        self._ended = False
+        self.dropped_values = 0
+
+    # --- configuration ------------------------------------------------------------------------
+
+    @classmethod
+    def is_available(cls, env: Mapping[str, str]) -> bool:
+        """Chosen by ``report_to="all"`` when the ``dvclive`` package is installed, as in HF."""
+        import importlib.util
+
+        return importlib.util.find_spec("dvclive") is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
+        """``HF_DVCLIVE_LOG_MODEL``: truthy logs the final model, ``all`` every checkpoint too."""
+        return cls(run_dir=run_dir, log_model=_log_model(env))
+
+    # --- sink interface -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start a DVCLive session on the directory, resuming it if an earlier sink wrote there."""
+        state = load_state(self.run_dir / STATE_FILE)
+        self._written_seq = int(state.get("written_seq", -1))
+        resume = self._written_seq >= 0
+        self._live = await self._call(self._start, resume)
+        log.info("dvclive writing", directory=str(self.directory), resumed=resume)
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Log the batch, then let DVCLive write its summary once."""
+        fresh = [e for e in batch if e.seq > self._written_seq]
+        if not fresh:
+            return
+        await self._call(self._write, fresh)
+        self._written_seq = fresh[-1].seq
+        save_state(self.run_dir / STATE_FILE, {"written_seq": self._written_seq})
+
+    async def close(self) -> None:
+        """Write the summary of a run that did not finish; ``end()`` already did for one that
+        did."""
+        if self._live is not None and not self._ended:
+            await self._call(self._live.sync)
+        self._live = None
+
+    # --- internals (worker thread) ------------------------------------------------------------
+
+    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await anyio.to_thread.run_sync(
+            lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def _start(self, resume: bool) -> Any:
+        from dvclive.live import Live
+
+        return Live(
+            dir=str(self.directory),
+            resume=resume,
+            report=self.report,
+            save_dvc_exp=self.save_dvc_exp,
+            dvcyaml="dvc.yaml" if self.dvcyaml else None,
+        )
+
+    def _write(self, events: Sequence[Event]) -> None:
+        live = self._live
+        for event in events:
+            if isinstance(event, Log):
+                self._log(live, event)
+            elif isinstance(event, RunStarted) and event.config:
+                live.log_params(redact(event.config))
+            elif isinstance(event, Artifact) and self._wants(event):
+                name = event.name or Path(event.path).name
+                live.log_artifact(event.path, type="model", name=_artifact_name(name))
+            elif isinstance(event, RunFinished):
+                live.end()
+                self._ended = True
+        if not self._ended:
+            live.sync()
+
+    def _log(self, live: Any, event: Log) -> None:
+        from dvclive.utils import standardize_metric_name
+
+        live.step = event.global_step
+        for key, value in event.logs.items():
+            if isinstance(value, bool):
+                value = int(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
+            if not isinstance(value, (int, float, str)):
+                self.dropped_values += 1
+                continue
+            live.log_metric(standardize_metric_name(key, FRAMEWORK), value)
+
+    def _wants(self, event: Artifact) -> bool:
+        if self.log_model == "all":
+            return event.kind in ("model", "checkpoint")
+        return bool(self.log_model) and event.kind == "model"
+
+
+def _artifact_name(name: str) -> str:
+    """A DVC artifact id: lower-case letters, digits and dashes."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return cleaned or "model"
+
+
+def _log_model(env: Mapping[str, str]) -> LogModel:
+    raw = env_str(env, "HF_DVCLIVE_LOG_MODEL")
+    if raw is None:
+        return False
+    if raw.lower() == "all":
+        return "all"
+    try:
+        return env_flag(env, "HF_DVCLIVE_LOG_MODEL")
+    except ConfigurationError:
+        raise ConfigurationError(
+            "HF_DVCLIVE_LOG_MODEL must be 'all' or one of 1/ON/YES/TRUE or 0/OFF/NO/FALSE, "
+            f"got {raw!r}."
+        ) from None
