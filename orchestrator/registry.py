@@ -41,7 +41,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "clearml": None,
     "dagshub": "sinks.dagshub:DagsHubSink",
     "flyte": None,
-    "dvclive": None,
+    "dvclive": "sinks.dvclive:DVCLiveSink",
     "swanlab": None,
 }
 """Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""
