@@ -1,4 +1,4 @@
-"""trainbus sinks: TensorBoard, MLflow and Comet, each in its own module.
+"""trainbus sinks: TensorBoard, MLflow, Comet, DagsHub and DVCLive, each in its own module.
 
 Names are exported lazily so ``import sinks`` costs nothing and pulls in no HTTP stack or vendor
 code until a sink is actually used (``report_to`` resolves "module:Class" strings anyway).
@@ -13,11 +13,15 @@ if TYPE_CHECKING:
     from sinks._redact import redact, redact_url
     from sinks._rewrite import rewrite_logs
     from sinks.comet import CometSink
+    from sinks.dagshub import DagsHubSink
+    from sinks.dvclive import DVCLiveSink
     from sinks.mlflow import MLflowSink
     from sinks.tensorboard import TensorBoardSink
 
 __all__ = [
     "CometSink",
+    "DVCLiveSink",
+    "DagsHubSink",
     "MLflowSink",
     "TensorBoardSink",
     "redact",
@@ -27,6 +31,8 @@ __all__ = [
 
 _LAZY = {
     "CometSink": "sinks.comet",
+    "DVCLiveSink": "sinks.dvclive",
+    "DagsHubSink": "sinks.dagshub",
     "MLflowSink": "sinks.mlflow",
     "TensorBoardSink": "sinks.tensorboard",
     "redact": "sinks._redact",
