@@ -18,6 +18,11 @@ __all__ = ["configure_logging", "is_configured"]
 _configured = False
 
 
+def _current_stderr(*args: object) -> structlog.PrintLogger:
+    """A logger on whatever ``sys.stderr`` is now (test runners and daemons replace it)."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def is_configured() -> bool:
     """Whether trainbus (or the host application) has configured structlog already."""
     return _configured or structlog.is_configured()
@@ -57,7 +62,9 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=stream) if stream is not None else _current_stderr
+        ),
         # Not cached: tests swap the configuration with structlog.testing.capture_logs().
         cache_logger_on_first_use=False,
     )

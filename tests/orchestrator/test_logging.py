@@ -71,3 +71,13 @@ def test_a_bad_level_names_the_problem() -> None:
     """An unknown level name is a ValueError saying what was expected."""
     with pytest.raises(ValueError, match="logging level name"):
         trainbus_logging.configure_logging(level="LOUD", force=True)
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_logs_follow_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit stream, each line goes to the current ``sys.stderr``, not a stale one."""
+    trainbus_logging.configure_logging(force=True, json=True)
+    replaced = io.StringIO()
+    monkeypatch.setattr("sys.stderr", replaced)
+    structlog.get_logger("t").info("after_swap")
+    assert json.loads(replaced.getvalue())["event"] == "after_swap"
