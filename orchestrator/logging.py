@@ -18,6 +18,32 @@ __all__ = ["configure_logging", "is_configured"]
 _configured = False
 
 
+class _DropBelow:
+    """Drop events below a level (a processor, so ``capture_logs`` bypasses it)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(
+        self, logger: object, method_name: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        if _LEVELS.get(method_name, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event_dict
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
 def _current_stderr(*args: object) -> structlog.PrintLogger:
     """A logger on whatever ``sys.stderr`` is now (test runners and daemons replace it)."""
     return structlog.PrintLogger(sys.stderr)
@@ -49,6 +75,7 @@ def configure_logging(
         raise ValueError(f"log level must be a logging level name such as 'INFO', got {level!r}")
     use_json = not out.isatty() if json is None else json
     processors: list[structlog.typing.Processor] = [
+        _DropBelow(numeric),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -61,7 +88,9 @@ def configure_logging(
         processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        # The level is a processor, not a filtering wrapper class: capture_logs() swaps the
+        # processors out, so tests see every level whatever was configured before them.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
         logger_factory=(
             structlog.PrintLoggerFactory(file=stream) if stream is not None else _current_stderr
         ),

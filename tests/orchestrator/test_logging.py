@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 
 from orchestrator import logging as trainbus_logging
 
@@ -81,3 +82,13 @@ def test_logs_follow_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stderr", replaced)
     structlog.get_logger("t").info("after_swap")
     assert json.loads(replaced.getvalue())["event"] == "after_swap"
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_capture_logs_sees_every_level_whatever_was_configured() -> None:
+    """After a WARNING configuration, ``capture_logs`` still captures info and debug events."""
+    trainbus_logging.configure_logging(stream=io.StringIO(), level="WARNING", force=True)
+    with structlog.testing.capture_logs() as logs:
+        structlog.get_logger("t").debug("quiet_detail")
+        structlog.get_logger("t").info("state_change")
+    assert [entry["event"] for entry in logs] == ["quiet_detail", "state_change"]
