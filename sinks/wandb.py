@@ -1,0 +1,288 @@
+"""Weights & Biases through its SDK, online or in its offline mode (``wandb sync`` later).
+
+Mirrors Hugging Face's ``WandbCallback``: config is the model config overlaid by the arguments
+(secrets masked); ``train/global_step`` is defined as the step metric of every other metric
+(``step_sync``), and each ``Log`` goes out in one ``run.log`` with HF's ``train/``/``eval/``
+prefixes plus ``train/global_step``, without ``step=`` (so train and eval logs never conflict on
+W&B's own step); HF's single-value scalars (``train_runtime``, ``train_samples_per_second``,
+``train_steps_per_second``, ``train_loss``, ``total_flos``) go to the run summary instead. An
+active run created by the user is reused (and left open), as in HF.
+
+Environment: ``WANDB_PROJECT`` (default ``huggingface``), ``WANDB_ENTITY``, ``WANDB_MODE``
+(``online``, ``offline``, ``disabled``), ``WANDB_DIR`` (default: the run directory, where HF
+used the working directory) and ``WANDB_LOG_MODEL``: ``checkpoint`` logs each checkpoint
+(``Artifact`` events of kind ``checkpoint``) and the final model as ``model-<run id>``
+artifacts, ``end`` only the final model (kind ``model``); ``false`` nothing; any other value is
+warned about and treated as ``false``, as in HF v5. ``WANDB_WATCH`` is not supported: sinks
+never see the model, so call ``wandb.watch(model)`` in the training code if gradients are
+wanted. ``WANDB_DISABLED`` (HF v4) keeps the sink out of ``report_to="all"`` and refuses it
+when named. Other ``WANDB_*`` variables (``WANDB_API_KEY``, ``WANDB_SILENT``, ...) are read by
+the SDK itself.
+
+Unlike HF, ``report_to="all"`` picks W&B only when it can start without asking for a login:
+``WANDB_API_KEY`` is set or ``WANDB_MODE`` is ``offline``. The W&B run id is kept in
+``<run_dir>/wandb.json``, so a restarted sink resumes the same run, and the highest event handed
+to the SDK is kept there too, so a replay never logs a point twice. Every SDK call blocks, so it
+runs in a worker thread, one at a time. The SDK's background service lives as long as the
+process (``wandb.teardown()`` stops it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from bus.errors import ConfigurationError
+from bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from bus.sink import Sink
+from sinks._env import env_flag, env_str
+from sinks._redact import redact
+from sinks._rewrite import rewrite_logs
+from sinks._state import load_state, save_state
+
+try:
+    from typing import Self
+except ImportError:  # Python 3.10
+    from typing_extensions import Self
+
+__all__ = ["SINGLE_VALUE_SCALARS", "LogModel", "WandbSink"]
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE: Final = "wandb.json"
+SINGLE_VALUE_SCALARS: Final = frozenset(
+    {
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "train_loss",
+        "total_flos",
+    }
+)
+"""Logged once per run; HF puts them in the run summary rather than the history."""
+STEP_METRIC: Final = "train/global_step"
+LogModel = Literal["end", "checkpoint", False]
+_T = TypeVar("_T")
+_MODES: Final = frozenset({"online", "offline", "disabled", "dryrun", "run"})
+
+
+class WandbSink(Sink):
+    """Deliver a run to Weights & Biases; see the module docstring."""
+
+    name = "wandb"
+    events = (RunStarted, Log, Artifact, RunFinished)
+    max_batch_size = 1024
+    max_batch_latency = 1.0
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        run_name: str = "",
+        project: str = "huggingface",
+        entity: str | None = None,
+        mode: str | None = None,
+        directory: Path | None = None,
+        log_model: LogModel = False,
+    ) -> None:
+        if mode is not None and mode not in _MODES:
+            raise ConfigurationError(
+                f"WANDB_MODE must be one of online, offline or disabled, got {mode!r}."
+            )
+        self.run_dir = run_dir
+        self.run_name = run_name
+        self.project = project
+        self.entity = entity
+        self.mode = mode
+        self.directory = directory or run_dir
+        self.log_model = log_model
+        self._limiter = anyio.CapacityLimiter(1)
+        self._wandb: Any = None
+        self._run: Any = None
+        self._owns_run = False
+        self._finished = False
+        self._state: dict[str, Any] = {}
+        self._written_seq = -1
+
+    # --- configuration ------------------------------------------------------------------------
+
+    @classmethod
+    def is_available(cls, env: Mapping[str, str]) -> bool:
+        """For ``report_to="all"``: installed, not disabled, and able to start without a login."""
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            return False
+        try:
+            disabled = env_flag(env, "WANDB_DISABLED")
+        except ConfigurationError:
+            disabled = False
+        mode = (env_str(env, "WANDB_MODE") or "").lower()
+        if disabled or mode == "disabled":
+            return False
+        return mode in ("offline", "dryrun") or env_str(env, "WANDB_API_KEY") is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
+        """Build the sink from HF's W&B variables (see the module docstring)."""
+        if env_flag(env, "WANDB_DISABLED"):
+            raise ConfigurationError(
+                "report_to names wandb but WANDB_DISABLED is set; unset it or drop wandb from "
+                "report_to."
+            )
+        watch = (env_str(env, "WANDB_WATCH") or "false").lower()
+        if watch != "false":
+            log.warning(
+                "WANDB_WATCH is not supported: sinks never see the model; call "
+                "wandb.watch(model) in the training code instead",
+                value=watch,
+            )
+        directory = env_str(env, "WANDB_DIR")
+        return cls(
+            run_dir=run_dir,
+            run_name=run_name,
+            project=env_str(env, "WANDB_PROJECT") or "huggingface",
+            entity=env_str(env, "WANDB_ENTITY"),
+            mode=(env_str(env, "WANDB_MODE") or "").lower() or None,
+            directory=Path(directory).expanduser() if directory else None,
+            log_model=_log_model(env_str(env, "WANDB_LOG_MODEL")),
+        )
+
+    # --- sink interface -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Import the SDK only; the run starts at the first write, when its config is known."""
+        self._state = load_state(self.run_dir / STATE_FILE)
+        self._written_seq = int(self._state.get("written_seq", -1))
+        self._wandb = await self._call(_import_wandb)
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        """Hand the batch to the SDK (summary, history, artifacts, finish), in order."""
+        fresh = [e for e in batch if e.seq > self._written_seq]
+        if not fresh:
+            return
+        await self._call(self._write, fresh)
+        self._written_seq = fresh[-1].seq
+        self._state["written_seq"] = self._written_seq
+        save_state(self.run_dir / STATE_FILE, self._state)
+
+    async def close(self) -> None:
+        """Finish a run this sink started whose ``RunFinished`` never came, as failed."""
+        if self._run is not None and self._owns_run and not self._finished:
+            await self._call(self._run.finish, 1)
+        self._run = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run id, once the run started."""
+        return str(self._run.id) if self._run is not None else self._state.get("wandb_run_id")
+
+    # --- internals (worker thread) ------------------------------------------------------------
+
+    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
+        return await anyio.to_thread.run_sync(
+            lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def _write(self, events: Sequence[Event]) -> None:
+        for event in events:
+            run = self._run if self._run is not None else self._start(event)
+            if isinstance(event, Log):
+                self._log(run, event)
+            elif isinstance(event, RunStarted):
+                run.config.update(_config(event), allow_val_change=True)
+            elif isinstance(event, Artifact) and self._wants(event):
+                self._log_artifact(run, event)
+            elif isinstance(event, RunFinished) and self._owns_run:
+                run.finish(exit_code=1 if event.status in ("failed", "killed") else 0)
+                self._finished = True
+
+    def _start(self, first: Event) -> Any:
+        wandb = self._wandb
+        if wandb.run is not None:
+            self._run, self._owns_run = wandb.run, False
+        else:
+            name = (first.run_name if isinstance(first, RunStarted) else "") or self.run_name
+            saved = self._state.get("wandb_run_id")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                name=name or None,
+                dir=str(self.directory),
+                mode=self.mode,
+                id=saved,
+                resume="allow" if saved else None,
+                config=_config(first) if isinstance(first, RunStarted) else None,
+            )
+            self._owns_run = True
+        run = self._run
+        run.define_metric(STEP_METRIC)
+        run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
+        self._state["wandb_run_id"] = str(run.id)
+        save_state(self.run_dir / STATE_FILE, self._state)
+        log.info("wandb run ready", run_id=str(run.id), mode=self.mode or "default")
+        return run
+
+    def _log(self, run: Any, event: Log) -> None:
+        series: dict[str, Any] = {}
+        for key, value in event.logs.items():
+            if value is None:
+                continue
+            if key in SINGLE_VALUE_SCALARS:
+                run.summary[key] = value
+            else:
+                series[key] = value
+        if series:
+            run.log({**rewrite_logs(series), STEP_METRIC: event.global_step})
+
+    def _wants(self, event: Artifact) -> bool:
+        if self.log_model == "checkpoint":
+            return event.kind in ("checkpoint", "model")
+        return self.log_model == "end" and event.kind == "model"
+
+    def _log_artifact(self, run: Any, event: Artifact) -> None:
+        source = Path(event.path)
+        if not source.exists():
+            log.warning("wandb artifact missing, skipped", path=str(source))
+            return
+        artifact = self._wandb.Artifact(name=f"model-{run.id}", type="model")
+        if source.is_dir():
+            artifact.add_dir(str(source))
+        else:
+            artifact.add_file(str(source))
+        if event.kind == "model":
+            aliases = ["final_model"]
+        else:
+            aliases = [f"checkpoint_global_step_{event.global_step}"]
+        run.log_artifact(artifact, aliases=aliases)
+
+
+def _import_wandb() -> Any:
+    import wandb
+
+    return wandb
+
+
+def _config(started: RunStarted) -> dict[str, Any]:
+    """Model config overlaid by the arguments (arguments win), secrets masked."""
+    return {**redact(started.hparams), **redact(started.config)}
+
+
+def _log_model(raw: str | None) -> LogModel:
+    value = (raw or "false").lower()
+    if value == "end":
+        return "end"
+    if value == "checkpoint":
+        return "checkpoint"
+    if value != "false":
+        log.warning(
+            "WANDB_LOG_MODEL must be 'end', 'checkpoint' or 'false'; no model will be logged",
+            value=raw,
+        )
+    return False

@@ -1,0 +1,239 @@
+"""W&B sink in the SDK's real offline mode, read back from the run's transaction log."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import psutil  # type: ignore[import-untyped]  # no stubs in the environment
+import pytest
+from structlog.testing import capture_logs
+
+from bus.errors import ConfigurationError
+from bus.events import Artifact, Event, Log
+from sinks.wandb import WandbSink
+from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
+
+pytest.importorskip("wandb")
+
+HEADER = b":W&B\xe1\xbe\x00"  # magic, 0xBEE1 little-endian, format version 0
+BLOCK = 32 * 1024
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def read_records(path: Path) -> Iterator[Any]:
+    """The protobuf records of a ``.wandb`` file: LevelDB-log framing (32 KiB blocks, 7-byte
+    chunk headers: CRC-32 of type and data, length, type), decoded with wandb's own schema."""
+    schema: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
+    data = path.read_bytes()
+    assert data.startswith(HEADER)
+    pos, pending = len(HEADER), b""
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:
+            pos += BLOCK - pos % BLOCK  # a block's tail too short for a header is padding
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:
+            break
+        chunk = data[pos + 7 : pos + 7 + length]
+        assert zlib.crc32(bytes([kind]) + chunk) == crc, f"corrupt chunk at byte {pos}"
+        pos += 7 + length
+        pending += chunk
+        if kind in (FULL, LAST):
+            yield schema.Record.FromString(pending)
+            pending = b""
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items}
+
+
+class OfflineRun:
+    """Everything the offline run directories of one W&B run recorded."""
+
+    def __init__(self, root: Path) -> None:
+        self.files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
+        records = [r for f in self.files for r in read_records(f)]
+        by_type: dict[str, list[Any]] = {}
+        for record in records:
+            by_type.setdefault(record.WhichOneof("record_type") or "", []).append(record)
+        self.runs = [r.run for r in by_type.get("run", [])]
+        self.history = [_items(r.history.item) for r in by_type.get("history", [])]
+        self.summary: dict[str, Any] = {}
+        for record in by_type.get("summary", []):
+            self.summary.update(_items(record.summary.update))
+        self.metrics = [r.metric for r in by_type.get("metric", [])]
+        self.artifacts = [r.artifact for r in by_type.get("artifact", [])]
+        self.exits = [r.exit.exit_code for r in by_type.get("exit", [])]
+
+    def series(self, key: str) -> list[tuple[int, Any]]:
+        """(train/global_step, value) of every history row holding ``key``."""
+        return [(row["train/global_step"], row[key]) for row in self.history if key in row]
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The SDK in offline mode, quiet, without network, git or system probes; the W&B service
+    and every process it started are stopped afterwards."""
+    for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_X_DISABLE_STATS": "true",
+        "WANDB_X_DISABLE_MACHINE_INFO": "true",
+        "WANDB_PROJECT": "trainbus-test",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield env
+    finally:
+        import wandb
+
+        wandb.teardown()
+        cores = [p for p in psutil.Process().children(recursive=True) if "wandb" in p.name()]
+        for process in cores:  # teardown waits for its service; this only guards against leaks
+            process.kill()
+        assert not cores, f"W&B processes outlived teardown: {cores}"
+
+
+def _events_with_summary_scalars(steps: int, checkpoint: Path) -> list[Event]:
+    """A scripted run plus HF's end-of-training Log (single-value scalars) before RunFinished."""
+    events = scripted_run(steps, eval_every=10, checkpoint=checkpoint)
+    finished = events.pop()
+    last = Log(
+        run_id=finished.run_id,
+        seq=finished.seq,
+        time=finished.time,
+        global_step=steps,
+        logs={"train_runtime": 12.5, "train_loss": 0.3, "total_flos": 1e9, "epoch": 2.0},
+    )
+    return [*events, last, msgspec.structs.replace(finished, seq=finished.seq + 1)]
+
+
+async def test_offline_run_records_every_metric_at_its_step(
+    offline: dict[str, str], tmp_path: Path
+) -> None:
+    """Through a real Bus in offline mode, the transaction log holds every metric once under
+    HF's prefixes at its global step (the step metric of all others), the single-value scalars
+    in the summary only, the config with secrets masked, the checkpoint artifact and exit 0."""
+    checkpoint = tmp_path / "checkpoint-20"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"\x02" * 256)
+    run_dir = tmp_path / "run"
+    env = {**offline, "WANDB_LOG_MODEL": "checkpoint"}
+    sink = WandbSink.from_env(env, run_dir=run_dir, run_name="fallback-name")
+    with anyio.fail_after(120):
+        report = await deliver_through_bus(
+            _events_with_summary_scalars(20, checkpoint), [sink], run_dir
+        )
+    assert report["wandb"].undelivered == 0
+    run = OfflineRun(run_dir)
+    assert len(run.files) == 1
+    [info] = run.runs
+    assert (info.run_id, info.project, info.display_name) == (
+        sink.run_id,
+        "trainbus-test",
+        "tiny-run",
+    )
+    config = _items(info.config.update)
+    assert config["learning_rate"] == 0.001 and config["hidden_size"] == 16
+    assert config["hub_token"] == "***"
+    assert run.series("train/loss") == [
+        (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 21)
+    ]
+    assert run.series("eval/accuracy") == [
+        (s, pytest.approx(eval_logs(s)["eval_accuracy"])) for s in (10, 20)
+    ]
+    # epoch rides on every train and eval Log, and on the final one
+    assert sorted(s for s, _ in run.series("train/epoch")) == sorted([*range(1, 21), 10, 20, 20])
+    assert not [key for row in run.history for key in row if "runtime" in key and key[0] != "_"]
+    assert run.summary["train_runtime"] == 12.5 and run.summary["total_flos"] == 1e9
+    star = [m for m in run.metrics if m.glob_name == "*"]
+    assert star and star[0].step_metric == "train/global_step" and star[0].options.step_sync
+    [artifact] = run.artifacts
+    assert artifact.name == f"model-{sink.run_id}" and artifact.type == "model"
+    assert "checkpoint_global_step_20" in list(artifact.aliases)
+    assert run.exits == [0]
+    saved = json.loads((run_dir / "wandb.json").read_text())
+    assert saved["wandb_run_id"] == sink.run_id
+
+
+async def test_restart_resumes_the_run_without_duplicate_points(
+    offline: dict[str, str], tmp_path: Path
+) -> None:
+    """A new sink on the same run directory resumes the same W&B run id, and a batch delivered
+    again (same process or after the restart) logs no point twice."""
+    events = scripted_run(12, eval_every=4)
+    ids = []
+    for upto in (14, len(events)):
+        sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
+        with anyio.fail_after(120):
+            await sink.open()
+            await sink.write(events[:upto])
+            await sink.write(events[:upto])
+            await sink.close()
+        ids.append(sink.run_id)
+    assert ids[0] == ids[1]
+    run = OfflineRun(tmp_path)
+    assert {r.run_id for r in run.runs} == {ids[0]}
+    assert [s for s, _ in run.series("train/loss")] == list(range(1, 13))
+    assert [s for s, _ in run.series("eval/loss")] == [4, 8, 12]
+    assert run.exits == [1, 0]  # the first sink closed without RunFinished: marked failed
+
+
+def test_environment_follows_hf(tmp_path: Path) -> None:
+    """WANDB_LOG_MODEL takes end/checkpoint/false (anything else warns and logs no model),
+    WANDB_WATCH warns that it is unsupported, and WANDB_DISABLED refuses the sink."""
+
+    def build(**env: str) -> WandbSink:
+        return WandbSink.from_env(env, run_dir=tmp_path, run_name="r")
+
+    assert build().project == "huggingface" and build().log_model is False
+    assert build(WANDB_LOG_MODEL="end").log_model == "end"
+    assert build(WANDB_LOG_MODEL="Checkpoint").log_model == "checkpoint"
+    with capture_logs() as logs:
+        assert build(WANDB_LOG_MODEL="true", WANDB_WATCH="gradients").log_model is False
+    messages = " ".join(entry["event"] for entry in logs)
+    assert "WANDB_LOG_MODEL must be" in messages and "WANDB_WATCH is not supported" in messages
+    with pytest.raises(ConfigurationError, match="WANDB_DISABLED is set"):
+        build(WANDB_DISABLED="true")
+    with pytest.raises(ConfigurationError, match="WANDB_MODE must be one of"):
+        build(WANDB_MODE="sometimes")
+
+
+@pytest.mark.parametrize(
+    ("env", "available"),
+    [
+        ({}, False),
+        ({"WANDB_MODE": "offline"}, True),
+        ({"WANDB_API_KEY": "k" * 40}, True),
+        ({"WANDB_API_KEY": "k" * 40, "WANDB_DISABLED": "true"}, False),
+        ({"WANDB_MODE": "disabled", "WANDB_API_KEY": "k" * 40}, False),
+    ],
+)
+def test_all_picks_wandb_only_when_it_needs_no_login(env: dict[str, str], available: bool) -> None:
+    """report_to="all" includes W&B only with an API key or in offline mode, never disabled."""
+    assert WandbSink.is_available(env) is available
+
+
+def test_artifact_events_follow_log_model(tmp_path: Path) -> None:
+    """ "end" takes only the final model, "checkpoint" checkpoints too, false nothing."""
+    model = Artifact(run_id="r", seq=1, time=0.0, global_step=3, path="m", kind="model")
+    ckpt = msgspec.structs.replace(model, kind="checkpoint")
+    wanted = {
+        mode: [WandbSink(run_dir=tmp_path, log_model=mode)._wants(e) for e in (model, ckpt)]
+        for mode in ("end", "checkpoint", False)
+    }
+    assert wanted == {"end": [True, False], "checkpoint": [True, True], False: [False, False]}
