@@ -14,8 +14,9 @@ Where it differs, and why:
   the same point in TensorBoard or MLflow and a replayed batch lands on the same step.
 * The directory is ``<run_dir>/dvclive`` (a ``directory`` argument overrides it) rather than
   ``./dvclive``, so two runs from one working directory never wipe each other's files.
-* No DVC experiment is saved and no ``dvc.yaml`` is written unless asked (``save_dvc_exp``,
-  ``dvcyaml``): creating git refs in the user's repository is for ``dvc exp run`` to decide.
+* The user's repository is left alone: no DVC experiment is saved and no ``dvc.yaml`` is
+  written unless asked (``save_dvc_exp``, ``dvcyaml``), and where DVCLive would run ``dvc init``
+  in a git repository without DVC, the sink uses no DVC repository at all.
 * Replays never duplicate rows: the highest event written is kept in ``<run_dir>/dvclive.json``
   and a restarted sink resumes DVCLive's files instead of clearing them.
 
@@ -134,9 +135,7 @@ class DVCLiveSink(Sink):
         )
 
     def _start(self, resume: bool) -> Any:
-        from dvclive.live import Live
-
-        return Live(
+        return _live_class()(
             dir=str(self.directory),
             resume=resume,
             report=self.report,
@@ -178,6 +177,27 @@ class DVCLiveSink(Sink):
         if self.log_model == "all":
             return event.kind in ("model", "checkpoint")
         return bool(self.log_model) and event.kind == "model"
+
+
+def _live_class() -> Any:
+    """DVCLive's ``Live`` that uses an existing DVC repository but never creates one.
+
+    Inside a git repository without DVC, ``Live()`` runs ``dvc init`` at the git root and stages
+    its files; a metrics sink must not change the user's repository, so that step is skipped.
+    """
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+    from dvclive.live import Live
+
+    class ExistingRepoLive(Live):
+        def _init_dvc(self) -> None:
+            try:
+                Repo.find_root()
+            except NotDvcRepoError:
+                return  # no DVC repository: plain files only, as DVCLive does outside git
+            super()._init_dvc()
+
+    return ExistingRepoLive
 
 
 def _artifact_name(name: str) -> str:

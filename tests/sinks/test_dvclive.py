@@ -21,6 +21,17 @@ from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, t
 pytest.importorskip("dvclive")
 
 
+@pytest.fixture(autouse=True)
+def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test runs in an empty working directory, so nothing it does can reach the checkout
+    (DVCLive looks for a repository from the working directory)."""
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
 def _reader(directory: Path) -> Any:
     """What DVCLive's readers need of a ``Live``: where the plots and the summary are."""
     return SimpleNamespace(
@@ -40,14 +51,13 @@ def _history(directory: Path, name: str) -> list[tuple[int, Any]]:
     return [(int(row["step"]), float(row[column])) for row in rows]
 
 
-async def test_run_reads_back_with_dvclive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_run_reads_back_with_dvclive(tmp_path: Path, _cwd: Path) -> None:
     """Through a real Bus, every metric is one TSV row at its global step under HF's DVCLive
     names, the summary holds the last values, params have secrets masked, and nothing is
-    written to the working directory."""
+    written to the working directory, a git repository without DVC (which DVCLive alone
+    would initialise)."""
     utils, serialize = _dvclive("utils"), _dvclive("serialize")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
+    subprocess.run(["git", "init", "-q"], check=True, timeout=60)
     run_dir = tmp_path / "run"
     sink = DVCLiveSink.from_env({}, run_dir=run_dir, run_name="tiny-run")
     with anyio.fail_after(60):
@@ -68,7 +78,13 @@ async def test_run_reads_back_with_dvclive(tmp_path: Path, monkeypatch: pytest.M
     assert latest["eval"]["loss"] == pytest.approx(eval_logs(20)["eval_loss"])
     params = serialize.load_yaml(directory / "params.yaml")
     assert params["learning_rate"] == 0.001 and params["hub_token"] == "***"
-    assert list(cwd.iterdir()) == []
+    assert [p.name for p in _cwd.iterdir()] == [".git"]
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, check=True, timeout=60
+        ).stdout
+        == b""
+    )
 
 
 async def test_restart_resumes_files_without_duplicate_rows(tmp_path: Path) -> None:
@@ -88,18 +104,14 @@ async def test_restart_resumes_files_without_duplicate_rows(tmp_path: Path) -> N
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")
-async def test_final_model_is_tracked_by_dvc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_final_model_is_tracked_by_dvc(tmp_path: Path, _cwd: Path) -> None:
     """Inside a DVC repository, HF_DVCLIVE_LOG_MODEL=true has DVC track the final model (a
     .dvc pointer file next to it) and leaves checkpoints alone."""
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
-    monkeypatch.chdir(tmp_path)
     dvc = Path(sys.executable).with_name("dvc")
     subprocess.run([str(dvc), "init", "--no-scm", "-q"], check=True, timeout=120)
     paths = {}
     for name in ("checkpoint-3", "final"):
-        paths[name] = tmp_path / "out" / name
+        paths[name] = _cwd / "out" / name
         paths[name].mkdir(parents=True)
         (paths[name] / "model.safetensors").write_bytes(b"\x00" * 64)
     events = scripted_run(3)
@@ -125,8 +137,8 @@ async def test_final_model_is_tracked_by_dvc(
         await sink.open()
         await sink.write(events)
         await sink.close()
-    assert (tmp_path / "out" / "final.dvc").is_file()
-    assert not (tmp_path / "out" / "checkpoint-3.dvc").exists()
+    assert (_cwd / "out" / "final.dvc").is_file()
+    assert not (_cwd / "out" / "checkpoint-3.dvc").exists()
 
 
 @pytest.mark.parametrize(
