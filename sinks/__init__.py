@@ -1,4 +1,4 @@
-"""trainbus sinks: TensorBoard, MLflow, Comet, DagsHub and DVCLive, each in its own module.
+"""trainbus sinks: TensorBoard, MLflow, Comet, DagsHub, DVCLive and W&B, each in its own module.
 
 Names are exported lazily so ``import sinks`` costs nothing and pulls in no HTTP stack or vendor
 code until a sink is actually used (``report_to`` resolves "module:Class" strings anyway).
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sinks.dvclive import DVCLiveSink
     from sinks.mlflow import MLflowSink
     from sinks.tensorboard import TensorBoardSink
+    from sinks.wandb import WandbSink
 
 __all__ = [
     "CometSink",
@@ -24,6 +25,7 @@ __all__ = [
     "DagsHubSink",
     "MLflowSink",
     "TensorBoardSink",
+    "WandbSink",
     "redact",
     "redact_url",
     "rewrite_logs",
@@ -35,6 +37,7 @@ _LAZY = {
     "DagsHubSink": "sinks.dagshub",
     "MLflowSink": "sinks.mlflow",
     "TensorBoardSink": "sinks.tensorboard",
+    "WandbSink": "sinks.wandb",
     "redact": "sinks._redact",
     "redact_url": "sinks._redact",
     "rewrite_logs": "sinks._rewrite",
