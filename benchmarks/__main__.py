@@ -94,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=None, help="write results, RESULTS.md and the plot here"
     )
     parser.add_argument("--limit", type=float, default=None, help="seconds per benchmark")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild RESULTS.md and the plot from the result files already there",
+    )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     available = discover()
@@ -108,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *(argv or sys.argv[1:])])
     started = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
-    outcomes = [run_topic(topic, mode, results, limit) for topic in wanted]
+    outcomes = [] if args.report_only else [run_topic(t, mode, results, limit) for t in wanted]
     total = time.perf_counter() - began
     loaded = load_results(results)
     context = {
@@ -129,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (
         mode == "full"
         and args.out is None
+        and not args.report_only
         and update_readme(readme, readme_section(loaded, context))
     ):
         print("updated the Benchmarks section of README.md")

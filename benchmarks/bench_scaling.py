@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps per configuration")
     args = parser.parse_args(argv)
     smoke = os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
-    steps = 200 if smoke else 1000 if args.quick else 4000
+    steps = 200 if smoke else 500 if args.quick else 1500
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="trainbus-scaling-") as tmp:
