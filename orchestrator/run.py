@@ -99,8 +99,11 @@ class Orchestrator:
         run_id: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        flush_timeout: float = 30.0,
     ) -> None:
         env_rank, env_world = _world()
+        self.flush_timeout = flush_timeout
+        """Seconds the sinks get at close; what they have not delivered by then waits for sync."""
         self.output_dir = Path(output_dir)
         self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()
         if self.run_id == "none":  # torchrun's placeholder when no rendezvous id was given
@@ -191,6 +194,7 @@ class Orchestrator:
             journal_path=self.run_dir.journal_path,
             cursor_dir=self.run_dir.cursor_dir,
             sinks=sinks,
+            close_deadline=self.flush_timeout,
         )
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(bus)
@@ -211,6 +215,7 @@ class Orchestrator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        bus = self._bus
         try:
             if self._stack is not None:
                 # No shield here: the bus's task group must exit in the scope it was entered in;
@@ -219,6 +224,8 @@ class Orchestrator:
         finally:
             self._stack = None
             self._bus = None
+            if bus is not None:
+                self._report_backlog(bus)
             status = await self._final_status(exc)
             if self._record is not None:
                 self._record.status = status
@@ -227,6 +234,17 @@ class Orchestrator:
                     self._record.error = f"{type(exc).__name__}: {exc}"
                 self.run_dir.write_record(self._record)
             log.info("run_closed", run_id=self.run_id, status=status)
+
+    def _report_backlog(self, bus: Bus) -> None:
+        """Say, once, which sinks still owe events and how to deliver them."""
+        behind = {name: r.undelivered for name, r in (bus.report or {}).items() if r.undelivered}
+        if behind:
+            log.warning(
+                "run_closed_with_undelivered_events",
+                run_id=self.run_id,
+                undelivered=behind,
+                hint=f"trainbus sync {self.run_dir.path}",
+            )
 
     async def _final_status(self, exc: BaseException | None) -> RecordStatus:
         reported: RecordStatus | None = None

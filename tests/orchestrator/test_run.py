@@ -156,3 +156,29 @@ async def test_sync_refuses_a_run_whose_process_is_alive(tmp_path: Path) -> None
         async with Orchestrator(output_dir=tmp_path, report_to="none") as orch:
             with pytest.raises(ConfigurationError, match="still open by process"):
                 await sync_run(orch.run_dir.path)
+
+
+async def test_a_sink_still_behind_at_close_is_reported_and_synced_later(tmp_path: Path) -> None:
+    """A stuck sink gets its flush deadline, the backlog is logged with the sync hint, and
+    ``sync_run`` delivers exactly the rest afterwards."""
+    from structlog.testing import capture_logs
+
+    from orchestrator.sync import sync_run
+
+    stuck = RecordingSink("rec", max_batch_size=4)
+    with anyio.fail_after(30), capture_logs() as logs:
+        async with Orchestrator(
+            output_dir=tmp_path, report_to="none", sinks=[stuck], flush_timeout=0.2
+        ) as orch:
+            stuck.block()
+            await orch.run_in_thread(fake_training(20))  # type: ignore[arg-type]
+    warning = next(e for e in logs if e["event"] == "run_closed_with_undelivered_events")
+    assert warning["hint"] == f"trainbus sync {orch.run_dir.path}"
+    assert stuck.received == []
+
+    later = RecordingSink("rec")
+    with anyio.fail_after(30):
+        reports = await sync_run(orch.run_dir.path, sinks=[later])
+    journal = list(JournalReader(orch.run_dir.journal_path).read_from(0))
+    assert [e.seq for e in later.received] == [e.seq for e in journal]
+    assert reports["rec"].undelivered == 0
