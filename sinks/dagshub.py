@@ -119,9 +119,11 @@ def _under(name: str) -> str:
 
 
 def _as_mlflow_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` in the MLflow sink's terms: DagsHub's artifact switch replaces MLflow's, and
+    """``env`` in the MLflow sink's terms: DagsHub's artifact switch replaces MLflow's,
+    ``DISABLE_MLFLOW_INTEGRATION`` does not apply (HF's DagsHub ignores it too), and
     ``DAGSHUB_USER_TOKEN`` becomes basic-auth credentials when no MLflow ones are set."""
     out = dict(env)
+    out.pop("DISABLE_MLFLOW_INTEGRATION", None)  # switches off the mlflow name, not this one
     out["HF_MLFLOW_LOG_ARTIFACTS"] = str(env_flag(env, "HF_DAGSHUB_LOG_ARTIFACTS"))
     token = env_str(env, "DAGSHUB_USER_TOKEN")
     has_own = env_str(env, "MLFLOW_TRACKING_USERNAME") or env_str(env, "MLFLOW_TRACKING_TOKEN")

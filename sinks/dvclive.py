@@ -26,8 +26,10 @@ by DVCLive. Every DVCLive call blocks, so it runs in a worker thread, one at a t
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -35,7 +37,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from bus.events import Artifact, Event, Log, RunFinished, RunStarted
 from bus.sink import Sink
 from sinks._env import env_flag, env_str
@@ -92,13 +94,16 @@ class DVCLiveSink(Sink):
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
         """Chosen by ``report_to="all"`` when the ``dvclive`` package is installed, as in HF."""
-        import importlib.util
-
         return importlib.util.find_spec("dvclive") is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
         """``HF_DVCLIVE_LOG_MODEL``: truthy logs the final model, ``all`` every checkpoint too."""
+        if importlib.util.find_spec("dvclive") is None:
+            raise ConfigurationError(
+                "report_to names dvclive but the dvclive package is not installed; install it "
+                "with pip install 'trainbus[integrations]' or drop dvclive from report_to."
+            )
         return cls(run_dir=run_dir, log_model=_log_model(env))
 
     # --- sink interface -----------------------------------------------------------------------
@@ -130,9 +135,10 @@ class DVCLiveSink(Sink):
     # --- internals (worker thread) ------------------------------------------------------------
 
     async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(
-            lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-        )
+        with _map_errors():
+            return await anyio.to_thread.run_sync(
+                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
+            )
 
     def _start(self, resume: bool) -> Any:
         return _live_class()(
@@ -149,7 +155,7 @@ class DVCLiveSink(Sink):
             if isinstance(event, Log):
                 self._log(live, event)
             elif isinstance(event, RunStarted) and event.config:
-                live.log_params(redact(event.config))
+                self._log_params(live, event.config)
             elif isinstance(event, Artifact) and self._wants(event):
                 name = event.name or Path(event.path).name
                 live.log_artifact(event.path, type="model", name=_artifact_name(name))
@@ -158,6 +164,15 @@ class DVCLiveSink(Sink):
                 self._ended = True
         if not self._ended:
             live.sync()
+
+    def _log_params(self, live: Any, config: Mapping[str, Any]) -> None:
+        from dvclive.error import InvalidParameterTypeError
+
+        try:
+            live.log_params(redact(config))
+        except InvalidParameterTypeError as exc:
+            # Params DVCLive cannot write as YAML must not cost the metrics that follow.
+            log.warning("dvclive refused the params, dropped", error=str(exc))
 
     def _log(self, live: Any, event: Log) -> None:
         from dvclive.utils import standardize_metric_name
@@ -177,6 +192,22 @@ class DVCLiveSink(Sink):
         if self.log_model == "all":
             return event.kind in ("model", "checkpoint")
         return bool(self.log_model) and event.kind == "model"
+
+
+@contextlib.contextmanager
+def _map_errors() -> Iterator[None]:
+    """DVCLive's failures as the runtime's errors: a file system that refuses (full, read-only)
+    may recover, data DVCLive rejects never will; anything else is a bug and stays as it is."""
+    try:
+        yield
+    except OSError as exc:
+        raise RetryableSinkError(f"DVCLive could not write its files: {exc}") from exc
+    except Exception as exc:
+        from dvclive.error import DvcLiveError
+
+        if isinstance(exc, DvcLiveError):
+            raise PermanentSinkError(f"DVCLive refused the data: {exc}") from exc
+        raise
 
 
 def _live_class() -> Any:

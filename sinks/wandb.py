@@ -29,7 +29,9 @@ process (``wandb.teardown()`` stops it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import importlib.util
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -37,7 +39,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError, SinkError
 from bus.events import Artifact, Event, Log, RunFinished, RunStarted
 from bus.sink import Sink
 from sinks._env import env_flag, env_str
@@ -68,7 +70,8 @@ SINGLE_VALUE_SCALARS: Final = frozenset(
 STEP_METRIC: Final = "train/global_step"
 LogModel = Literal["end", "checkpoint", False]
 _T = TypeVar("_T")
-_MODES: Final = frozenset({"online", "offline", "disabled", "dryrun", "run"})
+_MODES: Final = frozenset({"online", "offline", "disabled", "shared"})
+_MODE_ALIASES: Final = {"dryrun": "offline", "run": "online"}  # the SDK's older spellings
 
 
 class WandbSink(Sink):
@@ -90,9 +93,10 @@ class WandbSink(Sink):
         directory: Path | None = None,
         log_model: LogModel = False,
     ) -> None:
+        mode = _MODE_ALIASES.get(mode, mode) if mode is not None else None
         if mode is not None and mode not in _MODES:
             raise ConfigurationError(
-                f"WANDB_MODE must be one of online, offline or disabled, got {mode!r}."
+                f"WANDB_MODE must be one of online, offline, disabled or shared, got {mode!r}."
             )
         self.run_dir = run_dir
         self.run_name = run_name
@@ -114,8 +118,6 @@ class WandbSink(Sink):
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
         """For ``report_to="all"``: installed, not disabled, and able to start without a login."""
-        import importlib.util
-
         if importlib.util.find_spec("wandb") is None:
             return False
         try:
@@ -130,6 +132,11 @@ class WandbSink(Sink):
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
         """Build the sink from HF's W&B variables (see the module docstring)."""
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigurationError(
+                "report_to names wandb but the wandb package is not installed; install it "
+                "with pip install 'trainbus[integrations]' or drop wandb from report_to."
+            )
         if env_flag(env, "WANDB_DISABLED"):
             raise ConfigurationError(
                 "report_to names wandb but WANDB_DISABLED is set; unset it or drop wandb from "
@@ -185,9 +192,10 @@ class WandbSink(Sink):
     # --- internals (worker thread) ------------------------------------------------------------
 
     async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        return await anyio.to_thread.run_sync(
-            lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-        )
+        with _map_errors(self._wandb):
+            return await anyio.to_thread.run_sync(
+                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
+            )
 
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -261,6 +269,27 @@ class WandbSink(Sink):
         else:
             aliases = [f"checkpoint_global_step_{event.global_step}"]
         run.log_artifact(artifact, aliases=aliases)
+
+
+@contextlib.contextmanager
+def _map_errors(wandb: Any) -> Iterator[None]:
+    """The SDK's failures as the two errors the sink runtime acts on: network trouble is
+    retried, a bad key or bad usage is not; anything else is a bug and stays as it is."""
+    try:
+        yield
+    except SinkError:
+        raise
+    except Exception as exc:
+        errors = getattr(wandb, "errors", None)
+        if errors is not None and isinstance(exc, errors.AuthenticationError):
+            raise PermanentSinkError(f"W&B refused the credentials: {exc}") from exc
+        if errors is not None and isinstance(exc, errors.CommError):
+            raise RetryableSinkError(f"W&B could not be reached: {exc}") from exc
+        if errors is not None and isinstance(exc, errors.Error):
+            raise PermanentSinkError(f"W&B refused the request: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise RetryableSinkError(f"W&B could not write its files: {exc}") from exc
+        raise
 
 
 def _import_wandb() -> Any:

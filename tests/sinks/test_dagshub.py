@@ -132,16 +132,18 @@ def test_missing_uri_is_refused_with_a_sentence(tmp_path: Path) -> None:
 
 
 def test_report_to_dagshub_builds_it_but_all_leaves_it_to_mlflow(tmp_path: Path) -> None:
-    """report_to=["dagshub"] builds the DagsHub sink with MLflow's own credentials taking
-    precedence over the DagsHub token; "all" picks only the MLflow sink for the same URI."""
+    """report_to=["dagshub"] builds the DagsHub sink (DISABLE_MLFLOW_INTEGRATION concerns the
+    mlflow name only) with MLflow's own credentials taking precedence over the DagsHub token;
+    "all" picks only the MLflow sink for the same URI."""
     env = {
         "MLFLOW_TRACKING_URI": "https://dagshub.com/ada/tiny.mlflow",
         "MLFLOW_TRACKING_USERNAME": "ada",
         "MLFLOW_TRACKING_PASSWORD": "pw",
         "DAGSHUB_USER_TOKEN": TOKEN,
+        "DISABLE_MLFLOW_INTEGRATION": "true",
     }
     [(name, sink)] = build_sinks(["dagshub"], env, run_dir=tmp_path, run_name="r")
     assert name == "dagshub" and isinstance(sink, DagsHubSink)
     assert sink._auth == ("ada", "pw")
     assert "dagshub" not in available_integrations(env)
-    assert "mlflow" in available_integrations(env)
+    assert "mlflow" in available_integrations({**env, "DISABLE_MLFLOW_INTEGRATION": "false"})

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from bus.errors import ConfigurationError
 from bus.events import Artifact, ArtifactKind
@@ -139,6 +140,20 @@ async def test_final_model_is_tracked_by_dvc(tmp_path: Path, _cwd: Path) -> None
         await sink.close()
     assert (_cwd / "out" / "final.dvc").is_file()
     assert not (_cwd / "out" / "checkpoint-3.dvc").exists()
+
+
+async def test_params_yaml_cannot_hold_are_dropped_not_the_metrics(tmp_path: Path) -> None:
+    """A config value DVCLive cannot write as YAML costs the params, with a warning, and the
+    metrics of the same batch still land."""
+    events = scripted_run(3)
+    events[0] = msgspec.structs.replace(events[0], config={"lr": 0.1, "odd": object()})
+    sink = DVCLiveSink(run_dir=tmp_path)
+    with capture_logs() as logs, anyio.fail_after(30):
+        await sink.open()
+        await sink.write(events)
+        await sink.close()
+    assert [s for s, _ in _history(tmp_path / "dvclive", "loss")] == [1, 2, 3]
+    assert any(entry["event"] == "dvclive refused the params, dropped" for entry in logs)
 
 
 @pytest.mark.parametrize(

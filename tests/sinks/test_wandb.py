@@ -16,9 +16,9 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import pytest
 from structlog.testing import capture_logs
 
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from bus.events import Artifact, Event, Log
-from sinks.wandb import WandbSink
+from sinks.wandb import WandbSink, _map_errors
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 
 pytest.importorskip("wandb")
@@ -211,6 +211,24 @@ def test_environment_follows_hf(tmp_path: Path) -> None:
         build(WANDB_DISABLED="true")
     with pytest.raises(ConfigurationError, match="WANDB_MODE must be one of"):
         build(WANDB_MODE="sometimes")
+    assert build(WANDB_MODE="dryrun").mode == "offline"
+
+
+def test_sdk_failures_become_retryable_or_permanent() -> None:
+    """An unreachable server is retried; refused credentials and bad usage are not; an
+    unexpected exception is left alone for the runtime to treat as a bug."""
+    import wandb
+
+    cases: list[tuple[Exception, type[Exception]]] = [
+        (wandb.errors.CommError("connection refused"), RetryableSinkError),
+        (wandb.errors.AuthenticationError("bad key"), PermanentSinkError),
+        (wandb.errors.UsageError("no API key configured"), PermanentSinkError),
+        (OSError("disk full"), RetryableSinkError),
+        (KeyError("bug"), KeyError),
+    ]
+    for raised, expected in cases:
+        with pytest.raises(expected), _map_errors(wandb):
+            raise raised
 
 
 @pytest.mark.parametrize(
