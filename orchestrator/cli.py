@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--report-to", help="override args.report_to: 'all', 'none' or names separated by commas"
     )
+    train.add_argument(
+        "--flush-timeout",
+        type=float,
+        default=30.0,
+        help="seconds the sinks get to deliver at the end; the rest waits for sync (default: 30)",
+    )
     _add_app_dir(train)
 
     sync = sub.add_parser("sync", help="deliver what the journal holds beyond each sink's cursor")
@@ -98,6 +104,7 @@ def _train(ns: argparse.Namespace) -> int:
     prepared = prepare_run(
         config,
         overrides={"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to},
+        flush_timeout=ns.flush_timeout,
     )
     from orchestrator.show import format_summary, summarize
 

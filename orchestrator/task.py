@@ -57,6 +57,7 @@ def prepare_run(
     *,
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    flush_timeout: float = 30.0,
 ) -> PreparedRun:
     """Validate ``config`` and build everything; writes nothing."""
     args = _arguments(config, overrides or {})
@@ -109,5 +110,5 @@ def prepare_run(
         callbacks=callbacks,
         sinks=sinks,
     )
-    orchestrator = Orchestrator.for_trainer(trainer, env=environ)
+    orchestrator = Orchestrator.for_trainer(trainer, env=environ, flush_timeout=flush_timeout)
     return PreparedRun(trainer=trainer, orchestrator=orchestrator, sinks=sinks)
