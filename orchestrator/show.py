@@ -163,7 +163,9 @@ def format_summary(summary: RunSummary, run_dir: RunDir) -> str:
         lines.append(f"journal    torn tail of {summary.torn_tail_bytes} bytes (ignored)")
     lines.append("sinks" if summary.sinks else "sinks      none")
     for sink in summary.sinks:
-        state = "up to date" if sink.behind == 0 else f"{sink.behind} events behind"
+        state = (
+            "up to date" if sink.behind == 0 else f"{sink.behind} journal events past its cursor"
+        )
         lines.append(f"  {sink.name:<20} acknowledged seq {sink.acknowledged_seq:<8} {state}")
     if any(s.behind for s in summary.sinks):
         lines.append(f"run 'trainbus sync {run_dir.path}' to deliver the rest")
