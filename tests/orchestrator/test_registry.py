@@ -120,7 +120,7 @@ def test_import_object_names_the_field() -> None:
 
 
 def test_importing_the_orchestrator_is_light() -> None:
-    """``import orchestrator`` pulls in no torch, httpx, matplotlib or vendor SDK (fresh process)."""
+    """``import orchestrator`` loads no torch, httpx, matplotlib or vendor SDK (fresh process)."""
     import subprocess
     import sys
 
