@@ -169,3 +169,15 @@ def test_bad_log_model_is_refused_with_a_sentence(tmp_path: Path) -> None:
     """An unknown HF_DVCLIVE_LOG_MODEL value fails before the run, naming the variable."""
     with pytest.raises(ConfigurationError, match="HF_DVCLIVE_LOG_MODEL must be 'all'"):
         DVCLiveSink.from_env({"HF_DVCLIVE_LOG_MODEL": "sometimes"}, run_dir=tmp_path, run_name="r")
+
+
+def test_report_to_dvclive_builds_the_sink(tmp_path: Path) -> None:
+    """report_to=["dvclive"] builds the sink from the environment, and "all" includes it
+    whenever DVCLive is installed, as in Hugging Face."""
+    from orchestrator.registry import available_integrations, build_sinks
+
+    env = {"HF_DVCLIVE_LOG_MODEL": "all"}
+    [(name, sink)] = build_sinks(["dvclive"], env, run_dir=tmp_path, run_name="r")
+    assert name == "dvclive" and isinstance(sink, DVCLiveSink) and sink.log_model == "all"
+    assert sink.directory == tmp_path / "dvclive"
+    assert "dvclive" in available_integrations({})
