@@ -1,21 +1,27 @@
 """Sinks: what they cost the training thread, and how fast they deliver.
 
-Three questions, each answered with figures measured in this run:
+Four questions, each answered with figures measured in this run:
 
 1. **Training speed with each sink behind a slow server.** The trainbus ``Trainer`` trains the
-   shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, the TensorBoard
-   sink, the MLflow sink and the Comet sink, the remote ones behind ``sinks.testing.FaultProxy``
-   adding 200 ms to every request (MLflow: a real local ``mlflow server``; Comet: the local REST
-   fake from the tests, as no Comet server runs here). Reported: steps/s as a ratio to no sink
-   (target >= 0.97), per-step time percentiles (the training thread never waits on a request),
-   and whether every logged point reached the server exactly once after the run. One more run
-   stops the MLflow server mid-run (10 s, then restarts it; ``--quick``: a 3 s outage at the
-   proxy) and checks again that nothing was lost or duplicated.
-2. **Delivery rate into MLflow.** Metrics/s that the MLflow sink, fed through a real ``Bus``,
+   shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, a no-op sink (the
+   bus, journal and sink runtime alone), the TensorBoard sink, the MLflow sink and the Comet
+   sink, the remote ones behind ``sinks.testing.FaultProxy`` adding 200 ms to every request
+   (MLflow: a real local ``mlflow server``; Comet: the local REST fake from the tests, as no
+   Comet server runs here); proxies and fake run in their own processes. Reported, as medians
+   over interleaved rounds: steps/s and steps per CPU-second as ratios to no sink (target
+   >= 0.97), per-step time percentiles (the training thread never waits on a request), and
+   whether every logged point reached the server exactly once. One more run stops the MLflow
+   server mid-run (10 s; ``--quick``: 3 s), restarts it, and checks again.
+2. **Sink CPU per logged step**, without training: Log entries published at 200/s through a
+   journaled Bus; the process CPU time per step for each sink, beside a no-op sink.
+3. **Delivery rate into MLflow.** Metrics/s that the MLflow sink, fed through a real ``Bus``,
    gets into the local server, against what the same server accepts in the same run from a bare
    httpx loop posting maximal ``runs/log-batch`` requests (1000 metrics each); target >= 0.9.
-3. **TensorBoard writer cost.** Python time per scalar of the sink's minimal event-file writer
-   against TensorBoard's own ``EventFileWriter`` with protobuf messages.
+4. **TensorBoard writer cost.** Python time per scalar of the sink's minimal event-file writer
+   (native and pure-Python CRC) against TensorBoard's own ``EventFileWriter`` with protobuf.
+
+The machine's load average before and after is kept in the result: on a shared machine the
+steps/s ratios move by more than the effect they measure, the CPU figures much less.
 
 Run alone with ``python -m benchmarks.bench_sinks [--quick]``; writes ``results/sinks.json``.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 import subprocess
 import sys
 import tempfile
@@ -289,6 +296,48 @@ def _server_outage(stage: Stage, seconds: float) -> Callable[[], None]:
     return outage
 
 
+def _sink_cpu(stage: Stage, names: Sequence[str], events: int, rate: float) -> dict[str, Any]:
+    """Process CPU time per logged step that a sink costs, without training: ``events`` Log
+    entries (4 metrics, as the Trainer logs) published at ``rate``/s through a journaled Bus,
+    measured until the sink acknowledged the last one (or 10 s after the last publish; a sink
+    still behind then is reported with what it delivered). Steadier than steps/s on a busy
+    host; the no-op sink's figure is what the bus, journal and publisher cost by themselves."""
+    run_dir = stage.root / f"cpu-{uuid.uuid4().hex[:8]}"
+    sinks = stage.sinks(names, run_dir)
+    logs = {"loss": 0.5, "grad_norm": 1.5, "learning_rate": 1e-4, "epoch": 0.25}
+
+    async def main() -> tuple[float, float | None, int]:
+        bus = Bus(
+            run_id=run_dir.name,
+            journal_path=run_dir / "journal.tbj",
+            cursor_dir=run_dir / "cursors",
+            sinks=sinks,
+            close_deadline=0.0,
+            retry_policy=RetryPolicy(max_backoff=2.0),
+        )
+        async with bus:
+            began_cpu, began = time.process_time(), time.perf_counter()
+            for step in range(1, events + 1):
+                last = bus.emit(Log, global_step=step, logs=logs)
+                await anyio.sleep(max(0.0, began + step / rate - time.perf_counter()))
+            lag: float | None = None
+            with anyio.move_on_after(10):
+                while min(s.acknowledged_seq for s in bus.stats().values()) < last.seq:
+                    await anyio.sleep(0.01)
+                lag = time.perf_counter() - began - events / rate
+            cpu = time.process_time() - began_cpu
+            delivered = min(s.acknowledged_seq for s in bus.stats().values()) + 1
+            return cpu / events, lag, delivered
+
+    cpu, lag, delivered = anyio.run(main)
+    return {
+        "sinks": "+".join(names) or "none",
+        "cpu_us_per_step": cpu * 1e6,
+        "delivered": f"{delivered}/{events}",
+        "lag_s": lag,
+    }
+
+
 # --- 2. delivery rate into MLflow -------------------------------------------------------------
 
 
@@ -459,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("tensorboard", "mlflow", "comet"),
     ]
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, _quiet():
         root = Path(tmp)
         tb_rows = _tb_costs(2000 if quick else 10000, root)
@@ -478,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             outage["sinks"] = f"mlflow, server down {outage_s:.0f} s mid-run"
             print(format_table([outage]))
+            cpu_rows = []
+            for names in abab_order(contenders[1:-1], rounds):
+                cpu_rows.append(_sink_cpu(stage, names, 600 if quick else 2000, 200.0))
+                print(format_table([cpu_rows[-1]]))
             rates: list[dict[str, Any]] = []
             for kind in abab_order(["bare", "sink"], rounds):
                 if kind == "bare":
@@ -531,11 +585,35 @@ def main(argv: Sequence[str] | None = None) -> None:
             "training_with_sinks": table,
             "training_runs": [*runs, outage],
             "mlflow_delivery_rate": rates,
+            "sink_cpu_per_logged_step": _cpu_summary(cpu_rows),
             "tensorboard_writer_cost": tb_rows,
         },
-        extra={"latency_s": LATENCY_S, "run_seconds": seconds, "rounds": rounds},
+        extra={
+            "latency_s": LATENCY_S,
+            "run_seconds": seconds,
+            "rounds": rounds,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
     )
     print(f"wrote {path}")
+
+
+def _cpu_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(r["sinks"] for r in rows))
+    base = median([r["cpu_us_per_step"] for r in rows if r["sinks"] == "no-op"])
+    return [
+        {
+            "sinks": name,
+            "cpu_us_per_step": median([r["cpu_us_per_step"] for r in rows if r["sinks"] == name]),
+            "added_over_no_op_us": median(
+                [r["cpu_us_per_step"] for r in rows if r["sinks"] == name]
+            )
+            - base,
+            "delivered_within_10s": [r["delivered"] for r in rows if r["sinks"] == name],
+        }
+        for name in names
+    ]
 
 
 def _summary(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

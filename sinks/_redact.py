@@ -60,7 +60,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, Mapping):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and is_secret_key(key) and item not in (None, "", False):
+            if isinstance(key, str) and is_secret_key(key) and not _already_masked(item):
                 out[key] = MASK
             else:
                 out[key] = redact(item)
@@ -69,3 +69,10 @@ def redact(value: Any) -> Any:
         items = [redact(item) for item in value]
         return type(value)(items) if isinstance(value, tuple) else items
     return value
+
+
+def _already_masked(value: Any) -> bool:
+    """Nothing to hide: empty, or HF's own placeholder (``"<HUB_TOKEN>"``) kept as it is."""
+    if value in (None, "", False):
+        return True
+    return isinstance(value, str) and value.startswith("<") and value.endswith(">")

@@ -81,7 +81,7 @@ class CometSink(Sink):
 
     name = "comet_ml"
     events = (RunStarted, Log, Predict, Artifact, RunFinished)
-    max_batch_size = 512
+    max_batch_size = 64  # one request per point: small batches keep acknowledgements flowing
     max_batch_latency = 1.0
 
     def __init__(

@@ -315,6 +315,14 @@ class MLflowSink(Sink):
             params.append({"key": name, "value": text})
         if self.max_log_params is not None:
             params = params[: self.max_log_params]
+        if self.tags:
+            # A resumed run (MLFLOW_RUN_ID) was not created here, so its tags are set now, as
+            # HF's callback does after the params; setting a tag again is harmless.
+            tags = [
+                {"key": k, "value": _clip(v, MAX_TAG_VALUE_LENGTH)} for k, v in self.tags.items()
+            ]
+            for payload in chunk_batches(tags=tags):
+                await api.log_batch(run.run_id, payload)
         for payload in chunk_batches(params=params):
             try:
                 await api.log_batch(run.run_id, payload)

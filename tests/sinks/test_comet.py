@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -144,7 +145,7 @@ async def test_offline_mode_keeps_everything_locally_then_uploads(tmp_path: Path
 
 def test_from_env_validates_each_variable(tmp_path: Path) -> None:
     """Bad or missing settings raise ConfigurationError naming the variable."""
-    kwargs = {"run_dir": tmp_path, "run_name": "r"}
+    kwargs: dict[str, Any] = {"run_dir": tmp_path, "run_name": "r"}
     with pytest.raises(ConfigurationError, match="COMET_API_KEY"):
         CometSink.from_env({"COMET_WORKSPACE": "w"}, **kwargs)
     with pytest.raises(ConfigurationError, match="COMET_MODE"):

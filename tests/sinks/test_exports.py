@@ -56,4 +56,4 @@ def test_importing_sinks_pulls_in_neither_torch_nor_vendor_sdks() -> None:
 def test_unknown_attribute_raises() -> None:
     """A misspelt name is an AttributeError, not a silent None."""
     with pytest.raises(AttributeError):
-        _ = sinks.NoSuchSink  # type: ignore[attr-defined]
+        _ = sinks.NoSuchSink

@@ -52,6 +52,7 @@ def test_redact_masks_secret_keys_and_url_credentials() -> None:
         "uri": "https://user:pw@example.com/x?token=abc&page=2",
         "nested": [{"MLFLOW_TRACKING_PASSWORD": "pw"}],
         "empty_token": None,
+        "push_token": "<PUSH_TOKEN>",
     }
     assert redact(data) == {
         "hub_token": "***",
@@ -61,6 +62,7 @@ def test_redact_masks_secret_keys_and_url_credentials() -> None:
         "uri": "https://user:***@example.com/x?token=***&page=2",
         "nested": [{"MLFLOW_TRACKING_PASSWORD": "***"}],
         "empty_token": None,
+        "push_token": "<PUSH_TOKEN>",
     }
     assert data["hub_token"] == "hf_abc"
     assert redact_url("http://onlytoken@host/") == "http://***@host/"

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from bus.bus import Bus
 from bus.errors import ConfigurationError
-from bus.events import Log
+from bus.events import Log, RunStarted
 from sinks.mlflow import MLflowSink
 from sinks.testing import FaultProxy
 from tests.sinks.scripted import (
@@ -49,7 +49,8 @@ def _checkpoint(tmp_path: Path) -> Path:
     return checkpoint
 
 
-def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+def _history(client: Any, run_id: str | None, key: str) -> list[tuple[int, Any]]:
+    assert run_id is not None, "the sink never resolved its run"
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
@@ -186,7 +187,8 @@ async def test_faults_between_sink_and_server_lose_and_duplicate_nothing(
 
 
 async def test_nested_run_and_resumed_run(mlflow_server: MlflowServer, tmp_path: Path) -> None:
-    """MLFLOW_NESTED_RUN creates a child of MLFLOW_RUN_ID; MLFLOW_RUN_ID alone resumes it."""
+    """MLFLOW_NESTED_RUN creates a child of MLFLOW_RUN_ID; MLFLOW_RUN_ID alone resumes it and
+    sets MLFLOW_TAGS on it."""
     client = _client(mlflow_server)
     experiment_id = client.create_experiment(_experiment())
     parent = client.create_run(experiment_id, run_name="parent").info.run_id
@@ -195,13 +197,16 @@ async def test_nested_run_and_resumed_run(mlflow_server: MlflowServer, tmp_path:
     nested = MLflowSink.from_env(
         {**env, "MLFLOW_NESTED_RUN": "true"}, run_dir=tmp_path / "n", run_name="child"
     )
-    resumed = MLflowSink.from_env(env, run_dir=tmp_path / "r", run_name="again")
+    resumed = MLflowSink.from_env(
+        {**env, "MLFLOW_TAGS": '{"stage": "resumed"}'}, run_dir=tmp_path / "r", run_name="again"
+    )
     with anyio.fail_after(30):
         for sink in (nested, resumed):
             await sink.open()
-            await sink.write([log_event])
+            await sink.write([scripted_run(1)[0], log_event])
             await sink.close()
     assert resumed.run_id == parent
+    assert client.get_run(parent).data.tags["stage"] == "resumed"
     child = client.get_run(nested.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent
     assert child.info.experiment_id == "0"
@@ -215,6 +220,7 @@ async def test_param_limits_and_conflicts_never_cost_metrics(
     param the resumed run already holds with another value is reported, not fatal."""
     events = scripted_run(2)
     started = events[0]
+    assert isinstance(started, RunStarted)
     long_config = {**started.config, "id2label": "x" * 7000, "nested": {"a": 1, "b": 2}}
     events[0] = type(started)(**{**_fields(started), "config": long_config})
     sink = MLflowSink(
@@ -283,10 +289,11 @@ async def test_credentials_are_sent_and_never_logged(tmp_path: Path) -> None:
         return httpx.Response(200, json={})
 
     event = Log(run_id="r", seq=1, time=T0, global_step=1, logs={"loss": 1.0})
-    for auth, expected in (
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"token": "tok123"}, "Bearer tok123"),
         ({"username": "ann", "password": "pw9"}, "Basic " + base64.b64encode(b"ann:pw9").decode()),
-    ):
+    ]
+    for auth, expected in cases:
         sink = MLflowSink(
             "http://ann:pw9@127.0.0.1:1",
             run_dir=tmp_path,
