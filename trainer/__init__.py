@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from trainer.arguments import TrainingArguments
-from trainer.callbacks import CallbackHandler, TrainerCallback
+from trainer.callbacks import TrainerCallback
 from trainer.data import default_data_collator
 from trainer.early_stopping import EarlyStoppingCallback
 from trainer.evaluation import EvalPrediction, PredictionOutput, TrainOutput
 from trainer.flow import DefaultFlowCallback
+from trainer.handler import CallbackHandler
 from trainer.launcher import Launcher, LocalLauncher, resolve_launcher
 from trainer.loop import Trainer
 from trainer.progress import PrinterCallback, ProgressCallback

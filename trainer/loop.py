@@ -59,7 +59,6 @@ from bus.events import (
 from bus.sink import Sink
 from trainer import checkpoint as ckpt
 from trainer.arguments import TrainingArguments
-from trainer.callbacks import CallbackHandler
 from trainer.data import (
     DataCollator,
     EpochSampler,
@@ -81,14 +80,15 @@ from trainer.evaluation import (
     speed_metrics,
 )
 from trainer.flow import DefaultFlowCallback
+from trainer.handler import CallbackHandler
 from trainer.launcher import Launcher, resolve_launcher
 from trainer.optim import create_optimizer, create_scheduler
 from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
-from trainer.resume import exportable_objects, load_state, restore_callback_states
+from trainer.resume import exportable_objects, load_state
 from trainer.rng import capture_rng_state, restore_rng_state, set_seed
 from trainer.run_info import check_arguments, record_best, run_config
-from trainer.state import TrainerControl, TrainerState
+from trainer.state import TrainerControl, TrainerState, restore_callback_states
 
 __all__ = ["Trainer"]
 
@@ -567,7 +567,9 @@ class Trainer:
         if checkpoint is not None:
             loaded = load_state(checkpoint)
             if args.restore_callback_states_from_checkpoint:
-                self.control = restore_callback_states(self.callback_handler, loaded, self.control)
+                self.control = restore_callback_states(
+                    loaded.stateful_callbacks, self.callback_handler, self.control
+                )
             self.state = loaded
             start = resume_point(loaded.global_step, plan)
         self.state.init_training_references(self, plan.max_steps, plan.num_train_epochs)

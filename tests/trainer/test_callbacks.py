@@ -10,8 +10,9 @@ from structlog.testing import capture_logs
 
 from bus.events import HF_EVENT_TYPES, hook_name
 from trainer.arguments import TrainingArguments
-from trainer.callbacks import EVENT_NAMES, CallbackHandler, Hook, TrainerCallback
+from trainer.callbacks import EVENT_NAMES, Hook, TrainerCallback
 from trainer.flow import DefaultFlowCallback
+from trainer.handler import CallbackHandler
 from trainer.progress import PrinterCallback
 from trainer.state import TrainerControl, TrainerState
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainer.arguments import TrainingArguments
-from trainer.callbacks import CallbackHandler
 from trainer.early_stopping import EarlyStoppingCallback
 from trainer.flow import DefaultFlowCallback
+from trainer.handler import CallbackHandler
 from trainer.state import TrainerControl, TrainerState, restore_callback_states
 
 hf: Any = pytest.importorskip("transformers")

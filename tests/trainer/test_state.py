@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from trainer.arguments import TrainingArguments
-from trainer.callbacks import CallbackHandler
 from trainer.early_stopping import EarlyStoppingCallback
 from trainer.flow import DefaultFlowCallback
+from trainer.handler import CallbackHandler
 from trainer.progress import PrinterCallback
 from trainer.state import TrainerControl, TrainerState, restore_callback_states
 
