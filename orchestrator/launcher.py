@@ -48,11 +48,15 @@ class OrchestratorLauncher:
 
     async def run_async(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
         """Open the run on the caller's loop and run ``work`` in a worker thread."""
+
+        def stop() -> None:  # cancelling train_async() stops the loop after its current step
+            trainer.control.should_training_stop = True
+
         active = active_orchestrator.get()
         if active is not None:
-            return await active.run_in_thread(work)
+            return await active.run_in_thread(work, on_cancel=stop)
         async with self._orchestrator(trainer) as orch:
-            return await orch.run_in_thread(work)
+            return await orch.run_in_thread(work, on_cancel=stop)
 
 
 LAUNCHER: Final = OrchestratorLauncher()

@@ -130,3 +130,14 @@ def test_the_async_service_example_trains_and_reports(tmp_path: Path) -> None:
     result = anyio.run(main, backend="trio")
     assert result["eval_accuracy"] > 0.5
     assert 0.0 <= result["max_tick_gap"] < 1.0
+
+
+async def test_cancelling_train_async_stops_after_the_current_step(tmp_path: Path) -> None:
+    """``await trainer.train_async()`` under a cancelled scope stops early and closes its run."""
+    trainer = make_trainer(tmp_path)
+    trainer.args.max_steps = 1_000_000
+    with anyio.fail_after(60):
+        with anyio.move_on_after(0.5):
+            await trainer.train_async()
+    assert 0 < trainer.state.global_step < 1_000_000
+    assert find_run_dir(tmp_path).read_record().status in ("killed", "stopped")
