@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks._report import target_rows
+from benchmarks._report import README_END, README_START, target_rows, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,3 +56,17 @@ def test_targets_nobody_measured_say_so() -> None:
     gpu = [r for r in rows if "GPU" in r["target"]]
     assert gpu
     assert all(r["measured"] == "not measured" for r in gpu)
+
+
+def test_readme_update_touches_only_the_marked_section(tmp_path: Path) -> None:
+    """The runner rewrites the text between the benchmark markers and leaves the rest alone."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Benchmarks\n{README_START}\nold\n{README_END}\n\n## After\n")
+    assert update_readme(readme, f"{README_START}\nnew\n{README_END}")
+    text = readme.read_text()
+    assert "old" not in text
+    assert text == f"# x\n\n## Benchmarks\n{README_START}\nnew\n{README_END}\n\n## After\n"
+    unmarked = tmp_path / "OTHER.md"
+    unmarked.write_text("# y\n")
+    assert not update_readme(unmarked, "anything")
+    assert unmarked.read_text() == "# y\n"
