@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ active_orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.C
 """The run whose worker thread is executing; the launcher reuses its bus instead of opening one."""
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _LAZY_TORCH_MODULES = ("torch._dynamo", "torch.distributed.tensor")
 
 
@@ -108,6 +110,11 @@ class Orchestrator:
         self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()
         if self.run_id == "none":  # torchrun's placeholder when no rendezvous id was given
             self.run_id = new_run_id()
+        if not _RUN_ID.fullmatch(self.run_id):
+            raise ConfigurationError(
+                f"run_id must be letters, digits, '.', '_' or '-' (it names a directory), "
+                f"got {self.run_id!r}"
+            )
         self.run_name = run_name or self.run_id
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size

@@ -182,3 +182,9 @@ async def test_a_sink_still_behind_at_close_is_reported_and_synced_later(tmp_pat
     journal = list(JournalReader(orch.run_dir.journal_path).read_from(0))
     assert [e.seq for e in later.received] == [e.seq for e in journal]
     assert reports["rec"].undelivered == 0
+
+
+def test_a_run_id_that_is_not_a_plain_name_is_rejected(tmp_path: Path) -> None:
+    """A run id names a directory, so one with a path separator is refused before anything runs."""
+    with pytest.raises(ConfigurationError, match="run_id must be"):
+        Orchestrator(output_dir=tmp_path, run_id="../escape")
