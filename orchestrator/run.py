@@ -110,7 +110,7 @@ class Orchestrator:
         self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()
         if self.run_id == "none":  # torchrun's placeholder when no rendezvous id was given
             self.run_id = new_run_id()
-        if not _RUN_ID.fullmatch(self.run_id):
+        if not _RUN_ID.fullmatch(self.run_id) or not self.run_id.strip("."):
             raise ConfigurationError(
                 f"run_id must be letters, digits, '.', '_' or '-' (it names a directory), "
                 f"got {self.run_id!r}"

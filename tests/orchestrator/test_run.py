@@ -186,5 +186,6 @@ async def test_a_sink_still_behind_at_close_is_reported_and_synced_later(tmp_pat
 
 def test_a_run_id_that_is_not_a_plain_name_is_rejected(tmp_path: Path) -> None:
     """A run id names a directory, so one with a path separator is refused before anything runs."""
-    with pytest.raises(ConfigurationError, match="run_id must be"):
-        Orchestrator(output_dir=tmp_path, run_id="../escape")
+    for bad in ("../escape", "..", "a/b"):
+        with pytest.raises(ConfigurationError, match="run_id must be"):
+            Orchestrator(output_dir=tmp_path, run_id=bad)
