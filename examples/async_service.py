@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from bus.events import Evaluate
+from bus.stream import Subscription
 from examples import digits
 from orchestrator import Orchestrator
 from trainer.arguments import TrainingArguments
@@ -25,10 +26,10 @@ from trainer.loop import Trainer
 __all__ = ["main", "serve_and_train"]
 
 
-async def ticker(interval: float, gaps: list[float]) -> None:
+async def ticker(interval: float, gaps: list[float], stop: anyio.Event) -> None:
     """The service's own work: something that must run every ``interval`` seconds."""
     last = time.perf_counter()
-    while True:
+    while not stop.is_set():
         await anyio.sleep(interval)
         now = time.perf_counter()
         gaps.append(now - last)
@@ -59,24 +60,24 @@ async def serve_and_train(output_dir: Path, *, max_steps: int = 200) -> dict[str
     gaps: list[float] = []
     accuracy = 0.0
 
-    async def watch(orch: Orchestrator) -> None:
+    async def watch(evaluations: Subscription) -> None:
         nonlocal accuracy
-        async with orch.events(Evaluate) as evaluations:
-            async for event in evaluations:
+        async with evaluations:
+            async for event in evaluations:  # ends when the run closes
                 assert isinstance(event, Evaluate)
                 value = event.metrics.get("eval_accuracy")
                 if isinstance(value, float):
                     accuracy = value
                     print(f"step {event.global_step:>4}: eval accuracy {value:.3f}")
 
-    async with (
-        Orchestrator(output_dir=output_dir, report_to="none") as orch,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(ticker, 0.010, gaps)
-        tg.start_soon(watch, orch)
-        await orch.train(trainer)
-        tg.cancel_scope.cancel()
+    stop_ticking = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker, 0.010, gaps, stop_ticking)
+        async with Orchestrator(output_dir=output_dir, report_to="none") as orch:
+            # Subscribe before training starts, so the watcher cannot miss an early event.
+            tg.start_soon(watch, orch.events(Evaluate))
+            await orch.train(trainer)
+        stop_ticking.set()
     return {"eval_accuracy": accuracy, "max_tick_gap": max(gaps, default=0.0)}
 
 

@@ -11,6 +11,7 @@ from bus.bus import Bus
 from bus.errors import ConfigurationError
 from bus.events import Evaluate, Log, RunFinished, RunStarted, StepEnd
 from bus.journal import JournalReader
+from bus.stream import Subscription
 from bus.testing import RecordingSink
 from orchestrator.launcher import LAUNCHER
 from orchestrator.run import Orchestrator
@@ -77,22 +78,19 @@ async def test_events_lets_an_application_watch_live(tmp_path: Path) -> None:
     """``orch.events(Log)`` yields the run's Log events, in order, and ends when the run closes."""
     seen: list[int] = []
 
-    async def watch(orch: Orchestrator) -> None:
-        async with orch.events(Log) as events:
+    async def watch(events: Subscription) -> None:
+        async with events:
             async for event in events:
                 assert isinstance(event, Log)
                 seen.append(event.global_step)
 
     with anyio.fail_after(30):
         async with (
-            Orchestrator(output_dir=tmp_path, report_to="none") as orch,
             anyio.create_task_group() as tg,
+            Orchestrator(output_dir=tmp_path, report_to="none") as orch,
         ):
-            tg.start_soon(watch, orch)
-            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(watch, orch.events(Log))
             await orch.run_in_thread(fake_training(5))  # type: ignore[arg-type]
-            await orch.bus.drain()
-            tg.cancel_scope.cancel()
     assert seen == [1, 2, 3, 4, 5]
 
 
