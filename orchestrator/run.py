@@ -4,9 +4,9 @@ Training runs in a worker thread; the orchestrator's event loop (the host applic
 blocking portal the launcher starts for plain scripts) runs the bus and every sink task, so a slow
 sink never stalls a step and the host's other tasks keep running::
 
-    async with Orchestrator(output_dir="out", report_to=["tensorboard"]) as orch:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, orch)               # async for event in orch.events(): ...
+    async with anyio.create_task_group() as tg:
+        async with Orchestrator(output_dir="out", report_to=["tensorboard"]) as orch:
+            tg.start_soon(watch, orch.events(Log))   # async for event in ...: ends with the run
             result = await orch.train(trainer)
 
 Everything that can fail on user input (``report_to`` names, a writable ``output_dir``) is checked
