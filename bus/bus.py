@@ -8,9 +8,12 @@ training thread keeps publishing it never pays for another one. The *loop side* 
 bus``) drains the deque in bursts, appends each burst to the journal with one write, and hands
 it to every sink runner and live subscription.
 
-Durability: a burst reaches the operating system (one ``os.write``) as soon as the loop drains
-it, so a barrier has nothing of its own to flush; ``flush()`` waits for that from the training
-thread, and ``fsync()`` (checkpoints) and closing the bus also make the journal durable on disk.
+Durability: the loop drains a burst at most ``wake_interval`` (20 ms) after its first event, and
+a drained burst reaches the operating system in one ``os.write``. A barrier of plain hooks does not
+wait for that (it would cost the training thread a round trip per event point); one with
+``async def`` hooks drains first, since it goes to the loop anyway, so those hooks see every event
+published before it. ``flush()`` waits for the drain from the training thread, and ``fsync()``
+(checkpoints) and closing the bus also make the journal durable on disk.
 
 The loop may run in a background thread (``trainer.train()`` in a plain script, through a
 blocking portal) or be the host application's loop while training runs in a worker thread
@@ -66,7 +69,7 @@ DEFAULT_WAKE_INTERVAL: Final = 0.02
 Each wake-up of the loop costs the training thread CPU and a GIL hand-over; a step publishes
 several events, so one wake-up per ``wake_interval`` instead of one per step keeps the cost of
 publishing near the cost of a deque append. Sinks batch for far longer anyway; ``flush()``,
-``fsync()`` and barriers drain at once regardless.
+``fsync()``, closing and barriers with ``async def`` hooks drain at once regardless.
 """
 
 
@@ -224,7 +227,8 @@ class Bus:
         Each hook is called as ``hook(args, state, control, **kwargs)``; a non-``None`` return
         replaces the control object the next hook sees, and the last one is returned. Plain
         hooks run inline on the calling thread; ``async def`` hooks are awaited on the bus's
-        loop while the caller waits. Exceptions propagate, as in Hugging Face.
+        loop while the caller waits, after the loop drained what was published before them.
+        Exceptions propagate, as in Hugging Face.
         """
         for hook in hooks:
             result = hook(args, state, control, **kwargs)
@@ -243,6 +247,8 @@ class Bus:
         for hook in hooks:
             result = hook(args, state, control, **kwargs)
             if iscoroutine(result):
+                if self._token is not None:
+                    await self.drain()
                 result = await result
             if result is not None:
                 control = result
@@ -258,7 +264,15 @@ class Bus:
                 "Bus.barrier() was called on the bus's own event loop thread with an async hook; "
                 "use `await bus.abarrier(...)` there."
             )
-        return anyio.from_thread.run(_await, coro, token=token)
+        return anyio.from_thread.run(self._drain_then_await, coro, token=token)
+
+    async def _drain_then_await(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            await self.drain()
+        except BaseException:
+            coro.close()
+            raise
+        return await coro
 
     def flush(self) -> None:
         """Block until every event published so far is written to the journal (not fsynced).
@@ -415,7 +429,28 @@ class Bus:
             try:
                 await task_group.__aexit__(None, None, None)
             finally:
+                self._journal_late_events()
                 self._close_journal()
+
+    def _journal_late_events(self) -> None:
+        """Keep what was published after the final drain (a thread racing the close).
+
+        The sinks have finished by now, so these events reach the journal only, for a later
+        ``trainbus sync``. A bus without a journal keeps them for its next start, as it keeps
+        events published before the first one; a temporary journal is removed with them.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        if self._journal is None:
+            note = "kept in memory for the next start of this bus"
+            count = len(pending)
+        else:
+            late = [pending.popleft() for _ in range(len(pending))]
+            self._journal.append(late)
+            count = len(late)
+            note = "lost with the temporary journal" if self._tmpdir else "kept in the journal"
+        log.warning("bus_events_after_close", run_id=self.run_id, count=count, note=note)
 
     def _close_journal(self) -> None:
         self.report = {r.name: r.report for r in self._runners if r.report is not None}

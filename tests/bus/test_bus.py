@@ -301,3 +301,53 @@ def test_events_outside_the_union_are_refused() -> None:
         bus.emit(Custom)
     with pytest.raises(ConfigurationError, match="Custom"):
         bus.publish(Custom(run_id="r", seq=0, time=0.0))
+
+
+async def test_async_hooks_see_every_event_published_before_their_barrier(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """An async hook runs after the bus journaled what the training thread published before it."""
+    seen: list[int] = []
+
+    async def read_journal(args: Any, state: Any, control: Control, **kwargs: Any) -> None:
+        seen.extend(e.global_step for e in JournalReader(tmp_path / "journal.tbj").read_from())
+
+    with anyio.fail_after(10):
+        async with make_bus(wake_interval=60.0) as bus:  # no coalesced wake-up during the test
+
+            def train() -> None:
+                bus.emit(StepEnd, global_step=1)
+                bus.emit(StepEnd, global_step=2)
+                bus.barrier([read_journal], None, None, Control())
+
+            await anyio.to_thread.run_sync(train)
+    assert seen == [1, 2]
+
+
+class _EmitsOnClose(RecordingSink):
+    """A sink whose close() publishes one more event, as a late publisher racing close would."""
+
+    def __init__(self, bus_box: list[Bus]) -> None:
+        super().__init__("late")
+        self._bus_box = bus_box
+
+    async def close(self) -> None:
+        self._bus_box[0].emit(StepEnd, global_step=99)
+        await super().close()
+
+
+async def test_events_published_while_the_bus_closes_reach_the_journal(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """An event published after the final drain is still journaled (for sync) and reported."""
+    box: list[Bus] = []
+    sink = _EmitsOnClose(box)
+    bus = make_bus([sink])
+    box.append(bus)
+    with anyio.fail_after(10), capture_logs() as logs:
+        async with bus:
+            bus.emit(StepEnd, global_step=1)
+    steps = [e.global_step for e in JournalReader(tmp_path / "journal.tbj").read_from()]
+    assert steps == [1, 99]
+    late = [entry for entry in logs if entry["event"] == "bus_events_after_close"]
+    assert len(late) == 1 and late[0]["count"] == 1
