@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +60,31 @@ def test_retry_delay_grows_and_honours_retry_after() -> None:
     assert all(0.5 <= jittered.delay(1) <= 1.0 for _ in range(100))
 
 
+@dataclass(frozen=True)
+class _RecordingPolicy(RetryPolicy):
+    """Fast retries that remember each failure and ``Retry-After`` they were asked about."""
+
+    asked: list[tuple[int, float | None]] = field(default_factory=list)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        self.asked.append((attempt, retry_after))
+        return 0.001
+
+
 async def test_retryable_failures_then_success_deliver_exactly_once(make_bus: MakeBus) -> None:
-    """A sink failing with retryable errors (429-like included) gets every event once, in order."""
+    """A sink failing with retryable errors (429-like included) gets every event once, in order,
+    and the server's Retry-After reaches the backoff of the retries it asked for."""
     sink = RecordingSink(max_batch_size=7)
     sink.fail_retryable(2)
-    sink.fail_retryable(2, retry_after=0.01)
+    sink.fail_retryable(2, retry_after=30.0)
+    policy = _RecordingPolicy()
     with anyio.fail_after(20):
-        async with make_bus([sink]) as bus:
+        async with make_bus([sink], retry_policy=policy) as bus:
             await _publish_from_thread(bus, 100)
     assert _seqs(sink) == list(range(100))
     assert bus.report is not None and bus.report["recording"].undelivered == 0
     assert len(sink.attempts) == len(sink.batches) + 4
+    assert policy.asked == [(1, None), (2, None), (3, 30.0), (4, 30.0)]
     assert sink.opened and sink.closed
 
 
