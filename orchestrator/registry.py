@@ -35,7 +35,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "tensorboard": "sinks.tensorboard:TensorBoardSink",
     "mlflow": "sinks.mlflow:MLflowSink",
     "comet_ml": "sinks.comet:CometSink",
-    "wandb": None,
+    "wandb": "sinks.wandb:WandbSink",
     "azure_ml": None,
     "codecarbon": None,
     "clearml": None,

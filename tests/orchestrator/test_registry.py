@@ -74,8 +74,8 @@ def test_unknown_name_lists_the_valid_ones() -> None:
 
 def test_known_but_unimplemented_name_says_so() -> None:
     """A Hugging Face name without a trainbus sink yet fails with 'not implemented yet'."""
-    with pytest.raises(ConfigurationError, match="'wandb' is not implemented yet"):
-        resolve_report_to("wandb", {})
+    with pytest.raises(ConfigurationError, match="'clearml' is not implemented yet"):
+        resolve_report_to("clearml", {})
 
 
 def test_all_cannot_be_mixed_with_names() -> None:
