@@ -2,7 +2,9 @@
 # Set up trainbus in ./.venv. Usage: bash scripts/setup.sh [demo|test|bench]
 #   demo  (default) runtime + what the demo needs (scikit-learn's bundled digits, TensorBoard)
 #   test  runtime + test and lint tools (pytest, mlflow server, TensorBoard reader, ...)
-# Without an NVIDIA GPU it installs the CPU build of torch; with one, bring your own torch first.
+# torch: an existing install is kept. Otherwise, without an NVIDIA GPU, torch==2.13.0 is pinned;
+# where your package index serves CUDA wheels, add PyTorch's CPU index first to get the small CPU
+# build: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-demo}"
