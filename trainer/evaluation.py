@@ -148,11 +148,22 @@ def prediction_loop(
         if nan_inf_filter:
             all_losses = all_losses[torch.isfinite(all_losses)]
         metrics[f"{prefix}_loss"] = float(all_losses.mean()) if len(all_losses) else math.nan
-    metrics = {
-        (key if key.startswith(f"{prefix}_") else f"{prefix}_{key}"): metric_value(value)
+    return EvalLoopOutput(
+        predictions, label_ids, _prefixed(metrics, prefix), num_samples, num_batches
+    )
+
+
+def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Prefix the keys as Hugging Face does, and in its order: keys that lack the prefix move
+    behind those that have it (``eval_loss`` included), so logs list keys in the same order."""
+    head = f"{prefix}_"
+    ready = {key: metric_value(value) for key, value in metrics.items() if key.startswith(head)}
+    renamed = {
+        head + key: metric_value(value)
         for key, value in metrics.items()
+        if not key.startswith(head)
     }
-    return EvalLoopOutput(predictions, label_ids, metrics, num_samples, num_batches)
+    return {**ready, **renamed}
 
 
 def speed_metrics(

@@ -53,7 +53,7 @@ def _hook(name: str) -> Any:
             control.should_evaluate,
             control.should_log,
         )
-        keys = sorted(kwargs.get("logs") or kwargs.get("metrics") or {})
+        keys = list(kwargs.get("logs") or kwargs.get("metrics") or {})
         self.seen.append((name, state.global_step, round(float(state.epoch or 0), 6), flags, keys))
 
     return hook
@@ -108,7 +108,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "load_best_model_at_end": True,
     },
     "eval-on-start": {"eval_on_start": True, "max_steps": 3, "save_strategy": "no"},
+    "compute-metrics": {"max_steps": 3, "save_strategy": "no"},
 }
+
+
+def _metrics(_: Any) -> dict[str, float]:
+    """One key HF must prefix and one it must leave alone: their order in the logs is visible."""
+    return {"score": 1.0, "eval_extra": 2.0}
+
+
+def _compute_metrics(config: dict[str, Any]) -> Any:
+    return _metrics if config is CONFIGS["compute-metrics"] else None
 
 
 def _run_hf(tmp_path: Path, config: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -119,6 +129,7 @@ def _run_hf(tmp_path: Path, config: dict[str, Any]) -> list[tuple[Any, ...]]:
         args=args,
         train_dataset=RegressionDataset(20),
         eval_dataset=RegressionDataset(8, seed=1),
+        compute_metrics=_compute_metrics(config),
         callbacks=[recorder],
     )
     trainer.train()
@@ -133,6 +144,7 @@ def _run_ours(tmp_path: Path, config: dict[str, Any]) -> list[tuple[Any, ...]]:
         args,
         train_dataset=RegressionDataset(20),
         eval_dataset=RegressionDataset(8, seed=1),
+        compute_metrics=_compute_metrics(config),
         callbacks=[recorder],
         launcher=LocalLauncher(),
     )
@@ -149,7 +161,8 @@ def _without_speed_keys(seen: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 def test_hf_callback_sees_the_same_events_steps_and_flags(
     tmp_path: Path, config: dict[str, Any]
 ) -> None:
-    """Same hooks, same order, same ``global_step``/``epoch`` and flags as in transformers."""
+    """Same hooks, same order, same ``global_step``/``epoch``, flags and log keys (in their order)
+    as in transformers."""
     theirs = _without_speed_keys(_run_hf(tmp_path, config))
     ours = _without_speed_keys(_run_ours(tmp_path, config))
     assert [entry[0] for entry in ours] == [entry[0] for entry in theirs]

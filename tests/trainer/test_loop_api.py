@@ -99,7 +99,11 @@ def test_grad_norm_is_logged_even_without_clipping(tmp_path: Path) -> None:
 
 
 def test_evaluate_alone_is_a_run_with_prefixed_metrics(tmp_path: Path) -> None:
-    """A direct ``evaluate()`` publishes prediction steps, one log and the evaluation."""
+    """A direct ``evaluate()`` publishes prediction steps, one log and the evaluation.
+
+    Keys come in transformers' order: renamed user metrics after ``eval_loss`` (the spec's table
+    lists them first, but transformers 5.24 moves every key it prefixes to the end).
+    """
 
     def metrics(prediction: EvalPrediction) -> dict[str, Any]:
         predictions, labels = prediction
@@ -108,8 +112,8 @@ def test_evaluate_alone_is_a_run_with_prefixed_metrics(tmp_path: Path) -> None:
     run = make_run(tmp_path, compute_metrics=metrics)
     result = run.trainer.evaluate()
     assert list(result) == [
-        "eval_mae",
         "eval_loss",
+        "eval_mae",
         "eval_runtime",
         "eval_samples_per_second",
         "eval_steps_per_second",
