@@ -154,6 +154,8 @@ class Bus:
         self._subscriptions: list[Subscription] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._drainer_scope: anyio.CancelScope | None = None
+        self._failure: Exception | None = None
+        """The journal write that failed; from then on publishing raises (see ``_refusal``)."""
 
     # --- training side: any thread ------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class Bus:
         """Build an event with this bus's envelope (run_id, seq, time, rank) and publish it."""
         if event_type not in _KNOWN_TYPES:
             raise _unknown_type(event_type)
+        if self._failure is not None:
+            raise self._refusal()
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -178,6 +182,8 @@ class Bus:
         """Publish a ready-made event; it gets this bus's next ``seq``, ``run_id`` and ``rank``."""
         if type(event) not in _KNOWN_TYPES:
             raise _unknown_type(type(event))
+        if self._failure is not None:
+            raise self._refusal()
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -189,6 +195,15 @@ class Bus:
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()
         return event
+
+    def _refusal(self) -> JournalError:
+        """Why publishing stopped: the journal failed, and what is not journaled is lost."""
+        error = JournalError(
+            f"The bus of run {self.run_id} could not write its journal {self.journal_path} "
+            f"({self._failure}); it refuses new events instead of keeping them in memory."
+        )
+        error.__cause__ = self._failure
+        return error
 
     def _schedule_wake(self) -> None:
         call_soon = self._call_soon
@@ -323,7 +338,11 @@ class Bus:
 
     def _dispatch(self, batch: list[Event]) -> None:
         if self._journal is not None:
-            self._journal.append(batch)
+            try:
+                self._journal.append(batch)
+            except Exception as exc:
+                self._failure = exc
+                raise
         for runner in self._runners:
             runner.offer(batch)
         for subscription in self._subscriptions:
@@ -418,13 +437,13 @@ class Bus:
         try:
             with anyio.CancelScope(shield=True):
                 await self.drain()
+        finally:  # even when the last drain failed: the tasks must end or the close hangs
             for runner in self._runners:
                 runner.begin_close(self.close_deadline)
             for subscription in list(self._subscriptions):
                 subscription.close()
             if self._drainer_scope is not None:
                 self._drainer_scope.cancel()
-        finally:
             self._call_soon = None
             try:
                 await task_group.__aexit__(None, None, None)
@@ -442,7 +461,11 @@ class Bus:
         pending = self._pending
         if not pending:
             return
-        if self._journal is None:
+        if self._failure is not None:
+            note = "lost: the journal could not be written"
+            count = len(pending)
+            pending.clear()
+        elif self._journal is None:
             note = "kept in memory for the next start of this bus"
             count = len(pending)
         else:

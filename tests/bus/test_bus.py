@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bus import Bus, EventBase, JournalReader, Log, StepEnd, TrainBegin
-from bus.errors import ConfigurationError
+from bus.errors import ConfigurationError, JournalError
 from bus.testing import RecordingSink, capture_events
 from tests.bus.conftest import MakeBus
 
@@ -351,3 +351,39 @@ async def test_events_published_while_the_bus_closes_reach_the_journal(
     assert steps == [1, 99]
     late = [entry for entry in logs if entry["event"] == "bus_events_after_close"]
     assert len(late) == 1 and late[0]["count"] == 1
+
+
+def _disk_full(events: Any) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_journal_that_cannot_be_written_stops_publishing(tmp_path: Path) -> None:
+    """After a journal write fails, publishing raises instead of piling events up in memory."""
+    bus = Bus(run_id="r", journal_path=tmp_path / "journal.tbj")
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bus),
+    ):
+        assert bus._journal is not None
+        bus._journal.append = _disk_full  # type: ignore[method-assign]  # fault injection
+        bus.emit(StepEnd, global_step=1)
+        with pytest.raises(OSError, match="No space left"):
+            bus.flush()
+        with pytest.raises(JournalError, match="No space left on device"):
+            bus.emit(StepEnd, global_step=2)
+        with pytest.raises(JournalError, match="could not write its journal"):
+            bus.publish(StepEnd(run_id="r", seq=0, time=0.0, global_step=3))
+    assert len(bus._pending) == 0
+
+
+async def test_closing_after_a_failed_journal_write_raises_instead_of_hanging(
+    make_bus: MakeBus,
+) -> None:
+    """If the final drain cannot write the journal, the close still ends its tasks and raises."""
+    sink = RecordingSink()
+    with anyio.fail_after(10), pytest.raises(OSError, match="No space left"):
+        async with make_bus([sink], wake_interval=60.0) as bus:
+            assert bus._journal is not None
+            bus._journal.append = _disk_full  # type: ignore[method-assign]  # fault injection
+            bus.emit(StepEnd, global_step=1)
+    assert bus.report is not None and sink.closed
