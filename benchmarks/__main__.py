@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import subprocess
@@ -35,6 +36,8 @@ from benchmarks._report import (
 )
 
 DEFAULT_LIMIT_S: Final = {"full": 600.0, "quick": 150.0, "smoke": 60.0}
+SUITE_FILE: Final = "_suite.json"
+"""How the last suite run went (command, date, machine, outcomes), for ``--report-only``."""
 
 
 @dataclass
@@ -75,6 +78,8 @@ def load_results(results: Path) -> dict[str, dict[str, Any]]:
     """Every result file in ``results``, by topic; unreadable files are reported and skipped."""
     loaded: dict[str, dict[str, Any]] = {}
     for path in sorted(results.glob("*.json")):
+        if path.name == SUITE_FILE:
+            continue
         try:
             loaded[path.stem] = read_result(path)
         except (ValueError, OSError) as exc:
@@ -116,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = [] if args.report_only else [run_topic(t, mode, results, limit) for t in wanted]
     total = time.perf_counter() - began
     loaded = load_results(results)
-    context = {
+    context: dict[str, Any] = {
         "command": command,
         "mode": mode,
         "date": started.isoformat(timespec="seconds"),
@@ -125,6 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(),
         "outcomes": [o.__dict__ for o in outcomes],
     }
+    suite_file = results / SUITE_FILE
+    if not args.report_only:
+        suite_file.write_text(json.dumps(context, indent=2) + "\n")
+    elif suite_file.exists():
+        # RESULTS.md keeps saying which run produced the figures, not which command re-read them.
+        context = json.loads(suite_file.read_text())
+        context["reassembled"] = started.isoformat(timespec="seconds")
+        mode = context["mode"]
     markdown_path = out_dir / "RESULTS.md"
     plot_path = out_dir / "results.png"
     plotted = render_plot(loaded, plot_path)

@@ -97,7 +97,7 @@ class Plan:
                 + _grid((10,), (10, 200), (None,))
                 + _grid((1,), (10,), (0, 50))
             )
-            return cls(conditions, 2, 0.4, 10, 0.3, True, 240.0)
+            return cls(conditions, 2, 0.4, 10, 0.3, True, 200.0)
         if mode == "quick":
             return cls(_grid((1,), (10,), (None, 200)), 1, 0.4, 10, 0.2, True, 90.0)
         if mode == "smoke":
