@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import faulthandler
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ FAST_RETRIES = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_crashes=
 """Backoff short enough that retry tests take milliseconds."""
 
 MakeBus = Callable[..., Bus]
+
+TIME_LIMIT_S = 120
+"""Longer than the slowest bus test by far; a hang ends the test process with every stack."""
+
+
+@pytest.fixture(autouse=True)
+def time_limit() -> Iterator[None]:
+    """Bound every bus test, synchronous ones too (a blocking portal cannot use fail_after)."""
+    faulthandler.dump_traceback_later(TIME_LIMIT_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture
