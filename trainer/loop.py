@@ -85,7 +85,7 @@ from trainer.launcher import Launcher, resolve_launcher
 from trainer.optim import create_optimizer, create_scheduler
 from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
-from trainer.resume import exportable_objects, load_state
+from trainer.resume import exportable_objects, load_state, warn_overridden_arguments
 from trainer.rng import capture_rng_state, restore_rng_state, set_seed
 from trainer.run_info import check_arguments, record_best, run_config
 from trainer.state import TrainerControl, TrainerState, restore_callback_states
@@ -566,6 +566,7 @@ class Trainer:
         start = ResumePoint(0, 0)
         if checkpoint is not None:
             loaded = load_state(checkpoint)
+            warn_overridden_arguments(self.state, loaded)
             if args.restore_callback_states_from_checkpoint:
                 self.control = restore_callback_states(
                     loaded.stateful_callbacks, self.callback_handler, self.control

@@ -14,7 +14,7 @@ from trainer.checkpoint import STATE_NAME
 from trainer.handler import CallbackHandler
 from trainer.state import TrainerControl, TrainerState, is_exportable
 
-__all__ = ["exportable_objects", "load_state"]
+__all__ = ["exportable_objects", "load_state", "warn_overridden_arguments"]
 
 logger = structlog.get_logger(__name__)
 
@@ -34,3 +34,22 @@ def load_state(checkpoint: Path) -> TrainerState:
 def exportable_objects(handler: CallbackHandler, control: TrainerControl) -> list[object]:
     """The objects whose states a checkpoint records: stateful callbacks, then the control."""
     return [cb for cb in handler.callbacks if is_exportable(cb)] + [control]
+
+
+_RUN_SHAPE = ("logging_steps", "eval_steps", "save_steps", "train_batch_size")
+"""State fields a resumed run takes from its checkpoint even when the arguments now differ."""
+
+
+def warn_overridden_arguments(fresh: TrainerState, loaded: TrainerState) -> None:
+    """Say which intervals and batch size the checkpoint imposes over the current arguments.
+
+    As in Hugging Face, the loaded state wins (the flow callback reads ``state.logging_steps``
+    and friends); ``fresh`` holds what the arguments resolved to, ratios already made absolute.
+    """
+    differences = {
+        name: {"arguments": getattr(fresh, name), "checkpoint": getattr(loaded, name)}
+        for name in _RUN_SHAPE
+        if getattr(loaded, name) is not None and getattr(fresh, name) != getattr(loaded, name)
+    }
+    if differences:
+        logger.warning("resumed_state_overrides_arguments", differences=differences)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from structlog.testing import capture_logs
 
 from bus.events import RunFinished
 from tests.trainer.recording import Run, StopAt, make_run, time_limit  # noqa: F401  (autouse)
@@ -152,3 +153,19 @@ def test_early_stopping_counter_restarts_without_restoring_states(tmp_path: Path
     _scripted(second, SCORES)
     second.trainer.train(resume_from_checkpoint=True)
     assert second.trainer.state.global_step == 5
+
+
+def test_resume_warns_that_the_checkpoints_intervals_win(tmp_path: Path) -> None:
+    """As in HF, a resumed run keeps the checkpoint's logging/eval/save intervals, and says so
+    when the arguments ask for others (here logging_steps 4 -> 1)."""
+    args = {**RESUME_ARGS, "logging_steps": 4}
+    first = make_run(tmp_path, train_size=24, callbacks=[StopAt(4)], **args)
+    first.trainer.train()
+    second = make_run(tmp_path, train_size=24, **{**args, "logging_steps": 1})
+    with capture_logs() as logs:
+        second.trainer.train(resume_from_checkpoint=True)
+    warned = [entry for entry in logs if entry["event"] == "resumed_state_overrides_arguments"]
+    assert len(warned) == 1
+    assert warned[0]["differences"] == {"logging_steps": {"arguments": 1, "checkpoint": 4}}
+    assert second.trainer.state.logging_steps == 4
+    assert [e["step"] for e in second.trainer.state.log_history if "loss" in e] == [4, 8]
