@@ -56,10 +56,13 @@ def improved(args: TrainingArguments, value: Any, best: float | None) -> bool:
         return False
     if best is None:
         return True
-    greater = args.greater_is_better
-    if greater is None:
-        greater = not str(args.metric_for_best_model).endswith("loss")
-    return value > best if greater else value < best
+    return value > best if _greater_is_better(args) else value < best
+
+
+def _greater_is_better(args: TrainingArguments) -> bool:
+    if args.greater_is_better is not None:
+        return args.greater_is_better
+    return not str(args.metric_for_best_model).endswith("loss")
 
 
 def record_best(
@@ -78,7 +81,11 @@ def record_best(
             f"metric_for_best_model={args.metric_for_best_model!r}: evaluation produced no "
             f"{key!r}; the metrics it produced are {sorted(metrics)}"
         )
-    if not update or not improved(args, metrics[key], state.best_metric):
+    if not update:
+        return False
+    if state.best_metric is None:  # HF starts from the worst value, so NaN never counts as best
+        state.best_metric = -math.inf if _greater_is_better(args) else math.inf
+    if not improved(args, metrics[key], state.best_metric):
         return False
     state.best_metric = float(metrics[key])
     if args.save_strategy in ("steps", "epoch", "best"):

@@ -169,3 +169,16 @@ def test_resume_warns_that_the_checkpoints_intervals_win(tmp_path: Path) -> None
     assert warned[0]["differences"] == {"logging_steps": {"arguments": 1, "checkpoint": 4}}
     assert second.trainer.state.logging_steps == 4
     assert [e["step"] for e in second.trainer.state.log_history if "loss" in e] == [4, 8]
+
+
+def test_early_stopping_counts_nan_evaluations_from_the_start(tmp_path: Path) -> None:
+    """A run whose metric is NaN from the first evaluation stops as transformers' does (step 3
+    with patience 2): the best metric starts at -inf after the first evaluation (greater is
+    better) and NaN never beats it, so the evaluations at steps 2 and 3 count as misses."""
+    nan_scores = dict.fromkeys(range(1, 9), float("nan"))
+    run = make_run(tmp_path, train_size=40, callbacks=[EarlyStoppingCallback(2)], **EARLY_ARGS)
+    _scripted(run, nan_scores)
+    run.trainer.train()
+    assert run.trainer.state.global_step == 3
+    assert run.trainer.state.best_metric == float("-inf")
+    assert run.trainer.state.best_global_step is None
