@@ -338,6 +338,8 @@ class Bus:
 
     def _dispatch(self, batch: list[Event]) -> None:
         if self._journal is not None:
+            if self._failure is not None:  # appending after a failed (maybe partial) write
+                raise self._refusal()  # would bury a torn record under intact ones
             try:
                 self._journal.append(batch)
             except Exception as exc:

@@ -376,6 +376,24 @@ def test_a_journal_that_cannot_be_written_stops_publishing(tmp_path: Path) -> No
     assert len(bus._pending) == 0
 
 
+async def test_no_append_follows_a_failed_journal_write(make_bus: MakeBus, tmp_path: Path) -> None:
+    """Events queued before a write failed are not appended after it (a torn record must stay
+    the journal's tail, never be buried under intact ones); the close says so."""
+    with anyio.fail_after(10):
+        async with make_bus(wake_interval=60.0) as bus:
+            assert bus._journal is not None
+            real_append = bus._journal.append
+            bus._journal.append = _disk_full  # type: ignore[method-assign]  # fault injection
+            for step in range(600):  # more than one burst: the first fails, the rest wait
+                bus.emit(StepEnd, global_step=step)
+            with pytest.raises(OSError, match="No space left"):
+                await bus.drain()
+            bus._journal.append = real_append  # type: ignore[method-assign]  # the disk recovers
+            with pytest.raises(JournalError, match="could not write its journal"):
+                await bus.drain()
+    assert list(JournalReader(tmp_path / "journal.tbj").read_from()) == []
+
+
 async def test_closing_after_a_failed_journal_write_raises_instead_of_hanging(
     make_bus: MakeBus,
 ) -> None:
