@@ -292,9 +292,9 @@ class Bus:
     def flush(self) -> None:
         """Block until every event published so far is written to the journal (not fsynced).
 
-        Rarely needed: each burst the loop drains reaches the operating system in one write, so
-        events are in the journal within one loop iteration of being published. Call it where
-        a crash of this process right afterwards must not lose them.
+        Rarely needed: the loop drains a burst within ``wake_interval`` of its first event and
+        writes it to the operating system in one write, and closing the bus drains the rest.
+        Call it where a crash of this process right afterwards must not lose them.
         """
         token = self._token
         if token is None:
