@@ -379,14 +379,19 @@ class Bus:
         if self._token is not None:
             raise RuntimeError("This Bus is already running; a bus is entered once at a time.")
         self._open_journal()
-        cursors = CursorStore(self.cursor_dir)
-        if self._journal is not None:
-            self._runners = [
-                SinkRunner(
-                    s, self._journal, cursors, policy=self._policy, queue_size=self._queue_size
-                )
-                for s in self.sinks
-            ]
+        try:
+            cursors = CursorStore(self.cursor_dir)
+            if self._journal is not None:
+                self._runners = [
+                    SinkRunner(
+                        s, self._journal, cursors, policy=self._policy, queue_size=self._queue_size
+                    )
+                    for s in self.sinks
+                ]
+        except BaseException:  # a bad cursor file: leave nothing open behind the error
+            self._runners = []
+            self._discard_journal()
+            raise
         token = anyio.lowlevel.current_token()
         native = token.native_token
         if isinstance(native, asyncio.AbstractEventLoop):
@@ -407,6 +412,14 @@ class Bus:
         )
         self._wakeup.set()  # events published before the start
         return self
+
+    def _discard_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
     def _open_journal(self) -> None:
         path = self.journal_path

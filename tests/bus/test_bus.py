@@ -405,3 +405,21 @@ async def test_closing_after_a_failed_journal_write_raises_instead_of_hanging(
             bus._journal.append = _disk_full  # type: ignore[method-assign]  # fault injection
             bus.emit(StepEnd, global_step=1)
     assert bus.report is not None and sink.closed
+
+
+async def test_a_failed_start_leaves_nothing_open(make_bus: MakeBus, tmp_path: Path) -> None:
+    """A bad cursor file fails the start with its path named; the journal is closed again, and
+    the same bus starts once the cursor is fixed."""
+    (tmp_path / "cursors").mkdir()
+    (tmp_path / "cursors" / "recording.cursor").write_text("not a number\n")
+    sink = RecordingSink()
+    bus = make_bus([sink])
+    with anyio.fail_after(10):
+        with pytest.raises(JournalError, match=r"recording\.cursor"):
+            async with bus:
+                pass
+        assert bus._journal is None
+        (tmp_path / "cursors" / "recording.cursor").write_text("-1\n")
+        async with bus:
+            bus.emit(StepEnd, global_step=1)
+    assert [e.global_step for e in sink.received] == [1]
