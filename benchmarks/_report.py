@@ -168,6 +168,25 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
     lines.append("")
     if data.get("workload"):
         lines += [f"Workload: {data['workload']}.", ""]
+    plan = data.get("plan")
+    if isinstance(plan, Mapping) and "repeats" in plan:
+        runs = (
+            tables.get("runs") if isinstance(tables := data.get("tables"), Mapping) else None
+        ) or []
+        cut = sorted(
+            {
+                f"every {r['every']}, {r['scalars']} sc, {r['route']}"
+                for r in runs
+                if r.get("rounds_cut")
+            }
+        )
+        lines += [
+            f"Method: {plan['repeats']} alternating rounds per condition; each run times "
+            f"{plan['budget_s']} s of training steps after a warm-up of "
+            f"{plan['warmup_steps']} steps or {plan.get('warmup_s', '?')} s, whichever ends first."
+            + (f" One round only (soft time limit reached): {'; '.join(cut)}." if cut else ""),
+            "",
+        ]
     tables = data.get("tables") or {}
     if topic == "peers" and tables.get("peers"):
         lines += [
