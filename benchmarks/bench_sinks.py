@@ -496,8 +496,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="short runs, one round")
     options = parser.parse_args(argv)
     quick = options.quick
-    seconds = 4.0 if quick else 5.0
-    rounds = 1 if quick else 6
+    seconds = 2.0 if quick else 5.0
+    rounds = 1 if quick else 4
     rate_requests = 8 if quick else 25
     contenders = [
         (),
@@ -531,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(format_table([outage]))
             cpu_rows = []
             for names in abab_order(contenders[1:-1], 1 if quick else 3):
-                cpu_rows.append(_sink_cpu(stage, names, 600 if quick else 2000, 200.0))
+                cpu_rows.append(_sink_cpu(stage, names, 300 if quick else 2000, 200.0))
                 print(format_table([cpu_rows[-1]]))
             rates: list[dict[str, Any]] = []
             for kind in abab_order(["bare", "sink"], 1 if quick else 3):
