@@ -11,7 +11,7 @@ PACKAGES = ["bus", "trainer", "sinks", "orchestrator"]
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_all_is_sorted_and_unique(package: str) -> None:
-    """A package's ``__all__`` lists each public name once, in sorted order, so drift shows in review."""
+    """A package's ``__all__`` lists each public name once, sorted, so drift shows in review."""
     module = importlib.import_module(package)
     exported = list(getattr(module, "__all__", []))
     assert exported, f"{package}/__init__.py defines no __all__"
@@ -27,7 +27,7 @@ def test_every_exported_name_resolves(package: str) -> None:
 
 
 def test_bus_does_not_import_torch_or_httpx() -> None:
-    """Importing the whole bus package pulls in neither torch nor httpx (checked in a fresh interpreter)."""
+    """Importing the whole bus package pulls in neither torch nor httpx (in a fresh interpreter)."""
     import subprocess
     import sys
 
