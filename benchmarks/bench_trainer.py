@@ -133,7 +133,7 @@ class _LoopLessLauncher:
         return work(Bus(run_id="bench-loopless"))
 
     async def run_async(self, trainer: Any, work: Callable[[Any], Any]) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError("the loop-less diagnostic only trains synchronously")
 
 
 def _trainbus(
