@@ -6,6 +6,8 @@ context manager turns whatever escapes into the two errors the sink runtime unde
 * ``RetryableSinkError``: timeouts, connection and protocol errors, HTTP 408, 429 and 5xx, with
   the server's ``Retry-After`` hint in seconds when it gave one;
 * ``PermanentSinkError``: every other 4xx, with the status and (secret-free) response body.
+
+``status_error`` is the same mapping for a client that is not httpx (``sinks._http1``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from typing import Final
 
 import httpx
 
-from bus.errors import PermanentSinkError, RetryableSinkError
+from bus.errors import PermanentSinkError, RetryableSinkError, SinkError
 from sinks._redact import redact_url
 
-__all__ = ["RETRYABLE_STATUS", "map_errors", "parse_retry_after"]
+__all__ = ["RETRYABLE_STATUS", "map_errors", "parse_retry_after", "status_error"]
 
 RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
 _BODY_LIMIT: Final = 2000
@@ -44,6 +46,21 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+def status_error(
+    service: str, method: str, path: str, status: int, retry_after: str | None, body: str
+) -> SinkError:
+    """The error for a response that was not a success: retryable or permanent, as above."""
+    where = f"{service} {method} {redact_url(path)}"
+    if status in RETRYABLE_STATUS or status >= 500:
+        return RetryableSinkError(
+            f"{where} answered HTTP {status}", retry_after=parse_retry_after(retry_after)
+        )
+    text = redact_url(body[:_BODY_LIMIT])
+    return PermanentSinkError(
+        f"{where} answered HTTP {status}: {text[:300]}", status=status, body=text
+    )
+
+
 @contextmanager
 def map_errors(service: str) -> Iterator[None]:
     """Translate httpx exceptions raised inside the block; ``service`` names the API in messages."""
@@ -52,15 +69,14 @@ def map_errors(service: str) -> Iterator[None]:
     except httpx.HTTPStatusError as exc:
         response = exc.response
         status = response.status_code
-        where = f"{service} {exc.request.method} {redact_url(str(exc.request.url.path))}"
-        if status in RETRYABLE_STATUS or status >= 500:
-            raise RetryableSinkError(
-                f"{where} answered HTTP {status}",
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            ) from None
-        body = redact_url(_body_text(response))
-        raise PermanentSinkError(
-            f"{where} answered HTTP {status}: {body[:300]}", status=status, body=body
+        retryable = status in RETRYABLE_STATUS or status >= 500
+        raise status_error(
+            service,
+            exc.request.method,
+            str(exc.request.url.path),
+            status,
+            response.headers.get("Retry-After"),
+            "" if retryable else _body_text(response),
         ) from None
     except httpx.TimeoutException as exc:
         raise RetryableSinkError(f"{service} timed out ({type(exc).__name__})") from None
