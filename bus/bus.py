@@ -2,9 +2,10 @@
 
 Two sides, one object. The *training side* (``emit``, ``publish``, ``barrier``, ``fsync``) is
 called from whatever thread trains. Publishing appends to a deque under a lock that is never
-held across I/O, and schedules at most one loop wake-up per burst: the flag that says "a wake-up
-is on its way" is cleared by the loop only once it has found the deque empty, so while the
-training thread keeps publishing it never pays for another one. The *loop side* (``async with
+held across I/O, and wakes the loop only when it is idle: once woken, the loop polls the deque
+every ``wake_interval`` for as long as events keep coming, and the flag that says "a wake-up is on
+its way" stays set meanwhile, so a training thread that publishes steadily never pays for a
+wake-up (a system call and a GIL hand-over) at all. The *loop side* (``async with
 bus``) drains the deque in bursts, appends each burst to the journal with one write, and hands
 it to every sink runner and live subscription.
 
@@ -66,11 +67,12 @@ _MAX_PAUSE: Final = 0.001
 DEFAULT_WAKE_INTERVAL: Final = 0.02
 """Seconds the loop lets a burst gather after its first event before draining it.
 
-Each wake-up of the loop costs the training thread CPU and a GIL hand-over; a step publishes
-several events, so one wake-up per ``wake_interval`` instead of one per step keeps the cost of
-publishing near the cost of a deque append. Sinks batch for far longer anyway; ``flush()``,
-``fsync()``, closing and barriers with ``async def`` hooks drain at once regardless.
+It is also the loop's polling period while events keep coming (see ``Bus._poll``): the loop
+drains on its own timer, so publishing costs about a deque append. Sinks batch for far longer
+anyway; ``flush()``, ``fsync()``, closing and barriers with ``async def`` hooks drain at once.
 """
+_IDLE_POLLS: Final = 50
+"""Empty polls (one second at the default interval) before the loop waits to be woken again."""
 
 
 _KNOWN_TYPES: Final = frozenset(ALL_EVENT_TYPES)
@@ -326,15 +328,36 @@ class Bus:
 
     async def drain(self) -> None:
         """Journal and fan out every event published so far (tests and checkpoints use it)."""
-        pending = self._pending
         while True:
-            if not pending:
-                self._wake_scheduled = False
-                if not pending:
-                    return
+            await self._drain_pending()
+            self._wake_scheduled = False  # the next publish wakes the loop again
+            if not self._pending:  # re-check: a publisher may have seen the flag still set
+                return
+
+    async def _drain_pending(self) -> None:
+        pending = self._pending
+        while pending:
             batch = [pending.popleft() for _ in range(min(len(pending), _BURST))]
             self._dispatch(batch)
             await anyio.lowlevel.checkpoint()
+
+    async def _poll(self) -> None:
+        """Drain every ``wake_interval`` for as long as events keep coming.
+
+        A wake-up from another thread costs the publisher a system call and usually a hand-over
+        of the GIL to the loop, in the middle of a training step. While training publishes
+        steadily the loop therefore polls on its own timer instead, and publishers see the
+        "wake-up on its way" flag still set and never wake it. After ``_IDLE_POLLS`` empty
+        polls the loop goes back to waiting, and the caller's ``drain()`` clears the flag.
+        """
+        idle = 0
+        while idle < _IDLE_POLLS:
+            await anyio.sleep(self._wake_interval)
+            if self._pending:
+                idle = 0
+                await self._drain_pending()
+            else:
+                idle += 1
 
     def _dispatch(self, batch: list[Event]) -> None:
         if self._journal is not None:
@@ -358,8 +381,7 @@ class Bus:
                     await self._wakeup.wait()
                     self._wakeup = anyio.Event()
                     if self._wake_interval:
-                        # Publishers see _wake_scheduled still set and do not wake us again.
-                        await anyio.sleep(self._wake_interval)
+                        await self._poll()  # publishers see _wake_scheduled set meanwhile
                     await self.drain()
             except Exception as exc:  # the journal cannot be written: the run must hear of it
                 log.error("bus_drain_failed", run_id=self.run_id, exc_info=exc)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
+from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex
 
 import anyio
 import structlog
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 __all__ = ["Barrier", "CallbackHandler"]
 
 _log = structlog.get_logger(__name__)
+_COMMON_KWARGS: Final = (
+    "model",
+    "processing_class",
+    "optimizer",
+    "lr_scheduler",
+    "train_dataloader",
+    "eval_dataloader",
+)
 
 
 class Barrier(Protocol):
@@ -119,6 +127,7 @@ class CallbackHandler:
         optimizer: Any = None,
         lr_scheduler: Any = None,
     ) -> None:
+        self._common: dict[str, Any] | None = None
         self._callbacks = _CallbackList(self._rebuild)
         self.model = model
         self.processing_class = processing_class
@@ -139,6 +148,18 @@ class CallbackHandler:
                 "`trainer.add_callback(DefaultFlowCallback)`. The current list of callbacks is\n"
                 + self.callback_list
             )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _COMMON_KWARGS:  # the cached keyword arguments of every hook are stale now
+            object.__setattr__(self, "_common", None)
+
+    def _common_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every hook gets, built once per change rather than per event."""
+        common = self._common
+        if common is None:
+            common = self._common = {name: getattr(self, name) for name in _COMMON_KWARGS}
+        return common
 
     # --- registration (Hugging Face's exact semantics) --------------------------------------
 
@@ -218,15 +239,7 @@ class CallbackHandler:
         hooks = self._hooks[event]
         if not hooks:
             return control
-        kwargs = {
-            "model": self.model,
-            "processing_class": self.processing_class,
-            "optimizer": self.optimizer,
-            "lr_scheduler": self.lr_scheduler,
-            "train_dataloader": self.train_dataloader,
-            "eval_dataloader": self.eval_dataloader,
-            **kwargs,
-        }
+        kwargs = {**self._common_kwargs(), **kwargs} if kwargs else self._common_kwargs()
         if self.bus is not None:
             return self.bus.barrier(hooks, args, state, control, **kwargs)
         if event in self._async_events:

@@ -82,6 +82,7 @@ from trainer.evaluation import (
 from trainer.flow import DefaultFlowCallback
 from trainer.handler import CallbackHandler
 from trainer.launcher import Launcher, resolve_launcher
+from trainer.loss import LossSum
 from trainer.optim import create_optimizer, create_scheduler
 from trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainer.progress import PrinterCallback, ProgressCallback
@@ -151,7 +152,7 @@ class Trainer:
         self.control = TrainerControl()
         self._bus: Bus | None = None
         self._init_end_pending = True
-        self._tr_loss = torch.zeros((), device=self.device)
+        self._loss = LossSum(self.device, nan_inf_filter=self.args.logging_nan_inf_filter)
         self._total_loss = 0.0
         self._last_logged = 0
         self._grad_norm: torch.Tensor | None = None
@@ -318,6 +319,13 @@ class Trainer:
         finally:
             self._bus = self.callback_handler.bus = None
 
+    def _mark(self, event_type: type[EventBase]) -> None:
+        """``_publish`` for the per-step events, which carry no fields of their own."""
+        bus = self._bus
+        if bus is not None:
+            state = self.state
+            bus.emit(event_type, global_step=state.global_step, epoch=state.epoch)
+
     def _publish(self, event_type: type[EventBase], **fields: Any) -> None:
         if self._bus is not None:
             self._bus.emit(
@@ -389,7 +397,7 @@ class Trainer:
             )
         handler.model, handler.optimizer = self.model, self.optimizer
         handler.lr_scheduler, handler.train_dataloader = self.lr_scheduler, loader
-        self._tr_loss.zero_()
+        self._loss = LossSum(self.device, nan_inf_filter=args.logging_nan_inf_filter)
         self._total_loss = 0.0
         self._last_logged = self.state.global_step
         self.model.zero_grad(set_to_none=True)
@@ -413,14 +421,15 @@ class Trainer:
             for index, batch in enumerate(window):
                 step += 1
                 if step % ga == 0:
-                    self._publish(StepBegin)
+                    self._mark(StepBegin)
                     self.control = handler.on_step_begin(args, self.state, self.control)
                 last = index == len(window) - 1
-                self._accumulate(self._training_step(batch, len(window), last))
+                loss = self._training_step(batch, len(window), last)
+                self._loss.add(loss, 1 + self.state.global_step - self._last_logged)
                 if last:
                     self._optimizer_step(epoch + (step + 1) / steps_in_epoch)
                 else:
-                    self._publish(SubstepEnd)
+                    self._mark(SubstepEnd)
                     self.control = handler.on_substep_end(args, self.state, self.control)
                 self._dist.merge(self.control)  # every rank must leave at the same batch
                 if self.control.should_epoch_stop or self.control.should_training_stop:
@@ -439,17 +448,25 @@ class Trainer:
         inputs = move_to_device(batch, self.device)
         if self._count_flos is not None:
             self._flos += float(self._count_flos(inputs))
-        with self._dist.no_sync(self.model_wrapped, skip=not last):
-            loss = self.compute_loss(self.model_wrapped, inputs) / window
-            loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
+        if self._dist.enabled and not last:
+            with self._dist.no_sync(self.model_wrapped, skip=True):
+                return self._forward_backward(inputs, window)
+        return self._forward_backward(inputs, window)
+
+    def _forward_backward(self, inputs: dict[str, Any], window: int) -> torch.Tensor:
+        loss = self.compute_loss(self.model_wrapped, inputs)
+        if window > 1:
+            loss = loss / window
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
         return loss.detach()
 
-    def _accumulate(self, loss: torch.Tensor) -> None:
-        """Add to the device-side sum; a non-finite loss counts as the running mean instead."""
-        if self.args.logging_nan_inf_filter:
-            steps = 1 + self.state.global_step - self._last_logged
-            loss = torch.where(torch.isfinite(loss), loss, self._tr_loss / steps)
-        self._tr_loss += loss
+    def _take_loss(self) -> float:
+        """The loss summed since the last log entry (mean over ranks), read once; then zero."""
+        if not self._dist.enabled:
+            return self._loss.take()
+        total = self._dist.mean(self._loss.as_tensor()).item()
+        self._loss.clear()
+        return float(total)
 
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""
@@ -457,17 +474,17 @@ class Trainer:
         assert self.optimizer is not None and self.lr_scheduler is not None  # set by _train
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
         self._grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self._publish(PreOptimizerStep)
+        self._mark(PreOptimizerStep)
         self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
         self.optimizer.step()
-        self._publish(OptimizerStep)
+        self._mark(OptimizerStep)
         self.control = handler.on_optimizer_step(args, self.state, self.control)
         self._learning_rate = float(self.lr_scheduler.get_last_lr()[0])
         self.lr_scheduler.step()
         self.model.zero_grad(set_to_none=True)
         self.state.global_step += 1
         self.state.epoch = epoch
-        self._publish(StepEnd)
+        self._mark(StepEnd)
         self.control = handler.on_step_end(args, self.state, self.control)
         self._dist.merge(self.control)
         self._maybe_log_save_evaluate()
@@ -485,8 +502,7 @@ class Trainer:
 
     def _training_logs(self) -> dict[str, Any]:
         """``loss`` (mean per update since the last log), ``grad_norm``, ``learning_rate``."""
-        loss = self._dist.mean(self._tr_loss).item()
-        self._tr_loss.zero_()
+        loss = self._take_loss()
         self._total_loss += loss
         logs: dict[str, Any] = {"loss": loss / (self.state.global_step - self._last_logged)}
         if self._grad_norm is not None:
@@ -535,8 +551,7 @@ class Trainer:
     def _finish_training(self, start_time: float, start_step: int) -> TrainOutput:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""
         args, state = self.args, self.state
-        self._total_loss += self._dist.mean(self._tr_loss).item()
-        self._tr_loss.zero_()
+        self._total_loss += self._take_loss()
         state.total_flos += self._flos
         self._flos = 0.0
         steps = max(state.global_step - start_step, 1)
