@@ -9,13 +9,17 @@ are read back and a log line is written each step. Contenders:
 * ``trainbus``: ``trainer.Trainer`` with its default callbacks and ``disable_tqdm=True`` (the
   default flow and the printer callback), as ``train()`` runs by default: every event published
   on a bus that journals it in the run directory;
-* ``trainbus, no journal``: the same on the fallback launcher's bus, which keeps no journal;
 * ``hand loop + tqdm`` / ``trainbus + tqdm``: the same, with a progress bar;
 * ``transformers``: ``transformers.Trainer`` with the same model, data and arguments.
 
 Output (stdout and stderr) goes to ``/dev/null`` while timing, so terminal speed is not measured.
-Runs alternate (A B C, C B A, ...) and the medians of end-to-end wall time (``train()`` call, or
-the hand loop from optimizer creation to its last step) are compared.
+Two times per run: the end-to-end wall time (the ``train()`` call, or the hand loop from optimizer
+creation to its last step), and the steady-state time per step, from the end of step 10 to the
+end of the last, taken from each step's wall-clock end (the journal's ``StepEnd`` events for
+trainbus, a clock in the loop or a callback for the others). The target is on the second: it is
+what a run of any length pays per step; start-up and teardown are reported beside it
+(``fixed_ms``). Runs alternate (A B C, C B A, ...); each round's time is divided by the other
+contender's in the same round, and the median of those paired ratios is reported.
 
 Run: ``python -m benchmarks.bench_trainer [--quick]``; writes ``benchmarks/results/trainer.json``.
 """
@@ -46,18 +50,29 @@ from benchmarks._contenders import BatchList, Classifier, unwrap
 
 TARGET_OVERHEAD = 1.03
 
-Timing = tuple[float, float]
-"""Wall-clock seconds and process CPU seconds (all threads) of one run."""
+WARM_UP_STEPS = 10
+"""Steps left out of the steady-state time per step (first allocations, caches, threads)."""
+
+Timing = tuple[float, float, float]
+"""One run: wall-clock seconds and process CPU seconds (all threads) end to end, and the
+steady-state wall seconds per step (from the end of step ``WARM_UP_STEPS`` to the last)."""
 
 
-def _now() -> Timing:
+def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _since(began: Timing) -> Timing:
-    """Wall time is the target; CPU time, summed over threads, is steadier on a busy machine."""
+def _since(began: tuple[float, float], step_ends: list[float]) -> Timing:
+    """End-to-end wall and CPU since ``began``, and the steady step time from ``step_ends``."""
     wall, cpu = _now()
-    return wall - began[0], cpu - began[1]
+    return wall - began[0], cpu - began[1], _steady(step_ends)
+
+
+def _steady(step_ends: list[float]) -> float:
+    """Seconds per step between the end of step ``WARM_UP_STEPS`` and the end of the last."""
+    if len(step_ends) <= WARM_UP_STEPS:
+        raise ValueError(f"a run needs more than {WARM_UP_STEPS} steps, got {len(step_ends)}")
+    return (step_ends[-1] - step_ends[WARM_UP_STEPS - 1]) / (len(step_ends) - WARM_UP_STEPS)
 
 
 @contextlib.contextmanager
@@ -85,11 +100,12 @@ def _hand_loop(work: Workload, steps: int, bar: bool) -> Timing:
         collate_fn=unwrap,
         generator=torch.Generator().manual_seed(work.seed),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     progress = tqdm(total=steps, dynamic_ncols=True) if bar else None
     model.train()
     step = 0
+    step_ends: list[float] = []
     while step < steps:
         for batch in loader:
             loss = model(**batch)["loss"]
@@ -112,24 +128,24 @@ def _hand_loop(work: Workload, steps: int, bar: bool) -> Timing:
                 progress.write(str(text))
             else:
                 print(text)
+            step_ends.append(time.time())
             if step >= steps:
                 break
     if progress is not None:
         progress.close()
-    return _since(began)
+    return _since(began, step_ends)
 
 
-def _trainbus(
-    work: Workload, steps: int, bar: bool, workdir: Path, *, launcher: str = "default"
-) -> Timing:
-    """``launcher``: ``default`` (what ``train()`` uses: a run directory with its journal) or
-    ``local`` (the fallback launcher: a bus with no journal)."""
+def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
+    """As ``train()`` runs by default: a run directory whose journal gives the step times."""
+    from bus.events import StepEnd
+    from bus.journal import JournalReader
     from trainer import Trainer, TrainingArguments
-    from trainer.launcher import LocalLauncher, resolve_launcher
 
     torch.manual_seed(work.seed)
+    output_dir = Path(tempfile.mkdtemp(prefix="trainbus-", dir=workdir))
     args = TrainingArguments(
-        output_dir=str(workdir / "trainbus"),
+        output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=1,
         learning_rate=work.learning_rate,
@@ -141,16 +157,12 @@ def _trainbus(
         use_cpu=True,
         seed=work.seed,
     )
-    trainer = Trainer(
-        Classifier(work),
-        args,
-        data_collator=unwrap,
-        train_dataset=BatchList(work),
-        launcher=LocalLauncher() if launcher == "local" else resolve_launcher(),
-    )
+    trainer = Trainer(Classifier(work), args, data_collator=unwrap, train_dataset=BatchList(work))
     began = _now()
     trainer.train()
-    return _since(began)
+    (journal,) = output_dir.glob("trainbus/*/journal.tbj")
+    events = JournalReader(journal).read_from()
+    return _since(began, [e.time for e in events if isinstance(e, StepEnd)])
 
 
 def _transformers(work: Workload, steps: int, workdir: Path) -> Timing:
@@ -171,12 +183,22 @@ def _transformers(work: Workload, steps: int, workdir: Path) -> Timing:
         use_cpu=True,
         seed=work.seed,
     )
+    step_ends: list[float] = []
+
+    class StepClock(transformers.TrainerCallback):  # type: ignore[misc]  # untyped base
+        def on_step_end(self, *args: object, **kwargs: object) -> None:
+            step_ends.append(time.time())
+
     trainer = transformers.Trainer(
-        model=Classifier(work), args=args, train_dataset=BatchList(work), data_collator=unwrap
+        model=Classifier(work),
+        args=args,
+        train_dataset=BatchList(work),
+        data_collator=unwrap,
+        callbacks=[StepClock()],
     )
     began = _now()
     trainer.train()
-    return _since(began)
+    return _since(began, step_ends)
 
 
 def _contenders(work: Workload, steps: int, workdir: Path) -> dict[str, Callable[[], Timing]]:
@@ -185,7 +207,6 @@ def _contenders(work: Workload, steps: int, workdir: Path) -> dict[str, Callable
         "trainbus": lambda: _trainbus(work, steps, False, workdir),
         "hand loop + tqdm": lambda: _hand_loop(work, steps, bar=True),
         "trainbus + tqdm": lambda: _trainbus(work, steps, True, workdir),
-        "trainbus, no journal": lambda: _trainbus(work, steps, False, workdir, launcher="local"),
     }
     try:
         import accelerate  # noqa: F401  (transformers.Trainer needs it)
@@ -198,13 +219,21 @@ def _contenders(work: Workload, steps: int, workdir: Path) -> dict[str, Callable
 
 
 def _ratio(times: dict[str, list[Timing]], a: str, b: str, which: int = 0) -> float | None:
-    """Median of ``a`` over median of ``b``; ``which`` 0 is wall time, 1 is CPU time."""
+    """Median over rounds of ``a``'s time over ``b``'s in the same round (0 wall, 1 CPU).
+
+    The two ran back to back in every round, so each ratio saw about the same background load;
+    the median of the paired ratios is steadier than a ratio of two medians on a shared machine.
+    """
     if a not in times or b not in times:
         return None
-    return median([t[which] for t in times[a]]) / median([t[which] for t in times[b]])
+    return median([x[which] / y[which] for x, y in zip(times[a], times[b], strict=True)])
 
 
-def _headline(name: str, value: float | None, *, faster: bool = False) -> Headline:
+def _headline(
+    name: str, value: float | None, *, faster: bool = False, target: bool = True
+) -> Headline:
+    if not target:
+        return Headline(name, value, "x", "-", None)
     if faster:
         return Headline(
             name, value, "x", "> 1 (trainbus faster)", None if value is None else value > 1
@@ -235,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="runs per contender")
     options = parser.parse_args(argv)
     steps = options.steps or (60 if options.quick else 200)
-    rounds = options.rounds or (3 if options.quick else 15)
+    rounds = options.rounds or (3 if options.quick else 21)
     times = _measure(steps, rounds)
     rows = [
         {
@@ -243,26 +272,34 @@ def main(argv: list[str] | None = None) -> None:
             "wall_median_s": median([t[0] for t in values]),
             "wall_ms_per_step": 1000 * median([t[0] for t in values]) / steps,
             "cpu_ms_per_step": 1000 * median([t[1] for t in values]) / steps,
+            "steady_ms_per_step": 1000 * median([t[2] for t in values]),
+            "fixed_ms": 1000 * median([t[0] - t[2] * steps for t in values]),
             "wall_min_s": min(t[0] for t in values),
             "wall_max_s": max(t[0] for t in values),
             "runs": len(values),
         }
         for name, values in times.items()
     ]
+    steady = "time per step, steady state (after the first 10 steps)"
     headline = [
-        _headline("trainbus / hand loop, wall", _ratio(times, "trainbus", "hand loop")),
-        _headline("trainbus / hand loop, CPU", _ratio(times, "trainbus", "hand loop", 1)),
+        _headline(f"trainbus / hand loop, {steady}", _ratio(times, "trainbus", "hand loop", 2)),
         _headline(
-            "trainbus / hand loop with progress bars, wall",
-            _ratio(times, "trainbus + tqdm", "hand loop + tqdm"),
+            f"trainbus / hand loop with progress bars, {steady}",
+            _ratio(times, "trainbus + tqdm", "hand loop + tqdm", 2),
         ),
         _headline(
-            "trainbus (no journal) / hand loop, wall",
-            _ratio(times, "trainbus, no journal", "hand loop"),
+            "trainbus / hand loop, end-to-end wall (start-up and teardown included)",
+            _ratio(times, "trainbus", "hand loop"),
+            target=False,
         ),
         _headline(
-            "transformers.Trainer / trainbus, wall",
-            _ratio(times, "transformers", "trainbus"),
+            "trainbus / hand loop, end-to-end process CPU",
+            _ratio(times, "trainbus", "hand loop", 1),
+            target=False,
+        ),
+        _headline(
+            f"transformers.Trainer / trainbus, {steady}",
+            _ratio(times, "transformers", "trainbus", 2),
             faster=True,
         ),
     ]
