@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGGING_STRATEGIES",
+    "OPTIMIZERS",
     "SAVE_STRATEGIES",
     "SCHEDULER_TYPES",
     "TOKEN_COUNTING",
@@ -37,6 +38,8 @@ LOGGING_STRATEGIES: Final = ("no", "steps", "epoch")
 """Valid values of ``logging_strategy`` and ``eval_strategy``."""
 SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
 SCHEDULER_TYPES: Final = ("linear", "cosine", "constant", "constant_with_warmup")
+OPTIMIZERS: Final = ("adamw_torch_fused", "adamw_torch")
+"""Valid values of ``optim``: torch's AdamW, fused (Hugging Face v5's default) or not."""
 TOKEN_COUNTING: Final = ("all", "non_padding", "no")
 """Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
 _SECRET_MARKERS: Final = ("token", "key", "password", "secret")
@@ -71,6 +74,7 @@ class TrainingArguments:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    optim: str = "adamw_torch_fused"
     lr_scheduler_type: str = "linear"
     warmup_steps: float = 0
     warmup_ratio: float | None = None
@@ -118,6 +122,7 @@ class TrainingArguments:
         self.eval_strategy = _plain(self.eval_strategy)
         self.save_strategy = _plain(self.save_strategy)
         self.lr_scheduler_type = _plain(self.lr_scheduler_type)
+        self.optim = _plain(self.optim)
         self.report_to = _plain(self.report_to)
         if isinstance(self.include_num_input_tokens_seen, bool):
             self.include_num_input_tokens_seen = (
@@ -255,6 +260,7 @@ def _validate(args: TrainingArguments) -> None:
     _check_choice("eval_strategy", args.eval_strategy, LOGGING_STRATEGIES)
     _check_choice("save_strategy", args.save_strategy, SAVE_STRATEGIES)
     _check_choice("lr_scheduler_type", args.lr_scheduler_type, SCHEDULER_TYPES)
+    _check_choice("optim", args.optim, OPTIMIZERS)
     _check_choice(
         "include_num_input_tokens_seen", args.include_num_input_tokens_seen, TOKEN_COUNTING
     )

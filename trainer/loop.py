@@ -273,6 +273,7 @@ class Trainer:
                 weight_decay=self.args.weight_decay,
                 betas=(self.args.adam_beta1, self.args.adam_beta2),
                 eps=self.args.adam_epsilon,
+                fused=self.args.optim == "adamw_torch_fused",
             )
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(
