@@ -305,15 +305,23 @@ class Workload:
     batches: int = 32
     learning_rate: float = 1e-3
     max_grad_norm: float = 1.0
+    fused_adamw: bool = True
+    """AdamW's fused kernel (Hugging Face v5's and trainbus's default) for every contender."""
     max_steps: int = 1_000_000
     seed: int = 1234
     threads: int = 1
+
+    @property
+    def optim(self) -> str:
+        """This AdamW's ``optim`` name in Hugging Face's and trainbus's arguments."""
+        return "adamw_torch_fused" if self.fused_adamw else "adamw_torch"
 
     def describe(self) -> str:
         """One line for RESULTS.md."""
         return (
             f"MLP {self.in_features}-{self.hidden}-{self.hidden}-{self.classes} (ReLU), "
-            f"batch {self.batch_size}, {self.batches} fixed synthetic batches cycled, AdamW "
+            f"batch {self.batch_size}, {self.batches} fixed synthetic batches cycled, "
+            f"{'fused ' if self.fused_adamw else ''}AdamW "
             f"lr {self.learning_rate} with linear decay, grad-norm clip {self.max_grad_norm}, "
             f"torch threads {self.threads}"
         )

@@ -181,7 +181,9 @@ def run_floor(spec: RunSpec) -> Measured:
     work = spec.work
     model = Classifier(work)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=work.learning_rate, weight_decay=0.0, fused=work.fused_adamw
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work))
     data = BatchList(work)
     loader = DataLoader(data, batch_size=1, shuffle=True, collate_fn=unwrap)
@@ -263,7 +265,7 @@ def _hf_arguments(spec: RunSpec, report_to: str | list[str]) -> Any:
         max_grad_norm=work.max_grad_norm,
         lr_scheduler_type="linear",
         warmup_steps=0,
-        optim="adamw_torch",
+        optim=work.optim,
         logging_strategy="steps",
         logging_steps=spec.every,
         save_strategy="no",
@@ -413,7 +415,7 @@ def _run_lightning(spec: RunSpec, logger_factory: Callable[[], Any] | None) -> M
 
         def configure_optimizers(self) -> Any:
             optimizer = torch.optim.AdamW(
-                self.parameters(), lr=work.learning_rate, weight_decay=0.0
+                self.parameters(), lr=work.learning_rate, weight_decay=0.0, fused=work.fused_adamw
             )
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}

@@ -62,6 +62,7 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
         learning_rate=work.learning_rate,
         weight_decay=0.0,
         max_grad_norm=work.max_grad_norm,
+        optim=work.optim,
         lr_scheduler_type="linear",
         warmup_steps=0,
         logging_strategy="steps",

@@ -100,7 +100,9 @@ def _hand_loop(work: Workload, steps: int, bar: bool) -> Timing:
         collate_fn=unwrap,
         generator=torch.Generator().manual_seed(work.seed),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=work.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=work.learning_rate, weight_decay=0.0, fused=work.fused_adamw
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / steps))
     progress = tqdm(total=steps, dynamic_ncols=True) if bar else None
     model.train()
@@ -150,6 +152,7 @@ def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
         per_device_train_batch_size=1,
         learning_rate=work.learning_rate,
         max_grad_norm=work.max_grad_norm,
+        optim=work.optim,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -175,6 +178,7 @@ def _transformers(work: Workload, steps: int, workdir: Path) -> Timing:
         per_device_train_batch_size=1,
         learning_rate=work.learning_rate,
         max_grad_norm=work.max_grad_norm,
+        optim=work.optim,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
