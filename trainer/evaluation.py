@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import torch
@@ -190,12 +190,16 @@ def metric_value(value: Any) -> Any:
     return value
 
 
+_PLAIN_TYPES: Final = (bool, int, float, str)
+
+
 def plain_metrics(values: Mapping[str, Any]) -> dict[str, MetricValue]:
     """A copy fit for an event: numbers, strings, booleans and ``None``; others as text."""
     out: dict[str, MetricValue] = {}
     for key, value in values.items():
-        value = metric_value(value)
-        out[key] = (
-            value if value is None or isinstance(value, bool | int | float | str) else str(value)
-        )
+        if type(value) is not float:  # floats, the usual case, pass as they are
+            value = metric_value(value)
+            if not (value is None or isinstance(value, _PLAIN_TYPES)):
+                value = str(value)
+        out[key] = value
     return out

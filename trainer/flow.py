@@ -34,7 +34,8 @@ class DefaultFlowCallback(TrainerCallback):
         step = state.global_step
         if step == 1 and args.logging_first_step:
             control.should_log = True
-        if args.logging_strategy == "steps" and _every(step, state.logging_steps):
+        logging_steps = state.logging_steps  # _every() inlined: this runs once per update
+        if args.logging_strategy == "steps" and logging_steps > 0 and step % logging_steps == 0:
             control.should_log = True
 
         eval_by_steps = args.eval_strategy == "steps" and args.eval_delay <= step

@@ -432,7 +432,8 @@ class Trainer:
                 else:
                     self._mark(SubstepEnd)
                     self.control = handler.on_substep_end(args, self.state, self.control)
-                self._dist.merge(self.control)  # every rank must leave at the same batch
+                if self._dist.enabled:  # every rank must leave at the same batch
+                    self._dist.merge(self.control)
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
@@ -487,7 +488,8 @@ class Trainer:
         self.state.epoch = epoch
         self._mark(StepEnd)
         self.control = handler.on_step_end(args, self.state, self.control)
-        self._dist.merge(self.control)
+        if self._dist.enabled:
+            self._dist.merge(self.control)
         self._maybe_log_save_evaluate()
 
     def _maybe_log_save_evaluate(self) -> None:

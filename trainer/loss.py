@@ -91,7 +91,9 @@ class LossSum:
                 total += total / divisor
             else:
                 total += value
-        self.clear()
+        self._folded = None
+        losses.clear()
+        divisors.clear()
         return total
 
     def clear(self) -> None:

@@ -48,7 +48,13 @@ class PrinterCallback(TrainerCallback):
     ) -> None:
         if logs is None or not state.is_local_process_zero:
             return
-        print({k: _display(v) for k, v in logs.items() if k != "total_flos"})
+        print(
+            {
+                k: f"{v:.4g}" if isinstance(v, float) else v
+                for k, v in logs.items()
+                if k != "total_flos"
+            }
+        )
 
 
 class ProgressCallback(TrainerCallback):
