@@ -346,6 +346,21 @@ class Bus:
             self._dispatch(batch)
             await anyio.lowlevel.checkpoint()
 
+    def _refill(self) -> None:
+        """Dispatch what is pending now, for a sink that ran dry before the next poll.
+
+        On the loop thread, from a sink runner; a journal failure is kept in ``_failure`` (the
+        next drain and every publish report it) rather than raised into that sink's task.
+        """
+        pending = self._pending
+        if not pending or self._failure is not None:
+            return
+        batch = [pending.popleft() for _ in range(min(len(pending), _BURST))]
+        try:
+            self._dispatch(batch)
+        except Exception as exc:  # _dispatch recorded it in _failure
+            log.error("bus_refill_failed", run_id=self.run_id, exc_info=exc)
+
     async def _poll(self) -> None:
         """Drain every ``wake_interval`` for as long as events keep coming.
 
@@ -411,7 +426,12 @@ class Bus:
             if self._journal is not None:
                 self._runners = [
                     SinkRunner(
-                        s, self._journal, cursors, policy=self._policy, queue_size=self._queue_size
+                        s,
+                        self._journal,
+                        cursors,
+                        policy=self._policy,
+                        queue_size=self._queue_size,
+                        refill=self._refill,
                     )
                     for s in self.sinks
                 ]

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -77,8 +77,12 @@ class SinkRunner:
         *,
         policy: RetryPolicy | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        refill: Callable[[], None] | None = None,
     ) -> None:
+        """``refill`` is called when the sink has run dry and waits: the bus hands it what was
+        published since its last poll, instead of letting an idle sink wait for that poll."""
         self.sink = sink
+        self._refill = refill
         self.name = sink.sink_name
         self._source = source
         self._cursors = cursors
@@ -207,6 +211,10 @@ class SinkRunner:
                 continue
             if self._closing:
                 return None
+            if self._refill is not None and self._mode == "live":
+                self._refill()
+                if self._queue:
+                    continue
             await self._wake.wait()
         return None
 
