@@ -423,3 +423,22 @@ async def test_a_failed_start_leaves_nothing_open(make_bus: MakeBus, tmp_path: P
         async with bus:
             bus.emit(StepEnd, global_step=1)
     assert [e.global_step for e in sink.received] == [1]
+
+
+async def test_a_sink_that_ran_dry_gets_pending_events_before_the_next_poll(
+    make_bus: MakeBus,
+) -> None:
+    """What was published while a sink was busy reaches it when it is done, not a poll later."""
+    sink = RecordingSink()
+    with anyio.fail_after(10):
+        async with make_bus([sink], wake_interval=60.0) as bus:  # the next poll is a minute away
+            sink.block()
+            bus.emit(StepEnd, global_step=1)
+            await bus.drain()
+            while not sink.attempts:  # step 1 is being written, and blocked there
+                await anyio.sleep(0.01)
+            bus.emit(StepEnd, global_step=2)  # waits in the bus for its next poll
+            sink.release()
+            while len(sink.received) < 2:
+                await anyio.sleep(0.01)
+    assert [e.global_step for e in sink.received] == [1, 2]
