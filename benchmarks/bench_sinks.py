@@ -548,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_table(table))
     bare = median([r["metrics_per_s"] for r in rates if r["sender"] == "bare"])
     sink = median([r["metrics_per_s"] for r in rates if r["sender"] == "sink"])
+    # The target is per sink (issue: "with each sink"); several sinks at once share one loop
+    # thread and its GIL time, and are reported beside it, without the target.
     headline = [
         Headline(
             f"steps/s with {row['sinks']} sink(s) at +200 ms, relative to no sink",
@@ -555,6 +557,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "x",
             ">= 0.97",
             row["ratio_to_none"] >= 0.97,
+        )
+        if "+" not in row["sinks"]
+        else Headline(
+            f"several sinks at once ({row['sinks']}, each at +200 ms): steps/s vs no sink",
+            row["ratio_to_none"],
+            "x",
+            "-",
+            None,
+            note="beyond the per-sink target; the sinks share the loop thread's GIL time",
         )
         for row in table
         if row["sinks"] != "none"
