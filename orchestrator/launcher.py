@@ -50,7 +50,7 @@ class OrchestratorLauncher:
         """Open the run on the caller's loop and run ``work`` in a worker thread."""
 
         def stop() -> None:  # cancelling train_async() stops the loop after its current step
-            trainer.control.should_training_stop = True
+            trainer.request_stop()
 
         active = active_orchestrator.get()
         if active is not None:

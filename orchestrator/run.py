@@ -37,6 +37,7 @@ from bus.errors import ConfigurationError
 from bus.events import EventBase, RunFinished
 from bus.sink import Sink
 from bus.stream import Subscription
+from bus.worker import run_in_worker_thread
 from orchestrator.config import check_writable_dir
 from orchestrator.logging import configure_logging
 from orchestrator.registry import build_sinks, resolve_report_to
@@ -55,6 +56,10 @@ active_orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.C
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _LAZY_TORCH_MODULES = ("torch._dynamo", "torch.distributed.tensor")
+
+
+def _nothing() -> None:
+    """Cancelling work that was given nothing to call still waits for the thread."""
 
 
 def warm_up() -> None:
@@ -297,34 +302,13 @@ class Orchestrator:
             token = active_orchestrator.set(self)
             try:
                 return work(bus)
+            except BaseException as exc:  # the work's own failure, not a cancelled caller
+                self._mark_error(exc)
+                raise
             finally:
                 active_orchestrator.reset(token)
 
-        finished = anyio.Event()
-
-        async def relay_cancel() -> None:
-            try:
-                await finished.wait()
-            except anyio.get_cancelled_exc_class():
-                if on_cancel is not None:
-                    on_cancel()
-                raise
-
-        outcome: list[T] = []
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(relay_cancel)
-            with anyio.CancelScope(shield=True):
-                try:
-                    outcome.append(await anyio.to_thread.run_sync(in_run))
-                except BaseException as exc:  # re-raised below, outside the task group
-                    error = exc
-                finally:
-                    finished.set()
-        if error is not None:
-            self._mark_error(error)
-            raise error
-        return outcome[0]
+        return await run_in_worker_thread(in_run, on_cancel=on_cancel or _nothing)
 
     def run_blocking(self, work: Callable[[Bus], T], *, backend: str = "asyncio") -> T:
         """Open this run on a loop in a background thread and run ``work(bus)`` on this thread.
@@ -353,7 +337,7 @@ class Orchestrator:
         """
 
         def stop() -> None:
-            trainer.control.should_training_stop = True
+            trainer.request_stop()
 
         return await self.run_in_thread(lambda _bus: trainer.train(**train_kwargs), on_cancel=stop)
 

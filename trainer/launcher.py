@@ -13,6 +13,7 @@ callbacks and in-process sinks added by tests.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import structlog
 from bus.bus import Bus
 from bus.errors import ConfigurationError
 from bus.sink import Sink
+from bus.worker import run_in_worker_thread
 
 if TYPE_CHECKING:
     from trainer.loop import Trainer
@@ -80,9 +82,17 @@ class LocalLauncher:
             return work(bus)
 
     async def run_async(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-        """Run ``work`` in a worker thread so the caller's loop stays responsive."""
+        """Run ``work`` in a worker thread so the caller's loop stays responsive.
+
+        Cancelling the caller asks the loop to stop after its current step (as a callback
+        setting ``should_training_stop`` would) and waits for it.
+        """
+
+        def stop() -> None:
+            trainer.request_stop()
+
         async with self._bus(trainer) as bus:
-            return await anyio.to_thread.run_sync(work, bus)
+            return await run_in_worker_thread(functools.partial(work, bus), on_cancel=stop)
 
 
 def resolve_launcher(name: str | None = None) -> Launcher:

@@ -152,6 +152,7 @@ class Trainer:
         self.control = TrainerControl()
         self._bus: Bus | None = None
         self._init_end_pending = True
+        self._stop_requested = False
         self._loss = LossSum(self.device, nan_inf_filter=self.args.logging_nan_inf_filter)
         self._total_loss = 0.0
         self._last_logged = 0
@@ -215,6 +216,13 @@ class Trainer:
         ckpt.save_model(target, self.model, self.args.to_dict(), self.processing_class)
         self._publish(Artifact, kind="model", path=str(target), name=target.name)
         return target
+
+    def request_stop(self) -> None:
+        """Stop training after the current step, as a callback raising ``should_training_stop``
+        would; safe from any thread, and it holds even if asked before training began (when
+        ``on_train_begin`` clears that flag). Cancelling ``train_async()`` calls it."""
+        self._stop_requested = True
+        self.control.should_training_stop = True
 
     def add_callback(self, callback: Any) -> None:
         """Append a callback (class or instance) after the existing ones."""
@@ -344,6 +352,8 @@ class Trainer:
 
         self._publish(TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs)
         self.control = handler.on_train_begin(args, self.state, self.control)
+        if self._stop_requested:  # asked before training began: on_train_begin reset the flag
+            self.control.should_training_stop = True
         if checkpoint is not None:
             restore_rng_state(checkpoint / ckpt.rng_file(self._dist.rank, self._dist.world_size))
         if args.eval_on_start:
@@ -362,6 +372,7 @@ class Trainer:
             self._dist.merge(self.control)
             if self.control.should_training_stop:
                 break
+        self._stop_requested = False  # a request is for this run, not the next train()
         return self._finish_training(start_time, start_step)
 
     def _checkpoint_to_resume(self, wanted: bool | str | None) -> Path | None:
@@ -434,6 +445,8 @@ class Trainer:
                     self.control = handler.on_substep_end(args, self.state, self.control)
                 if self._dist.enabled:  # every rank must leave at the same batch
                     self._dist.merge(self.control)
+                if self._stop_requested:
+                    self.control.should_training_stop = True
                 if self.control.should_epoch_stop or self.control.should_training_stop:
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import torch
 from torch.utils.data import IterableDataset
@@ -138,3 +139,31 @@ def test_async_hooks_are_awaited_at_the_barrier(tmp_path: Path) -> None:
 
     run = make_run(tmp_path, max_steps=6, callbacks=[AsyncStop()])
     assert run.trainer.train().global_step == 2
+
+
+def test_cancelling_train_async_on_the_local_launcher_stops_after_the_current_step(
+    tmp_path: Path,
+) -> None:
+    """The fallback launcher, like the orchestrator's, turns a cancelled caller into a stop.
+
+    The stop holds even when the cancellation comes before training began (a cold process takes
+    longer than the 0.5 s to get there), which ``on_train_begin`` would otherwise clear.
+    """
+    run = make_run(tmp_path, max_steps=1_000_000, train_size=64)
+
+    async def main() -> None:
+        with anyio.fail_after(60), anyio.move_on_after(0.5):
+            await run.trainer.train_async()
+
+    anyio.run(main)
+    assert 0 < run.trainer.state.global_step < 1_000_000
+    assert run.trainer.control.should_training_stop
+
+
+def test_a_stop_requested_before_training_holds_and_is_for_one_run_only(tmp_path: Path) -> None:
+    """``request_stop()`` before ``train()`` survives ``on_train_begin``: one step, then stop;
+    the next ``train()`` runs in full."""
+    run = make_run(tmp_path, max_steps=4)
+    run.trainer.request_stop()
+    assert run.trainer.train().global_step == 1
+    assert run.trainer.train().global_step == 4
