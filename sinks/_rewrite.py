@@ -5,6 +5,7 @@ Pure functions only: every sink calls them on its worker, never on the training 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -22,15 +23,16 @@ _MLFLOW_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_\-. :/]")
 def rewrite_logs(logs: Mapping[str, MetricValue]) -> dict[str, MetricValue]:
     """Prefix keys as HF's ``rewrite_logs`` does (``eval_loss`` -> ``eval/loss``, ``loss`` ->
     ``train/loss``), so runs logged by trainbus and by ``transformers`` chart side by side."""
-    out: dict[str, MetricValue] = {}
-    for key, value in logs.items():
-        for prefix, replacement in _PREFIXES:
-            if key.startswith(prefix):
-                out[replacement + key[len(prefix) :]] = value
-                break
-        else:
-            out["train/" + key] = value
-    return out
+    return {_rewritten(key): value for key, value in logs.items()}
+
+
+@functools.lru_cache(maxsize=8192)
+def _rewritten(key: str) -> str:
+    """One key's dashboard name; cached, as a run logs the same few keys at every step."""
+    for prefix, replacement in _PREFIXES:
+        if key.startswith(prefix):
+            return replacement + key[len(prefix) :]
+    return "train/" + key
 
 
 def numeric_items(logs: Mapping[str, MetricValue]) -> list[tuple[str, float]]:

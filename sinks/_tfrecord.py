@@ -13,6 +13,7 @@ uint32 masked_crc32c(data)``, little-endian; CRC-32C (Castagnoli) masked as Tens
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -98,12 +99,20 @@ def _event(wall_time: float, step: int, body: bytes) -> bytes:
 
 def encode_scalars(wall_time: float, step: int, scalars: Iterable[tuple[str, float]]) -> bytes:
     """One ``Event`` holding a ``Summary`` with one ``simple_value`` per scalar."""
-    values = b"".join(
-        # Summary.Value: tag = 1, simple_value = 2 (float32)
-        _field(1, _field(1, tag.encode()) + b"\x15" + _F32.pack(value))
-        for tag, value in scalars
-    )
+    pack = _F32.pack
+    values = b"".join(_value_head(tag) + pack(value) for tag, value in scalars)
     return _event(wall_time, step, _field(5, values))
+
+
+@functools.lru_cache(maxsize=8192)
+def _value_head(tag: str) -> bytes:
+    """A ``Summary.Value`` up to its float: tag = 1, then the key of simple_value = 2 (float32).
+
+    The value's length is the same for every float, so all of it but the last four bytes
+    depends on the tag alone; cached, that is most of the per-scalar encoding work saved.
+    """
+    inner = _field(1, tag.encode()) + b"\x15"
+    return _varint((1 << 3) | 2) + _varint(len(inner) + 4) + inner
 
 
 _TEXT_METADATA: Final = _field(9, _field(1, _field(1, b"text")))  # plugin_data.plugin_name
