@@ -155,6 +155,7 @@ class Bus:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
         self._wakeup = anyio.Event()
+        self._nudge = anyio.Event()
         self._journal: JournalWriter | None = None
         self._tmpdir: str | None = None
         self._runners: list[SinkRunner] = []
@@ -181,6 +182,8 @@ class Bus:
             self._pending.append(cast(Event, event))
         if not self._wake_scheduled:
             self._schedule_wake()
+        if self._loop_thread == threading.get_ident():
+            self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()
         return event
@@ -199,6 +202,8 @@ class Bus:
             self._pending.append(cast(Event, event))
         if not self._wake_scheduled:
             self._schedule_wake()
+        if self._loop_thread == threading.get_ident():
+            self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()
         return event
@@ -369,10 +374,14 @@ class Bus:
         steadily the loop therefore polls on its own timer instead, and publishers see the
         "wake-up on its way" flag still set and never wake it. After ``_IDLE_POLLS`` empty
         polls the loop goes back to waiting, and the caller's ``drain()`` clears the flag.
+        A publisher on the loop's own thread (an async service) nudges the poll instead: it
+        costs no GIL hand-over there, and its events need not wait for the timer.
         """
         idle = 0
         while idle < _IDLE_POLLS:
-            await anyio.sleep(self._wake_interval)
+            with anyio.move_on_after(self._wake_interval):
+                await self._nudge.wait()
+            self._nudge = anyio.Event()
             if self._pending:
                 idle = 0
                 await self._drain_pending()
@@ -448,6 +457,7 @@ class Bus:
         self._token = token
         self._loop_thread = threading.get_ident()
         self._wakeup = anyio.Event()
+        self._nudge = anyio.Event()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group

@@ -442,3 +442,18 @@ async def test_a_sink_that_ran_dry_gets_pending_events_before_the_next_poll(
             while len(sink.received) < 2:
                 await anyio.sleep(0.01)
     assert [e.global_step for e in sink.received] == [1, 2]
+
+
+async def test_events_published_on_the_loop_do_not_wait_for_the_poll(make_bus: MakeBus) -> None:
+    """A publisher on the bus's own loop (an async service) has its events drained at the
+    loop's next turn; only other threads' events wait for the polling timer."""
+    sink = RecordingSink()
+    with anyio.fail_after(10):
+        async with make_bus([sink], wake_interval=60.0) as bus:  # the timer would take a minute
+            bus.emit(StepEnd, global_step=1)
+            while not sink.received:
+                await anyio.sleep(0.01)
+            bus.emit(StepEnd, global_step=2)  # the loop is polling now: this one nudges it
+            while len(sink.received) < 2:
+                await anyio.sleep(0.01)
+    assert [e.global_step for e in sink.received] == [1, 2]
