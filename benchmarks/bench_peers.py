@@ -39,7 +39,6 @@ from benchmarks._common import Headline, Workload, abab_order, format_table, med
 from benchmarks._contenders import CONTENDERS, Contender, Measured, RunSpec
 
 TARGET_SLOW_SINK_RATIO: Final = 0.97
-TARGET_TRAINER_SLOWDOWN: Final = 1.03
 STANDARD_SCALARS: Final = 10
 """Extra scalars per log in the conditions the slow-sink target is taken on (about what the
 Trainer logs); the heavier conditions are the stress case."""
@@ -369,9 +368,12 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
                 f"(median of {len(bare)} conditions)",
                 value=value,
                 unit="x floor time",
-                target=f"<= {TARGET_TRAINER_SLOWDOWN}",
-                met=value <= TARGET_TRAINER_SLOWDOWN,
-                note=f"range {slowdowns[0]:.2f}-{slowdowns[-1]:.2f}x; "
+                target="-",
+                met=None,
+                note="the <= 1.03 target is taken in bench_trainer, on the issue's setup "
+                "(default callbacks, every step logged and printed); here nothing prints, 10 or "
+                "200 extra scalars are logged every 1 or 10 steps, and the figure is a median of "
+                f"medians; range {slowdowns[0]:.2f}-{slowdowns[-1]:.2f}x; "
                 f"median {median(overheads):.0f} us/step over the floor "
                 f"(a floor step takes {1e6 / floor_sps:.0f} us)",
             )
