@@ -180,13 +180,17 @@ class Bus:
                 run_id=self.run_id, seq=seq, time=time.time(), rank=self.rank, **fields
             )
             self._pending.append(cast(Event, event))
+        self._after_append()
+        return event
+
+    def _after_append(self) -> None:
+        """Wake the loop if it sleeps; slow a flood down (see ``_yield_to_loop``)."""
         if not self._wake_scheduled:
             self._schedule_wake()
         if self._loop_thread == threading.get_ident():
             self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()
-        return event
 
     def publish(self, event: E) -> E:
         """Publish a ready-made event; it gets this bus's next ``seq``, ``run_id`` and ``rank``."""
@@ -200,12 +204,7 @@ class Bus:
             if event.seq != seq or event.run_id != self.run_id or event.rank != self.rank:
                 event = msgspec.structs.replace(event, seq=seq, run_id=self.run_id, rank=self.rank)
             self._pending.append(cast(Event, event))
-        if not self._wake_scheduled:
-            self._schedule_wake()
-        if self._loop_thread == threading.get_ident():
-            self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
-        if len(self._pending) > _HIGH_WATER:
-            self._yield_to_loop()
+        self._after_append()
         return event
 
     def _refusal(self) -> JournalError:

@@ -166,15 +166,23 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) batch to ``device``; other values pass through."""
     if type(batch) is dict:  # the usual batch, checked first: this runs once per micro-batch
         return {
-            key: value.to(device, non_blocking=True)
+            key: _to(value, device)
             if isinstance(value, torch.Tensor)
             else move_to_device(value, device)
             for key, value in batch.items()
         }
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return _to(batch, device)
     if isinstance(batch, Mapping):
         return {key: move_to_device(value, device) for key, value in batch.items()}
     if isinstance(batch, list | tuple):
         return type(batch)(move_to_device(value, device) for value in batch)
     return batch
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; one already there is returned as is, without a dispatcher call
+    (``Tensor.to`` would return it too, at several times the cost, on every CPU step)."""
+    if tensor.device == device:
+        return tensor
+    return tensor.to(device, non_blocking=True)

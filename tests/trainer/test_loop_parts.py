@@ -14,7 +14,7 @@ from torch.utils.data import IterableDataset
 from bus.errors import ConfigurationError
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
 from trainer import Trainer, TrainerCallback, TrainingArguments
-from trainer.data import EpochSampler
+from trainer.data import EpochSampler, move_to_device
 from trainer.launcher import LocalLauncher
 from trainer.optim import create_scheduler
 from trainer.plan import plan_run, resume_point
@@ -167,3 +167,15 @@ def test_a_stop_requested_before_training_holds_and_is_for_one_run_only(tmp_path
     run.trainer.request_stop()
     assert run.trainer.train().global_step == 1
     assert run.trainer.train().global_step == 4
+
+
+def test_move_to_device_walks_nested_batches_and_keeps_tensors_already_there() -> None:
+    """Tensors already on the device come back as the same objects; others are moved."""
+    cpu = torch.device("cpu")
+    x, y = torch.ones(2), torch.zeros(2, dtype=torch.long)
+    batch = {"x": x, "pair": (y, "text"), "nested": {"ids": [y]}, "n": 3}
+    moved = move_to_device(batch, cpu)
+    assert moved["x"] is x and moved["pair"][0] is y and moved["nested"]["ids"][0] is y
+    assert moved["pair"][1] == "text" and moved["n"] == 3 and isinstance(moved["pair"], tuple)
+    meta = move_to_device({"x": x}, torch.device("meta"))
+    assert meta["x"].device.type == "meta" and meta["x"].shape == x.shape
