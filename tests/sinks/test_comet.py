@@ -17,8 +17,9 @@ import anyio
 import pytest
 
 from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from bus.events import Log
 from sinks._comet_api import rest_base
-from sinks.comet import CometSink, upload_offline
+from sinks.comet import OFFLINE_KEY, CometSink, upload_offline
 from tests.sinks.comet_fake import FakeComet
 from tests.sinks.scripted import T0, deliver_through_bus, scripted_run, train_logs
 
@@ -141,6 +142,26 @@ async def test_offline_mode_keeps_everything_locally_then_uploads(tmp_path: Path
     experiment = comet.experiments[key]
     assert len(experiment.metrics) == len(metric_lines)
     assert experiment.others["trainbus_status"] == "completed"
+
+
+async def test_offline_metric_lines_are_the_online_request_bodies(tmp_path: Path) -> None:
+    """Offline metric lines (written from structs) hold exactly the body an online POST sends,
+    in the same key order, for every point, NaN and infinities left out as online."""
+    logs = {"loss": 0.5, "grad_norm": float("nan"), "learning_rate": 1e-4, "epoch": 0.25, "n": 3}
+    event = Log(run_id="r", seq=7, time=1700000000.1234, global_step=12, epoch=0.25, logs=logs)
+    sink = CometSink.from_env({"COMET_START_ONLINE": "0"}, run_dir=tmp_path, run_name="x")
+    with anyio.fail_after(10):
+        await sink.open()
+        await sink.write([event])
+        await sink.close()
+    written = [json.loads(line) for line in sink.offline_path.read_text().splitlines()]
+    online = [body for _, body in sink._requests(OFFLINE_KEY, event)]
+    assert [line["body"] for line in written] == [body for _, body in online]
+    assert [list(line["body"]) for line in written] == [list(body) for _, body in online]
+    assert {line["seq"] for line in written} == {7}
+    assert {line["endpoint"] for line in written} == {"write/experiment/metric"}
+    names = [line["body"]["metricName"] for line in written]
+    assert names == ["train/loss", "train/learning_rate", "train/epoch", "train/n"]
 
 
 def test_from_env_validates_each_variable(tmp_path: Path) -> None:
