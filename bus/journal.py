@@ -41,6 +41,7 @@ __all__ = [
     "Record",
     "RepairReport",
     "TornTail",
+    "read_appended",
     "repair_journal",
 ]
 
@@ -226,6 +227,36 @@ def _decode(path: Path, record: Record) -> Event:
             f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
             f"checksum but is not an event this version understands: {exc}"
         ) from exc
+
+
+def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[list[Event], int]:
+    """The events of the whole records from ``offset`` (a record boundary) to the end of a
+    journal that another process may be appending to, and the offset after the last of them.
+
+    A record the writer has only partly written yet is left for the next call, without the torn
+    tail warning a finished journal's reader gives; damage anywhere else is corruption.
+    """
+    with open(path, "rb") as f:
+        if offset < len(FILE_MAGIC):
+            if f.read(len(FILE_MAGIC)) != FILE_MAGIC:
+                return [], 0  # the header is not even written yet (or not a journal: ask later)
+            offset = len(FILE_MAGIC)
+        f.seek(offset)
+        data = f.read()
+    events: list[Event] = []
+    pos = 0
+    while pos < len(data):
+        record, reason = _parse_at(data, pos)
+        if record is None:
+            if reason == "short":
+                break
+            raise JournalCorruptError(
+                f"The journal {path} has a damaged record at offset {offset + pos} ({reason}) "
+                "while its writer is still appending."
+            )
+        events.append(_decode(Path(path), record))
+        pos = record.end
+    return events, offset + pos
 
 
 def repair_journal(path: str | os.PathLike[str]) -> RepairReport:

@@ -36,12 +36,14 @@ from bus.bus import Bus
 from bus.errors import ConfigurationError
 from bus.events import EventBase, RunFinished
 from bus.sink import Sink
+from bus.stats import SinkReport
 from bus.stream import Subscription
 from bus.worker import run_in_worker_thread
 from orchestrator.config import check_writable_dir
 from orchestrator.logging import configure_logging
 from orchestrator.registry import build_sinks, resolve_report_to
 from orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
+from orchestrator.sink_host import SinkHost
 
 __all__ = ["Orchestrator", "active_orchestrator", "warm_up"]
 
@@ -84,6 +86,16 @@ def _world() -> tuple[int, int]:
         return 0, 1
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """A boolean environment variable: 1/true/yes/on or 0/false/no/off (unset is false)."""
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
+
+
 def _factory_of(sink: Sink) -> str | None:
     """``module:Class`` of a sink class that can be rebuilt without arguments, for ``sync``."""
     cls = type(sink)
@@ -107,6 +119,7 @@ class Orchestrator:
         rank: int | None = None,
         world_size: int | None = None,
         flush_timeout: float = 30.0,
+        sink_process: bool | None = None,
     ) -> None:
         env_rank, env_world = _world()
         self.flush_timeout = flush_timeout
@@ -133,6 +146,11 @@ class Orchestrator:
         self._stack: AsyncExitStack | None = None
         self._bus: Bus | None = None
         self._record: RunRecord | None = None
+        self.sink_process = (
+            _flag(self.env, "TRAINBUS_SINK_PROCESS") if sink_process is None else sink_process
+        )
+        """Run the ``report_to`` sinks in a child process (see ``orchestrator.sink_host``)."""
+        self._host: SinkHost | None = None
 
     @classmethod
     def for_trainer(cls, trainer: Any, **overrides: Any) -> Orchestrator:
@@ -200,16 +218,21 @@ class Orchestrator:
             self._record.created = self.run_dir.read_record().created
         self.run_dir.create()
         self.run_dir.write_record(self._record)
+        moved = [r.name for r in self._record.sinks if r.integration] if self.sink_process else []
         bus = Bus(
             run_id=self.run_id,
             rank=self.rank,
             journal_path=self.run_dir.journal_path,
             cursor_dir=self.run_dir.cursor_dir,
-            sinks=sinks,
+            sinks=[sink for sink in sinks if sink.sink_name not in moved],
             close_deadline=self.flush_timeout,
         )
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(bus)
+            if moved:
+                self._host = SinkHost.start(
+                    self.run_dir, moved, env=self.env, deadline=self.flush_timeout
+                )
             self._stack = stack.pop_all()
         self._bus = bus
         self._status_watch = bus.stream(RunFinished, max_buffer=8)
@@ -236,8 +259,12 @@ class Orchestrator:
         finally:
             self._stack = None
             self._bus = None
-            if bus is not None:
-                self._report_backlog(bus)
+            reports = dict(bus.report or {}) if bus is not None else {}
+            if self._host is not None:
+                host, self._host = self._host, None
+                with anyio.CancelScope(shield=True):  # the journal is complete: let it deliver
+                    reports.update(await host.finish(self.flush_timeout))
+            self._report_backlog(reports)
             status = await self._final_status(exc)
             if self._record is not None:
                 self._record.status = status
@@ -247,9 +274,9 @@ class Orchestrator:
                 self.run_dir.write_record(self._record)
             log.info("run_closed", run_id=self.run_id, status=status)
 
-    def _report_backlog(self, bus: Bus) -> None:
+    def _report_backlog(self, reports: Mapping[str, SinkReport]) -> None:
         """Say, once, which sinks still owe events and how to deliver them."""
-        behind = {name: r.undelivered for name, r in (bus.report or {}).items() if r.undelivered}
+        behind = {name: r.undelivered for name, r in reports.items() if r.undelivered}
         if behind:
             log.warning(
                 "run_closed_with_undelivered_events",

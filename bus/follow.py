@@ -1,0 +1,107 @@
+"""Sinks fed from a journal that another process is still writing.
+
+This is how sinks run in a process of their own (``orchestrator.sink_host``): the training
+process only journals, and this process follows the journal file, hands what is new to each
+sink's runner (the same runner, batching, retries and cursors as in the training process) and,
+once told the writer is done, delivers the rest within a deadline. A sink's Python then runs on
+another core, under another GIL: however much work it does per event, it takes none of it from
+the training thread.
+
+Latency: the training process writes its journal every ``wake_interval`` of its bus (100 ms), and
+this side looks every ``interval``; a sink batches for longer than both anyway.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from bus.cursor import CursorStore
+from bus.events import Event
+from bus.journal import FILE_MAGIC, read_appended
+from bus.retry import RetryPolicy
+from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from bus.sink import Sink
+from bus.stats import SinkReport
+
+__all__ = ["LiveJournal", "follow"]
+
+_INDEX_EVERY: Final = 4096
+
+
+class LiveJournal:
+    """A journal another process appends to, read as far as its records are whole.
+
+    It is the runners' ``JournalSource``: ``last_seq`` only ever covers records already read,
+    so a runner catching up from the file never reads past what ``poll`` will hand out next.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.last_seq = -1
+        self._offset = 0
+        self._index_seqs: list[int] = []
+        self._index_offsets: list[int] = []
+
+    def poll(self) -> list[Event]:
+        """The events appended since the last call (none while the file does not exist yet)."""
+        if not self.path.exists():
+            return []
+        start = self._offset
+        events, self._offset = read_appended(self.path, start)
+        if events:
+            if not self._index_seqs or events[0].seq - self._index_seqs[-1] >= _INDEX_EVERY:
+                self._index_seqs.append(events[0].seq)
+                self._index_offsets.append(max(start, len(FILE_MAGIC)))
+            self.last_seq = events[-1].seq
+        return events
+
+    def offset_for(self, seq: int) -> int:
+        """A record boundary at or before ``seq``'s record (where a catching-up runner starts)."""
+        i = bisect.bisect_right(self._index_seqs, seq) - 1
+        return self._index_offsets[i] if i >= 0 else len(FILE_MAGIC)
+
+
+async def follow(
+    journal_path: str | os.PathLike[str],
+    sinks: list[Sink],
+    *,
+    cursor_dir: str | os.PathLike[str] | None,
+    done: anyio.Event,
+    deadline: float = math.inf,
+    interval: float = 0.1,
+    policy: RetryPolicy | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+) -> dict[str, SinkReport]:
+    """Deliver the journal into ``sinks`` as it grows, until ``done`` is set; then the rest.
+
+    Each sink starts from its cursor, so whatever an earlier process left undelivered comes first.
+    After ``done`` the journal is read to its end once more and the sinks get ``deadline``
+    seconds to deliver it; what they do not is in their reports and stays for ``trainbus sync``.
+    """
+    source = LiveJournal(journal_path)
+    source.poll()  # what is there already: the runners catch up on it from their cursors
+    cursors = CursorStore(cursor_dir)
+    runners = [SinkRunner(s, source, cursors, policy=policy, queue_size=queue_size) for s in sinks]
+    async with anyio.create_task_group() as tg:
+        for runner in runners:
+            tg.start_soon(runner.run, name=f"trainbus sink {runner.name}")
+        while not done.is_set():
+            _offer(runners, source.poll())
+            with anyio.move_on_after(interval):
+                await done.wait()
+        _offer(runners, source.poll())
+        for runner in runners:
+            runner.begin_close(deadline)
+    return {r.name: r.report for r in runners if r.report is not None}
+
+
+def _offer(runners: list[SinkRunner], events: list[Event]) -> None:
+    if events:
+        for runner in runners:
+            runner.offer(events)

@@ -1,0 +1,77 @@
+"""The sink process itself (see ``orchestrator.sink_host``): follow a run's journal into sinks.
+
+Started by the training process as ``python -m orchestrator._sink_child RUN_DIR --sink NAME ...``
+with the sinks' environment as one JSON line on stdin; runs until stdin closes, then delivers the
+rest within ``--deadline`` seconds and writes the reports. Kept out of the package's imports so
+that ``-m`` runs it fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import msgspec
+import structlog
+
+from bus.follow import follow
+from bus.stats import SinkReport
+from orchestrator.logging import configure_logging
+from orchestrator.rundir import RunDir, find_run_dir
+from orchestrator.sink_host import REPORT_NAME
+from orchestrator.sync import rebuild_sinks
+
+log = structlog.get_logger(__name__)
+
+
+def _wait_for_eof(done: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
+    """Read stdin until the parent closes it (or dies), then set ``done`` on the loop."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    finally:
+        with contextlib.suppress(RuntimeError):  # the loop is gone already: nothing to tell
+            anyio.from_thread.run_sync(done.set, token=token)
+
+
+async def _host(
+    run_dir: RunDir, names: Sequence[str], deadline: float, env: Mapping[str, str]
+) -> list[SinkReport]:
+    sinks = rebuild_sinks(run_dir, env=env, only=names)
+    done = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    threading.Thread(target=_wait_for_eof, args=(done, token), daemon=True).start()
+    log.info("sink_process_following", run_dir=str(run_dir.path), sinks=list(names))
+    reports = await follow(
+        run_dir.journal_path, sinks, cursor_dir=run_dir.cursor_dir, done=done, deadline=deadline
+    )
+    return list(reports.values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child: follow RUN_DIR's journal into the named sinks until stdin closes."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator._sink_child")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--sink", action="append", required=True, help="a sink of the run")
+    parser.add_argument("--deadline", type=float, default=30.0, help="seconds to flush at the end")
+    options = parser.parse_args(argv)
+    configure_logging()
+    env = msgspec.json.decode(sys.stdin.buffer.readline() or b"{}", type=dict[str, str])
+    run_dir = find_run_dir(options.run_dir)
+    reports = anyio.run(_host, run_dir, options.sink, options.deadline, env)
+    tmp = run_dir.path / (REPORT_NAME + ".tmp")
+    tmp.write_bytes(msgspec.json.encode(reports))
+    os.replace(tmp, run_dir.path / REPORT_NAME)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Sinks in a process of their own (``TRAINBUS_SINK_PROCESS=1``, ``Orchestrator(sink_process=)``).
+
+In the default mode every sink runs on the bus's event loop, in the training process: its Python
+competes with the training thread for the GIL, which costs little at a few scalars per step and a
+lot at hundreds (formatting, encoding and sending them). With a sink process the training process
+only journals; a child process (``python -m orchestrator._sink_child RUN_DIR --sink NAME ...``)
+rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as ``trainbus sync``
+does, follows the journal as it grows (``bus.follow``) and delivers with the same runners,
+retries and cursors.
+
+The parent holds the child's stdin open for the run; closing it (at the end of the run, or by the
+operating system when the parent dies) tells the child to deliver the rest within the flush
+deadline and exit. The child writes its sinks' reports to ``sink-host.json`` in the run
+directory; what it could not deliver stays in the journal for ``trainbus sync``. Sinks passed as
+objects (``sinks=[...]``) stay in the training process: only sinks a process can rebuild by name
+move. ``bus.stats()`` in the training process does not see the moved ones.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import anyio
+import anyio.to_thread
+import msgspec
+import structlog
+
+from bus.stats import SinkReport
+from orchestrator.rundir import RunDir
+
+__all__ = ["REPORT_NAME", "SinkHost", "read_reports"]
+
+log = structlog.get_logger(__name__)
+
+REPORT_NAME: Final = "sink-host.json"
+_EXIT_GRACE: Final = 15.0
+"""Seconds beyond the flush deadline the parent waits for the child (closing sinks, the report)."""
+
+
+class SinkHost:
+    """The parent's handle on the child process that runs some of the run's sinks."""
+
+    def __init__(self, run_dir: RunDir, names: Sequence[str], process: subprocess.Popen[bytes]):
+        self.run_dir = run_dir
+        self.names = list(names)
+        self.process = process
+
+    @classmethod
+    def start(
+        cls, run_dir: RunDir, names: Sequence[str], *, env: Mapping[str, str], deadline: float
+    ) -> SinkHost:
+        """Start the child for the sinks ``names`` of the run in ``run_dir``."""
+        (run_dir.path / REPORT_NAME).unlink(missing_ok=True)
+        command = [sys.executable, "-m", "orchestrator._sink_child", str(run_dir.path)]
+        for name in names:
+            command += ["--sink", name]
+        command += ["--deadline", repr(deadline)]
+        process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        # The sinks' environment goes down the pipe, never onto disk or a command line: it holds
+        # API keys and tokens. The pipe then stays open until the run ends.
+        assert process.stdin is not None  # stdin=PIPE
+        process.stdin.write(msgspec.json.encode(dict(env)) + b"\n")
+        process.stdin.flush()
+        log.info("sink_process_started", pid=process.pid, sinks=list(names))
+        return cls(run_dir, names, process)
+
+    async def finish(self, deadline: float) -> dict[str, SinkReport]:
+        """Tell the child the journal is complete, wait for it, and return its sinks' reports.
+
+        A child that overruns ``deadline`` plus a grace period is killed; its sinks' cursors say
+        what they delivered, and ``trainbus sync`` delivers the rest.
+        """
+        process = self.process
+        if process.stdin is not None:
+            process.stdin.close()
+        limit = deadline + _EXIT_GRACE if math.isfinite(deadline) else None
+        try:
+            await anyio.to_thread.run_sync(process.wait, limit, abandon_on_cancel=False)
+        except subprocess.TimeoutExpired:
+            log.error("sink_process_overran", pid=process.pid, waited_s=limit)
+            process.kill()
+            await anyio.to_thread.run_sync(process.wait)
+        if process.returncode != 0:
+            log.error("sink_process_failed", pid=process.pid, returncode=process.returncode)
+        return read_reports(self.run_dir)
+
+
+def read_reports(run_dir: RunDir) -> dict[str, SinkReport]:
+    """The reports the child left, by sink name (none when it did not get that far)."""
+    path = run_dir.path / REPORT_NAME
+    try:
+        reports = msgspec.json.decode(path.read_bytes(), type=list[SinkReport])
+    except (FileNotFoundError, msgspec.DecodeError):
+        return {}
+    return {report.name: report for report in reports}

@@ -1,0 +1,118 @@
+"""Sinks in a process of their own: a real child process follows the journal while it grows."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bus.bus import Bus
+from bus.errors import ConfigurationError
+from bus.events import Log, RunFinished, RunStarted, StepEnd
+from bus.follow import LiveJournal
+from bus.journal import JournalWriter
+from bus.testing import RecordingSink
+from orchestrator.run import Orchestrator
+from orchestrator.rundir import find_run_dir
+from orchestrator.sink_host import REPORT_NAME, read_reports
+from orchestrator.sync import sync_run
+
+
+def _slow_training(steps: int) -> object:
+    """Publishes a run over about a second, so the child sees the journal while it grows."""
+
+    def work(bus: Bus) -> int:
+        bus.emit(RunStarted, run_name="hosted", config={"learning_rate": 0.1})
+        for step in range(1, steps + 1):
+            bus.emit(StepEnd, global_step=step)
+            bus.emit(Log, global_step=step, logs={"loss": 1.0 / step, "learning_rate": 0.1})
+            time.sleep(0.02)
+        bus.emit(RunFinished, global_step=steps, status="completed")
+        return steps
+
+    return work
+
+
+async def test_report_to_sinks_run_in_a_child_process_and_deliver_everything(
+    tmp_path: Path,
+) -> None:
+    """TensorBoard in the child writes every scalar at its step; a user sink stays in process;
+    the child's report comes back and its cursor covers the whole journal."""
+    logs = tmp_path / "tb"
+    env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(logs), "TRAINBUS_SINK_PROCESS": "1"}
+    local = RecordingSink("local")
+    with anyio.fail_after(90):
+        async with Orchestrator(
+            output_dir=tmp_path, report_to="tensorboard", sinks=[local], env=env
+        ) as orch:
+            assert orch.sink_process
+            assert [r.name for r in orch.bus.sinks] == ["local"]  # TensorBoard moved out
+            await orch.run_in_thread(_slow_training(40))  # type: ignore[arg-type]
+    run_dir = find_run_dir(tmp_path)
+    reports = read_reports(run_dir)
+    assert list(reports) == ["tensorboard"]
+    last_seq = local.received[-1].seq
+    assert reports["tensorboard"].undelivered == 0
+    assert reports["tensorboard"].acknowledged_seq == last_seq
+    assert (run_dir.cursor_dir / "tensorboard.cursor").read_text().strip() == str(last_seq)
+    acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    acc.Reload()
+    points = [(s.step, round(s.value, 6)) for s in acc.Scalars("train/loss")]
+    assert points == [(step, round(1.0 / step, 6)) for step in range(1, 41)]
+    assert run_dir.read_record().status == "completed"
+
+
+async def test_a_killed_sink_process_costs_the_run_nothing_and_sync_delivers_the_rest(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the child mid-run: training goes on, the run closes without waiting for it, and
+    ``trainbus sync`` delivers every scalar from the journal afterwards."""
+    logs = tmp_path / "tb"
+    env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(logs), "TRAINBUS_SINK_PROCESS": "1"}
+    with anyio.fail_after(90):
+        async with Orchestrator(output_dir=tmp_path, report_to="tensorboard", env=env) as orch:
+            assert orch._host is not None
+            orch._host.process.kill()
+            assert await orch.run_in_thread(_slow_training(20)) == 20  # type: ignore[arg-type]
+    run_dir = find_run_dir(tmp_path)
+    assert run_dir.read_record().status == "completed"
+    assert read_reports(run_dir) == {}  # the child never got to write one
+    with anyio.fail_after(60):
+        reports = await sync_run(tmp_path, env=env)
+    assert reports["tensorboard"].undelivered == 0
+    acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert sorted({s.step for s in acc.Scalars("train/loss")}) == list(range(1, 21))
+
+
+def test_the_flag_is_read_from_the_environment_with_a_clear_error(tmp_path: Path) -> None:
+    assert not Orchestrator(output_dir=tmp_path, env={}).sink_process
+    assert Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "yes"}).sink_process
+    with pytest.raises(ConfigurationError, match="TRAINBUS_SINK_PROCESS"):
+        Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "maybe"})
+
+
+def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path: Path) -> None:
+    """A half-written record is left for the next poll; what was read is never read again."""
+    path = tmp_path / "journal.tbj"
+    source = LiveJournal(path)
+    assert source.poll() == [] and source.last_seq == -1  # no file yet
+    writer = JournalWriter.open(path)
+    first = [Log(run_id="r", seq=i, time=1.0, logs={"loss": float(i)}) for i in range(3)]
+    writer.append(first)
+    assert source.poll() == first and source.last_seq == 2
+    whole = path.read_bytes()
+    writer.append([Log(run_id="r", seq=3, time=1.0, logs={"loss": 3.0})])
+    complete = path.read_bytes()
+    path.write_bytes(complete[: len(whole) + 7])  # the writer is mid-way through seq 3
+    assert source.poll() == [] and source.last_seq == 2
+    path.write_bytes(complete)
+    assert [e.seq for e in source.poll()] == [3] and source.last_seq == 3
+    assert source.poll() == []
+    assert source.offset_for(3) == 8  # the index starts at the first record
+    writer.close()
+    assert not (tmp_path / REPORT_NAME).exists()
