@@ -324,7 +324,7 @@ def render_plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     routes = list(
         dict.fromkeys(r["route"] for r in rows if (r["every"], r["scalars"]) == (every, scalars))
     )
-    mlflow_names = [n for n in names if "mlflow" in n or n.endswith("+3") or n == "trainbus"]
+    mlflow_names = [n for n in names if "mlflow" in n or "+3" in n or n == "trainbus"]
     for name in mlflow_names:
         ys = [
             next(

@@ -128,3 +128,15 @@ def run_trainbus_all(spec: RunSpec) -> Measured:
     """trainbus with all three card sinks at once."""
     env = {**_mlflow(spec), **_tensorboard(spec), **_COMET_OFFLINE}
     return run_trainbus(spec, ["tensorboard", "mlflow", "comet_ml"], env)
+
+
+@contender(
+    "trainbus+3 proc",
+    "trainbus + the same three sinks in a child process (TRAINBUS_SINK_PROCESS=1)",
+    "trainbus",
+    uses_mlflow=True,
+)
+def run_trainbus_all_in_process_of_their_own(spec: RunSpec) -> Measured:
+    """trainbus with all three card sinks, run by a sink process that follows the journal."""
+    env = {**_mlflow(spec), **_tensorboard(spec), **_COMET_OFFLINE, "TRAINBUS_SINK_PROCESS": "1"}
+    return run_trainbus(spec, ["tensorboard", "mlflow", "comet_ml"], env)

@@ -52,6 +52,7 @@ ORDER: Final = (
     "trainbus+tb",
     "trainbus+mlflow",
     "trainbus+3",
+    "trainbus+3 proc",
     "hf",
     "hf+mlflow-sync",
     "hf+mlflow-async",
@@ -346,6 +347,27 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
             Headline(
                 name="stress: trainbus with sinks at +200 ms/request and "
                 f"{worst['scalars']} scalars per log vs trainbus with no sink (worst case)",
+                value=worst["ratio_to_trainbus"],
+                unit="x",
+                target="-",
+                met=None,
+                note=_slow_note(worst),
+            )
+        )
+    hosted = [
+        r
+        for r in table
+        if r["contender"] == "trainbus+3 proc"
+        and r["route"] == "+200 ms"
+        and r["scalars"] > STANDARD_SCALARS
+        and not math.isnan(r["ratio_to_trainbus"])
+    ]
+    if hosted:
+        worst = min(hosted, key=lambda r: r["ratio_to_trainbus"])
+        out.append(
+            Headline(
+                name="stress, sinks in a child process (TRAINBUS_SINK_PROCESS=1): the same "
+                f"{worst['scalars']} scalars per log at +200 ms vs trainbus with no sink",
                 value=worst["ratio_to_trainbus"],
                 unit="x",
                 target="-",
