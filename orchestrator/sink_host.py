@@ -18,6 +18,7 @@ move. ``bus.stats()`` in the training process does not see the moved ones.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -59,7 +60,9 @@ class SinkHost:
         for name in names:
             command += ["--sink", name]
         command += ["--deadline", repr(deadline)]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        # A session of its own: a Ctrl-C at the terminal interrupts training, not the delivery
+        # of what training logged (the closed pipe tells the child to finish).
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
         # The sinks' environment goes down the pipe, never onto disk or a command line: it holds
         # API keys and tokens. The pipe then stays open until the run ends.
         assert process.stdin is not None  # stdin=PIPE
@@ -76,7 +79,8 @@ class SinkHost:
         """
         process = self.process
         if process.stdin is not None:
-            process.stdin.close()
+            with contextlib.suppress(OSError):  # a child that died took the pipe's far end along
+                process.stdin.close()
         limit = deadline + _EXIT_GRACE if math.isfinite(deadline) else None
         try:
             await anyio.to_thread.run_sync(process.wait, limit, abandon_on_cancel=False)

@@ -116,3 +116,31 @@ def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path
     assert source.offset_for(3) == 8  # the index starts at the first record
     writer.close()
     assert not (tmp_path / REPORT_NAME).exists()
+
+
+def test_a_trainer_run_with_the_variable_set_delivers_from_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Trainer.train()`` as a script calls it: the variable alone moves ``report_to`` sinks."""
+    from trainer import Trainer, TrainingArguments
+    from trainer.testing import RegressionDataset, TinyRegressor
+
+    logs = tmp_path / "tb"
+    monkeypatch.setenv("TRAINBUS_SINK_PROCESS", "1")
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(logs))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+        disable_tqdm=True,
+        report_to="tensorboard",
+        use_cpu=True,
+        save_strategy="no",
+    )
+    Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(16)).train()
+    run_dir = find_run_dir(tmp_path / "out")
+    assert read_reports(run_dir)["tensorboard"].undelivered == 0
+    acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("train/loss")] == list(range(1, 7))
