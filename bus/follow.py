@@ -23,7 +23,7 @@ import anyio
 
 from bus.cursor import CursorStore
 from bus.events import Event
-from bus.journal import FILE_MAGIC, read_appended
+from bus.journal import FILE_MAGIC, Record, decode_record, read_appended
 from bus.retry import RetryPolicy
 from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
 from bus.sink import Sink
@@ -50,16 +50,25 @@ class LiveJournal:
 
     def poll(self) -> list[Event]:
         """The events appended since the last call (none while the file does not exist yet)."""
+        return [decode_record(self.path, record) for record in self._read()]
+
+    def skip_existing(self) -> None:
+        """Move past what the journal holds now without decoding it (the runners catch up on it
+        from their cursors), a bounded chunk at a time."""
+        while self._read():
+            pass
+
+    def _read(self) -> list[Record]:
         if not self.path.exists():
             return []
-        start = self._offset
-        events, self._offset = read_appended(self.path, start)
-        if events:
-            if not self._index_seqs or events[0].seq - self._index_seqs[-1] >= _INDEX_EVERY:
-                self._index_seqs.append(events[0].seq)
-                self._index_offsets.append(max(start, len(FILE_MAGIC)))
-            self.last_seq = events[-1].seq
-        return events
+        records, self._offset = read_appended(self.path, self._offset)
+        for record in records:
+            if not self._index_seqs or record.seq - self._index_seqs[-1] >= _INDEX_EVERY:
+                self._index_seqs.append(record.seq)
+                self._index_offsets.append(record.offset)
+        if records:
+            self.last_seq = records[-1].seq
+        return records
 
     def offset_for(self, seq: int) -> int:
         """A record boundary at or before ``seq``'s record (where a catching-up runner starts)."""
@@ -85,7 +94,7 @@ async def follow(
     seconds to deliver it; what they do not is in their reports and stays for ``trainbus sync``.
     """
     source = LiveJournal(journal_path)
-    source.poll()  # what is there already: the runners catch up on it from their cursors
+    source.skip_existing()
     cursors = CursorStore(cursor_dir)
     runners = [SinkRunner(s, source, cursors, policy=policy, queue_size=queue_size) for s in sinks]
     async with anyio.create_task_group() as tg:

@@ -41,6 +41,7 @@ __all__ = [
     "Record",
     "RepairReport",
     "TornTail",
+    "decode_record",
     "read_appended",
     "repair_journal",
 ]
@@ -229,12 +230,15 @@ def _decode(path: Path, record: Record) -> Event:
         ) from exc
 
 
-def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[list[Event], int]:
-    """The events of the whole records from ``offset`` (a record boundary) to the end of a
-    journal that another process may be appending to, and the offset after the last of them.
+def read_appended(
+    path: str | os.PathLike[str], offset: int, *, max_bytes: int = 8 << 20
+) -> tuple[list[Record], int]:
+    """The whole records from ``offset`` (a record boundary) of a journal that another process
+    may be appending to, and the offset after the last of them; about ``max_bytes`` at a time.
 
     A record the writer has only partly written yet is left for the next call, without the torn
-    tail warning a finished journal's reader gives; damage anywhere else is corruption.
+    tail warning a finished journal's reader gives; damage anywhere else is corruption. Offsets in
+    the records are the file's.
     """
     with open(path, "rb") as f:
         if offset < len(FILE_MAGIC):
@@ -242,8 +246,12 @@ def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[list[Event
                 return [], 0  # the header is not even written yet (or not a journal: ask later)
             offset = len(FILE_MAGIC)
         f.seek(offset)
-        data = f.read()
-    events: list[Event] = []
+        data = f.read(max_bytes)
+        if len(data) >= _HEADER.size:  # a first record longer than max_bytes: read all of it
+            length = _HEADER.unpack_from(data, 0)[2]
+            if _HEADER.size + length > len(data) and length <= _MAX_RECORD:
+                data += f.read(_HEADER.size + length - len(data))
+    records: list[Record] = []
     pos = 0
     while pos < len(data):
         record, reason = _parse_at(data, pos)
@@ -254,9 +262,14 @@ def read_appended(path: str | os.PathLike[str], offset: int) -> tuple[list[Event
                 f"The journal {path} has a damaged record at offset {offset + pos} ({reason}) "
                 "while its writer is still appending."
             )
-        events.append(_decode(Path(path), record))
+        records.append(record._replace(offset=offset + record.offset, end=offset + record.end))
         pos = record.end
-    return events, offset + pos
+    return records, offset + pos
+
+
+def decode_record(path: str | os.PathLike[str], record: Record) -> Event:
+    """The event a record holds (``JournalError`` for one this version cannot read)."""
+    return _decode(Path(path), record)
 
 
 def repair_journal(path: str | os.PathLike[str]) -> RepairReport:

@@ -368,13 +368,22 @@ class SinkRunner:
             return max(len(self._queue) + len(self._in_flight), self._source.last_seq - seq)
 
     def _count_in_journal(self, seq: int) -> int:
+        """Counted up to the source's ``last_seq`` and no further: past it, a journal that another
+        process still appends to (``bus.follow``) may end in a record written only in part."""
         if not self._source.path.exists():
             return len(self._queue) + len(self._in_flight)
-        reader = JournalReader(self._source.path)
-        start = self._source.offset_for(seq + 1)
-        if self.sink.events is None and self.sink.every == 1:
-            return sum(1 for r in reader.records(start) if r.seq > seq)
-        return sum(1 for e in reader.read_from(seq + 1, start_offset=start) if self.sink.accepts(e))
+        last = self._source.last_seq
+        if last <= seq:
+            return 0
+        every = self.sink.events is None and self.sink.every == 1
+        count = 0
+        path = self._source.path
+        for record in JournalReader(path).records(self._source.offset_for(seq + 1)):
+            if record.seq > seq and (every or self.sink.accepts(_decode(path, record))):
+                count += 1
+            if record.seq >= last:
+                break
+        return count
 
     def stats(self) -> SinkStats:
         """A snapshot for ``Bus.stats()``."""

@@ -1,8 +1,9 @@
 """The sink process itself (see ``orchestrator.sink_host``): follow a run's journal into sinks.
 
 Started by the training process as ``python -m orchestrator._sink_child RUN_DIR --sink NAME ...``
-with the sinks' environment as one JSON line on stdin; runs until stdin closes, then delivers the
-rest within ``--deadline`` seconds and writes the reports. Kept out of the package's imports so
+with the sinks' environment as one JSON line on stdin; runs until the parent writes ``done`` (or
+the pipe ends: the parent died), then delivers the rest within ``--deadline`` seconds and writes
+the reports. Kept out of the package's imports so
 that ``-m`` runs it fresh.
 """
 
@@ -26,17 +27,19 @@ from bus.follow import follow
 from bus.stats import SinkReport
 from orchestrator.logging import configure_logging
 from orchestrator.rundir import RunDir, find_run_dir
-from orchestrator.sink_host import REPORT_NAME
+from orchestrator.sink_host import DONE, REPORT_NAME
 from orchestrator.sync import rebuild_sinks
 
 log = structlog.get_logger(__name__)
 
 
-def _wait_for_eof(done: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
-    """Read stdin until the parent closes it (or dies), then set ``done`` on the loop."""
+def _wait_for_done(done: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
+    """Read stdin until the parent says "done" or the pipe ends (the parent died), then set
+    ``done`` on the loop."""
     try:
-        while sys.stdin.buffer.read(65536):
-            pass
+        for line in sys.stdin.buffer:
+            if line == DONE:
+                break
     finally:
         with contextlib.suppress(RuntimeError):  # the loop is gone already: nothing to tell
             anyio.from_thread.run_sync(done.set, token=token)
@@ -48,7 +51,7 @@ async def _host(
     sinks = rebuild_sinks(run_dir, env=env, only=names)
     done = anyio.Event()
     token = anyio.lowlevel.current_token()
-    threading.Thread(target=_wait_for_eof, args=(done, token), daemon=True).start()
+    threading.Thread(target=_wait_for_done, args=(done, token), daemon=True).start()
     log.info("sink_process_following", run_dir=str(run_dir.path), sinks=list(names))
     reports = await follow(
         run_dir.journal_path, sinks, cursor_dir=run_dir.cursor_dir, done=done, deadline=deadline
@@ -57,7 +60,7 @@ async def _host(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The child: follow RUN_DIR's journal into the named sinks until stdin closes."""
+    """The child: follow RUN_DIR's journal into the named sinks until the parent is done."""
     parser = argparse.ArgumentParser(prog="python -m orchestrator._sink_child")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--sink", action="append", required=True, help="a sink of the run")
@@ -68,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = find_run_dir(options.run_dir)
     reports = anyio.run(_host, run_dir, options.sink, options.deadline, env)
     tmp = run_dir.path / (REPORT_NAME + ".tmp")
-    tmp.write_bytes(msgspec.json.encode(reports))
+    # Owner-only: a sink's last error may quote a server's answer.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(reports))
     os.replace(tmp, run_dir.path / REPORT_NAME)
     return 0
 

@@ -233,6 +233,8 @@ class Orchestrator:
                 self._host = SinkHost.start(
                     self.run_dir, moved, env=self.env, deadline=self.flush_timeout
                 )
+                self._record.sink_pid = self._host.process.pid
+                self.run_dir.write_record(self._record)
             self._stack = stack.pop_all()
         self._bus = bus
         self._status_watch = bus.stream(RunFinished, max_buffer=8)

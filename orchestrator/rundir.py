@@ -72,23 +72,21 @@ class RunRecord(msgspec.Struct, kw_only=True):
     pid: int | None = None
     """The process that has the run open (while ``status`` is ``running``)."""
     host: str | None = None
+    sink_pid: int | None = None
+    """The sink process delivering for it (``TRAINBUS_SINK_PROCESS``), while the run is open."""
 
     def is_live(self) -> bool:
-        """Whether the process that opened this run still runs (as far as this host can tell).
+        """Whether the process that opened this run, or its sink process, still runs (as far as
+        this host can tell).
 
-        A ``running`` record whose process is gone was killed: ``sync`` may finish its delivery.
+        A ``running`` record whose processes are gone was killed: ``sync`` may finish its delivery.
+        A sink process outlives a killed training process while it delivers what was journaled.
         """
         if self.status != "running" or self.pid is None:
             return False
         if self.host is not None and self.host != socket.gethostname():
             return True  # cannot check another machine's processes: assume it is alive
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return any(_alive(pid) for pid in (self.pid, self.sink_pid) if pid is not None)
 
 
 def new_run_id() -> str:
@@ -162,3 +160,13 @@ def find_run_dir(path: Path) -> RunDir:
         f"{str(path)!r} is neither a trainbus run directory (with {RUN_RECORD_NAME}) "
         f"nor an output_dir holding one under {RUNS_FOLDER}/"
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,8 +8,8 @@ rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as
 does, follows the journal as it grows (``bus.follow``) and delivers with the same runners,
 retries and cursors.
 
-The parent holds the child's stdin open for the run; closing it (at the end of the run, or by the
-operating system when the parent dies) tells the child to deliver the rest within the flush
+The parent holds the child's stdin open for the run; a ``done`` line at the end of the run (or
+the pipe closing when the parent dies) tells the child to deliver the rest within the flush
 deadline and exit. The child writes its sinks' reports to ``sink-host.json`` in the run
 directory; what it could not deliver stays in the journal for ``trainbus sync``. Sinks passed as
 objects (``sinks=[...]``) stay in the training process: only sinks a process can rebuild by name
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,12 +35,14 @@ import structlog
 from bus.stats import SinkReport
 from orchestrator.rundir import RunDir
 
-__all__ = ["REPORT_NAME", "SinkHost", "read_reports"]
+__all__ = ["DONE", "REPORT_NAME", "SinkHost", "read_reports"]
 
 log = structlog.get_logger(__name__)
 
 REPORT_NAME: Final = "sink-host.json"
-_EXIT_GRACE: Final = 15.0
+DONE: Final = b"done\n"
+"""What the parent writes on the child's stdin when the journal is complete."""
+_EXIT_GRACE: Final = 30.0
 """Seconds beyond the flush deadline the parent waits for the child (closing sinks, the report)."""
 
 
@@ -65,9 +69,13 @@ class SinkHost:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
         # The sinks' environment goes down the pipe, never onto disk or a command line: it holds
         # API keys and tokens. The pipe then stays open until the run ends.
-        assert process.stdin is not None  # stdin=PIPE
-        process.stdin.write(msgspec.json.encode(dict(env)) + b"\n")
-        process.stdin.flush()
+        try:
+            assert process.stdin is not None  # stdin=PIPE
+            process.stdin.write(msgspec.json.encode(dict(env)) + b"\n")
+            process.stdin.flush()
+        except BaseException:
+            _kill(process)
+            raise
         log.info("sink_process_started", pid=process.pid, sinks=list(names))
         return cls(run_dir, names, process)
 
@@ -79,18 +87,36 @@ class SinkHost:
         """
         process = self.process
         if process.stdin is not None:
+            # "done" first: a process forked meanwhile (a DataLoader worker) holds a copy of the
+            # pipe, so closing ours alone need not reach the child as end of file.
             with contextlib.suppress(OSError):  # a child that died took the pipe's far end along
+                process.stdin.write(DONE)
                 process.stdin.close()
         limit = deadline + _EXIT_GRACE if math.isfinite(deadline) else None
         try:
             await anyio.to_thread.run_sync(process.wait, limit, abandon_on_cancel=False)
         except subprocess.TimeoutExpired:
             log.error("sink_process_overran", pid=process.pid, waited_s=limit)
-            process.kill()
-            await anyio.to_thread.run_sync(process.wait)
+            await anyio.to_thread.run_sync(_kill, process)
         if process.returncode != 0:
             log.error("sink_process_failed", pid=process.pid, returncode=process.returncode)
-        return read_reports(self.run_dir)
+        reports = read_reports(self.run_dir)
+        missing = [name for name in self.names if name not in reports]
+        if missing:
+            log.warning(
+                "sink_process_left_no_report",
+                sinks=missing,
+                note="their cursors say what they delivered; the rest is in the journal",
+                hint=f"trainbus sync {self.run_dir.path}",
+            )
+        return reports
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill the child and whatever it started (its own session), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def read_reports(run_dir: RunDir) -> dict[str, SinkReport]:

@@ -13,12 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bus.bus import Bus
 from bus.errors import ConfigurationError
 from bus.events import Log, RunFinished, RunStarted, StepEnd
-from bus.follow import LiveJournal
-from bus.journal import JournalWriter
 from bus.testing import RecordingSink
 from orchestrator.run import Orchestrator
 from orchestrator.rundir import find_run_dir
-from orchestrator.sink_host import REPORT_NAME, read_reports
+from orchestrator.sink_host import read_reports
 from orchestrator.sync import sync_run
 
 
@@ -89,33 +87,34 @@ async def test_a_killed_sink_process_costs_the_run_nothing_and_sync_delivers_the
     assert sorted({s.step for s in acc.Scalars("train/loss")}) == list(range(1, 21))
 
 
+async def test_a_copy_of_the_pipe_held_elsewhere_does_not_stall_the_end(tmp_path: Path) -> None:
+    """A process forked during the run (a DataLoader worker) holds a copy of the child's stdin,
+    so the end of the run cannot rely on end of file: the child is told, and finishes cleanly."""
+    env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(tmp_path / "tb")}
+    copies: list[int] = []
+    try:
+        with anyio.fail_after(25):  # a child left waiting would only be killed after 2 + 30 s
+            async with Orchestrator(
+                output_dir=tmp_path,
+                report_to="tensorboard",
+                env=env,
+                sink_process=True,
+                flush_timeout=2.0,
+            ) as orch:
+                assert orch._host is not None and orch._host.process.stdin is not None
+                copies.append(os.dup(orch._host.process.stdin.fileno()))
+                await orch.run_in_thread(_slow_training(5))  # type: ignore[arg-type]
+    finally:
+        for fd in copies:
+            os.close(fd)
+    assert read_reports(find_run_dir(tmp_path))["tensorboard"].undelivered == 0
+
+
 def test_the_flag_is_read_from_the_environment_with_a_clear_error(tmp_path: Path) -> None:
     assert not Orchestrator(output_dir=tmp_path, env={}).sink_process
     assert Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "yes"}).sink_process
     with pytest.raises(ConfigurationError, match="TRAINBUS_SINK_PROCESS"):
         Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "maybe"})
-
-
-def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path: Path) -> None:
-    """A half-written record is left for the next poll; what was read is never read again."""
-    path = tmp_path / "journal.tbj"
-    source = LiveJournal(path)
-    assert source.poll() == [] and source.last_seq == -1  # no file yet
-    writer = JournalWriter.open(path)
-    first = [Log(run_id="r", seq=i, time=1.0, logs={"loss": float(i)}) for i in range(3)]
-    writer.append(first)
-    assert source.poll() == first and source.last_seq == 2
-    whole = path.read_bytes()
-    writer.append([Log(run_id="r", seq=3, time=1.0, logs={"loss": 3.0})])
-    complete = path.read_bytes()
-    path.write_bytes(complete[: len(whole) + 7])  # the writer is mid-way through seq 3
-    assert source.poll() == [] and source.last_seq == 2
-    path.write_bytes(complete)
-    assert [e.seq for e in source.poll()] == [3] and source.last_seq == 3
-    assert source.poll() == []
-    assert source.offset_for(3) == 8  # the index starts at the first record
-    writer.close()
-    assert not (tmp_path / REPORT_NAME).exists()
 
 
 def test_a_trainer_run_with_the_variable_set_delivers_from_the_child(
@@ -144,3 +143,20 @@ def test_a_trainer_run_with_the_variable_set_delivers_from_the_child(
     acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
     acc.Reload()
     assert [s.step for s in acc.Scalars("train/loss")] == list(range(1, 7))
+
+
+def test_a_run_whose_sink_process_still_delivers_counts_as_live() -> None:
+    """After the training process died, sync must wait for the sink process it left."""
+    import subprocess
+    import sys
+
+    from orchestrator.rundir import RunRecord
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = RunRecord(run_id="r", run_name="r", output_dir=".", pid=gone.pid)
+    assert not record.is_live()
+    record.sink_pid = os.getpid()  # stands in for a sink process that is still running
+    assert record.is_live()
+    record.status = "completed"
+    assert not record.is_live()
