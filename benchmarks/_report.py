@@ -389,10 +389,16 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
     machine = context["machine"]
     lines = [
         README_START,
-        f"Measured by `{context['command']}` on {context['date']} ({context['mode']} mode) on "
+        ("Measured by " if "--only" not in context["command"] else "Last updated by ")
+        + f"`{context['command']}` on {context['date']} ({context['mode']} mode) on "
         f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, "
         f"Python {machine.get('python')}, torch {context['versions'].get('torch')}. "
-        "Full tables, versions and method: [benchmarks/RESULTS.md](benchmarks/RESULTS.md) and "
+        + (
+            "Topics not in that run keep their last figures; RESULTS.md names the run of each. "
+            if "--only" in context["command"]
+            else ""
+        )
+        + "Full tables, versions and method: [benchmarks/RESULTS.md](benchmarks/RESULTS.md) and "
         "[benchmarks/README.md](benchmarks/README.md). Reproduce with "
         "`bash benchmarks/setup.sh && benchmarks/.env/bin/python -m benchmarks`.",
         "",
