@@ -21,13 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._common import Workload, extra_scalars, make_batches, make_model
+
+T = TypeVar("T")
 
 __all__ = ["CONTENDERS", "Contender", "RunSpec", "Measured", "StepClock"]
 
@@ -316,7 +318,8 @@ def _run_hf(spec: RunSpec, report_to: str | list[str], extra_callbacks: list[Any
     return clock.measured(began, ended)
 
 
-def _with_env(values: dict[str, str], fn: Callable[[], Measured]) -> Measured:
+def _with_env(values: dict[str, str], fn: Callable[[], T]) -> T:
+    """Call ``fn`` with ``values`` set in the environment, as a user's shell would, then restore."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
     try:

@@ -25,7 +25,7 @@ from benchmarks._contenders import (
     unwrap,
 )
 
-__all__ = ["run_trainbus"]
+__all__ = ["run_trainbus", "scalar_trainer"]
 
 
 def run_trainbus(spec: RunSpec, report_to: list[str], env: dict[str, str]) -> Measured:
@@ -34,7 +34,7 @@ def run_trainbus(spec: RunSpec, report_to: list[str], env: dict[str, str]) -> Me
 
 
 def _train(spec: RunSpec, report_to: list[str]) -> Measured:
-    from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trainer import PrinterCallback, TrainerCallback, TrainingArguments
 
     _prepare(spec)
     began = time.perf_counter()
@@ -46,14 +46,6 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if clock.tick(state.global_step):
                 control.should_training_stop = True
-
-    class ScalarTrainer(Trainer):
-        """Adds the extra scalars to every log entry, before it is published or seen."""
-
-        def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                logs.update(extra_scalars(float(logs["loss"]), scalars))
-            super().log(logs, start_time)
 
     args = TrainingArguments(
         output_dir=str(spec.workdir / "trainbus"),
@@ -75,7 +67,7 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
         seed=work.seed,
         run_name="bench-peers-trainbus",
     )
-    trainer = ScalarTrainer(
+    trainer = scalar_trainer(scalars)(
         model=Classifier(work),
         args=args,
         train_dataset=BatchList(work),
@@ -85,6 +77,20 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     return clock.measured(began, time.perf_counter())
+
+
+def scalar_trainer(scalars: int) -> Any:
+    """A ``trainer.Trainer`` subclass that adds ``scalars`` extra scalars to every training log
+    entry, before it is published or seen (where a user would add their own)."""
+    from trainer import Trainer
+
+    class ScalarTrainer(Trainer):
+        def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                logs.update(extra_scalars(float(logs["loss"]), scalars))
+            super().log(logs, start_time)
+
+    return ScalarTrainer
 
 
 def _mlflow(spec: RunSpec) -> dict[str, str]:

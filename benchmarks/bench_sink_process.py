@@ -25,39 +25,17 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    Headline,
-    Workload,
-    abab_order,
-    extra_scalars,
-    format_table,
-    median,
-    write_result,
-)
+from benchmarks._common import Headline, Workload, abab_order, format_table, median, write_result
+from benchmarks._contenders import _with_env
+from benchmarks._trainbus_runs import scalar_trainer
 from benchmarks.bench_sinks import WARMUP_STEPS, Stage, _quiet
 
 SCALARS = 200
 CONTENDERS = ("no sink", "in process", "sink process")
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for one run, as a user's shell would, and restore them."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def _train(stage: Stage, contender: str, seconds: float) -> dict[str, Any]:
@@ -65,7 +43,7 @@ def _train(stage: Stage, contender: str, seconds: float) -> dict[str, Any]:
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
     from orchestrator.run import Orchestrator
-    from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trainer import PrinterCallback, TrainerCallback, TrainingArguments
 
     work = Workload()
     root = stage.root / f"run-{uuid.uuid4().hex[:8]}"
@@ -78,12 +56,6 @@ def _train(stage: Stage, contender: str, seconds: float) -> dict[str, Any]:
             cpu.append(time.process_time())
             if len(stamps) > WARMUP_STEPS and stamps[-1] - stamps[WARMUP_STEPS] >= seconds:
                 control.should_training_stop = True
-
-    class ScalarTrainer(Trainer):
-        def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                logs.update(extra_scalars(float(logs["loss"]), SCALARS))
-            super().log(logs, start_time)
 
     sinks = [] if contender == "no sink" else ["tensorboard", "mlflow", "comet_ml"]
     env = {
@@ -109,19 +81,21 @@ def _train(stage: Stage, contender: str, seconds: float) -> dict[str, Any]:
         run_name="bench-sink-process",
     )
     torch.set_num_threads(work.threads)
-    with _environment(env):
-        trainer = ScalarTrainer(
-            Classifier(work),
-            args,
-            data_collator=unwrap,
-            train_dataset=BatchList(work),
-            callbacks=[Clock()],
-        )
-        trainer.remove_callback(PrinterCallback)
-        orchestrator = Orchestrator.for_trainer(
+    trainer = scalar_trainer(SCALARS)(
+        Classifier(work),
+        args,
+        data_collator=unwrap,
+        train_dataset=BatchList(work),
+        callbacks=[Clock()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    # The integrations read their settings from the environment, as a user's shell sets them.
+    _with_env(
+        env,
+        lambda: Orchestrator.for_trainer(
             trainer, flush_timeout=2.0, sink_process=contender == "sink process"
-        )
-        orchestrator.run_blocking(lambda _bus: trainer.train())
+        ).run_blocking(lambda _bus: trainer.train()),
+    )
     timed = stamps[WARMUP_STEPS:]
     return {
         "contender": contender,
