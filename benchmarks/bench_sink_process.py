@@ -35,8 +35,8 @@ from typing import Any
 
 from benchmarks._common import Headline, Workload, abab_order, format_table, median, write_result
 from benchmarks._contenders import _with_env
+from benchmarks._sink_stage import WARMUP_STEPS, Stage, quiet
 from benchmarks._trainbus_runs import scalar_trainer
-from benchmarks.bench_sinks import WARMUP_STEPS, Stage, _quiet
 
 STRESS_SCALARS = 200
 
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rounds = 1 if options.quick or smoke else 4
     with (
         tempfile.TemporaryDirectory(prefix="bench-sink-process-") as tmp,
-        _quiet(),
+        quiet(),
         Stage(Path(tmp)) as stage,
     ):
         _train(stage, STANDARD[0], 1.0)  # pay torch's first-step costs untimed

@@ -33,17 +33,14 @@ Run alone with ``python -m benchmarks.bench_sinks [--quick]``; writes ``results/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +57,7 @@ from benchmarks._common import (
     percentile,
     write_result,
 )
+from benchmarks._sink_stage import LATENCY_S, WARMUP_STEPS, RunLauncher, Stage, quiet
 from bus.bus import Bus
 from bus.events import Log
 from bus.retry import RetryPolicy
@@ -68,136 +66,10 @@ from sinks.comet import CometSink
 from sinks.mlflow import MLflowSink
 from sinks.tensorboard import TensorBoardSink
 
-LATENCY_S = 0.2
 METRICS_PER_EVENT = 10
-WARMUP_STEPS = 20
 
 
 # --- 1. training speed ------------------------------------------------------------------------
-
-
-class _NoOpSink(Sink):
-    """Accepts everything and does nothing: what the bus, journal and runtime cost alone."""
-
-    name = "no-op"
-
-    async def write(self, batch: Sequence[Any]) -> None:
-        return None
-
-
-class _Launcher:
-    """The trainer's local launcher, with the bus a real run has: a journal on disk, cursors and
-    a flush deadline at close (what is left stays in the journal, reported per sink), and
-    retries capped at 2 s apart."""
-
-    def __init__(self, run_dir: Path, close_deadline: float) -> None:
-        self.run_dir = run_dir
-        self.close_deadline = close_deadline
-
-    def _bus(self, trainer: Any) -> Bus:
-        return Bus(
-            run_id=self.run_dir.name,
-            journal_path=self.run_dir / "journal.tbj",
-            cursor_dir=self.run_dir / "cursors",
-            sinks=trainer.sinks,
-            close_deadline=self.close_deadline,
-            # Remote trackers come back within seconds; do not sleep a minute between tries.
-            retry_policy=RetryPolicy(max_backoff=2.0),
-        )
-
-    def run_blocking(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
-        bus = self._bus(trainer)
-        with (
-            anyio.from_thread.start_blocking_portal() as portal,
-            portal.wrap_async_context_manager(bus),
-        ):
-            result = work(bus)
-        self.report = bus.report
-        return result
-
-    async def run_async(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
-        raise NotImplementedError("the benchmark trains synchronously")
-
-
-class _Child:
-    """A helper server in its own process (so it never competes for this process's GIL)."""
-
-    def __init__(self, *command: str) -> None:
-        self.command = [sys.executable, *command]
-        self.process: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def __enter__(self) -> _Child:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
-        )
-        assert self.process.stdout is not None  # we asked for a pipe
-        self.url = self.process.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http"):
-            raise RuntimeError(f"{self.command} did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
-class Stage:
-    """The servers every training run shares: MLflow and the Comet fake, each behind a proxy
-    adding 200 ms, all in other processes."""
-
-    def __init__(self, root: Path) -> None:
-        from tests.support.mlflow_server import MlflowServer
-
-        self.root = root
-        self.mlflow = MlflowServer(root / "mlflow")
-        self.comet_key = "bench-key"
-        self.stack = contextlib.ExitStack()
-
-    def __enter__(self) -> Stage:
-        self.mlflow.start()
-        self.stack.callback(self.mlflow.stop)
-        self.comet = self.stack.enter_context(
-            _Child("-m", "tests.sinks.comet_fake", self.comet_key)
-        )
-        latency = ["--latency", str(LATENCY_S)]
-        self.mlflow_proxy = self.stack.enter_context(
-            _Child("-m", "sinks.testing", "--upstream", self.mlflow.url, *latency)
-        )
-        self.comet_proxy = self.stack.enter_context(
-            _Child("-m", "sinks.testing", "--upstream", self.comet.url, *latency)
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()
-
-    def comet_steps(self, key: str) -> list[int]:
-        dump = httpx.get(f"{self.comet.url}/_fake/experiments", timeout=30).json()
-        return sorted(step for name, step in dump[key]["metrics"] if name == "train/loss")
-
-    def sinks(self, names: Sequence[str], run_dir: Path) -> list[Sink]:
-        made: list[Sink] = []
-        for name in names:
-            if name == "no-op":
-                made.append(_NoOpSink())
-            elif name == "tensorboard":
-                made.append(TensorBoardSink(run_dir=run_dir, logging_dir=run_dir / "tb"))
-            elif name == "mlflow":
-                made.append(
-                    MLflowSink(self.mlflow_proxy.url, run_dir=run_dir, experiment_name="bench")
-                )
-            elif name == "comet":
-                made.append(
-                    CometSink(
-                        run_dir=run_dir,
-                        api_key=self.comet_key,
-                        url_override=self.comet_proxy.url,
-                        workspace="bench",
-                    )
-                )
-        return made
 
 
 def _train(
@@ -229,7 +101,7 @@ def _train(
             if logs and "loss" in logs:
                 logged.append(state.global_step)
 
-    launcher = _Launcher(run_dir, close_deadline=5.0 if outage is None else 60.0)
+    launcher = RunLauncher(run_dir, close_deadline=5.0 if outage is None else 60.0)
     args = TrainingArguments(
         output_dir=str(run_dir / "out"),
         max_steps=10_000_000,
@@ -488,16 +360,6 @@ def _cost_row(name: str, began: float, events: int, scalars: Sequence[Any]) -> d
 # --- main -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import logging
-
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    yield
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one round")
@@ -505,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     quick = options.quick
     seconds = 2.0 if quick else 4.0
     rounds = 1 if quick else 6
-    rate_requests = 8 if quick else 40
+    rate_requests = 10 if quick else 40  # whole batches of 1000 events: no batching wait
     contenders = [
         (),
         ("no-op",),
@@ -516,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
 
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, quiet():
         root = Path(tmp)
         tb_rows = _tb_costs(2000 if quick else 10000, root)
         print(format_table(tb_rows))
