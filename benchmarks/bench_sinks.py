@@ -58,13 +58,13 @@ from benchmarks._common import (
     write_result,
 )
 from benchmarks._sink_stage import LATENCY_S, WARMUP_STEPS, RunLauncher, Stage, quiet
+from benchmarks._tb_costs import tb_costs
 from bus.bus import Bus
 from bus.events import Log
 from bus.retry import RetryPolicy
 from bus.sink import Sink
 from sinks.comet import CometSink
 from sinks.mlflow import MLflowSink
-from sinks.tensorboard import TensorBoardSink
 
 METRICS_PER_EVENT = 10
 
@@ -273,90 +273,6 @@ def _sink_rate(url: str, requests: int, root: Path) -> float:
     return anyio.run(main)
 
 
-# --- 3. TensorBoard writer cost ---------------------------------------------------------------
-
-
-def _tb_costs(events: int, root: Path) -> list[dict[str, Any]]:
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter as TBWriter
-
-    from sinks._tfrecord import EventFileWriter, encode_scalars
-
-    scalars = [("train/loss", 0.5), ("train/grad_norm", 1.5), ("train/learning_rate", 1e-4)]
-    scalars.append(("train/epoch", 0.25))
-    rows = []
-
-    minimal = EventFileWriter(root / "tb-min")
-    began = time.perf_counter()
-    for step in range(events):
-        minimal.write(encode_scalars(1.0 + step, step, scalars))
-    minimal.close()
-    rows.append(_cost_row("trainbus minimal writer (one event per log)", began, events, scalars))
-
-    minimal = EventFileWriter(root / "tb-min1")
-    began = time.perf_counter()
-    for step in range(events):
-        for tag, value in scalars:
-            minimal.write(encode_scalars(1.0 + step, step, [(tag, value)]))
-    minimal.close()
-    rows.append(_cost_row("trainbus minimal writer (one event per scalar)", began, events, scalars))
-
-    import sinks._tfrecord as tfrecord
-
-    native = tfrecord.crc32c
-    tfrecord.crc32c = tfrecord.py_crc32c  # type: ignore[misc]  # measure the fallback too
-    try:
-        minimal = EventFileWriter(root / "tb-py")
-        began = time.perf_counter()
-        for step in range(events):
-            minimal.write(encode_scalars(1.0 + step, step, scalars))
-        minimal.close()
-        rows.append(_cost_row("trainbus minimal writer, pure-Python CRC", began, events, scalars))
-    finally:
-        tfrecord.crc32c = native  # type: ignore[misc]
-
-    standard = TBWriter(str(root / "tb-std"))
-    began = time.perf_counter()
-    for step in range(events):
-        for tag, value in scalars:
-            summary = summary_pb2.Summary(
-                value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]
-            )
-            standard.add_event(event_pb2.Event(summary=summary, wall_time=1.0 + step, step=step))
-    standard.close()
-    rows.append(_cost_row("tensorboard EventFileWriter + protobuf", began, events, scalars))
-
-    sink = TensorBoardSink(run_dir=root / "tb-sink", logging_dir=root / "tb-sink")
-    batch = [
-        Log(
-            run_id="r",
-            seq=i,
-            time=1.0 + i,
-            global_step=i,
-            logs=dict(loss=0.5, grad_norm=1.5, learning_rate=1e-4, epoch=0.25),
-        )
-        for i in range(events)
-    ]
-
-    async def write_all() -> None:
-        await sink.open()
-        for start in range(0, events, 512):
-            await sink.write(batch[start : start + 512])
-        await sink.close()
-
-    began = time.perf_counter()
-    anyio.run(write_all)
-    rows.append(
-        _cost_row("TensorBoardSink.write (rewrite + encode + write)", began, events, scalars)
-    )
-    return rows
-
-
-def _cost_row(name: str, began: float, events: int, scalars: Sequence[Any]) -> dict[str, Any]:
-    seconds = time.perf_counter() - began
-    return {"writer": name, "us_per_scalar": seconds / (events * len(scalars)) * 1e6}
-
-
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -380,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp, quiet():
         root = Path(tmp)
-        tb_rows = _tb_costs(2000 if quick else 10000, root)
+        tb_rows = tb_costs(2000 if quick else 10000, root)
         print(format_table(tb_rows))
         with Stage(root) as stage:
             _train(stage, (), 1.0)  # pay torch's first-step costs untimed
