@@ -75,6 +75,8 @@ and barriers with ``async def`` hooks drain at once regardless.
 
 
 _KNOWN_TYPES: Final = frozenset(ALL_EVENT_TYPES)
+_now: Final = time.time
+_thread_id: Final = threading.get_ident
 
 
 def _unknown_type(event_type: type) -> ConfigurationError:
@@ -167,21 +169,56 @@ class Bus(LoopSide):
             raise _unknown_type(event_type)
         if self._failure is not None:
             raise self._refusal()
+        pending = self._pending
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1
-            event = event_type(
-                run_id=self.run_id, seq=seq, time=time.time(), rank=self.rank, **fields
-            )
-            self._pending.append(cast(Event, event))
-        self._after_append()
+            event = event_type(run_id=self.run_id, seq=seq, time=_now(), rank=self.rank, **fields)
+            pending.append(event)  # type: ignore[arg-type]  # checked against _KNOWN_TYPES
+        # _after_append, inlined: this runs several times per training step
+        if not self._wake_scheduled:
+            self._schedule_wake()
+        if self._loop_thread == _thread_id():
+            self._nudge.set()
+        if len(pending) > _HIGH_WATER:
+            self._yield_to_loop()
         return event
+
+    def mark(self, event_type: type[EventBase], global_step: int, epoch: float) -> None:
+        """``emit`` for the envelope-only events of every step (``StepBegin``, ``StepEnd``, ...).
+
+        The same as ``emit(event_type, global_step=..., epoch=...)`` without the keyword
+        dictionary, the type check (the caller passes one of the fixed per-step types) or the
+        event returned: the training loop calls it four times per optimizer step.
+        """
+        if self._failure is not None:
+            raise self._refusal()
+        pending = self._pending
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            pending.append(
+                event_type(  # type: ignore[arg-type]  # an envelope-only member of Event
+                    run_id=self.run_id,
+                    seq=seq,
+                    time=_now(),
+                    rank=self.rank,
+                    global_step=global_step,
+                    epoch=epoch,
+                )
+            )
+        if not self._wake_scheduled:
+            self._schedule_wake()
+        if self._loop_thread == _thread_id():
+            self._nudge.set()
+        if len(pending) > _HIGH_WATER:
+            self._yield_to_loop()
 
     def _after_append(self) -> None:
         """Wake the loop if it sleeps; slow a flood down (see ``_yield_to_loop``)."""
         if not self._wake_scheduled:
             self._schedule_wake()
-        if self._loop_thread == threading.get_ident():
+        if self._loop_thread == _thread_id():
             self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()

@@ -165,8 +165,8 @@ def eval_dataloader(
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) batch to ``device``; other values pass through."""
     if type(batch) is dict:  # the usual batch, checked first: this runs once per micro-batch
-        return {
-            key: _to(value, device)
+        return {  # _to() inlined
+            key: (value if value.device == device else value.to(device, non_blocking=True))
             if isinstance(value, torch.Tensor)
             else move_to_device(value, device)
             for key, value in batch.items()

@@ -76,7 +76,7 @@ def _no_loss_error(outputs: object, batch: Mapping[str, Any]) -> ConfigurationEr
 
 def extract_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     """The loss of a forward pass, or a `ConfigurationError` naming what the model returned."""
-    if isinstance(outputs, Mapping):
+    if type(outputs) is dict or isinstance(outputs, Mapping):  # dict first: no ABC check per step
         loss = outputs.get("loss")
     elif isinstance(outputs, tuple | list):
         loss = outputs[0] if outputs else None

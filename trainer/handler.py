@@ -5,10 +5,11 @@ The handler keeps Hugging Face's semantics (registration order, the per-event fl
 
 * For every event it precomputes the callbacks whose class really overrides that hook
   (``trainer.callbacks.overridden_hook``), so inherited no-op hooks cost nothing per step.
-* ``async def`` hooks. With a ``bus`` attached, every dispatch goes through
+* ``async def`` hooks. With a ``bus`` attached, an event with such a hook goes through
   ``bus.barrier(hooks, args, state, control, **kwargs)``, which runs plain hooks inline and awaits
-  coroutine hooks on the bus's event loop. Without a bus, an event that has coroutine hooks is
-  run to completion in place with `anyio.run`; from inside a running event loop that is
+  coroutine hooks on the bus's event loop; an event with plain hooks only runs them inline here,
+  exactly as the barrier would, without the extra hop. Without a bus, an event that has coroutine
+  hooks is run to completion in place with `anyio.run`; from inside a running event loop that is
   impossible, so the handler raises `RuntimeError` telling the caller to attach a bus.
 """
 
@@ -240,15 +241,35 @@ class CallbackHandler:
         if not hooks:
             return control
         kwargs = {**self._common_kwargs(), **kwargs} if kwargs else self._common_kwargs()
-        if self.bus is not None:
-            return self.bus.barrier(hooks, args, state, control, **kwargs)
         if event in self._async_events:
+            if self.bus is not None:
+                return self.bus.barrier(hooks, args, state, control, **kwargs)
             return _run_with_coroutines(event, hooks, args, state, control, kwargs)
+        # Plain hooks run inline, as the bus's barrier would run them, without the extra call.
         for hook in hooks:
             result = hook(args, state, control, **kwargs)
             if result is not None:
+                if result is not control and inspect.iscoroutine(result):  # from a partial, say
+                    result = self._settle(event, result, args, state, control)
                 control = result
         return control
+
+    def _settle(
+        self,
+        event: str,
+        coroutine: Any,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+    ) -> TrainerControl:
+        """Await a coroutine a plain hook returned, where an ``async def`` hook would be awaited."""
+
+        def returning(*_args: Any, **_kwargs: Any) -> Any:
+            return coroutine
+
+        if self.bus is not None:
+            return self.bus.barrier((returning,), args, state, control)
+        return _run_with_coroutines(event, (returning,), args, state, control, {})
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -187,7 +187,12 @@ class Trainer(TrainingLoop):
         """Add ``epoch``, append to ``log_history``, publish ``Log`` and fire ``on_log``."""
         logs["epoch"] = self.state.epoch
         self.state.log_history.append({**logs, "step": self.state.global_step})
-        self._publish(Log, logs=plain_metrics(logs))
+        bus = self._bus
+        if bus is not None:
+            state = self.state
+            bus.emit(
+                Log, global_step=state.global_step, epoch=state.epoch, logs=plain_metrics(logs)
+            )
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
 
     def save_model(self, output_dir: str | None = None) -> Path:
@@ -318,7 +323,7 @@ class Trainer(TrainingLoop):
         bus = self._bus
         if bus is not None:
             state = self.state
-            bus.emit(event_type, global_step=state.global_step, epoch=state.epoch)
+            bus.mark(event_type, state.global_step, state.epoch)
 
     def _publish(self, event_type: type[EventBase], **fields: Any) -> None:
         if self._bus is not None:

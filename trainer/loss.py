@@ -73,8 +73,14 @@ class LossSum:
 
     def take(self) -> float:
         """Read the sum (one device read-back at most) and start again from zero."""
-        start = 0.0 if self._folded is None else None
         losses, divisors = self._losses, self._divisors
+        if self._folded is None and len(losses) == 1:  # logging every update: the usual case
+            value = losses[0].item()
+            losses.clear()
+            divisors.clear()
+            # a lone non-finite loss adds the running mean of nothing: zero
+            return value if not self.nan_inf_filter or math.isfinite(value) else 0.0
+        start = 0.0 if self._folded is None else None
         if start is None:
             assert self._folded is not None
             values = torch.stack([self._folded, *(x.to(self._folded.dtype) for x in losses)])

@@ -71,9 +71,10 @@ def _multiplier(name: str, warmup: int, total: int) -> Callable[[int], float]:
     def warm(step: int) -> float | None:
         return step / max(1, warmup) if step < warmup else None
 
-    def linear(step: int) -> float:
-        ramp = warm(step)
-        return ramp if ramp is not None else max(0.0, (total - step) / max(1, total - warmup))
+    def linear(step: int) -> float:  # warm() inlined: the default schedule, called every step
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
 
     def cosine(step: int) -> float:
         ramp = warm(step)

@@ -10,7 +10,7 @@ it shares with the Trainer is declared below; the Trainer sets all of it in ``__
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,7 +176,8 @@ class TrainingLoop:
         if skip and not isinstance(loader.sampler, EpochSampler):
             for _ in range(skip * ga):  # no sampler to start later in: read and drop them
                 next(batches, None)
-        while window := _take(batches, ga):
+        windows = ((batch,) for batch in batches) if ga == 1 else _windows(batches, ga)
+        for window in windows:
             for index, batch in enumerate(window):
                 step += 1
                 if step % ga == 0:
@@ -355,12 +356,15 @@ class TrainingLoop:
         return start
 
 
-def _take(batches: Any, count: int) -> list[Any]:
-    """Up to ``count`` next items of an iterator (fewer at its end, none when exhausted)."""
-    window = []
-    for _ in range(count):
-        try:
-            window.append(next(batches))
-        except StopIteration:
-            break
-    return window
+def _windows(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive windows of ``size`` items (the last one shorter when the iterator runs out)."""
+    while True:
+        window = []
+        for _ in range(size):
+            try:
+                window.append(next(batches))
+            except StopIteration:
+                break
+        if not window:
+            return
+        yield window

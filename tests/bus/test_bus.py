@@ -12,7 +12,7 @@ import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
-from bus import Bus, EventBase, JournalReader, Log, StepEnd, TrainBegin
+from bus import Bus, EventBase, JournalReader, Log, StepBegin, StepEnd, TrainBegin
 from bus.errors import ConfigurationError, JournalError
 from bus.testing import RecordingSink, capture_events
 from tests.bus.conftest import MakeBus
@@ -35,6 +35,22 @@ async def test_emit_fills_the_envelope_and_journals(make_bus: MakeBus, tmp_path:
     assert (first.run_id, first.seq, first.rank, first.max_steps) == ("test-run", 0, 0, 3)
     assert second.seq == 1 and second.time >= first.time > 0
     assert list(JournalReader(tmp_path / "journal.tbj").read_from()) == [first, second]
+
+
+async def test_mark_is_emit_for_the_per_step_events(make_bus: MakeBus, tmp_path: Path) -> None:
+    """mark() (the loop's four events per step) gives the same envelope and seq order as emit()."""
+    with anyio.fail_after(10):
+        async with make_bus(rank=0) as bus:
+            first = bus.emit(TrainBegin, max_steps=3)
+            bus.mark(StepBegin, 0, 0.0)
+            bus.mark(StepEnd, 1, 0.5)
+            last = bus.emit(StepEnd, global_step=2, epoch=1.0)
+    events = list(JournalReader(tmp_path / "journal.tbj").read_from())
+    assert [type(e) for e in events] == [TrainBegin, StepBegin, StepEnd, StepEnd]
+    assert [e.seq for e in events] == [0, 1, 2, 3]
+    marked = events[2]
+    assert (marked.run_id, marked.rank, marked.global_step, marked.epoch) == ("test-run", 0, 1, 0.5)
+    assert first.time <= events[1].time <= marked.time <= last.time
 
 
 async def test_publish_restamps_a_ready_made_event(make_bus: MakeBus) -> None:

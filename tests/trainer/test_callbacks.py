@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
+from bus.bus import Bus
 from bus.events import HF_EVENT_TYPES, hook_name
 from trainer.arguments import TrainingArguments
 from trainer.callbacks import EVENT_NAMES, Hook, TrainerCallback
@@ -321,23 +326,25 @@ class RecordingBarrier:
         self.seen.append((hooks, set(kwargs)))
         for hook in hooks:
             result = hook(args, state, control, **kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
             control = control if result is None else result
         return control
 
 
-def test_dispatch_goes_through_the_bus_barrier_when_attached() -> None:
-    """With a bus attached, the listeners and all kwargs go to bus.barrier; empty events skip it."""
-    flow = DefaultFlowCallback()
-    handler = CallbackHandler([flow])
+def test_events_with_async_hooks_go_through_the_bus_barrier() -> None:
+    """With a bus attached, an event with an ``async def`` hook goes to bus.barrier with every
+    listener and all kwargs; plain-only events run inline (as the barrier would run them)."""
+    flow, saver = DefaultFlowCallback(), AsyncSaver()
+    handler = CallbackHandler([flow, saver])
     bus = RecordingBarrier()
     handler.bus = bus
     args, state = TrainingArguments(), TrainerState(global_step=5, max_steps=5)
     control = handler.on_step_end(args, state, TrainerControl())
-    handler.on_step_begin(args, state, TrainerControl())
-    assert control.should_training_stop
+    assert control.should_save  # AsyncSaver's control, awaited
     assert len(bus.seen) == 1
     hooks, kwargs = bus.seen[0]
-    assert hooks == (flow.on_step_end,)
+    assert hooks == (flow.on_step_end, saver.on_step_end)
     assert kwargs == {
         "model",
         "processing_class",
@@ -346,6 +353,45 @@ def test_dispatch_goes_through_the_bus_barrier_when_attached() -> None:
         "train_dataloader",
         "eval_dataloader",
     }
+    control = handler.on_epoch_end(args, state, TrainerControl())  # DefaultFlow only: inline
+    handler.on_step_begin(args, state, TrainerControl())  # nobody listens
+    assert len(bus.seen) == 1
+
+
+class ReturnsCoroutine(TrainerCallback):
+    """A plain hook that returns a coroutine (a wrapper around an async implementation)."""
+
+    def __init__(self) -> None:
+        self.awaited = 0
+
+    async def _stop(self, control: TrainerControl) -> TrainerControl:
+        await anyio.sleep(0)
+        self.awaited += 1
+        control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        return self._stop(control)
+
+
+@pytest.mark.parametrize("with_bus", [False, True])
+def test_a_plain_hook_returning_a_coroutine_is_awaited(tmp_path: Path, with_bus: bool) -> None:
+    """The coroutine is awaited (on the bus's loop when there is one) and its control kept."""
+    callback = ReturnsCoroutine()
+    handler = CallbackHandler([DefaultFlowCallback, callback])
+    args, state = TrainingArguments(output_dir=str(tmp_path)), TrainerState(max_steps=10)
+    if not with_bus:
+        control = handler.on_epoch_end(args, state, TrainerControl())
+    else:
+        bus = Bus(run_id="coroutine")
+        with (
+            anyio.from_thread.start_blocking_portal() as portal,
+            portal.wrap_async_context_manager(bus),
+        ):
+            handler.bus = bus
+            control = handler.on_epoch_end(args, state, TrainerControl())
+    assert control.should_training_stop
+    assert callback.awaited == 1
 
 
 def test_callback_exceptions_propagate() -> None:

@@ -88,6 +88,15 @@ def test_take_starts_again_from_zero() -> None:
     assert summed.take() == 0.0
 
 
+@pytest.mark.parametrize("value", [0.75, NAN, INF, -INF])
+@pytest.mark.parametrize("nan_inf_filter", [True, False])
+def test_a_single_loss_reads_as_the_rule_says(value: float, nan_inf_filter: bool) -> None:
+    """One loss per log entry (``logging_steps=1``, read without a stack) follows the same rule."""
+    got = _take([value], [1], nan_inf_filter)
+    expected = _hf_rule([value], [1], nan_inf_filter)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
 class _NanAt(TinyRegressor):
     """Reports a NaN loss on chosen training calls; gradients stay finite (no path through it)."""
 
