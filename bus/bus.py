@@ -48,13 +48,15 @@ from bus.sink import Sink
 from bus.stats import SinkReport, SinkStats
 from bus.stream import Subscription
 
-__all__ = ["Bus", "Hook"]
+__all__ = ["Bus", "Hook", "Mark"]
 
 log = structlog.get_logger(__name__)
 
 E = TypeVar("E", bound=EventBase)
 C = TypeVar("C")
 Hook = Callable[..., Any]
+Mark = tuple[type[EventBase], float, int, float]
+"""An envelope-only event stamped by its publisher: ``(event_type, time, global_step, epoch)``."""
 """A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
 
 _UNSTARTED_LIMIT: Final = 65536
@@ -184,29 +186,35 @@ class Bus(LoopSide):
             self._yield_to_loop()
         return event
 
-    def mark(self, event_type: type[EventBase], global_step: int, epoch: float) -> None:
-        """``emit`` for the envelope-only events of every step (``StepBegin``, ``StepEnd``, ...).
+    def publish_marks(self, marks: list[Mark]) -> None:
+        """Publish envelope-only events (``StepBegin``, ``StepEnd``, ...) the caller stamped.
 
-        The same as ``emit(event_type, global_step=..., epoch=...)`` without the keyword
-        dictionary, the type check (the caller passes one of the fixed per-step types) or the
-        event returned: the training loop calls it four times per optimizer step.
+        Each mark is ``(event_type, time, global_step, epoch)``, taken when the event happened;
+        they get the next ``seq`` numbers in order, under one lock and with one wake-up check.
+        The training loop stamps the four events of an optimizer step as it goes and publishes
+        them together, before any callback runs and before any other event (see
+        ``trainer.loop.Trainer._flush_marks``), so ``seq`` order is still the order they happened.
+        The types are not checked: the caller passes members of ``bus.events.Event`` only.
         """
         if self._failure is not None:
             raise self._refusal()
         pending = self._pending
+        run_id, rank = self.run_id, self.rank
         with self._lock:
             seq = self._next_seq
-            self._next_seq = seq + 1
-            pending.append(
-                event_type(  # type: ignore[arg-type]  # an envelope-only member of Event
-                    run_id=self.run_id,
-                    seq=seq,
-                    time=_now(),
-                    rank=self.rank,
-                    global_step=global_step,
-                    epoch=epoch,
+            for event_type, stamp, global_step, epoch in marks:
+                pending.append(
+                    event_type(  # type: ignore[arg-type]  # an envelope-only member of Event
+                        run_id=run_id,
+                        seq=seq,
+                        time=stamp,
+                        rank=rank,
+                        global_step=global_step,
+                        epoch=epoch,
+                    )
                 )
-            )
+                seq += 1
+            self._next_seq = seq
         if not self._wake_scheduled:
             self._schedule_wake()
         if self._loop_thread == _thread_id():

@@ -137,6 +137,8 @@ class CallbackHandler:
         self.train_dataloader: Any = None
         self.eval_dataloader: Any = None
         self.bus: Barrier | None = None
+        self.before_dispatch: Callable[[], None] | None = None
+        """Called before any hook runs: the trainer publishes the events it stamped meanwhile."""
         self._hooks: dict[str, tuple[Hook, ...]] = {}
         self._async_events: frozenset[str] = frozenset()
         self._rebuild()
@@ -240,6 +242,9 @@ class CallbackHandler:
         hooks = self._hooks[event]
         if not hooks:
             return control
+        before = self.before_dispatch
+        if before is not None:
+            before()
         kwargs = {**self._common_kwargs(), **kwargs} if kwargs else self._common_kwargs()
         if event in self._async_events:
             if self.bus is not None:
@@ -304,21 +309,29 @@ class CallbackHandler:
         control.should_log = False
         control.should_evaluate = False
         control.should_save = False
+        if not self._hooks["on_step_begin"]:  # every step, usually unheard: skip call_event
+            return control
         return self.call_event("on_step_begin", args, state, control, **kwargs)
 
     def on_substep_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if not self._hooks["on_substep_end"]:  # every step, usually unheard: skip call_event
+            return control
         return self.call_event("on_substep_end", args, state, control, **kwargs)
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if not self._hooks["on_pre_optimizer_step"]:  # every step, usually unheard: skip call_event
+            return control
         return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if not self._hooks["on_optimizer_step"]:  # every step, usually unheard: skip call_event
+            return control
         return self.call_event("on_optimizer_step", args, state, control, **kwargs)
 
     def on_step_end(

@@ -37,20 +37,23 @@ async def test_emit_fills_the_envelope_and_journals(make_bus: MakeBus, tmp_path:
     assert list(JournalReader(tmp_path / "journal.tbj").read_from()) == [first, second]
 
 
-async def test_mark_is_emit_for_the_per_step_events(make_bus: MakeBus, tmp_path: Path) -> None:
-    """mark() (the loop's four events per step) gives the same envelope and seq order as emit()."""
+async def test_publish_marks_keeps_order_and_the_callers_times(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """publish_marks() (a step's envelope-only events, stamped as they happened) gives them the
+    next seqs in order, with the times the caller took and this bus's envelope."""
     with anyio.fail_after(10):
         async with make_bus(rank=0) as bus:
             first = bus.emit(TrainBegin, max_steps=3)
-            bus.mark(StepBegin, 0, 0.0)
-            bus.mark(StepEnd, 1, 0.5)
+            bus.publish_marks([(StepBegin, 10.0, 0, 0.0), (StepEnd, 11.0, 1, 0.5)])
             last = bus.emit(StepEnd, global_step=2, epoch=1.0)
     events = list(JournalReader(tmp_path / "journal.tbj").read_from())
     assert [type(e) for e in events] == [TrainBegin, StepBegin, StepEnd, StepEnd]
     assert [e.seq for e in events] == [0, 1, 2, 3]
+    assert [e.time for e in events[1:3]] == [10.0, 11.0]
     marked = events[2]
     assert (marked.run_id, marked.rank, marked.global_step, marked.epoch) == ("test-run", 0, 1, 0.5)
-    assert first.time <= events[1].time <= marked.time <= last.time
+    assert events[0] == first and events[3] == last
 
 
 async def test_publish_restamps_a_ready_made_event(make_bus: MakeBus) -> None:

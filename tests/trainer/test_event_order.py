@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from bus.events import Artifact, Log, RunFinished, RunStarted, Save
+from bus.events import RUN_EVENT_TYPES, Artifact, Log, RunFinished, RunStarted, Save
 from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
+from trainer import TrainerCallback
 
 
 @dataclass(frozen=True)
@@ -303,3 +304,46 @@ def test_every_checkpoint_publishes_save_then_artifact(tmp_path: Path) -> None:
         assert artifact.kind == "checkpoint"
         assert artifact.path == save.checkpoint_dir
         assert Path(artifact.path).name == f"checkpoint-{save.global_step}"
+
+
+class LogsAtOptimizerStep(TrainerCallback):
+    """Listens to one mid-step hook only, and publishes from it (``trainer.log``)."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.log({"from_callback": float(state.global_step)})
+
+
+def test_per_step_events_reach_the_bus_before_anything_a_callback_publishes(
+    tmp_path: Path,
+) -> None:
+    """The per-step events are published in batches (stamped as they happen, published before
+    any hook runs); with hooks unheard in between, the bus order and times are still the order
+    things happened: a Log from on_optimizer_step lands after OptimizerStep, before StepEnd."""
+    run = make_run(tmp_path, max_steps=2, logging_strategy="no")
+    run.trainer.remove_callback(run.callback)  # nobody listens to step_begin/pre_optimizer_step
+    logger = LogsAtOptimizerStep()
+    logger.trainer = run.trainer
+    run.trainer.add_callback(logger)
+    run.trainer.train()
+    events = run.bus_events()
+    steps = [e for e in events if not isinstance(e, RUN_EVENT_TYPES)]
+    tags = [type(e).__struct_config__.tag for e in steps]  # type: ignore[misc]
+    per_step = ["step_begin", "pre_optimizer_step", "optimizer_step", "log", "step_end"]
+    assert tags == [
+        "init_end",
+        "train_begin",
+        "epoch_begin",
+        *per_step,
+        *per_step,
+        "epoch_end",
+        "log",
+        "train_end",
+    ]
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    times = [e.time for e in events]
+    assert times == sorted(times)
+    logged = [e for e in steps if isinstance(e, Log) and "from_callback" in e.logs]
+    assert [e.global_step for e in logged] == [0, 1]
