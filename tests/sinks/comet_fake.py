@@ -95,6 +95,11 @@ class FakeComet:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as Comet's servers do: HTTP/1.0 would make every client reconnect per
+            # request. Headers and body go out in two writes; without Nagle neither waits.
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: object) -> None:
                 pass
 
