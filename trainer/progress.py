@@ -118,7 +118,11 @@ class ProgressCallback(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero or self.training_bar is None or logs is None:
             return
-        shown = {k: self._shorten(v) for k, v in logs.items() if k != "total_flos"}
+        shown = {  # floats (every entry, in a training log) formatted without a call each
+            k: f"{v:.4g}" if type(v) is float else self._shorten(v)
+            for k, v in logs.items()
+            if k != "total_flos"
+        }
         self.training_bar.write(str(shown))
 
     def on_train_end(
