@@ -55,9 +55,9 @@ log = structlog.get_logger(__name__)
 E = TypeVar("E", bound=EventBase)
 C = TypeVar("C")
 Hook = Callable[..., Any]
+"""A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
 Mark = tuple[type[EventBase], float, int, float]
 """An envelope-only event stamped by its publisher: ``(event_type, time, global_step, epoch)``."""
-"""A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
 
 _UNSTARTED_LIMIT: Final = 65536
 _HIGH_WATER: Final = 32768
@@ -191,30 +191,33 @@ class Bus(LoopSide):
 
         Each mark is ``(event_type, time, global_step, epoch)``, taken when the event happened;
         they get the next ``seq`` numbers in order, under one lock and with one wake-up check.
-        The training loop stamps the four events of an optimizer step as it goes and publishes
-        them together, before any callback runs and before any other event (see
-        ``trainer.loop.Trainer._flush_marks``), so ``seq`` order is still the order they happened.
-        The types are not checked: the caller passes members of ``bus.events.Event`` only.
+        The training loop stamps the events that end an optimizer step as it goes and publishes
+        them together, before any callback runs and before it publishes anything else (see
+        ``trainer.loop.Trainer._flush_marks``), so among the training thread's events ``seq``
+        order is still the order they happened; an event another thread publishes meanwhile
+        gets a lower ``seq`` than marks stamped before it. The types are not checked: the caller
+        passes members of ``bus.events.Event`` only.
         """
         if self._failure is not None:
             raise self._refusal()
         pending = self._pending
         run_id, rank = self.run_id, self.rank
         with self._lock:
-            seq = self._next_seq
-            for event_type, stamp, global_step, epoch in marks:
-                pending.append(
-                    event_type(  # type: ignore[arg-type]  # an envelope-only member of Event
-                        run_id=run_id,
-                        seq=seq,
-                        time=stamp,
-                        rank=rank,
-                        global_step=global_step,
-                        epoch=epoch,
-                    )
+            first = self._next_seq
+            events = [
+                event_type(  # an envelope-only member of Event
+                    run_id=run_id,
+                    seq=seq,
+                    time=stamp,
+                    rank=rank,
+                    global_step=global_step,
+                    epoch=epoch,
                 )
-                seq += 1
-            self._next_seq = seq
+                for seq, (event_type, stamp, global_step, epoch) in enumerate(marks, first)
+            ]
+            # seq first: an interrupt between the two lines leaves a gap, never a reused seq
+            self._next_seq = first + len(events)
+            pending.extend(events)  # type: ignore[arg-type]  # members of Event
         if not self._wake_scheduled:
             self._schedule_wake()
         if self._loop_thread == _thread_id():

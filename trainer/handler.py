@@ -274,7 +274,11 @@ class CallbackHandler:
 
         if self.bus is not None:
             return self.bus.barrier((returning,), args, state, control)
-        return _run_with_coroutines(event, (returning,), args, state, control, {})
+        try:
+            return _run_with_coroutines(event, (returning,), args, state, control, {})
+        except RuntimeError:  # inside a running loop without a bus: never awaited, so close it
+            coroutine.close()
+            raise
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

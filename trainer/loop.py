@@ -1,7 +1,8 @@
 """The ``Trainer``: Hugging Face's training loop, with every callback point published on the bus.
 
-Each event point is two lines: publish the event (non-blocking), then run the control callbacks
-(the barrier) and keep the control they return. In order::
+Each event point is two lines: publish the event (non-blocking; the events that end an optimizer
+step are stamped when they happen and published together, before any callback runs), then run the
+control callbacks (the barrier) and keep the control they return. In order::
 
     train():  RunStarted, InitEnd (fired in __init__, published now), TrainBegin, [eval_on_start]
       for epoch:  EpochBegin
@@ -303,7 +304,10 @@ class Trainer(TrainingLoop):
     def _work(self, body: Callable[[], T], bus: Bus) -> T:
         """What a launcher runs: bracket ``body`` with ``RunStarted`` and ``RunFinished``."""
         self._bus = self.callback_handler.bus = bus
-        self._staged.clear()  # stamped in a run that raised mid-step: not this run's events
+        # Events stamped but never published (the last run's bus refused them) are not this
+        # run's; and the handler may have been replaced since __init__.
+        self._staged = []
+        self.callback_handler.before_dispatch = self._flush_marks
         try:
             bus.emit(RunStarted, **run_config(self.args, self.model))
             if self._init_end_pending:
@@ -333,18 +337,21 @@ class Trainer(TrainingLoop):
     def _flush_marks(self) -> None:
         """Publish the stamped per-step events, in order, with their own times.
 
-        Called at the end of every optimizer step, before any callback runs (the handler's
-        ``before_dispatch``) and before any other event is published, so a callback (or an
-        ``async def`` hook draining the bus) sees them, and ``seq`` order stays the order things
-        happened. Publishing the four events of a step in one call instead of four saves the
-        training thread most of what they cost (a lock, a wake-up check, a call chain each).
+        ``StepBegin`` and ``SubstepEnd`` are published at once (a run that hangs in a forward
+        pass shows where); ``PreOptimizerStep``, ``OptimizerStep`` and ``StepEnd``, which come
+        microseconds apart, together at the end of the step. Flushed also before any callback
+        runs (the handler's ``before_dispatch``) and before any other event is published, so a
+        callback (or an ``async def`` hook draining the bus) sees them and ``seq`` order stays
+        the order things happened on the training thread. Two calls per step instead of four
+        save the training thread much of what the events cost (a lock, a wake-up check, a call
+        chain each). Training-thread only, like the loop that stamps them.
         """
         staged = self._staged
         if staged:
+            self._staged = []  # taken first: an interrupt below cannot publish them twice
             bus = self._bus
             if bus is not None:
                 bus.publish_marks(staged)
-            staged.clear()
 
     def _publish(self, event_type: type[EventBase], **fields: Any) -> None:
         self._flush_marks()

@@ -79,14 +79,12 @@ class LossSum:
             losses.clear()
             divisors.clear()
             # a lone non-finite loss adds the running mean of nothing: zero
-            return value if not self.nan_inf_filter or math.isfinite(value) else 0.0
+            return 0.0 + value if not self.nan_inf_filter or math.isfinite(value) else 0.0
         start = 0.0 if self._folded is None else None
         if start is None:
             assert self._folded is not None
             values = torch.stack([self._folded, *(x.to(self._folded.dtype) for x in losses)])
             start, *rest = values.tolist()
-        elif len(losses) == 1:
-            rest = [losses[0].item()]
         elif losses:
             rest = torch.stack([x.float() for x in losses]).tolist()
         else:

@@ -183,6 +183,7 @@ class TrainingLoop:
                 step += 1
                 if step % ga == 0:
                     self._mark(StepBegin)
+                    self._flush_marks()
                     self.control = handler.on_step_begin(args, self.state, self.control)
                 last = index == len(window) - 1
                 loss = self._training_step(batch, len(window), last)
@@ -191,6 +192,7 @@ class TrainingLoop:
                     self._optimizer_step(epoch + (step + 1) / steps_in_epoch)
                 else:
                     self._mark(SubstepEnd)
+                    self._flush_marks()
                     self.control = handler.on_substep_end(args, self.state, self.control)
                 if self._dist.enabled:  # every rank must leave at the same batch
                     self._dist.merge(self.control)

@@ -9,13 +9,27 @@ default flow's rules say; ``epoch_end`` after every epoch, even one cut short.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from bus.events import RUN_EVENT_TYPES, Artifact, Log, RunFinished, RunStarted, Save
+from bus.events import (
+    RUN_EVENT_TYPES,
+    Artifact,
+    Log,
+    OptimizerStep,
+    PreOptimizerStep,
+    RunFinished,
+    RunStarted,
+    Save,
+    StepBegin,
+    StepEnd,
+)
+from bus.journal import JournalReader
 from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
 from trainer import TrainerCallback
 
@@ -347,3 +361,89 @@ def test_per_step_events_reach_the_bus_before_anything_a_callback_publishes(
     assert times == sorted(times)
     logged = [e for e in steps if isinstance(e, Log) and "from_callback" in e.logs]
     assert [e.global_step for e in logged] == [0, 1]
+
+
+class SlowSGD(torch.optim.SGD):
+    """SGD whose step takes a measurable time, and can be told to fail at one step."""
+
+    def __init__(self, params: Any, fail_at: int | None = None) -> None:
+        super().__init__(params, lr=0.01)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]  # torch's overloads
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("optimizer exploded")
+        time.sleep(0.005)
+        return super().step(closure)
+
+
+def _unheard_run(tmp_path: Path, **overrides: Any) -> Any:
+    """A run with no callback on the mid-step hooks, so their events are published together."""
+    run = make_run(tmp_path, logging_strategy="no", **overrides)
+    run.trainer.remove_callback(run.callback)
+    return run
+
+
+def test_events_published_together_keep_their_own_step_and_time(tmp_path: Path) -> None:
+    """Stamped when they happen: OptimizerStep is 5 ms (the slow optimizer) after
+    PreOptimizerStep, and each event carries the global_step and epoch of its moment."""
+    run = _unheard_run(tmp_path, max_steps=2)
+    run.trainer.optimizer = SlowSGD(run.trainer.model.parameters())
+    run.trainer.train()
+    events = [e for e in run.bus_events() if not isinstance(e, RUN_EVENT_TYPES)]
+    for step in (1, 2):
+        begin, pre, opt, end = (
+            next(e for e in events if isinstance(e, kind) and e.global_step == global_step)
+            for kind, global_step in (
+                (StepBegin, step - 1),
+                (PreOptimizerStep, step - 1),
+                (OptimizerStep, step - 1),
+                (StepEnd, step),
+            )
+        )
+        assert begin.seq < pre.seq < opt.seq < end.seq
+        assert opt.time - pre.time >= 0.004  # not stamped when published
+        assert begin.epoch == pre.epoch == opt.epoch == (step - 1) / 4
+        assert end.epoch == step / 4
+
+
+def test_a_step_that_fails_still_publishes_what_happened_before_the_failure(
+    tmp_path: Path,
+) -> None:
+    """The optimizer raises at step 2: the bus has StepBegin and PreOptimizerStep of that step,
+    then RunFinished(failed); no OptimizerStep or StepEnd for it."""
+    run = _unheard_run(tmp_path, max_steps=3)
+    run.trainer.optimizer = SlowSGD(run.trainer.model.parameters(), fail_at=2)
+    with pytest.raises(RuntimeError, match="optimizer exploded"):
+        run.trainer.train()
+    last = run.bus_events()[-3:]
+    assert [type(e) for e in last] == [StepBegin, PreOptimizerStep, RunFinished]
+    assert [e.global_step for e in last[:2]] == [1, 1]
+    assert isinstance(last[2], RunFinished) and last[2].status == "failed"
+
+
+class JournalAtOptimizerStep(TrainerCallback):
+    """An ``async def`` hook that reads the run's journal: the barrier drained the bus first."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.seen: list[list[tuple[str, int]]] = []
+
+    async def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        bus = self.trainer._bus  # the test launcher's bus keeps its journal in a temporary dir
+        tail = list(JournalReader(Path(bus._tmpdir) / "journal.tbj").read_from())[-3:]
+        self.seen.append([(type(e).__struct_config__.tag, e.global_step) for e in tail])
+
+
+def test_async_hooks_find_the_events_before_them_in_the_journal(tmp_path: Path) -> None:
+    """Mid-step events stamped but not yet published are published before any hook runs: an
+    async on_optimizer_step finds StepBegin, PreOptimizerStep and OptimizerStep journaled."""
+    run = _unheard_run(tmp_path, max_steps=2)
+    hook = JournalAtOptimizerStep(run.trainer)
+    run.trainer.add_callback(hook)
+    run.trainer.train()
+    assert hook.seen == [
+        [("step_begin", s), ("pre_optimizer_step", s), ("optimizer_step", s)] for s in (0, 1)
+    ]
