@@ -177,13 +177,7 @@ class Bus(LoopSide):
             self._next_seq = seq + 1
             event = event_type(run_id=self.run_id, seq=seq, time=_now(), rank=self.rank, **fields)
             pending.append(event)  # type: ignore[arg-type]  # checked against _KNOWN_TYPES
-        # _after_append, inlined: this runs several times per training step
-        if not self._wake_scheduled:
-            self._schedule_wake()
-        if self._loop_thread == _thread_id():
-            self._nudge.set()
-        if len(pending) > _HIGH_WATER:
-            self._yield_to_loop()
+        self._after_append()
         return event
 
     def publish_marks(self, marks: list[Mark]) -> None:
@@ -218,12 +212,7 @@ class Bus(LoopSide):
             # seq first: an interrupt between the two lines leaves a gap, never a reused seq
             self._next_seq = first + len(events)
             pending.extend(events)  # type: ignore[arg-type]  # members of Event
-        if not self._wake_scheduled:
-            self._schedule_wake()
-        if self._loop_thread == _thread_id():
-            self._nudge.set()
-        if len(pending) > _HIGH_WATER:
-            self._yield_to_loop()
+        self._after_append()
 
     def _after_append(self) -> None:
         """Wake the loop if it sleeps; slow a flood down (see ``_yield_to_loop``)."""
