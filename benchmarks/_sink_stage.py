@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,15 @@ from sinks.comet import CometSink
 from sinks.mlflow import MLflowSink
 from sinks.tensorboard import TensorBoardSink
 
-__all__ = ["LATENCY_S", "WARMUP_STEPS", "NoOpSink", "RunLauncher", "Stage", "quiet"]
+__all__ = [
+    "LATENCY_S",
+    "WARMUP_STEPS",
+    "NoOpSink",
+    "RunLauncher",
+    "Stage",
+    "quiet",
+    "thread_cpu_s",
+]
 
 LATENCY_S = 0.2
 """Seconds the proxies add to every request."""
@@ -46,6 +56,8 @@ class RunLauncher:
     def __init__(self, run_dir: Path, close_deadline: float) -> None:
         self.run_dir = run_dir
         self.close_deadline = close_deadline
+        self.loop_thread: int | None = None
+        """``threading.get_ident()`` of the thread running the bus's loop (and every sink)."""
 
     def _bus(self, trainer: Any) -> Bus:
         return Bus(
@@ -64,12 +76,21 @@ class RunLauncher:
             anyio.from_thread.start_blocking_portal() as portal,
             portal.wrap_async_context_manager(bus),
         ):
+            self.loop_thread = portal.call(threading.get_ident)
             result = work(bus)
         self.report = bus.report
         return result
 
     async def run_async(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
         raise NotImplementedError("the benchmark trains synchronously")
+
+
+def thread_cpu_s(ident: int | None) -> float:
+    """CPU seconds another thread of this process has used so far (NaN where the platform has
+    no per-thread CPU clock): how much of its time the bus's loop thread held the GIL, at most."""
+    if ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return float("nan")
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
 
 
 class _Child:
