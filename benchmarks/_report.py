@@ -53,6 +53,8 @@ TARGETS: Final = (
         ("hand-written", "hand loop"),
     ),
 )
+GPU_TOPIC: Final = "gpu"
+"""The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""
 GPU_ROWS: Final = (
     "trainbus Trainer vs hand-written loop on a CUDA GPU",
     "publish cost per event with a CUDA training thread",
@@ -84,8 +86,13 @@ def _met(item: Mapping[str, Any]) -> str:
 
 
 def target_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One row per README target (measured or not), then every other headline figure."""
-    heads = _headlines(results)
+    """One row per README target (measured or not), then every other headline figure.
+
+    The GPU topic's figures come last, under the GPU rows' titles: they were measured on another
+    machine, so they never stand in for a CPU target.
+    """
+    heads = [h for h in _headlines(results) if h["topic"] != GPU_TOPIC]
+    gpu_heads = [h for h in _headlines(results) if h["topic"] == GPU_TOPIC]
     used: set[int] = set()
     rows: list[dict[str, str]] = []
     for target in TARGETS:
@@ -112,6 +119,10 @@ def target_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]
         if index not in used:
             rows.append(_row(str(item.get("name")), item))
     for title in GPU_ROWS:
+        measured = [h for h in gpu_heads if str(h.get("name", "")).startswith(title)]
+        rows += [_row(title, item) for item in measured]
+        if measured:
+            continue
         rows.append(
             {
                 "target": title,
@@ -166,6 +177,8 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
         + (" (quick mode)" if data.get("quick") else "")
     )
     lines.append("")
+    if topic == GPU_TOPIC:
+        lines += [f"Machine (not the suite's): {_machine_words(data.get('machine') or {})}.", ""]
     if data.get("workload"):
         lines += [f"Workload: {data['workload']}.", ""]
     plan = data.get("plan")
@@ -408,8 +421,10 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
         "",
         "Not met: " + ("; ".join(missed) if missed else "none") + ".",
         "",
-        "Not measured: " + ("; ".join(unmeasured) if unmeasured else "none") + ". GPU rows: "
-        "not measured (no GPU on the benchmark machine; never estimated).",
+        "Not measured: "
+        + ("; ".join(unmeasured) if unmeasured else "none")
+        + ". "
+        + _gpu_sentence(results),
         "",
         "![steps per second relative to a hand-written loop](benchmarks/results.png)",
         "",
@@ -425,6 +440,26 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
         ]
     lines.append(README_END)
     return "\n".join(lines)
+
+
+def _gpu_sentence(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where the GPU rows come from: their own machine and run, or nowhere yet."""
+    data = results.get(GPU_TOPIC)
+    if not data:
+        return "GPU rows: not measured (no GPU on the benchmark machine; never estimated)."
+    heads = [h for h in data.get("headline") or [] if isinstance(h, Mapping)]
+    figures = "; ".join(f"{h.get('name')}: {_value(h)}" for h in heads)
+    return (
+        f"GPU rows, measured on another machine ({_machine_words(data.get('machine') or {})}) by "
+        f"`{data.get('command', '?')}` on {data.get('date', '?')}: {figures}."
+    )
+
+
+def _machine_words(machine: Mapping[str, Any]) -> str:
+    return (
+        f"{machine.get('gpu')}, {machine.get('cpu')}, {machine.get('cores')} cores, "
+        f"Python {machine.get('python')}"
+    )
 
 
 def update_readme(readme: Path, section: str) -> bool:

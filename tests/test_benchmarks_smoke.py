@@ -8,6 +8,7 @@ Nothing here asserts a speed: speed targets live in ``benchmarks/``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,40 @@ def test_readme_update_touches_only_the_marked_section(tmp_path: Path) -> None:
     unmarked.write_text("# y\n")
     assert not update_readme(unmarked, "anything")
     assert unmarked.read_text() == "# y\n"
+
+
+def test_gpu_figures_fill_the_gpu_rows_and_never_a_cpu_target() -> None:
+    """Figures from ``bench_gpu`` (another machine) land under the GPU rows, not the CPU targets."""
+    title = "publish cost per event with a CUDA training thread"
+    results = {
+        "gpu": {
+            "quick": False,
+            "headline": [
+                {"name": f"{title}, median", "value": 900.0, "unit": "ns", "met": True},
+            ],
+        }
+    }
+    rows = target_rows(results)
+    cpu_publish = next(r for r in rows if r["target"].startswith("publish cost per event <="))
+    assert cpu_publish["measured"] == "not measured"
+    gpu_publish = [r for r in rows if r["target"] == title]
+    assert [r["measured"] for r in gpu_publish] == ["900.0 ns"]
+    assert gpu_publish[0]["source"] == "gpu"
+    trainer_gpu = next(r for r in rows if r["target"].endswith("on a CUDA GPU"))
+    assert trainer_gpu["measured"] == "not measured"
+
+
+def test_gpu_benchmark_runs_its_steps_on_the_cpu_and_writes_nothing(tmp_path: Path) -> None:
+    """``bench_gpu --cpu-dry-run`` exercises every code path of the GPU benchmark here."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_gpu", "--cpu-dry-run", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRAINBUS_BENCH_RESULTS": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "small MLP (launch-bound)" in done.stdout
+    assert "CPU dry run, nothing written" in done.stdout
+    assert list(tmp_path.iterdir()) == []
