@@ -100,6 +100,9 @@ def _memory_gib() -> float | None:
 
 
 def _git_commit() -> str | None:
+    """The checkout's commit; ``TRAINBUS_BENCH_COMMIT`` names it where the copy has no history."""
+    if named := os.environ.get("TRAINBUS_BENCH_COMMIT"):
+        return named
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
