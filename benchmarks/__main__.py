@@ -142,12 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_path = out_dir / "results.png"
     plotted = render_plot(loaded, plot_path)
     markdown_path.write_text(render_markdown(loaded, context, plot_path if plotted else None))
-    # Only a full run into the repository's own files may speak for the README.
+    # Only a full run into the repository's own files may speak for the README; re-assembling
+    # that run's files (say, after a GPU machine added its topic) may too.
     readme = BENCH_DIR.parent / "README.md"
     if (
         mode == "full"
         and args.out is None
-        and not args.report_only
+        and (not args.report_only or suite_file.exists())
         and update_readme(readme, readme_section(loaded, context))
     ):
         print("updated the Benchmarks section of README.md")

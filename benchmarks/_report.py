@@ -448,10 +448,16 @@ def _gpu_sentence(results: Mapping[str, Mapping[str, Any]]) -> str:
     if not data:
         return "GPU rows: not measured (no GPU on the benchmark machine; never estimated)."
     heads = [h for h in data.get("headline") or [] if isinstance(h, Mapping)]
-    figures = "; ".join(f"{h.get('name')}: {_value(h)}" for h in heads)
+    parts = []
+    for title in GPU_ROWS:
+        mine = [h for h in heads if str(h.get("name", "")).startswith(title)]
+        details = ", ".join(
+            f"{_value(h)} ({str(h.get('name'))[len(title) :].strip(' :,')})" for h in mine
+        )
+        parts.append(f"{title}: {details or 'not measured'}")
     return (
         f"GPU rows, measured on another machine ({_machine_words(data.get('machine') or {})}) by "
-        f"`{data.get('command', '?')}` on {data.get('date', '?')}: {figures}."
+        f"`{data.get('command', '?')}` on {data.get('date', '?')}: {'; '.join(parts)}."
     )
 
 
