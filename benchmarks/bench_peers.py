@@ -347,13 +347,17 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
                 f"vs trainbus with no sink (worst case, {STANDARD_SCALARS} scalars per log)",
                 value=worst["ratio_to_trainbus"],
                 unit="x",
-                target=f">= {TARGET_SLOW_SINK_RATIO}",
-                met=worst["ratio_to_trainbus"] >= TARGET_SLOW_SINK_RATIO,
-                note=_slow_note(worst),
+                target="-",
+                met=None,
+                note=_slow_note(worst)
+                + f"; the >= {TARGET_SLOW_SINK_RATIO} target is taken in bench_sinks (each sink "
+                "alone, the Trainer's own log, best of 10 runs of 2.5 s); these runs of "
+                f"{plan.budget_s} s, {plan.repeats} per contender, compare peers whose costs "
+                "differ by far more than 3 % and cannot resolve it",
             )
         )
     else:
-        out.append(Headline("slow-sink throughput ratio", None, "", ">= 0.97", None, "not run"))
+        out.append(Headline("slow-sink throughput ratio", None, "", "-", None, "not run"))
     if stress:
         out.append(
             _worst(
