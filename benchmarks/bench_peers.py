@@ -351,7 +351,7 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
                 met=None,
                 note=_slow_note(worst)
                 + f"; the >= {TARGET_SLOW_SINK_RATIO} target is taken in bench_sinks (each sink "
-                "alone, the Trainer's own log, best of 10 runs of 2.5 s); these runs of "
+                "alone, the Trainer's own log, best of 16 runs of 2 s); these runs of "
                 f"{plan.budget_s} s, {plan.repeats} per contender, compare peers whose costs "
                 "differ by far more than 3 % and cannot resolve it",
             )
