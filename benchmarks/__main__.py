@@ -35,7 +35,7 @@ from benchmarks._report import (
     update_readme,
 )
 
-DEFAULT_LIMIT_S: Final = {"full": 600.0, "quick": 150.0, "smoke": 60.0}
+DEFAULT_LIMIT_S: Final = {"full": 900.0, "quick": 150.0, "smoke": 60.0}
 SUITE_FILE: Final = "_suite.json"
 """How the last suite run went (command, date, machine, outcomes), for ``--report-only``."""
 
