@@ -100,7 +100,8 @@ def _memory_gib() -> float | None:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit; ``TRAINBUS_BENCH_COMMIT`` names it where the copy has no history."""
+    """The checkout's commit, or ``TRAINBUS_BENCH_COMMIT`` when set: a copy of the working tree
+    on another machine may carry the history of another commit than the code it holds."""
     if named := os.environ.get("TRAINBUS_BENCH_COMMIT"):
         return named
     try:
