@@ -42,6 +42,7 @@ __all__ = [
     "BENCH_DIR",
     "PEER_PACKAGES",
     "RESULTS_DIR",
+    "SKIPPED_EXIT",
     "Headline",
     "Workload",
     "abab_order",
@@ -72,6 +73,10 @@ PEER_PACKAGES: Final = (
     "msgspec",
     "httpx",
 )
+
+SKIPPED_EXIT: Final = 75
+"""Exit status of a benchmark with nothing to measure on this machine (``bench_gpu`` without
+CUDA); the suite reports it as skipped, not failed, and keeps its last result file."""
 
 T = TypeVar("T")
 

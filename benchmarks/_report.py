@@ -53,6 +53,10 @@ TARGETS: Final = (
         ("hand-written", "hand loop"),
     ),
 )
+COARSER: Final = "target is taken in"
+"""Words in the note of a figure that answers a target's question by a coarser method than the
+benchmark the target is taken in (``bench_peers``' short runs): the README lists it beside the
+verdict, marked "no target", so a contrary figure stays in sight."""
 GPU_TOPIC: Final = "gpu"
 """The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""
 GPU_ROWS: Final = (
@@ -178,7 +182,12 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
     )
     lines.append("")
     if topic == GPU_TOPIC:
-        lines += [f"Machine (not the suite's): {_machine_words(data.get('machine') or {})}.", ""]
+        machine = data.get("machine") or {}
+        lines += [
+            f"Machine: {_machine_words(machine)}, torch "
+            f"{(data.get('versions') or {}).get('torch')}, commit {machine.get('commit')}.",
+            "",
+        ]
     if data.get("workload"):
         lines += [f"Workload: {data['workload']}.", ""]
     plan = data.get("plan")
@@ -375,9 +384,12 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
     rows = target_rows(results)
     titles = [f"{t.title} {t.target}" for t in TARGETS]
     verdicts: dict[str, list[dict[str, str]]] = {title: [] for title in titles}
+    unjudged: dict[str, list[dict[str, str]]] = {title: [] for title in titles}
     for row in rows:
         if row["target"] in verdicts and row["met"] in ("**met**", "**not met**"):
             verdicts[row["target"]].append(row)
+        elif row["target"] in unjudged and row["met"] == "-" and COARSER in row["note"]:
+            unjudged[row["target"]].append(row)
     summary: list[dict[str, str]] = []
     met, missed, unmeasured = [], [], []
     for title in titles:
@@ -396,7 +408,11 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
             verdict = "**partly met**"
             missed.append(title + " (partly)")
         figures = "; ".join(
-            f"{r['measured']} ({r['source']}: {r['note'].split(';')[0]})" for r in found
+            [f"{r['measured']} ({r['source']}: {r['note'].split(';')[0]})" for r in found]
+            + [
+                f"{r['measured']} ({r['source']}, no target: {r['note'].split(';')[0]})"
+                for r in unjudged[title]
+            ]
         )
         summary.append({"target": title, "verdict": verdict, "measured": figures or "-"})
     machine = context["machine"]
@@ -442,8 +458,11 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
     return "\n".join(lines)
 
 
-def _gpu_sentence(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Where the GPU rows come from: their own machine and run, or nowhere yet."""
+def _gpu_sentence(
+    results: Mapping[str, Mapping[str, Any]], suite_machine: Mapping[str, Any]
+) -> str:
+    """Where the GPU rows come from (their machine, run, torch and commit), every figure with
+    the note that qualifies it (the paired median beside a best-of ratio); or nowhere yet."""
     data = results.get(GPU_TOPIC)
     if not data:
         return "GPU rows: not measured (no GPU on the benchmark machine; never estimated)."
@@ -451,14 +470,29 @@ def _gpu_sentence(results: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
     for title in GPU_ROWS:
         mine = [h for h in heads if str(h.get("name", "")).startswith(title)]
-        details = ", ".join(
-            f"{_value(h)} ({str(h.get('name'))[len(title) :].strip(' :,')})" for h in mine
-        )
+        details = ", ".join(_gpu_figure(h, title) for h in mine)
         parts.append(f"{title}: {details or 'not measured'}")
+    machine = data.get("machine") or {}
+    where = "this machine" if _same_machine(machine, suite_machine) else "another machine"
+    torch_version = (data.get("versions") or {}).get("torch")
     return (
-        f"GPU rows, measured on another machine ({_machine_words(data.get('machine') or {})}) by "
-        f"`{data.get('command', '?')}` on {data.get('date', '?')}: {'; '.join(parts)}."
+        f"GPU rows, measured on {where} ({_machine_words(machine)}, torch {torch_version}, "
+        f"commit {machine.get('commit')}) by `{data.get('command', '?')}` on "
+        f"{data.get('date', '?')}{' (quick mode)' if data.get('quick') else ''}: "
+        f"{'; '.join(parts)}."
     )
+
+
+def _gpu_figure(item: Mapping[str, Any], title: str) -> str:
+    verdict = f" ({_met(item).replace('**', '')})" if item.get("met") is not None else ""
+    what = str(item.get("name"))[len(title) :].strip(" :,")
+    note = f"; {item['note']}" if item.get("note") else ""
+    return f"{_value(item)}{verdict} ({what}{note})"
+
+
+def _same_machine(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = ("cpu", "cores", "memory_gib", "gpu")
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def _machine_words(machine: Mapping[str, Any]) -> str:

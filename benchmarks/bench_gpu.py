@@ -1,8 +1,8 @@
 """The Trainer's overhead and the bus's publish cost when CUDA does the training.
 
-Runs only where torch sees a CUDA device. Elsewhere it says so, exits 0 and writes nothing, so the
-result file from the last GPU machine stays in ``results/gpu.json`` (its machine card names that
-machine, which is not the one the rest of the suite ran on).
+Runs only where torch sees a CUDA device. Elsewhere it says so, exits with ``SKIPPED_EXIT`` (the
+suite reports it as skipped) and writes nothing, so the result file from the last GPU machine
+stays in ``results/gpu.json``; its machine card names that machine.
 
 Two questions:
 
@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks._common import (
+    SKIPPED_EXIT,
     Headline,
     Workload,
     abab_order,
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         device = torch.device("cuda")
     else:
         print("bench_gpu: no CUDA device here; nothing measured, results/gpu.json left as it is")
-        return
+        raise SystemExit(SKIPPED_EXIT)
     steps = 60 if options.quick else 200
     rounds = options.rounds or (3 if options.quick else 15)
     began = time.perf_counter()

@@ -327,10 +327,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         with Stage(root) as stage:
             _train(stage, (), 1.0)  # pay torch's first-step costs untimed
             runs: list[dict[str, Any]] = []
-            # The same order every round: a contender's runs stay a whole round apart, so a
-            # few busy seconds on the host cannot take two of them (reversing every other round
-            # put the last contender's runs back to back).
-            for index, names in enumerate(contenders * rounds):
+            # Each round starts one contender later: a contender's runs stay most of a round
+            # apart, so a few busy seconds on the host cannot take two of them (reversing every
+            # other round put the last contender's runs back to back), and every contender runs
+            # after every other one in turn (a fixed order always ran the baseline right after
+            # the three sinks and their servers).
+            order = [
+                names
+                for r in range(rounds)
+                for names in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
+            ]
+            for index, names in enumerate(order):
                 runs.append(_train(stage, names, seconds))
                 runs[-1]["round"] = index // len(contenders)
                 print(format_table([runs[-1]]))
