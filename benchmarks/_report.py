@@ -440,7 +440,7 @@ def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[st
         "Not measured: "
         + ("; ".join(unmeasured) if unmeasured else "none")
         + ". "
-        + _gpu_sentence(results),
+        + _gpu_sentence(results, machine),
         "",
         "![steps per second relative to a hand-written loop](benchmarks/results.png)",
         "",

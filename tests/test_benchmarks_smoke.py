@@ -13,7 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks._report import README_END, README_START, target_rows, update_readme
+from benchmarks._common import SKIPPED_EXIT
+from benchmarks._report import (
+    README_END,
+    README_START,
+    readme_section,
+    target_rows,
+    update_readme,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,4 +114,54 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu_and_writes_nothing(tmp_path: Pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "small MLP (launch-bound)" in done.stdout
     assert "CPU dry run, nothing written" in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_names_the_gpu_run_and_keeps_each_figure_with_its_note() -> None:
+    """The README's GPU sentence says where and with what it was measured, and never drops the
+    paired median that qualifies a best-of ratio."""
+    gpu_machine = {"cpu": "Xeon", "cores": 16, "memory_gib": 125.9, "gpu": "H200", "commit": "abc"}
+    results = {
+        "gpu": {
+            "command": "python -m benchmarks.bench_gpu",
+            "date": "2026-01-01T00:00:00+00:00",
+            "machine": gpu_machine,
+            "versions": {"torch": "2.11.0"},
+            "headline": [
+                {
+                    "name": "trainbus Trainer vs hand-written loop on a CUDA GPU: small MLP",
+                    "value": 1.05,
+                    "unit": "x",
+                    "met": None,
+                    "note": "median of the paired ratios 1.094",
+                }
+            ],
+        }
+    }
+    context = {
+        "command": "python -m benchmarks",
+        "date": "2026-01-02T00:00:00+00:00",
+        "mode": "full",
+        "machine": {"cpu": "EPYC", "cores": 2, "memory_gib": 23.5, "gpu": "none"},
+        "versions": {"torch": "2.13.0+cpu"},
+    }
+    text = readme_section(results, context)
+    assert "measured on another machine (H200, Xeon, 16 cores" in text
+    assert "torch 2.11.0, commit abc" in text
+    assert "1.050 x (small MLP; median of the paired ratios 1.094)" in text
+    assert "publish cost per event with a CUDA training thread: not measured" in text
+
+
+def test_gpu_benchmark_without_cuda_exits_as_skipped(tmp_path: Path) -> None:
+    """Without CUDA the GPU benchmark measures nothing, writes nothing and says it skipped."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_gpu", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRAINBUS_BENCH_RESULTS": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert done.returncode == SKIPPED_EXIT, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no CUDA device here" in done.stdout
     assert list(tmp_path.iterdir()) == []
