@@ -52,7 +52,7 @@ from benchmarks._common import (
 )
 from benchmarks._contenders import BatchList, Classifier, unwrap
 from benchmarks.bench_bus import CountingSink, _running, _timer_overhead_ns
-from benchmarks.bench_trainer import WARM_UP_STEPS, _silenced
+from benchmarks.bench_trainer import WARM_UP_STEPS, _silenced, train_journaled
 from bus import Bus, StepEnd
 
 TARGET_PUBLISH_NS = 2000
@@ -133,31 +133,12 @@ def _hand_loop(work: Workload, steps: int, every: int, device: torch.device) -> 
 def _trainbus(work: Workload, steps: int, every: int, device: torch.device, workdir: Path) -> float:
     """``Trainer.train()`` as it runs by default on a GPU; the journal's log entries give times."""
     from bus.events import Log
-    from bus.journal import JournalReader
-    from trainer import Trainer, TrainingArguments
 
-    torch.manual_seed(work.seed)
-    output_dir = Path(tempfile.mkdtemp(prefix="trainbus-", dir=workdir))
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=steps,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        max_grad_norm=work.max_grad_norm,
-        optim=work.optim,
-        logging_steps=every,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=device.type == "cpu",
-        seed=work.seed,
+    trainer, events, _ = train_journaled(
+        work, steps, workdir, logging_steps=every, use_cpu=device.type == "cpu"
     )
-    trainer = Trainer(Classifier(work), args, data_collator=unwrap, train_dataset=BatchList(work))
-    trainer.train()
     if trainer.args.device.type != device.type:
         raise RuntimeError(f"the Trainer trained on {trainer.args.device}, not on {device}")
-    (journal,) = output_dir.glob("trainbus/*/journal.tbj")
-    events = JournalReader(journal).read_from()
     return _steady([e.time for e in events if isinstance(e, Log) and "loss" in e.logs], every)
 
 

@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -147,9 +148,20 @@ def _hand_loop(work: Workload, steps: int, bar: bool) -> Timing:
     return _since(began, step_ends)
 
 
-def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
-    """As ``train()`` runs by default: a run directory whose journal gives the step times."""
-    from bus.events import StepEnd
+def train_journaled(
+    work: Workload,
+    steps: int,
+    workdir: Path,
+    *,
+    logging_steps: int = 1,
+    bar: bool = False,
+    use_cpu: bool = True,
+) -> tuple[Any, list[Any], tuple[float, float]]:
+    """``Trainer.train()`` as it runs by default, in a fresh output directory under ``workdir``.
+
+    Returns the trainer, the events of its run's journal (their times are when things happened
+    on the training thread) and the clocks read just before ``train()``.
+    """
     from bus.journal import JournalReader
     from trainer import Trainer, TrainingArguments
 
@@ -162,18 +174,25 @@ def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
         learning_rate=work.learning_rate,
         max_grad_norm=work.max_grad_norm,
         optim=work.optim,
-        logging_steps=1,
+        logging_steps=logging_steps,
         save_strategy="no",
         report_to="none",
         disable_tqdm=not bar,
-        use_cpu=True,
+        use_cpu=use_cpu,
         seed=work.seed,
     )
     trainer = Trainer(Classifier(work), args, data_collator=unwrap, train_dataset=BatchList(work))
     began = _now()
     trainer.train()
     (journal,) = output_dir.glob("trainbus/*/journal.tbj")
-    events = JournalReader(journal).read_from()
+    return trainer, JournalReader(journal).read_from(), began
+
+
+def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
+    """As ``train()`` runs by default: a run directory whose journal gives the step times."""
+    from bus.events import StepEnd
+
+    _, events, began = train_journaled(work, steps, workdir, bar=bar)
     return _since(began, [e.time for e in events if isinstance(e, StepEnd)])
 
 
