@@ -34,13 +34,8 @@ from benchmarks._common import (
     read_result,
     versions,
 )
-from benchmarks._report import (
-    readme_section,
-    render_markdown,
-    render_plot,
-    targets_table,
-    update_readme,
-)
+from benchmarks._readme import readme_section, update_readme
+from benchmarks._report import render_markdown, render_plot, targets_table
 
 DEFAULT_LIMIT_S: Final = {"full": 900.0, "quick": 150.0, "smoke": 60.0}
 SUITE_FILE: Final = "_suite.json"

@@ -1,5 +1,7 @@
 """Turn result files into ``RESULTS.md``, the console summary and ``results.png``.
 
+The README's section is written from the same rows by ``benchmarks._readme``.
+
 Everything here reads ``results/<topic>.json`` only: no figure is computed from anything but a
 measurement a benchmark wrote down, and a target nobody measured says so instead of guessing.
 """
@@ -15,12 +17,18 @@ from typing import Any, Final
 from benchmarks._common import format_table
 
 __all__ = [
+    "COARSER",
+    "GPU_ROWS",
+    "GPU_TOPIC",
     "TARGETS",
-    "readme_section",
+    "machine_words",
+    "met_text",
+    "peers_pivot",
     "render_markdown",
     "render_plot",
+    "target_rows",
     "targets_table",
-    "update_readme",
+    "value_text",
 ]
 
 MAX_TABLE_ROWS: Final = 80
@@ -74,7 +82,7 @@ def _headlines(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
-def _value(item: Mapping[str, Any]) -> str:
+def value_text(item: Mapping[str, Any]) -> str:
     value = item.get("value")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not measured"
@@ -82,7 +90,7 @@ def _value(item: Mapping[str, Any]) -> str:
     return f"{text} {item.get('unit', '')}".strip()
 
 
-def _met(item: Mapping[str, Any]) -> str:
+def met_text(item: Mapping[str, Any]) -> str:
     met = item.get("met")
     if met is None:
         return "-" if item.get("value") is not None else "not measured"
@@ -146,8 +154,8 @@ def _row(title: str, item: Mapping[str, Any]) -> dict[str, str]:
         note = f"{note}; its target {item['target']}"
     return {
         "target": title,
-        "measured": _value(item),
-        "met": _met(item),
+        "measured": value_text(item),
+        "met": met_text(item),
         "source": source,
         "note": note,
     }
@@ -160,7 +168,7 @@ def targets_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     return format_table(plain)
 
 
-def _peers_pivot(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def peers_pivot(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Contender by condition, cells ``ratio`` to the floor: the peers table a reader scans."""
     conditions: list[str] = []
     cells: dict[str, dict[str, Any]] = {}
@@ -184,7 +192,7 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
     if topic == GPU_TOPIC:
         machine = data.get("machine") or {}
         lines += [
-            f"Machine: {_machine_words(machine)}, torch "
+            f"Machine: {machine_words(machine)}, torch "
             f"{(data.get('versions') or {}).get('torch')}, commit {machine.get('commit')}.",
             "",
         ]
@@ -217,7 +225,7 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
             "`sc` = extra scalars per log entry; route: MLflow direct or behind the latency "
             "proxy). Empty cells: a contender that does not talk to MLflow runs only direct.",
             "",
-            format_table(_peers_pivot(tables["peers"]), markdown=True),
+            format_table(peers_pivot(tables["peers"]), markdown=True),
             "",
             "Detail (steps/s, overhead per step over the floor, teardown = flush and close "
             "after the last step):",
@@ -375,140 +383,8 @@ def render_plot(results: Mapping[str, Mapping[str, Any]], path: Path) -> bool:
     return True
 
 
-README_START: Final = "<!-- benchmarks:start (written by python -m benchmarks) -->"
-README_END: Final = "<!-- benchmarks:end -->"
-
-
-def readme_section(results: Mapping[str, Mapping[str, Any]], context: Mapping[str, Any]) -> str:
-    """The README's benchmark summary: targets met or not, the plot, the headline comparison."""
-    rows = target_rows(results)
-    titles = [f"{t.title} {t.target}" for t in TARGETS]
-    verdicts: dict[str, list[dict[str, str]]] = {title: [] for title in titles}
-    unjudged: dict[str, list[dict[str, str]]] = {title: [] for title in titles}
-    for row in rows:
-        if row["target"] in verdicts and row["met"] in ("**met**", "**not met**"):
-            verdicts[row["target"]].append(row)
-        elif row["target"] in unjudged and row["met"] == "-" and COARSER in row["note"]:
-            unjudged[row["target"]].append(row)
-    summary: list[dict[str, str]] = []
-    met, missed, unmeasured = [], [], []
-    for title in titles:
-        found = verdicts[title]
-        kinds = {r["met"] for r in found}
-        if not found:
-            verdict = "not measured"
-            unmeasured.append(title)
-        elif kinds == {"**met**"}:
-            verdict = "**met**"
-            met.append(title)
-        elif kinds == {"**not met**"}:
-            verdict = "**not met**"
-            missed.append(title)
-        else:
-            verdict = "**partly met**"
-            missed.append(title + " (partly)")
-        figures = "; ".join(
-            [f"{r['measured']} ({r['source']}: {r['note'].split(';')[0]})" for r in found]
-            + [
-                f"{r['measured']} ({r['source']}, no target: {r['note'].split(';')[0]})"
-                for r in unjudged[title]
-            ]
-        )
-        summary.append({"target": title, "verdict": verdict, "measured": figures or "-"})
-    machine = context["machine"]
-    lines = [
-        README_START,
-        ("Measured by " if "--only" not in context["command"] else "Last updated by ")
-        + f"`{context['command']}` on {context['date']} ({context['mode']} mode) on "
-        f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB, "
-        f"Python {machine.get('python')}, torch {context['versions'].get('torch')}. "
-        + (
-            "Topics not in that run keep their last figures; RESULTS.md names the run of each. "
-            if "--only" in context["command"]
-            else ""
-        )
-        + "Full tables, versions and method: [benchmarks/RESULTS.md](benchmarks/RESULTS.md) and "
-        "[benchmarks/README.md](benchmarks/README.md). Reproduce with "
-        "`bash benchmarks/setup.sh && benchmarks/.env/bin/python -m benchmarks`.",
-        "",
-        format_table(summary, markdown=True),
-        "",
-        "Met: " + ("; ".join(met) if met else "none") + ".",
-        "",
-        "Not met: " + ("; ".join(missed) if missed else "none") + ".",
-        "",
-        "Not measured: "
-        + ("; ".join(unmeasured) if unmeasured else "none")
-        + ". "
-        + _gpu_sentence(results, machine),
-        "",
-        "![steps per second relative to a hand-written loop](benchmarks/results.png)",
-        "",
-    ]
-    table = ((results.get("peers") or {}).get("tables") or {}).get("peers") or []
-    if table:
-        lines += [
-            "Training steps/s relative to a hand-written torch loop in the same run "
-            "(1.0 = as fast; `sc` = extra scalars per log entry):",
-            "",
-            format_table(_peers_pivot(table), markdown=True),
-            "",
-        ]
-    lines.append(README_END)
-    return "\n".join(lines)
-
-
-def _gpu_sentence(
-    results: Mapping[str, Mapping[str, Any]], suite_machine: Mapping[str, Any]
-) -> str:
-    """Where the GPU rows come from (their machine, run, torch and commit), every figure with
-    the note that qualifies it (the paired median beside a best-of ratio); or nowhere yet."""
-    data = results.get(GPU_TOPIC)
-    if not data:
-        return "GPU rows: not measured (no GPU on the benchmark machine; never estimated)."
-    heads = [h for h in data.get("headline") or [] if isinstance(h, Mapping)]
-    parts = []
-    for title in GPU_ROWS:
-        mine = [h for h in heads if str(h.get("name", "")).startswith(title)]
-        details = ", ".join(_gpu_figure(h, title) for h in mine)
-        parts.append(f"{title}: {details or 'not measured'}")
-    machine = data.get("machine") or {}
-    where = "this machine" if _same_machine(machine, suite_machine) else "another machine"
-    torch_version = (data.get("versions") or {}).get("torch")
-    return (
-        f"GPU rows, measured on {where} ({_machine_words(machine)}, torch {torch_version}, "
-        f"commit {machine.get('commit')}) by `{data.get('command', '?')}` on "
-        f"{data.get('date', '?')}{' (quick mode)' if data.get('quick') else ''}: "
-        f"{'; '.join(parts)}."
-    )
-
-
-def _gpu_figure(item: Mapping[str, Any], title: str) -> str:
-    verdict = f" ({_met(item).replace('**', '')})" if item.get("met") is not None else ""
-    what = str(item.get("name"))[len(title) :].strip(" :,")
-    note = f"; {item['note']}" if item.get("note") else ""
-    return f"{_value(item)}{verdict} ({what}{note})"
-
-
-def _same_machine(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    keys = ("cpu", "cores", "memory_gib", "gpu")
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
-def _machine_words(machine: Mapping[str, Any]) -> str:
+def machine_words(machine: Mapping[str, Any]) -> str:
     return (
         f"{machine.get('gpu')}, {machine.get('cpu')}, {machine.get('cores')} cores, "
         f"Python {machine.get('python')}"
     )
-
-
-def update_readme(readme: Path, section: str) -> bool:
-    """Replace the text between the README's benchmark markers; ``False`` when they are absent."""
-    if not readme.exists():
-        return False
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return False
-    readme.write_text(text[:start] + section + text[end + len(README_END) :])
-    return True

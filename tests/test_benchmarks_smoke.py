@@ -14,13 +14,8 @@ import sys
 from pathlib import Path
 
 from benchmarks._common import SKIPPED_EXIT
-from benchmarks._report import (
-    README_END,
-    README_START,
-    readme_section,
-    target_rows,
-    update_readme,
-)
+from benchmarks._readme import README_END, README_START, readme_section, update_readme
+from benchmarks._report import target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
