@@ -239,7 +239,10 @@ class TrainingLoop:
         args, handler = self.args, self.callback_handler
         assert self.optimizer is not None and self.lr_scheduler is not None  # set by _train
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
-        self._grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # Walking the module tree for its parameters costs about as much Python as a small
+        # model's optimizer step; walk it once and let clipping and zeroing share the list.
+        params = list(self.model.parameters())
+        self._grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
         self._mark(PreOptimizerStep)
         self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
         self.optimizer.step()
@@ -247,7 +250,7 @@ class TrainingLoop:
         self.control = handler.on_optimizer_step(args, self.state, self.control)
         self._learning_rate = float(self.lr_scheduler.get_last_lr()[0])
         self.lr_scheduler.step()
-        self.model.zero_grad(set_to_none=True)
+        _clear_grads(params)
         self.state.global_step += 1
         self.state.epoch = epoch
         self._mark(StepEnd)
@@ -358,6 +361,12 @@ class TrainingLoop:
             start = resume_point(loaded.global_step, plan)
         self.state.init_training_references(self, plan.max_steps, plan.num_train_epochs)
         return start
+
+
+def _clear_grads(params: list[nn.Parameter]) -> None:
+    """``model.zero_grad(set_to_none=True)`` over parameters already listed (no second walk)."""
+    for param in params:
+        param.grad = None
 
 
 def _windows(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
