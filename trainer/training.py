@@ -37,7 +37,7 @@ from bus.events import (
 )
 from trainer import checkpoint as ckpt
 from trainer.arguments import TrainingArguments
-from trainer.data import EpochSampler, has_length, move_to_device
+from trainer.data import EpochSampler, has_length, iter_batches, move_to_device
 from trainer.distributed import Distributed
 from trainer.evaluation import TrainOutput, speed_metrics
 from trainer.handler import CallbackHandler
@@ -173,7 +173,7 @@ class TrainingLoop:
             loader.generator.manual_seed(args.seed + epoch)
         steps_in_epoch = plan.batches_per_epoch or plan.updates_per_epoch * ga
         step = skip * ga - 1
-        batches = iter(loader)
+        batches = iter_batches(loader)
         if skip and not isinstance(loader.sampler, EpochSampler):
             for _ in range(skip * ga):  # no sampler to start later in: read and drop them
                 next(batches, None)

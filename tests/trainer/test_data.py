@@ -1,0 +1,145 @@
+"""`iter_batches`: the loop's batches are exactly the ones ``iter(loader)`` would yield."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from trainer.data import iter_batches, train_dataloader
+
+
+class Numbers(Dataset[dict[str, torch.Tensor]]):
+    """Ten samples; ``x`` is the index, ``noise`` a draw from the global RNG at fetch time."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.tensor([float(index)]), "noise": torch.rand(1)}
+
+
+class BatchFetched(Numbers):
+    """A data set that fetches a whole batch at once, as Hugging Face ``datasets`` do."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        self.calls.append(list(indices))
+        return [{"x": torch.tensor([float(i)]), "noise": torch.zeros(1)} for i in indices]
+
+
+class Stream(IterableDataset[dict[str, torch.Tensor]]):
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return iter({"x": torch.tensor([float(i)])} for i in range(5))
+
+
+class CountingLoader(DataLoader[Any]):
+    """A subclass may change iteration; it must be iterated through its own ``__iter__``."""
+
+    iterations = 0
+
+    def __iter__(self) -> Any:
+        CountingLoader.iterations += 1
+        return super().__iter__()
+
+
+def _both_ways(make_loader: Any) -> tuple[list[Any], list[Any], torch.Tensor, torch.Tensor]:
+    """Batches and the global RNG state afterwards, through ``iter_batches`` and ``iter``."""
+    torch.manual_seed(7)
+    direct = list(iter_batches(make_loader()))
+    after_direct = torch.get_rng_state()
+    torch.manual_seed(7)
+    usual = list(iter(make_loader()))
+    after_usual = torch.get_rng_state()
+    return direct, usual, after_direct, after_usual
+
+
+def _assert_same_batches(first: list[Any], second: list[Any]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shuffled_loader_without_generator_gives_the_same_batches_and_rng_draws(
+    drop_last: bool,
+) -> None:
+    """The shuffle and the base-seed draw both come from the global RNG here; the samples draw
+    from it too, so any difference in what is drawn, or when, shows in the batches."""
+    direct, usual, rng_direct, rng_usual = _both_ways(
+        lambda: DataLoader(Numbers(), batch_size=3, shuffle=True, drop_last=drop_last)
+    )
+    _assert_same_batches(direct, usual)
+    assert len(direct) == (3 if drop_last else 4)
+    assert torch.equal(rng_direct, rng_usual)
+
+
+def test_the_trainers_own_loader_gives_the_same_batches() -> None:
+    def make() -> DataLoader[Any]:
+        loader = train_dataloader(
+            Numbers(), batch_size=4, collator=_stack, seed=3, drop_last=False, num_workers=0
+        )
+        assert isinstance(loader.generator, torch.Generator)
+        loader.generator.manual_seed(5)
+        return loader
+
+    direct, usual, rng_direct, rng_usual = _both_ways(make)
+    _assert_same_batches(direct, usual)
+    assert torch.equal(rng_direct, rng_usual)
+
+
+def test_a_data_set_with_getitems_is_fetched_a_batch_at_a_time() -> None:
+    dataset = BatchFetched()
+    loader = DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=_stack)
+    batches = list(iter_batches(loader))
+    assert dataset.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [b["x"].flatten().tolist() for b in batches] == [
+        [0.0, 1.0, 2.0, 3.0],
+        [4.0, 5.0, 6.0, 7.0],
+        [8.0, 9.0],
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_loader",
+    [
+        pytest.param(lambda: DataLoader(Stream(), batch_size=2), id="iterable data set"),
+        pytest.param(lambda: DataLoader(Numbers(), batch_size=None), id="no batching"),
+        pytest.param(
+            lambda: DataLoader(Numbers(), batch_size=2, pin_memory=True),
+            id="pinned",
+            marks=pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true"),
+        ),
+    ],
+)
+def test_other_loaders_are_iterated_by_their_own_iterator(make_loader: Any) -> None:
+    loader = make_loader()
+    iterator = iter_batches(loader)
+    assert type(iterator).__name__ == "_SingleProcessDataLoaderIter"
+    assert len(list(iterator)) == len(list(iter(loader)))
+
+
+def test_a_loader_subclass_keeps_its_own_iteration() -> None:
+    CountingLoader.iterations = 0
+    loader = CountingLoader(Numbers(), batch_size=5)
+    assert len(list(iter_batches(loader))) == 2
+    assert CountingLoader.iterations == 1
+
+
+def test_while_the_profiler_records_batches_keep_their_profiler_ranges() -> None:
+    loader = DataLoader(Numbers(), batch_size=5)
+    with torch.autograd.profiler.profile() as profile:
+        assert len(list(iter_batches(loader))) == 2
+    names = [event.name for event in profile.function_events]
+    assert any(name.startswith("enumerate(DataLoader)") for name in names)
+
+
+def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
