@@ -17,6 +17,7 @@ from typing import Any, Final
 from benchmarks._common import format_table
 
 __all__ = [
+    "BESIDE",
     "COARSER",
     "GPU_ROWS",
     "GPU_TOPIC",
@@ -65,6 +66,9 @@ COARSER: Final = "target is taken in"
 """Words in the note of a figure that answers a target's question by a coarser method than the
 benchmark the target is taken in (``bench_peers``' short runs): the README lists it beside the
 verdict, marked "no target", so a contrary figure stays in sight."""
+BESIDE: Final = "shown beside the target"
+"""Words in the name of a figure without a target that qualifies a target's verdict (the Trainer
+against a hand loop taking the same shortcuts): the README lists it beside the verdict too."""
 GPU_TOPIC: Final = "gpu"
 """The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""
 GPU_ROWS: Final = (
