@@ -250,7 +250,7 @@ class TrainingLoop:
         self.control = handler.on_optimizer_step(args, self.state, self.control)
         self._learning_rate = float(self.lr_scheduler.get_last_lr()[0])
         self.lr_scheduler.step()
-        _clear_grads(params)
+        _clear_grads(self.model, params)
         self.state.global_step += 1
         self.state.epoch = epoch
         self._mark(StepEnd)
@@ -363,8 +363,14 @@ class TrainingLoop:
         return start
 
 
-def _clear_grads(params: list[nn.Parameter]) -> None:
-    """``model.zero_grad(set_to_none=True)`` over parameters already listed (no second walk)."""
+def _clear_grads(model: nn.Module, params: list[nn.Parameter]) -> None:
+    """``model.zero_grad(set_to_none=True)`` over parameters already listed (no second walk).
+
+    A model whose class overrides ``zero_grad`` gets its own method called, as in Hugging Face.
+    """
+    if type(model).zero_grad is not nn.Module.zero_grad:
+        model.zero_grad(set_to_none=True)
+        return
     for param in params:
         param.grad = None
 

@@ -33,7 +33,12 @@ from trainer import (
     default_data_collator,
 )
 from trainer.launcher import LocalLauncher
-from trainer.testing import LosslessModel, RegressionDataset, TupleOutputRegressor
+from trainer.testing import (
+    LosslessModel,
+    RegressionDataset,
+    TinyRegressor,
+    TupleOutputRegressor,
+)
 
 
 def test_train_returns_hf_train_output(tmp_path: Path) -> None:
@@ -96,6 +101,53 @@ def test_grad_norm_is_logged_even_without_clipping(tmp_path: Path) -> None:
     run = make_run(tmp_path, max_steps=1, max_grad_norm=0.0)
     run.trainer.train()
     assert run.trainer.state.log_history[0]["grad_norm"] > 0
+
+
+class _GradsSeen(TrainerCallback):
+    """Which parameters hold a gradient when each step begins (after the last step's zeroing)."""
+
+    def __init__(self) -> None:
+        self.with_grad: list[list[str]] = []
+
+    def on_step_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        self.with_grad.append([n for n, p in model.named_parameters() if p.grad is not None])
+
+
+def test_every_gradient_is_cleared_after_each_update(tmp_path: Path) -> None:
+    """As ``model.zero_grad(set_to_none=True)``: every parameter, even one the optimizer does not
+    update (given its own optimizer over part of the model)."""
+    model = TinyRegressor()
+    seen = _GradsSeen()
+    trainer = Trainer(
+        model,
+        TrainingArguments(
+            output_dir=str(tmp_path), max_steps=3, report_to="none", disable_tqdm=True
+        ),
+        train_dataset=RegressionDataset(16),
+        callbacks=[seen],
+        optimizers=(torch.optim.SGD(model.body[0].parameters(), lr=0.1), None),
+        launcher=LocalLauncher(),
+    )
+    trainer.train()
+    assert seen.with_grad == [[], [], []]
+    assert all(p.grad is None for p in model.parameters())
+
+
+class _OwnZeroGrad(TinyRegressor):
+    calls = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        type(self).calls += 1
+        super().zero_grad(set_to_none=set_to_none)
+
+
+def test_a_model_overriding_zero_grad_has_it_called_after_each_update(tmp_path: Path) -> None:
+    _OwnZeroGrad.calls = 0
+    run = make_run(tmp_path, max_steps=3, model=_OwnZeroGrad())
+    run.trainer.train()
+    assert _OwnZeroGrad.calls == 1 + 3  # once before training, as in Hugging Face, then per update
 
 
 def test_evaluate_alone_is_a_run_with_prefixed_metrics(tmp_path: Path) -> None:
