@@ -100,8 +100,7 @@ class LoopSide:
         while pending:
             batch = [pending.popleft() for _ in range(min(len(pending), _BURST))]
             self._dispatch(batch)
-            if pending:  # a long backlog lets other tasks run between bursts
-                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
 
     def _refill(self) -> None:
         """Dispatch what is pending now, for a sink that ran dry before the next poll.

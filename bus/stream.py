@@ -59,7 +59,6 @@ class Subscription:
             return
         buffer = self._buffer
         types = self._types
-        offered = 0
         for event in events:
             if types is None or isinstance(event, types):
                 if len(buffer) == self._max:
@@ -68,9 +67,7 @@ class Subscription:
                         self._overflowing = True
                         log.warning("stream_overflow", max_buffer=self._max)
                 buffer.append(event)
-                offered += 1
-        if offered:  # a subscriber to rare types is not woken by every burst of step events
-            self._wake.set()
+        self._wake.set()
 
     def close(self) -> None:
         """Stop receiving; iteration ends once the buffered events are consumed."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks._common import SKIPPED_EXIT
 from benchmarks._readme import README_END, README_START, readme_section, update_readme
-from benchmarks._report import target_rows
+from benchmarks._report import BESIDE, target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,8 +177,8 @@ def test_readme_keeps_a_figure_that_qualifies_a_verdict_beside_it() -> None:
                     "met": True,
                 },
                 {
-                    "name": "trainbus / hand loop taking the Trainer's two shortcuts: the bus and "
-                    f"the callbacks alone, shown beside the target, {best}",
+                    "name": f"trainbus / hand loop taking the Trainer's shortcuts, {BESIDE}, "
+                    + best,
                     "value": 1.029,
                     "unit": "x",
                     "target": "-",
@@ -207,5 +207,7 @@ def test_readme_keeps_a_figure_that_qualifies_a_verdict_beside_it() -> None:
         if row.startswith("| trainbus Trainer vs hand-written loop (time/step)")
     )
     assert "**met**" in line
-    assert "1.029 x (trainer, no target: trainbus / hand loop taking the Trainer's two" in line
+    assert (
+        "1.029 x (trainer, no target: trainbus / hand loop taking the Trainer's shortcuts" in line
+    )
     assert "1.007" not in line  # other figures without a target stay in RESULTS.md only

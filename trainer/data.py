@@ -8,11 +8,10 @@ permutation instead of loading and dropping them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from typing import Any, Final
 
 import torch
-import torch.utils.data
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 __all__ = [
@@ -28,11 +27,15 @@ __all__ = [
 
 DataCollator = Callable[[list[Any]], dict[str, Any]]
 
-_DATA_PIPES: tuple[type, ...] = tuple(
-    getattr(torch.utils.data, name)
-    for name in ("IterDataPipe", "MapDataPipe")
-    if hasattr(torch.utils.data, name)  # deprecated in torch; absent from some releases
-)
+_PROFILE_NAME: Final = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
+"""The range torch's single-process iterator records around each batch."""
+
+try:  # where torch's DataLoader imports them from; deprecated, so they may go one day
+    from torch.utils.data.datapipes.datapipe import IterDataPipe, MapDataPipe
+
+    _DATA_PIPES: tuple[type, ...] = (IterDataPipe, MapDataPipe)
+except ImportError:  # pragma: no cover -- a torch without data pipes
+    _DATA_PIPES = ()
 
 
 def default_data_collator(features: list[Any]) -> dict[str, Any]:
@@ -173,20 +176,24 @@ def eval_dataloader(
 def iter_batches(loader: DataLoader[Any]) -> Iterator[Any]:
     """The batches of ``loader``, in its order: the same ones ``iter(loader)`` yields.
 
-    A plain single-process loader over a map-style data set, without pinned memory, is read
-    straight from its batch sampler: the same indices, the data set's ``__getitems__`` (or one
-    ``__getitem__`` per index), the same collate function, and the same draw from the loader's
-    generator (or the global RNG) that every ``iter(loader)`` makes for its workers' base seed.
-    What is skipped is the iterator's per-batch machinery, a profiler range and bookkeeping:
-    about 8 us a batch on a CPU, as much as a small model's optimizer step. Any other loader
-    (worker processes, pinning, an iterable data set, a ``DataLoader`` subclass) and any loader
-    while the autograd profiler records (its ranges name the batches) is iterated as usual.
+    On a plain single-process loader over a map-style data set (auto-batching, no pinned memory,
+    no timeout) the batches are read straight from its batch sampler: the sampler is started and
+    the draw that every ``iter(loader)`` makes for its workers' base seed is made (from the
+    loader's generator, or the global RNG) in torch's order, then each batch is the data set's
+    ``__getitems__`` (or one ``__getitem__`` per index) passed to the loader's collate function,
+    and a ``StopIteration`` from either ends the epoch, as in torch. What is skipped is the
+    iterator's per-batch machinery; while the autograd profiler records, each batch still gets
+    torch's ``enumerate(DataLoader)`` range. Any other loader (worker processes, pinning, an
+    iterable data set or data pipe, no batching, a timeout, a ``DataLoader`` subclass) is
+    iterated as usual. The returned iterator has no ``len()``, and after a data set or collate
+    error it is exhausted (torch's would go on with the next batch).
     """
     batch_sampler = loader.batch_sampler
     if batch_sampler is None or not _reads_directly(loader):
         return iter(loader)
-    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # as iter(loader)
-    return _direct_batches(loader.dataset, batch_sampler, loader.collate_fn)
+    indices = iter(batch_sampler)  # before the draw, as torch starts its sampler first
+    torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
+    return _direct_batches(loader.dataset, indices, loader.collate_fn)
 
 
 def _reads_directly(loader: DataLoader[Any]) -> bool:
@@ -194,17 +201,30 @@ def _reads_directly(loader: DataLoader[Any]) -> bool:
         type(loader) is DataLoader
         and loader.num_workers == 0
         and not loader.pin_memory
+        and loader.timeout == 0
         and not isinstance(loader.dataset, (IterableDataset, *_DATA_PIPES))
-        and not getattr(torch.autograd.profiler, "_is_profiler_enabled", False)
     )
 
 
 def _direct_batches(
-    dataset: Any, batch_sampler: Iterable[list[int]], collate: Callable[[list[Any]], Any]
+    dataset: Any, batches: Iterator[list[int]], collate: Callable[[list[Any]], Any]
 ) -> Iterator[Any]:
+    profiler = torch.autograd.profiler
     get_items = getattr(dataset, "__getitems__", None)
-    for indices in batch_sampler:
-        yield collate(get_items(indices) if get_items else [dataset[i] for i in indices])
+
+    def fetch(indices: list[int]) -> Any:
+        return collate(get_items(indices) if get_items else [dataset[i] for i in indices])
+
+    for indices in batches:
+        try:
+            if getattr(profiler, "_is_profiler_enabled", False):  # e.g. a schedule's RECORD
+                with profiler.record_function(_PROFILE_NAME):
+                    batch = fetch(indices)
+            else:
+                batch = fetch(indices)
+        except StopIteration:  # torch's iterator ends the epoch quietly on one
+            return
+        yield batch
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:

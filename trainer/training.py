@@ -239,8 +239,9 @@ class TrainingLoop:
         args, handler = self.args, self.callback_handler
         assert self.optimizer is not None and self.lr_scheduler is not None  # set by _train
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
-        # Walking the module tree for its parameters costs about as much Python as a small
-        # model's optimizer step; walk it once and let clipping and zeroing share the list.
+        # Each walk of the module tree for its parameters costs several microseconds of Python;
+        # walk it once and let clipping and zeroing share the list. A parameter a callback adds
+        # in between has no gradient yet (it was not in this step's backward pass).
         params = list(self.model.parameters())
         self._grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
         self._mark(PreOptimizerStep)
@@ -366,13 +367,15 @@ class TrainingLoop:
 def _clear_grads(model: nn.Module, params: list[nn.Parameter]) -> None:
     """``model.zero_grad(set_to_none=True)`` over parameters already listed (no second walk).
 
-    A model whose class overrides ``zero_grad`` gets its own method called, as in Hugging Face.
+    A model that overrides ``zero_grad`` (in its class or on the instance) gets its own method
+    called, as in Hugging Face.
     """
-    if type(model).zero_grad is not nn.Module.zero_grad:
+    if getattr(model.zero_grad, "__func__", None) is not nn.Module.zero_grad:
         model.zero_grad(set_to_none=True)
         return
     for param in params:
-        param.grad = None
+        if param.grad is not None:
+            param.grad = None
 
 
 def _windows(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:

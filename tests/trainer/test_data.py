@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,10 +49,33 @@ class CountingLoader(DataLoader[Any]):
         return super().__iter__()
 
 
+class EagerBatches:
+    """A batch sampler that draws its whole order as soon as it is started (bucketing samplers
+    do), from the global RNG: the order of that draw and the loader's base-seed draw matters."""
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(torch.randperm(10).view(-1, 2).tolist())
+
+    def __len__(self) -> int:
+        return 5
+
+
+class StopsEarly(Numbers):
+    """``StopIteration`` from ``__getitem__`` ends torch's epoch quietly."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if index == 6:
+            raise StopIteration
+        return super().__getitem__(index)
+
+
 def _both_ways(make_loader: Any) -> tuple[list[Any], list[Any], torch.Tensor, torch.Tensor]:
-    """Batches and the global RNG state afterwards, through ``iter_batches`` and ``iter``."""
+    """Batches and the global RNG state afterwards, through ``iter_batches`` and ``iter``;
+    checks that ``iter_batches`` took its direct path (and not the loader's own iterator)."""
     torch.manual_seed(7)
-    direct = list(iter_batches(make_loader()))
+    batches = iter_batches(make_loader())
+    assert inspect.isgenerator(batches)
+    direct = list(batches)
     after_direct = torch.get_rng_state()
     torch.manual_seed(7)
     usual = list(iter(make_loader()))
@@ -81,18 +105,38 @@ def test_shuffled_loader_without_generator_gives_the_same_batches_and_rng_draws(
     assert torch.equal(rng_direct, rng_usual)
 
 
-def test_the_trainers_own_loader_gives_the_same_batches() -> None:
+def test_the_trainers_own_loader_gives_the_same_batches_and_generator_draws() -> None:
+    loaders: list[DataLoader[Any]] = []
+
     def make() -> DataLoader[Any]:
         loader = train_dataloader(
             Numbers(), batch_size=4, collator=_stack, seed=3, drop_last=False, num_workers=0
         )
         assert isinstance(loader.generator, torch.Generator)
         loader.generator.manual_seed(5)
+        loaders.append(loader)
         return loader
 
     direct, usual, rng_direct, rng_usual = _both_ways(make)
     _assert_same_batches(direct, usual)
     assert torch.equal(rng_direct, rng_usual)
+    generators = [loader.generator for loader in loaders]
+    assert all(g is not None for g in generators)
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+
+
+def test_a_batch_sampler_that_draws_when_started_sees_torchs_order_of_draws() -> None:
+    direct, usual, rng_direct, rng_usual = _both_ways(
+        lambda: DataLoader(Numbers(), batch_sampler=EagerBatches())
+    )
+    _assert_same_batches(direct, usual)
+    assert torch.equal(rng_direct, rng_usual)
+
+
+def test_stop_iteration_from_the_data_set_ends_the_epoch_as_in_torch() -> None:
+    direct, usual, _, _ = _both_ways(lambda: DataLoader(StopsEarly(), batch_size=2))
+    _assert_same_batches(direct, usual)
+    assert len(direct) == 3
 
 
 def test_a_data_set_with_getitems_is_fetched_a_batch_at_a_time() -> None:
@@ -112,6 +156,7 @@ def test_a_data_set_with_getitems_is_fetched_a_batch_at_a_time() -> None:
     [
         pytest.param(lambda: DataLoader(Stream(), batch_size=2), id="iterable data set"),
         pytest.param(lambda: DataLoader(Numbers(), batch_size=None), id="no batching"),
+        pytest.param(lambda: DataLoader(Numbers(), batch_size=2, timeout=5.0), id="timeout"),
         pytest.param(
             lambda: DataLoader(Numbers(), batch_size=2, pin_memory=True),
             id="pinned",
@@ -120,10 +165,17 @@ def test_a_data_set_with_getitems_is_fetched_a_batch_at_a_time() -> None:
     ],
 )
 def test_other_loaders_are_iterated_by_their_own_iterator(make_loader: Any) -> None:
+    """Each of these is torch's to handle (a timeout without workers is even refused)."""
     loader = make_loader()
-    iterator = iter_batches(loader)
-    assert type(iterator).__name__ == "_SingleProcessDataLoaderIter"
-    assert len(list(iterator)) == len(list(iter(loader)))
+    try:
+        expected: Any = len(list(iter(loader)))
+    except AssertionError as exc:
+        expected = str(exc)
+    try:
+        got: Any = len(list(iter_batches(loader)))
+    except AssertionError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 def test_a_loader_subclass_keeps_its_own_iteration() -> None:
@@ -133,12 +185,14 @@ def test_a_loader_subclass_keeps_its_own_iteration() -> None:
     assert CountingLoader.iterations == 1
 
 
-def test_while_the_profiler_records_batches_keep_their_profiler_ranges() -> None:
-    loader = DataLoader(Numbers(), batch_size=5)
+def test_batches_read_while_the_profiler_records_get_torchs_range() -> None:
+    """Also when recording starts mid-epoch (a profiler schedule's warm-up ending)."""
+    batches = iter_batches(DataLoader(Numbers(), batch_size=2))
+    next(batches)
     with torch.autograd.profiler.profile() as profile:
-        assert len(list(iter_batches(loader))) == 2
+        assert len(list(batches)) == 4
     names = [event.name for event in profile.function_events]
-    assert any(name.startswith("enumerate(DataLoader)") for name in names)
+    assert names.count("enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__") == 4
 
 
 def _stack(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

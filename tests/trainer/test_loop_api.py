@@ -150,6 +150,19 @@ def test_a_model_overriding_zero_grad_has_it_called_after_each_update(tmp_path: 
     assert _OwnZeroGrad.calls == 1 + 3  # once before training, as in Hugging Face, then per update
 
 
+def test_a_zero_grad_set_on_the_model_instance_is_called_too(tmp_path: Path) -> None:
+    model = TinyRegressor()
+    calls: list[bool] = []
+
+    def zero_grad(set_to_none: bool = True) -> None:
+        calls.append(set_to_none)
+        torch.nn.Module.zero_grad(model, set_to_none=set_to_none)
+
+    model.zero_grad = zero_grad  # type: ignore[method-assign]
+    make_run(tmp_path, max_steps=2, model=model).trainer.train()
+    assert calls == [True, True, True]
+
+
 def test_evaluate_alone_is_a_run_with_prefixed_metrics(tmp_path: Path) -> None:
     """A direct ``evaluate()`` publishes prediction steps, one log and the evaluation.
 
