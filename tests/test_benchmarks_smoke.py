@@ -18,6 +18,14 @@ from benchmarks._readme import README_END, README_START, readme_section, update_
 from benchmarks._report import BESIDE, target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
+SUITE_CONTEXT = {
+    "command": "python -m benchmarks",
+    "date": "2026-01-02T00:00:00+00:00",
+    "mode": "full",
+    "machine": {"cpu": "EPYC", "cores": 2, "memory_gib": 23.5, "gpu": "none"},
+    "versions": {"torch": "2.13.0+cpu"},
+}
+"""A full suite run on this machine, for the README section's first sentence."""
 
 
 def test_smoke_suite_writes_results_markdown_and_plot(tmp_path: Path) -> None:
@@ -133,14 +141,7 @@ def test_readme_names_the_gpu_run_and_keeps_each_figure_with_its_note() -> None:
             ],
         }
     }
-    context = {
-        "command": "python -m benchmarks",
-        "date": "2026-01-02T00:00:00+00:00",
-        "mode": "full",
-        "machine": {"cpu": "EPYC", "cores": 2, "memory_gib": 23.5, "gpu": "none"},
-        "versions": {"torch": "2.13.0+cpu"},
-    }
-    text = readme_section(results, context)
+    text = readme_section(results, SUITE_CONTEXT)
     assert "measured on another machine (H200, Xeon, 16 cores" in text
     assert "torch 2.11.0, commit abc" in text
     assert "1.050 x (small MLP; median of the paired ratios 1.094)" in text
@@ -194,16 +195,9 @@ def test_readme_keeps_a_figure_that_qualifies_a_verdict_beside_it() -> None:
             ]
         }
     }
-    context = {
-        "command": "python -m benchmarks",
-        "date": "2026-01-02T00:00:00+00:00",
-        "mode": "full",
-        "machine": {"cpu": "EPYC", "cores": 2, "memory_gib": 23.5, "gpu": "none"},
-        "versions": {"torch": "2.13.0+cpu"},
-    }
     line = next(
         row
-        for row in readme_section(results, context).splitlines()
+        for row in readme_section(results, SUITE_CONTEXT).splitlines()
         if row.startswith("| trainbus Trainer vs hand-written loop (time/step)")
     )
     assert "**met**" in line
