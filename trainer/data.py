@@ -3,7 +3,9 @@
 The training order of epoch ``e`` is a permutation drawn from its own generator seeded with
 ``seed + e``; it never touches the global RNG. A resumed run therefore sees the same batches in the
 same order, and skipping the batches already trained costs nothing (the sampler starts later in the
-permutation instead of loading and dropping them).
+permutation instead of loading and dropping them). The loop reads a single-process loader's
+batches through ``iter_batches``: the same batches, without the ``DataLoader`` iterator's
+per-batch machinery.
 """
 
 from __future__ import annotations
