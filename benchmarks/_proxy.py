@@ -1,8 +1,8 @@
 """The latency proxy in front of the MLflow server, in a process of its own.
 
-``sinks.testing.FaultProxy`` serves from a background thread of whoever starts it. The contenders
-train in the benchmark process, and a proxy sharing their interpreter would take the GIL from
-them, which real network latency never does; so the benchmark starts the proxy here, in a child
+``trainbus.sinks.testing.FaultProxy`` serves from a background thread of whoever starts it. The
+contenders train in the benchmark process, and a proxy sharing their interpreter would take the GIL
+from them, which real network latency never does; so the benchmark starts the proxy here, in a child
 process, and talks to it only over TCP.
 
     python -m benchmarks._proxy --upstream http://127.0.0.1:5000 --port 5001 --latency 0.2
@@ -64,7 +64,7 @@ class LatencyProxy:
 
 def main() -> None:
     """Serve until SIGTERM or SIGINT."""
-    from sinks.testing import FaultProxy
+    from trainbus.sinks.testing import FaultProxy
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", required=True)

@@ -16,12 +16,12 @@ import anyio
 import anyio.from_thread
 import httpx
 
-from bus.bus import Bus
-from bus.retry import RetryPolicy
-from bus.sink import Sink
-from sinks.comet import CometSink
-from sinks.mlflow import MLflowSink
-from sinks.tensorboard import TensorBoardSink
+from trainbus.bus.bus import Bus
+from trainbus.bus.retry import RetryPolicy
+from trainbus.bus.sink import Sink
+from trainbus.sinks.comet import CometSink
+from trainbus.sinks.mlflow import MLflowSink
+from trainbus.sinks.tensorboard import TensorBoardSink
 
 __all__ = [
     "LATENCY_S",
@@ -137,10 +137,10 @@ class Stage:
         )
         latency = ["--latency", str(LATENCY_S)]
         self.mlflow_proxy = self.stack.enter_context(
-            _Child("-m", "sinks.testing", "--upstream", self.mlflow.url, *latency)
+            _Child("-m", "trainbus.sinks.testing", "--upstream", self.mlflow.url, *latency)
         )
         self.comet_proxy = self.stack.enter_context(
-            _Child("-m", "sinks.testing", "--upstream", self.comet.url, *latency)
+            _Child("-m", "trainbus.sinks.testing", "--upstream", self.comet.url, *latency)
         )
         return self
 

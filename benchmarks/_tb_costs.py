@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
-from bus.events import Log
-from sinks.tensorboard import TensorBoardSink
+from trainbus.bus.events import Log
+from trainbus.sinks.tensorboard import TensorBoardSink
 
 __all__ = ["tb_costs"]
 
@@ -21,7 +21,7 @@ def tb_costs(events: int, root: Path) -> list[dict[str, Any]]:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter as TBWriter
 
-    from sinks._tfrecord import EventFileWriter, encode_scalars
+    from trainbus.sinks._tfrecord import EventFileWriter, encode_scalars
 
     scalars = [("train/loss", 0.5), ("train/grad_norm", 1.5), ("train/learning_rate", 1e-4)]
     scalars.append(("train/epoch", 0.25))
@@ -42,7 +42,7 @@ def tb_costs(events: int, root: Path) -> list[dict[str, Any]]:
     minimal.close()
     rows.append(_cost_row("trainbus minimal writer (one event per scalar)", began, events, scalars))
 
-    import sinks._tfrecord as tfrecord
+    import trainbus.sinks._tfrecord as tfrecord
 
     native = tfrecord.crc32c
     tfrecord.crc32c = tfrecord.py_crc32c  # type: ignore[misc]  # measure the fallback too

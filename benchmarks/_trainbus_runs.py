@@ -34,7 +34,7 @@ def run_trainbus(spec: RunSpec, report_to: list[str], env: dict[str, str]) -> Me
 
 
 def _train(spec: RunSpec, report_to: list[str]) -> Measured:
-    from trainer import PrinterCallback, TrainerCallback, TrainingArguments
+    from trainbus.trainer import PrinterCallback, TrainerCallback, TrainingArguments
 
     _prepare(spec)
     began = time.perf_counter()
@@ -82,7 +82,7 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
 def scalar_trainer(scalars: int) -> Any:
     """A ``trainer.Trainer`` subclass that adds ``scalars`` extra scalars to every training log
     entry, before it is published or seen (where a user would add their own)."""
-    from trainer import Trainer
+    from trainbus.trainer import Trainer
 
     class ScalarTrainer(Trainer):
         def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:

@@ -42,7 +42,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import structlog
 
 from benchmarks._common import BENCH_DIR, Headline, format_table, median, percentile, write_result
-from bus import Bus, Event, JournalReader, JournalWriter, Sink, StepEnd
+from trainbus.bus import Bus, Event, JournalReader, JournalWriter, Sink, StepEnd
 
 TARGET_PUBLISH_NS = 2000
 TARGET_RSS_MIB = 32

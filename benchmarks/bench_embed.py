@@ -44,8 +44,8 @@ async def _ticker(lags: list[float]) -> None:
 
 def _trainer(output_dir: Path, steps: int) -> Any:
     from examples import digits
-    from trainer.arguments import TrainingArguments
-    from trainer.loop import Trainer
+    from trainbus.trainer.arguments import TrainingArguments
+    from trainbus.trainer.loop import Trainer
 
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -69,7 +69,7 @@ def _trainer(output_dir: Path, steps: int) -> Any:
 
 
 async def _measure_training(output_dir: Path, steps: int) -> dict[str, Any]:
-    from orchestrator import Orchestrator
+    from trainbus.orchestrator import Orchestrator
 
     trainer = _trainer(output_dir, steps)
     lags: list[float] = []
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the loop, not a network, is under test
 
-    from orchestrator import warm_up
+    from trainbus.orchestrator import warm_up
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="trainbus-bench-embed-") as tmp:

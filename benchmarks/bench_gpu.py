@@ -53,7 +53,7 @@ from benchmarks._common import (
 from benchmarks._contenders import BatchList, Classifier, unwrap
 from benchmarks.bench_bus import CountingSink, _running, _timer_overhead_ns
 from benchmarks.bench_trainer import WARM_UP_STEPS, _silenced, train_journaled
-from bus import Bus, StepEnd
+from trainbus.bus import Bus, StepEnd
 
 TARGET_PUBLISH_NS = 2000
 
@@ -132,7 +132,7 @@ def _hand_loop(work: Workload, steps: int, every: int, device: torch.device) -> 
 
 def _trainbus(work: Workload, steps: int, every: int, device: torch.device, workdir: Path) -> float:
     """``Trainer.train()`` as it runs by default on a GPU; the journal's log entries give times."""
-    from bus.events import Log
+    from trainbus.bus.events import Log
 
     trainer, events, _ = train_journaled(
         work, steps, workdir, logging_steps=every, use_cpu=device.type == "cpu"

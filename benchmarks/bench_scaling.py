@@ -45,7 +45,7 @@ from benchmarks._common import (
     percentile,
     write_result,
 )
-from bus import Bus, Event, Log, OptimizerStep, PreOptimizerStep, Sink, StepBegin, StepEnd
+from trainbus.bus import Bus, Event, Log, OptimizerStep, PreOptimizerStep, Sink, StepBegin, StepEnd
 
 SINK_COUNTS: Final = (1, 2, 4, 8)
 SCALAR_COUNTS: Final = (10, 200, 1000)

@@ -1,10 +1,10 @@
 """Sinks in the training process or in a process of their own (``TRAINBUS_SINK_PROCESS=1``).
 
 The trainbus ``Trainer`` trains the shared workload (``_common.Workload``) at ``logging_steps=1``,
-reporting through ``report_to`` and the integrations' environment variables, as a user starts
-it; MLflow (a real local ``mlflow server``) and Comet online (the local REST fake from the tests)
-are behind ``sinks.testing.FaultProxy`` adding 200 ms to every request. Two loads, each a group of
-contenders run back to back in alternating rounds:
+reporting through ``report_to`` and the integrations' environment variables, as a user starts it;
+MLflow (a real local ``mlflow server``) and Comet online (the local REST fake from the tests) are
+behind ``trainbus.sinks.testing.FaultProxy`` adding 200 ms to every request. Two loads, each a group
+of contenders run back to back in alternating rounds:
 
 * **stress**: 200 extra scalars in every log entry through TensorBoard, MLflow and Comet at once
   (``bench_peers``' stress condition, with runs long enough to measure): no sink, the three sinks
@@ -72,8 +72,8 @@ def _train(stage: Stage, contender: Contender, seconds: float) -> dict[str, Any]
     import torch
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
-    from orchestrator.run import Orchestrator
-    from trainer import PrinterCallback, TrainerCallback, TrainingArguments
+    from trainbus.orchestrator.run import Orchestrator
+    from trainbus.trainer import PrinterCallback, TrainerCallback, TrainingArguments
 
     work = Workload()
     root = stage.root / f"run-{uuid.uuid4().hex[:8]}"

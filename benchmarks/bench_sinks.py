@@ -5,7 +5,7 @@ Four questions, each answered with figures measured in this run:
 1. **Training speed with each sink behind a slow server.** The trainbus ``Trainer`` trains the
    shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, a no-op sink (the
    bus, journal and sink runtime alone), the TensorBoard sink, the MLflow sink and the Comet
-   sink, the remote ones behind ``sinks.testing.FaultProxy`` adding 200 ms to every request
+   sink, the remote ones behind ``trainbus.sinks.testing.FaultProxy`` adding 200 ms to every request
    (MLflow: a real local ``mlflow server``; Comet: the local REST fake from the tests, as no
    Comet server runs here; it keeps connections alive, as Comet's servers do); proxies and fake
    run in their own processes. Reported: steps/s and
@@ -69,12 +69,12 @@ from benchmarks._sink_stage import (
     thread_cpu_s,
 )
 from benchmarks._tb_costs import tb_costs
-from bus.bus import Bus
-from bus.events import Log
-from bus.retry import RetryPolicy
-from bus.sink import Sink
-from sinks.comet import CometSink
-from sinks.mlflow import MLflowSink
+from trainbus.bus.bus import Bus
+from trainbus.bus.events import Log
+from trainbus.bus.retry import RetryPolicy
+from trainbus.bus.sink import Sink
+from trainbus.sinks.comet import CometSink
+from trainbus.sinks.mlflow import MLflowSink
 
 METRICS_PER_EVENT = 10
 
@@ -89,7 +89,7 @@ def _train(
     import torch
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
-    from trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trainbus.trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     work = Workload()
     run_dir = stage.root / f"run-{uuid.uuid4().hex[:8]}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bus.bus import Bus, Hook
-from bus.cursor import CursorStore
-from bus.errors import (
+from trainbus.bus.bus import Bus, Hook
+from trainbus.bus.cursor import CursorStore
+from trainbus.bus.errors import (
     ConfigurationError,
     JournalCorruptError,
     JournalError,
@@ -13,7 +13,7 @@ from bus.errors import (
     SinkError,
     TrainbusError,
 )
-from bus.events import (
+from trainbus.bus.events import (
     ALL_EVENT_TYPES,
     HF_EVENT_TYPES,
     RUN_EVENT_TYPES,
@@ -43,12 +43,18 @@ from bus.events import (
     TrainEnd,
     hook_name,
 )
-from bus.journal import JournalReader, JournalWriter, RepairReport, TornTail, repair_journal
-from bus.retry import RetryPolicy
-from bus.runtime import replay
-from bus.sink import Sink
-from bus.stats import SinkMode, SinkReport, SinkStats
-from bus.stream import Subscription
+from trainbus.bus.journal import (
+    JournalReader,
+    JournalWriter,
+    RepairReport,
+    TornTail,
+    repair_journal,
+)
+from trainbus.bus.retry import RetryPolicy
+from trainbus.bus.runtime import replay
+from trainbus.bus.sink import Sink
+from trainbus.bus.stats import SinkMode, SinkReport, SinkStats
+from trainbus.bus.stream import Subscription
 
 __all__ = [
     "ALL_EVENT_TYPES",

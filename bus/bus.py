@@ -1,14 +1,13 @@
 """The bus: a training thread publishes, an event loop journals and fans out.
 
-Two sides, one object. The *training side* (``emit``, ``publish``, ``barrier``, ``fsync``) is
-called from whatever thread trains. Publishing appends to a deque under a lock that is never
-held across I/O, and wakes the loop only when it is idle: once woken, the loop polls the deque
-every ``wake_interval`` for as long as events keep coming, and the flag that says "a wake-up is on
-its way" stays set meanwhile, so a training thread that publishes steadily never pays for a
-wake-up (a system call and a GIL hand-over) at all. The *loop side* (``async with
-bus``; written in ``bus.draining``, a mixin of this class) drains the deque in bursts, appends
-each burst to the journal with one write, and hands it to every sink runner and live
-subscription.
+Two sides, one object. The *training side* (``emit``, ``publish``, ``barrier``, ``fsync``) is called
+from whatever thread trains. Publishing appends to a deque under a lock that is never held across
+I/O, and wakes the loop only when it is idle: once woken, the loop polls the deque every
+``wake_interval`` for as long as events keep coming, and the flag that says "a wake-up is on its
+way" stays set meanwhile, so a training thread that publishes steadily never pays for a wake-up (a
+system call and a GIL hand-over) at all. The *loop side* (``async with bus``; written in
+``trainbus.bus.draining``, a mixin of this class) drains the deque in bursts, appends each burst to
+the journal with one write, and hands it to every sink runner and live subscription.
 
 Durability: the loop drains a burst at most ``wake_interval`` (100 ms) after its first event, and
 a drained burst reaches the operating system in one ``os.write``. A barrier of plain hooks does not
@@ -38,15 +37,15 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from bus.draining import LoopSide
-from bus.errors import ConfigurationError, JournalError
-from bus.events import ALL_EVENT_TYPES, Event, EventBase
-from bus.journal import JournalWriter
-from bus.retry import RetryPolicy
-from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
-from bus.sink import Sink
-from bus.stats import SinkReport, SinkStats
-from bus.stream import Subscription
+from trainbus.bus.draining import LoopSide
+from trainbus.bus.errors import ConfigurationError, JournalError
+from trainbus.bus.events import ALL_EVENT_TYPES, Event, EventBase
+from trainbus.bus.journal import JournalWriter
+from trainbus.bus.retry import RetryPolicy
+from trainbus.bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from trainbus.bus.sink import Sink
+from trainbus.bus.stats import SinkReport, SinkStats
+from trainbus.bus.stream import Subscription
 
 __all__ = ["Bus", "Hook", "Mark"]
 
@@ -183,14 +182,14 @@ class Bus(LoopSide):
     def publish_marks(self, marks: list[Mark]) -> None:
         """Publish envelope-only events (``StepBegin``, ``StepEnd``, ...) the caller stamped.
 
-        Each mark is ``(event_type, time, global_step, epoch)``, taken when the event happened;
-        they get the next ``seq`` numbers in order, under one lock and with one wake-up check.
-        The training loop stamps the events that end an optimizer step as it goes and publishes
-        them together, before any callback runs and before it publishes anything else (see
-        ``trainer.loop.Trainer._flush_marks``), so among the training thread's events ``seq``
-        order is still the order they happened; an event another thread publishes meanwhile
+        Each mark is ``(event_type, time, global_step, epoch)``, taken when the event happened; they
+        get the next ``seq`` numbers in order, under one lock and with one wake-up check. The
+        training loop stamps the events that end an optimizer step as it goes and publishes them
+        together, before any callback runs and before it publishes anything else (see
+        ``trainbus.trainer.loop.Trainer._flush_marks``), so among the training thread's events
+        ``seq`` order is still the order they happened; an event another thread publishes meanwhile
         gets a lower ``seq`` than marks stamped before it. The types are not checked: the caller
-        passes members of ``bus.events.Event`` only.
+        passes members of ``trainbus.bus.events.Event`` only.
         """
         if self._failure is not None:
             raise self._refusal()

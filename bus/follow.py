@@ -1,6 +1,6 @@
 """Sinks fed from a journal that another process is still writing.
 
-This is how sinks run in a process of their own (``orchestrator.sink_host``): the training
+This is how sinks run in a process of their own (``trainbus.orchestrator.sink_host``): the training
 process only journals, and this process follows the journal file, hands what is new to each
 sink's runner (the same runner, batching, retries and cursors as in the training process) and,
 once told the writer is done, delivers the rest within a deadline. A sink's Python then runs on
@@ -21,13 +21,13 @@ from typing import Final
 
 import anyio
 
-from bus.cursor import CursorStore
-from bus.events import Event
-from bus.journal import FILE_MAGIC, Record, decode_record, read_appended
-from bus.retry import RetryPolicy
-from bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
-from bus.sink import Sink
-from bus.stats import SinkReport
+from trainbus.bus.cursor import CursorStore
+from trainbus.bus.events import Event
+from trainbus.bus.journal import FILE_MAGIC, Record, decode_record, read_appended
+from trainbus.bus.retry import RetryPolicy
+from trainbus.bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from trainbus.bus.sink import Sink
+from trainbus.bus.stats import SinkReport
 
 __all__ = ["LiveJournal", "follow"]
 

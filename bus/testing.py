@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from bus.bus import Bus
-from bus.errors import PermanentSinkError, RetryableSinkError
-from bus.events import Event, EventBase
-from bus.sink import Sink
-from bus.stream import Subscription
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import PermanentSinkError, RetryableSinkError
+from trainbus.bus.events import Event, EventBase
+from trainbus.bus.sink import Sink
+from trainbus.bus.stream import Subscription
 
 __all__ = ["RecordingSink", "capture_events"]
 

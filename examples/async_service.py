@@ -16,12 +16,12 @@ from pathlib import Path
 
 import anyio
 
-from bus.events import Evaluate
-from bus.stream import Subscription
 from examples import digits
-from orchestrator import Orchestrator
-from trainer.arguments import TrainingArguments
-from trainer.loop import Trainer
+from trainbus.bus.events import Evaluate
+from trainbus.bus.stream import Subscription
+from trainbus.orchestrator import Orchestrator
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.loop import Trainer
 
 __all__ = ["main", "serve_and_train"]
 

@@ -6,14 +6,14 @@ a run needs them.
 
 from __future__ import annotations
 
-from orchestrator.config import TrainConfig, load_train_config, parse_train_config
-from orchestrator.launcher import LAUNCHER, OrchestratorLauncher
-from orchestrator.logging import configure_logging
-from orchestrator.registry import INTEGRATIONS, available_integrations, resolve_report_to
-from orchestrator.run import Orchestrator, warm_up
-from orchestrator.rundir import RunDir, RunRecord, find_run_dir
-from orchestrator.show import RunSummary, summarize
-from orchestrator.sync import sync_run
+from trainbus.orchestrator.config import TrainConfig, load_train_config, parse_train_config
+from trainbus.orchestrator.launcher import LAUNCHER, OrchestratorLauncher
+from trainbus.orchestrator.logging import configure_logging
+from trainbus.orchestrator.registry import INTEGRATIONS, available_integrations, resolve_report_to
+from trainbus.orchestrator.run import Orchestrator, warm_up
+from trainbus.orchestrator.rundir import RunDir, RunRecord, find_run_dir
+from trainbus.orchestrator.show import RunSummary, summarize
+from trainbus.orchestrator.sync import sync_run
 
 __all__ = [
     "INTEGRATIONS",

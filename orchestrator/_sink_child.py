@@ -1,10 +1,10 @@
-"""The sink process itself (see ``orchestrator.sink_host``): follow a run's journal into sinks.
+"""The sink process itself (see ``trainbus.orchestrator.sink_host``): follow a run's journal into
+sinks.
 
-Started by the training process as ``python -m orchestrator._sink_child RUN_DIR --sink NAME ...``
-with the sinks' environment as one JSON line on stdin; runs until the parent writes ``done`` (or
-the pipe ends: the parent died), then delivers the rest within ``--deadline`` seconds and writes
-the reports. Kept out of the package's imports so
-that ``-m`` runs it fresh.
+Started by the training process as ``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
+...`` with the sinks' environment as one JSON line on stdin; runs until the parent writes ``done``
+(or the pipe ends: the parent died), then delivers the rest within ``--deadline`` seconds and writes
+the reports. Kept out of the package's imports so that ``-m`` runs it fresh.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from bus.follow import follow
-from bus.stats import SinkReport
-from orchestrator.logging import configure_logging
-from orchestrator.rundir import RunDir, find_run_dir
-from orchestrator.sink_host import DONE, REPORT_NAME
-from orchestrator.sync import rebuild_sinks
+from trainbus.bus.follow import follow
+from trainbus.bus.stats import SinkReport
+from trainbus.orchestrator.logging import configure_logging
+from trainbus.orchestrator.rundir import RunDir, find_run_dir
+from trainbus.orchestrator.sink_host import DONE, REPORT_NAME
+from trainbus.orchestrator.sync import rebuild_sinks
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ async def _host(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The child: follow RUN_DIR's journal into the named sinks until the parent is done."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrator._sink_child")
+    parser = argparse.ArgumentParser(prog="python -m trainbus.orchestrator._sink_child")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--sink", action="append", required=True, help="a sink of the run")
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds to flush at the end")

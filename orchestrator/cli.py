@@ -15,8 +15,8 @@ from typing import NoReturn
 
 import anyio
 
-from bus.errors import ConfigurationError, TrainbusError
-from orchestrator.logging import configure_logging
+from trainbus.bus.errors import ConfigurationError, TrainbusError
+from trainbus.orchestrator.logging import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from orchestrator.config import load_train_config
-    from orchestrator.task import prepare_run
+    from trainbus.orchestrator.config import load_train_config
+    from trainbus.orchestrator.task import prepare_run
 
     config = load_train_config(ns.config)
     report_to = ns.report_to.split(",") if ns.report_to else None
@@ -106,7 +106,7 @@ def _train(ns: argparse.Namespace) -> int:
         overrides={"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to},
         flush_timeout=ns.flush_timeout,
     )
-    from orchestrator.show import format_summary, summarize
+    from trainbus.orchestrator.show import format_summary, summarize
 
     orch = prepared.orchestrator
     orch.run_blocking(lambda _bus: prepared.trainer.train())
@@ -115,7 +115,7 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _sync(ns: argparse.Namespace) -> int:
-    from orchestrator.sync import sync_run
+    from trainbus.orchestrator.sync import sync_run
 
     deadline = ns.timeout if ns.timeout is not None else float("inf")
 
@@ -137,8 +137,8 @@ def _sync(ns: argparse.Namespace) -> int:
 def _show(ns: argparse.Namespace) -> int:
     import msgspec
 
-    from orchestrator.rundir import find_run_dir
-    from orchestrator.show import format_summary, summarize
+    from trainbus.orchestrator.rundir import find_run_dir
+    from trainbus.orchestrator.show import format_summary, summarize
 
     run_dir = find_run_dir(ns.run_dir)
     summary = summarize(run_dir)
@@ -150,8 +150,8 @@ def _show(ns: argparse.Namespace) -> int:
 
 
 def _plot(ns: argparse.Namespace) -> int:
-    from orchestrator.plot import plot_run
-    from orchestrator.rundir import find_run_dir
+    from trainbus.orchestrator.plot import plot_run
+    from trainbus.orchestrator.rundir import find_run_dir
 
     path = plot_run(find_run_dir(ns.run_dir), ns.output)
     print(f"wrote {path}")
@@ -159,7 +159,7 @@ def _plot(ns: argparse.Namespace) -> int:
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from orchestrator.demo import run_demo
+    from trainbus.orchestrator.demo import run_demo
 
     return run_demo(Path(ns.output_dir), quick=ns.quick)
 

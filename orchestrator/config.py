@@ -34,8 +34,8 @@ from typing import Any
 
 import msgspec
 
-from bus.errors import ConfigurationError
-from orchestrator.registry import import_object
+from trainbus.bus.errors import ConfigurationError
+from trainbus.orchestrator.registry import import_object
 
 __all__ = [
     "EarlyStoppingConfig",

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bus.errors import ConfigurationError
-from orchestrator.config import load_train_config
-from orchestrator.rundir import RunDir
-from orchestrator.show import summarize
-from orchestrator.task import prepare_run
+from trainbus.bus.errors import ConfigurationError
+from trainbus.orchestrator.config import load_train_config
+from trainbus.orchestrator.rundir import RunDir
+from trainbus.orchestrator.show import summarize
+from trainbus.orchestrator.task import prepare_run
 
 __all__ = ["QUICK_OVERRIDES", "demo_config_path", "run_demo"]
 

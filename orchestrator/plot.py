@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from bus.errors import ConfigurationError
-from bus.events import Evaluate, Event, Log
-from bus.journal import JournalReader
-from orchestrator.rundir import RunDir
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Evaluate, Event, Log
+from trainbus.bus.journal import JournalReader
+from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["Curves", "collect_curves", "plot_run"]
 

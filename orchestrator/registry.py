@@ -15,8 +15,8 @@ from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import structlog
 
-from bus.errors import ConfigurationError
-from bus.sink import Sink
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.sink import Sink
 
 __all__ = [
     "EXPLICIT_ONLY",
@@ -32,16 +32,16 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 INTEGRATIONS: Final[Mapping[str, str | None]] = {
-    "tensorboard": "sinks.tensorboard:TensorBoardSink",
-    "mlflow": "sinks.mlflow:MLflowSink",
-    "comet_ml": "sinks.comet:CometSink",
-    "wandb": "sinks.wandb:WandbSink",
+    "tensorboard": "trainbus.sinks.tensorboard:TensorBoardSink",
+    "mlflow": "trainbus.sinks.mlflow:MLflowSink",
+    "comet_ml": "trainbus.sinks.comet:CometSink",
+    "wandb": "trainbus.sinks.wandb:WandbSink",
     "azure_ml": None,
     "codecarbon": None,
     "clearml": None,
-    "dagshub": "sinks.dagshub:DagsHubSink",
+    "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
     "flyte": None,
-    "dvclive": "sinks.dvclive:DVCLiveSink",
+    "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",
     "swanlab": None,
 }
 """Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""

@@ -32,18 +32,18 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from bus.bus import Bus
-from bus.errors import ConfigurationError
-from bus.events import EventBase, RunFinished
-from bus.sink import Sink
-from bus.stats import SinkReport
-from bus.stream import Subscription
-from bus.worker import run_in_worker_thread
-from orchestrator.config import check_writable_dir
-from orchestrator.logging import configure_logging
-from orchestrator.registry import build_sinks, resolve_report_to
-from orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
-from orchestrator.sink_host import SinkHost
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import EventBase, RunFinished
+from trainbus.bus.sink import Sink
+from trainbus.bus.stats import SinkReport
+from trainbus.bus.stream import Subscription
+from trainbus.bus.worker import run_in_worker_thread
+from trainbus.orchestrator.config import check_writable_dir
+from trainbus.orchestrator.logging import configure_logging
+from trainbus.orchestrator.registry import build_sinks, resolve_report_to
+from trainbus.orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
+from trainbus.orchestrator.sink_host import SinkHost
 
 __all__ = ["Orchestrator", "active_orchestrator", "warm_up"]
 
@@ -149,7 +149,8 @@ class Orchestrator:
         self.sink_process = (
             _flag(self.env, "TRAINBUS_SINK_PROCESS") if sink_process is None else sink_process
         )
-        """Run the ``report_to`` sinks in a child process (see ``orchestrator.sink_host``)."""
+        """Run the ``report_to`` sinks in a child process (see
+        ``trainbus.orchestrator.sink_host``)."""
         self._host: SinkHost | None = None
 
     @classmethod

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from bus.cursor import CursorStore
-from bus.events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
-from bus.journal import JournalReader
-from orchestrator.rundir import RunDir, RunRecord
+from trainbus.bus.cursor import CursorStore
+from trainbus.bus.events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
+from trainbus.bus.journal import JournalReader
+from trainbus.orchestrator.rundir import RunDir, RunRecord
 
 __all__ = ["RunSummary", "SinkState", "format_summary", "summarize", "summarize_events"]
 

@@ -3,17 +3,17 @@
 In the default mode every sink runs on the bus's event loop, in the training process: its Python
 competes with the training thread for the GIL, which costs little at a few scalars per step and a
 lot at hundreds (formatting, encoding and sending them). With a sink process the training process
-only journals; a child process (``python -m orchestrator._sink_child RUN_DIR --sink NAME ...``)
-rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as ``trainbus sync``
-does, follows the journal as it grows (``bus.follow``) and delivers with the same runners,
-retries and cursors.
+only journals; a child process (``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
+...``) rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as ``trainbus
+sync`` does, follows the journal as it grows (``trainbus.bus.follow``) and delivers with the same
+runners, retries and cursors.
 
 The parent holds the child's stdin open for the run; a ``done`` line at the end of the run (or
 the pipe closing when the parent dies) tells the child to deliver the rest within the flush
 deadline and exit. The child writes its sinks' reports to ``sink-host.json`` in the run
 directory; what it could not deliver stays in the journal for ``trainbus sync``. Sinks passed as
 objects (``sinks=[...]``) stay in the training process: only sinks a process can rebuild by name
-move. ``bus.stats()`` in the training process does not see the moved ones.
+move. ``trainbus.bus.stats()`` in the training process does not see the moved ones.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from bus.stats import SinkReport
-from orchestrator.rundir import RunDir
+from trainbus.bus.stats import SinkReport
+from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["DONE", "REPORT_NAME", "SinkHost", "read_reports"]
 
@@ -60,7 +60,7 @@ class SinkHost:
     ) -> SinkHost:
         """Start the child for the sinks ``names`` of the run in ``run_dir``."""
         (run_dir.path / REPORT_NAME).unlink(missing_ok=True)
-        command = [sys.executable, "-m", "orchestrator._sink_child", str(run_dir.path)]
+        command = [sys.executable, "-m", "trainbus.orchestrator._sink_child", str(run_dir.path)]
         for name in names:
             command += ["--sink", name]
         command += ["--deadline", repr(deadline)]

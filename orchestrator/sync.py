@@ -16,13 +16,13 @@ from pathlib import Path
 
 import structlog
 
-from bus.errors import ConfigurationError
-from bus.journal import repair_journal
-from bus.runtime import replay
-from bus.sink import Sink
-from bus.stats import SinkReport
-from orchestrator.registry import build_sinks, import_object
-from orchestrator.rundir import RunDir, RunRecord, SinkRecord, find_run_dir
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.journal import repair_journal
+from trainbus.bus.runtime import replay
+from trainbus.bus.sink import Sink
+from trainbus.bus.stats import SinkReport
+from trainbus.orchestrator.registry import build_sinks, import_object
+from trainbus.orchestrator.rundir import RunDir, RunRecord, SinkRecord, find_run_dir
 
 __all__ = ["rebuild_sinks", "sync_run"]
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.errors import ConfigurationError
-from bus.sink import Sink
-from orchestrator.config import TrainConfig, call_factory, check_writable_dir
-from orchestrator.registry import resolve_report_to
-from orchestrator.run import Orchestrator
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.sink import Sink
+from trainbus.orchestrator.config import TrainConfig, call_factory, check_writable_dir
+from trainbus.orchestrator.registry import resolve_report_to
+from trainbus.orchestrator.run import Orchestrator
 
 __all__ = ["PreparedRun", "prepare_run"]
 
@@ -32,7 +32,7 @@ class PreparedRun:
 
 
 def _arguments(config: TrainConfig, overrides: Mapping[str, Any]) -> Any:
-    from trainer.arguments import TrainingArguments
+    from trainbus.trainer.arguments import TrainingArguments
 
     values = {**config.args, **{k: v for k, v in overrides.items() if v is not None}}
     try:
@@ -69,9 +69,9 @@ def prepare_run(
             f"args.eval_strategy = {args.eval_strategy!r} needs an eval_dataset factory"
         )
 
-    from trainer.early_stopping import EarlyStoppingCallback
-    from trainer.loop import Trainer
-    from trainer.rng import set_seed
+    from trainbus.trainer.early_stopping import EarlyStoppingCallback
+    from trainbus.trainer.loop import Trainer
+    from trainbus.trainer.rng import set_seed
 
     set_seed(args.seed)  # the model's initial weights come from the factory: seed them too
     model = call_factory(config.model, config.model_kwargs, field="model")

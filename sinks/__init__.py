@@ -10,14 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sinks._redact import redact, redact_url
-    from sinks._rewrite import rewrite_logs
-    from sinks.comet import CometSink
-    from sinks.dagshub import DagsHubSink
-    from sinks.dvclive import DVCLiveSink
-    from sinks.mlflow import MLflowSink
-    from sinks.tensorboard import TensorBoardSink
-    from sinks.wandb import WandbSink
+    from trainbus.sinks._redact import redact, redact_url
+    from trainbus.sinks._rewrite import rewrite_logs
+    from trainbus.sinks.comet import CometSink
+    from trainbus.sinks.dagshub import DagsHubSink
+    from trainbus.sinks.dvclive import DVCLiveSink
+    from trainbus.sinks.mlflow import MLflowSink
+    from trainbus.sinks.tensorboard import TensorBoardSink
+    from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
     "CometSink",
@@ -32,22 +32,22 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CometSink": "sinks.comet",
-    "DVCLiveSink": "sinks.dvclive",
-    "DagsHubSink": "sinks.dagshub",
-    "MLflowSink": "sinks.mlflow",
-    "TensorBoardSink": "sinks.tensorboard",
-    "WandbSink": "sinks.wandb",
-    "redact": "sinks._redact",
-    "redact_url": "sinks._redact",
-    "rewrite_logs": "sinks._rewrite",
+    "CometSink": "trainbus.sinks.comet",
+    "DVCLiveSink": "trainbus.sinks.dvclive",
+    "DagsHubSink": "trainbus.sinks.dagshub",
+    "MLflowSink": "trainbus.sinks.mlflow",
+    "TensorBoardSink": "trainbus.sinks.tensorboard",
+    "WandbSink": "trainbus.sinks.wandb",
+    "redact": "trainbus.sinks._redact",
+    "redact_url": "trainbus.sinks._redact",
+    "rewrite_logs": "trainbus.sinks._rewrite",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'sinks' has no attribute {name!r}")
+        raise AttributeError(f"module 'trainbus.sinks' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -16,8 +16,8 @@ Endpoints used (all under ``<server>/api/rest/v2``, header ``Authorization: <api
                                        ``file``
 =====================================  ==========================================================
 
-The metric endpoint takes one point per request, so the sink keeps several in flight, and the
-JSON POSTs go through ``sinks._http1`` (kept-alive connections, a prebuilt request head, msgspec
+The metric endpoint takes one point per request, so the sink keeps several in flight, and the JSON
+POSTs go through ``trainbus.sinks._http1`` (kept-alive connections, a prebuilt request head, msgspec
 bodies) rather than httpx: a fraction of the CPU per point. httpx still does the rare calls
 (``exists``, asset uploads), and all of them when the environment names a proxy for the server.
 """
@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from bus.errors import PermanentSinkError
-from sinks._http import map_errors
-from sinks._http1 import Http1Client
+from trainbus.bus.errors import PermanentSinkError
+from trainbus.sinks._http import map_errors
+from trainbus.sinks._http1 import Http1Client
 
 __all__ = [
     "DEFAULT_SERVER",

@@ -7,7 +7,7 @@ context manager turns whatever escapes into the two errors the sink runtime unde
   the server's ``Retry-After`` hint in seconds when it gave one;
 * ``PermanentSinkError``: every other 4xx, with the status and (secret-free) response body.
 
-``status_error`` is the same mapping for a client that is not httpx (``sinks._http1``).
+``status_error`` is the same mapping for a client that is not httpx (``trainbus.sinks._http1``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Final
 
 import httpx
 
-from bus.errors import PermanentSinkError, RetryableSinkError, SinkError
-from sinks._redact import redact_url
+from trainbus.bus.errors import PermanentSinkError, RetryableSinkError, SinkError
+from trainbus.sinks._redact import redact_url
 
 __all__ = ["RETRYABLE_STATUS", "map_errors", "parse_retry_after", "status_error"]
 

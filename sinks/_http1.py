@@ -32,9 +32,9 @@ import anyio
 import anyio.abc
 import httpx
 
-from bus.errors import RetryableSinkError
-from sinks._http import status_error
-from sinks._redact import redact_url
+from trainbus.bus.errors import RetryableSinkError
+from trainbus.sinks._http import status_error
+from trainbus.sinks._redact import redact_url
 
 __all__ = ["Http1Client", "ProtocolError", "Reply", "env_proxy_for"]
 

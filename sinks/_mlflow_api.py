@@ -22,8 +22,8 @@ import anyio
 import httpx
 import msgspec
 
-from bus.errors import PermanentSinkError
-from sinks._http import map_errors
+from trainbus.bus.errors import PermanentSinkError
+from trainbus.sinks._http import map_errors
 
 __all__ = [
     "MAX_ENTITIES_PER_BATCH",

@@ -21,7 +21,7 @@ which creates the experiment and replays each request in order (see ``upload_off
 Comet's REST API takes one point per request, so this sink keeps at most ``IN_FLIGHT`` (8)
 requests open: enough for ordinary logging rates, and a bound on the CPU (and GIL time) it
 takes from training. The requests go out from ``IN_FLIGHT`` workers (not a task per point) on
-kept-alive connections through a lean HTTP/1.1 client (``sinks._http1``; httpx when the
+kept-alive connections through a lean HTTP/1.1 client (``trainbus.sinks._http1``; httpx when the
 environment names a proxy), which costs a fraction of httpx's CPU per point. At
 ``logging_steps=1`` on a fast loop the sink falls behind rather than slow training down; the bus
 keeps the backlog in the journal, the sink catches up, and whatever is left at the end stays
@@ -47,10 +47,10 @@ import httpx
 import msgspec
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError, SinkError
-from bus.events import Artifact, Event, Log, Predict, RunFinished, RunStarted
-from bus.sink import Sink
-from sinks._comet_api import (
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, SinkError
+from trainbus.bus.events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from trainbus.bus.sink import Sink
+from trainbus.sinks._comet_api import (
     CometApi,
     Request,
     metric_body,
@@ -60,11 +60,11 @@ from sinks._comet_api import (
     tags_body,
     times_body,
 )
-from sinks._env import env_flag, env_str
-from sinks._http1 import Http1Client, env_proxy_for
-from sinks._redact import redact, redact_url
-from sinks._rewrite import flatten, numeric_items, param_text, rewrite_logs
-from sinks._state import load_state, save_state
+from trainbus.sinks._env import env_flag, env_str
+from trainbus.sinks._http1 import Http1Client, env_proxy_for
+from trainbus.sinks._redact import redact, redact_url
+from trainbus.sinks._rewrite import flatten, numeric_items, param_text, rewrite_logs
+from trainbus.sinks._state import load_state, save_state
 
 try:
     from typing import Self

@@ -37,12 +37,12 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from bus.errors import ConfigurationError
-from bus.events import Artifact
-from sinks._env import env_flag, env_str
-from sinks._mlflow_api import MlflowApi, RunInfo
-from sinks._redact import redact_url
-from sinks.mlflow import MLflowSink
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Artifact
+from trainbus.sinks._env import env_flag, env_str
+from trainbus.sinks._mlflow_api import MlflowApi, RunInfo
+from trainbus.sinks._redact import redact_url
+from trainbus.sinks.mlflow import MLflowSink
 
 try:
     from typing import Self

@@ -37,12 +37,12 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from bus.events import Artifact, Event, Log, RunFinished, RunStarted
-from bus.sink import Sink
-from sinks._env import env_flag, env_str
-from sinks._redact import redact
-from sinks._state import load_state, save_state
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus.sink import Sink
+from trainbus.sinks._env import env_flag, env_str
+from trainbus.sinks._redact import redact
+from trainbus.sinks._state import load_state, save_state
 
 try:
     from typing import Self

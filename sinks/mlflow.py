@@ -35,11 +35,11 @@ import anyio
 import httpx
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError, SinkError
-from bus.events import Artifact, Event, Log, RunFinished, RunStarted
-from bus.sink import Sink
-from sinks._env import env_flag, env_int, env_str
-from sinks._mlflow_api import (
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, SinkError
+from trainbus.bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus.sink import Sink
+from trainbus.sinks._env import env_flag, env_int, env_str
+from trainbus.sinks._mlflow_api import (
     MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -48,9 +48,9 @@ from sinks._mlflow_api import (
     chunk_batches,
     metric_entry,
 )
-from sinks._redact import redact, redact_url
-from sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
-from sinks._state import load_state, save_state
+from trainbus.sinks._redact import redact, redact_url
+from trainbus.sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
+from trainbus.sinks._state import load_state, save_state
 
 try:
     from typing import Self

@@ -6,7 +6,7 @@ and the model config (``model_config``) as text; each ``Log`` becomes scalars at
 directory is ``TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<Mon DD_HH-MM-SS>_
 <host>`` with the time of ``RunStarted``, so a replay finds the same directory.
 
-By default events go through the minimal writer in ``sinks._tfrecord`` (a few µs per scalar
+By default events go through the minimal writer in ``trainbus.sinks._tfrecord`` (a few µs per scalar
 instead of ~130 µs), flushed once per batch rather than once per event. An injected writer (HF's
 ``tb_writer``: anything with ``add_scalar``, ``add_text`` and ``flush``) is used as is instead.
 The highest event written is remembered in ``<run_dir>/tensorboard.json``, so a replay after a
@@ -24,13 +24,13 @@ from typing import Any, Final, Protocol
 
 import structlog
 
-from bus.events import Event, Log, RunFinished, RunStarted
-from bus.sink import Sink
-from sinks._env import env_str
-from sinks._redact import redact
-from sinks._rewrite import rewrite_logs
-from sinks._state import load_state, save_state
-from sinks._tfrecord import EventFileWriter, encode_scalars, encode_text
+from trainbus.bus.events import Event, Log, RunFinished, RunStarted
+from trainbus.bus.sink import Sink
+from trainbus.sinks._env import env_str
+from trainbus.sinks._redact import redact
+from trainbus.sinks._rewrite import rewrite_logs
+from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._tfrecord import EventFileWriter, encode_scalars, encode_text
 
 try:
     from typing import Self

@@ -39,13 +39,18 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError, SinkError
-from bus.events import Artifact, Event, Log, RunFinished, RunStarted
-from bus.sink import Sink
-from sinks._env import env_flag, env_str
-from sinks._redact import redact
-from sinks._rewrite import rewrite_logs
-from sinks._state import load_state, save_state
+from trainbus.bus.errors import (
+    ConfigurationError,
+    PermanentSinkError,
+    RetryableSinkError,
+    SinkError,
+)
+from trainbus.bus.events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus.sink import Sink
+from trainbus.sinks._env import env_flag, env_str
+from trainbus.sinks._redact import redact
+from trainbus.sinks._rewrite import rewrite_logs
+from trainbus.sinks._state import load_state, save_state
 
 try:
     from typing import Self

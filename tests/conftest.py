@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.abc
+import sys
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 
 import pytest
 
 from tests.support.mlflow_server import MlflowServer, mlflow_available
+
+_LAYER_FOLDERS = frozenset({"bus", "trainer", "sinks", "orchestrator"})
+
+
+class _OnlyUnderTrainbus(importlib.abc.MetaPathFinder):
+    """Refuse ``import bus`` and the like: the layers exist only as ``trainbus.<layer>``.
+
+    pytest puts the repository root on ``sys.path``, where the layer folders are importable by
+    their bare names; a stray ``from bus.events import ...`` would load a second copy of a module
+    whose classes differ from ``trainbus.bus``'s, and pass here while failing for every user.
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> None:
+        if fullname.partition(".")[0] in _LAYER_FOLDERS:
+            raise ModuleNotFoundError(f"import trainbus.{fullname}, not {fullname}", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _OnlyUnderTrainbus())
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,13 @@ import importlib
 
 import pytest
 
-PACKAGES = ["bus", "trainer", "sinks", "orchestrator"]
+PACKAGES = [
+    "trainbus",
+    "trainbus.bus",
+    "trainbus.trainer",
+    "trainbus.sinks",
+    "trainbus.orchestrator",
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -32,7 +38,7 @@ def test_bus_does_not_import_torch_or_httpx() -> None:
     import sys
 
     code = (
-        "import sys, bus, bus.testing; "
+        "import sys, trainbus.bus, trainbus.bus.testing; "
         "bad = [m for m in ('torch', 'httpx', 'numpy') if m in sys.modules]; "
         "print(','.join(bad))"
     )

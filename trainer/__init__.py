@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from trainer.arguments import TrainingArguments
-from trainer.callbacks import TrainerCallback
-from trainer.data import default_data_collator
-from trainer.early_stopping import EarlyStoppingCallback
-from trainer.evaluation import EvalPrediction, PredictionOutput, TrainOutput
-from trainer.flow import DefaultFlowCallback
-from trainer.handler import CallbackHandler
-from trainer.launcher import Launcher, LocalLauncher, resolve_launcher
-from trainer.loop import Trainer
-from trainer.progress import PrinterCallback, ProgressCallback
-from trainer.rng import set_seed
-from trainer.state import ExportableState, TrainerControl, TrainerState
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.callbacks import TrainerCallback
+from trainbus.trainer.data import default_data_collator
+from trainbus.trainer.early_stopping import EarlyStoppingCallback
+from trainbus.trainer.evaluation import EvalPrediction, PredictionOutput, TrainOutput
+from trainbus.trainer.flow import DefaultFlowCallback
+from trainbus.trainer.handler import CallbackHandler
+from trainbus.trainer.launcher import Launcher, LocalLauncher, resolve_launcher
+from trainbus.trainer.loop import Trainer
+from trainbus.trainer.progress import PrinterCallback, ProgressCallback
+from trainbus.trainer.rng import set_seed
+from trainbus.trainer.state import ExportableState, TrainerControl, TrainerState
 
 __all__ = [
     "CallbackHandler",

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bus.errors import ConfigurationError
-from trainer.callbacks import TrainerCallback
-from trainer.state import ExportableState
+from trainbus.bus.errors import ConfigurationError
+from trainbus.trainer.callbacks import TrainerCallback
+from trainbus.trainer.state import ExportableState
 
 if TYPE_CHECKING:
-    from trainer.arguments import TrainingArguments
-    from trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer.arguments import TrainingArguments
+    from trainbus.trainer.state import TrainerControl, TrainerState
 
 __all__ = ["EarlyStoppingCallback"]
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bus.errors import ConfigurationError
-from bus.events import MetricValue
-from trainer.data import move_to_device
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import MetricValue
+from trainbus.trainer.data import move_to_device
 
 __all__ = [
     "EvalLoopOutput",

@@ -25,13 +25,13 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from bus.bus import Bus
-from bus.errors import ConfigurationError
-from bus.sink import Sink
-from bus.worker import run_in_worker_thread
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.sink import Sink
+from trainbus.bus.worker import run_in_worker_thread
 
 if TYPE_CHECKING:
-    from trainer.loop import Trainer
+    from trainbus.trainer.loop import Trainer
 
 __all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "Launcher", "LocalLauncher", "resolve_launcher"]
 

@@ -13,12 +13,13 @@ control callbacks (the barrier) and keep the control they return. In order::
         EpochEnd, [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
       Log(summary), [load best model], TrainEnd, RunFinished(status)
 
-Features live in their own modules: the training algorithm itself (``trainer.training``, a mixin
-of the Trainer), data loading (``trainer.data``), run length and resume position
-(``trainer.plan``), optimizer and schedules (``trainer.optim``), files (``trainer.checkpoint``),
-callback states (``trainer.resume``), the prediction loop (``trainer.evaluation``), several
-ranks (``trainer.distributed``). The loss is summed on the device and read back only when a log
-entry is written, so steps that do not log never wait for the device.
+Features live in their own modules: the training algorithm itself (``trainbus.trainer.training``, a
+mixin of the Trainer), data loading (``trainbus.trainer.data``), run length and resume position
+(``trainbus.trainer.plan``), optimizer and schedules (``trainbus.trainer.optim``), files
+(``trainbus.trainer.checkpoint``), callback states (``trainbus.trainer.resume``), the prediction
+loop (``trainbus.trainer.evaluation``), several ranks (``trainbus.trainer.distributed``). The loss
+is summed on the device and read back only when a log entry is written, so steps that do not log
+never wait for the device.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from bus.bus import Bus, Mark
-from bus.errors import ConfigurationError
-from bus.events import (
+from trainbus.bus.bus import Bus, Mark
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import (
     Artifact,
     Evaluate,
     EventBase,
@@ -47,17 +48,17 @@ from bus.events import (
     RunFinished,
     RunStarted,
 )
-from bus.sink import Sink
-from trainer import checkpoint as ckpt
-from trainer.arguments import TrainingArguments
-from trainer.data import (
+from trainbus.bus.sink import Sink
+from trainbus.trainer import checkpoint as ckpt
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.data import (
     DataCollator,
     default_data_collator,
     eval_dataloader,
     train_dataloader,
 )
-from trainer.distributed import Distributed
-from trainer.evaluation import (
+from trainbus.trainer.distributed import Distributed
+from trainbus.trainer.evaluation import (
     EvalLoopOutput,
     EvalPrediction,
     PredictionOutput,
@@ -67,16 +68,16 @@ from trainer.evaluation import (
     prediction_loop,
     speed_metrics,
 )
-from trainer.flow import DefaultFlowCallback
-from trainer.handler import CallbackHandler
-from trainer.launcher import Launcher, resolve_launcher
-from trainer.loss import LossSum
-from trainer.optim import create_optimizer, create_scheduler
-from trainer.progress import PrinterCallback, ProgressCallback
-from trainer.rng import set_seed
-from trainer.run_info import check_arguments, run_config
-from trainer.state import TrainerControl, TrainerState
-from trainer.training import TrainingLoop
+from trainbus.trainer.flow import DefaultFlowCallback
+from trainbus.trainer.handler import CallbackHandler
+from trainbus.trainer.launcher import Launcher, resolve_launcher
+from trainbus.trainer.loss import LossSum
+from trainbus.trainer.optim import create_optimizer, create_scheduler
+from trainbus.trainer.progress import PrinterCallback, ProgressCallback
+from trainbus.trainer.rng import set_seed
+from trainbus.trainer.run_info import check_arguments, run_config
+from trainbus.trainer.state import TrainerControl, TrainerState
+from trainbus.trainer.training import TrainingLoop
 
 __all__ = ["Trainer"]
 
@@ -90,7 +91,7 @@ class Trainer(TrainingLoop):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
     Beyond Hugging Face's arguments: ``launcher`` overrides the launcher found by name (see
-    ``trainer.launcher``), and ``sinks`` adds sinks of the caller's own to every run.
+    ``trainbus.trainer.launcher``), and ``sinks`` adds sinks of the caller's own to every run.
     """
 
     def __init__(

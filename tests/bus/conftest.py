@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, RetryPolicy, Sink
+from trainbus.bus import Bus, RetryPolicy, Sink
 
 FAST_RETRIES = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, max_crashes=3)
 """Backoff short enough that retry tests take milliseconds."""

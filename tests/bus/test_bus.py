@@ -12,10 +12,10 @@ import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
-from bus import Bus, EventBase, JournalReader, Log, StepBegin, StepEnd, TrainBegin
-from bus.errors import ConfigurationError, JournalError
-from bus.testing import RecordingSink, capture_events
 from tests.bus.conftest import MakeBus
+from trainbus.bus import Bus, EventBase, JournalReader, Log, StepBegin, StepEnd, TrainBegin
+from trainbus.bus.errors import ConfigurationError, JournalError
+from trainbus.bus.testing import RecordingSink, capture_events
 
 
 @dataclass(frozen=True)

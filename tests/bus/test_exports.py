@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import bus
+from trainbus import bus
 
 
 def test_all_is_sorted_and_importable() -> None:
@@ -19,10 +19,10 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_public_classes_are_exported() -> None:
     """Every public class defined in a bus module is re-exported from the package."""
-    import bus.bus as m1
-    import bus.journal as m2
-    import bus.runtime as m3
-    import bus.stream as m4
+    import trainbus.bus.bus as m1
+    import trainbus.bus.journal as m2
+    import trainbus.bus.runtime as m3
+    import trainbus.bus.stream as m4
 
     for module in (m1, m2, m3, m4):
         for name in module.__all__:
@@ -34,7 +34,7 @@ def test_public_classes_are_exported() -> None:
 def test_importing_bus_pulls_in_no_torch_or_http_client() -> None:
     """`import bus` loads neither torch, httpx, numpy nor any vendor SDK."""
     code = (
-        "import sys, bus, bus.testing; "
+        "import sys, trainbus.bus, trainbus.bus.testing; "
         "heavy = {'torch', 'httpx', 'numpy', 'mlflow', 'tensorboard', 'comet_ml', 'wandb'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bus.events import Log
-from bus.follow import LiveJournal
-from bus.journal import JournalWriter, read_appended
+from trainbus.bus.events import Log
+from trainbus.bus.follow import LiveJournal
+from trainbus.bus.journal import JournalWriter, read_appended
 
 
 def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path: Path) -> None:

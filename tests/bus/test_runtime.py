@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from bus import (
+from tests.bus.conftest import FAST_RETRIES, MakeBus
+from trainbus.bus import (
     Bus,
     CursorStore,
     JournalReader,
@@ -26,8 +27,7 @@ from bus import (
     StepEnd,
     replay,
 )
-from bus.testing import RecordingSink
-from tests.bus.conftest import FAST_RETRIES, MakeBus
+from trainbus.bus.testing import RecordingSink
 
 
 def make_bus_at(root: Path, sinks: list[RecordingSink], **kw: Any) -> Bus:

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from bus import Bus, Event, Log, Sink, StepEnd
+from trainbus.bus import Bus, Event, Log, Sink, StepEnd
 
 
 class CsvLosses(Sink):

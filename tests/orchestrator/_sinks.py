@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from bus.events import Event
 from examples.custom_sink import JsonLines
+from trainbus.bus.events import Event
 
 __all__ = ["SlowJsonLines"]
 

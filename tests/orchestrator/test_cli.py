@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.rundir import find_run_dir
+from trainbus.orchestrator.cli import main
+from trainbus.orchestrator.rundir import find_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = """
-model = "trainer.testing:TinyRegressor"
-train_dataset = "trainer.testing:RegressionDataset"
-eval_dataset = "trainer.testing:RegressionDataset"
+model = "trainbus.trainer.testing:TinyRegressor"
+train_dataset = "trainbus.trainer.testing:RegressionDataset"
+eval_dataset = "trainbus.trainer.testing:RegressionDataset"
 sinks = ["examples.custom_sink:JsonLines"]
 
 [eval_dataset_kwargs]
@@ -42,11 +42,11 @@ disable_tqdm = true
 def trainbus(
     *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m orchestrator`` (the ``trainbus`` command) in a fresh interpreter."""
+    """Run ``python -m trainbus`` (the ``trainbus`` command) in a fresh interpreter."""
     environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     environ.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
+        [sys.executable, "-m", "trainbus", *args],
         cwd=cwd,
         env=environ,
         capture_output=True,
@@ -102,11 +102,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 @pytest.mark.parametrize(
     ("body", "needles"),
     [
-        ('model = "trainer.testing:TinyRegressor"\n[args\n', ["not valid TOML"]),
+        ('model = "trainbus.trainer.testing:TinyRegressor"\n[args\n', ["not valid TOML"]),
         (None, ["unknown integration 'tensorbored'", "'mlflow'"]),
         ('model = "no_such_pkg.models:tiny"\n', ["model", "no_such_pkg.models"]),
-        ('model = "trainer.testing:NoSuchFactory"\n', ["model", "NoSuchFactory"]),
-        ('model = "trainer.testing:TinyRegressor"\n[args]\nlearning_rat = 0.1\n', ["learning_rat"]),
+        ('model = "trainbus.trainer.testing:NoSuchFactory"\n', ["model", "NoSuchFactory"]),
+        (
+            'model = "trainbus.trainer.testing:TinyRegressor"\n[args]\nlearning_rat = 0.1\n',
+            ["learning_rat"],
+        ),
     ],
     ids=["malformed-toml", "unknown-report-to", "missing-module", "missing-function", "bad-arg"],
 )

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from orchestrator.cli import build_parser
-from orchestrator.registry import resolve_report_to
+from trainbus.orchestrator.cli import build_parser
+from trainbus.orchestrator.registry import resolve_report_to
 
 yaml = pytest.importorskip("yaml")
 
@@ -81,5 +81,5 @@ def test_demo_command_is_a_valid_trainbus_invocation(compose: dict[str, Any]) ->
     dockerfile = demo["build"]["dockerfile_inline"]
     assert 'ENTRYPOINT [".venv/bin/trainbus"]' in dockerfile
     assert build_parser().parse_args(demo["command"]).command == "demo"
-    for package in ("bus", "trainer", "sinks", "orchestrator", "examples"):
+    for package in ("trainbus", "bus", "trainer", "sinks", "orchestrator", "examples"):
         assert f"COPY {package} {package}" in dockerfile

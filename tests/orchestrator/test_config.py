@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import ConfigurationError
-from orchestrator.config import call_factory, check_writable_dir, parse_train_config
+from trainbus.bus.errors import ConfigurationError
+from trainbus.orchestrator.config import call_factory, check_writable_dir, parse_train_config
 
 
 def test_a_full_config_decodes() -> None:

@@ -14,13 +14,13 @@ from typing import Any
 import anyio
 import pytest
 
-from bus.events import Log, RunFinished
-from bus.testing import RecordingSink
-from orchestrator.run import Orchestrator, warm_up
-from orchestrator.rundir import find_run_dir
-from trainer.arguments import TrainingArguments
-from trainer.loop import Trainer
-from trainer.testing import RegressionDataset, TinyRegressor
+from trainbus.bus.events import Log, RunFinished
+from trainbus.bus.testing import RecordingSink
+from trainbus.orchestrator.run import Orchestrator, warm_up
+from trainbus.orchestrator.rundir import find_run_dir
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.loop import Trainer
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 STEPS = 60
 TICK = 0.010

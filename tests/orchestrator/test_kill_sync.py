@@ -19,17 +19,17 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.cursor import CursorStore
-from bus.errors import JournalError
-from bus.events import Evaluate, Log
-from bus.journal import JournalReader
-from orchestrator.rundir import RunDir, find_run_dir
+from trainbus.bus.cursor import CursorStore
+from trainbus.bus.errors import JournalError
+from trainbus.bus.events import Evaluate, Log
+from trainbus.bus.journal import JournalReader
+from trainbus.orchestrator.rundir import RunDir, find_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = """
-model = "trainer.testing:TinyRegressor"
-train_dataset = "trainer.testing:RegressionDataset"
+model = "trainbus.trainer.testing:TinyRegressor"
+train_dataset = "trainbus.trainer.testing:RegressionDataset"
 sinks = {sinks}
 
 [args]
@@ -49,7 +49,7 @@ def start_training(tmp_path: Path, *, sinks: str, report_to: str, env: dict[str,
     config.write_text(CONFIG.format(output_dir=tmp_path / "out", sinks=sinks, report_to=report_to))
     environ = {**os.environ, **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "train", str(config)],
+        [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "train", str(config)],
         cwd=ROOT,
         env=environ,
         stdout=subprocess.DEVNULL,
@@ -92,7 +92,7 @@ def kill_when(proc: Any, tmp_path: Path, sink: str, *, logs: int, timeout: float
 def sync(run_dir: RunDir, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``trainbus sync RUN_DIR`` in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "sync", str(run_dir.path)],
+        [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync", str(run_dir.path)],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -147,7 +147,7 @@ def test_sync_completes_mlflow_after_sigkill_behind_a_slow_proxy(
     tmp_path: Path, mlflow_server: Any
 ) -> None:
     """MLflow behind a slow proxy at SIGKILL holds every loss point exactly once after sync."""
-    from sinks.testing import FaultProxy
+    from trainbus.sinks.testing import FaultProxy
 
     experiment = f"kill-sync-{uuid.uuid4().hex[:8]}"
     with FaultProxy(mlflow_server.url, latency=0.3) as proxy:

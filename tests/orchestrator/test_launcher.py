@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bus.events import Evaluate, RunStarted, StepEnd
-from bus.journal import JournalReader
-from orchestrator.launcher import LAUNCHER
-from orchestrator.rundir import find_run_dir
-from trainer.arguments import TrainingArguments
-from trainer.launcher import resolve_launcher
-from trainer.loop import Trainer
-from trainer.testing import RegressionDataset, TinyRegressor
+from trainbus.bus.events import Evaluate, RunStarted, StepEnd
+from trainbus.bus.journal import JournalReader
+from trainbus.orchestrator.launcher import LAUNCHER
+from trainbus.orchestrator.rundir import find_run_dir
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.launcher import resolve_launcher
+from trainbus.trainer.loop import Trainer
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 
 def test_the_default_launcher_is_the_orchestrators() -> None:

@@ -11,7 +11,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from orchestrator import logging as trainbus_logging
+from trainbus.orchestrator import logging as trainbus_logging
 
 
 class FakeTerminal(io.StringIO):

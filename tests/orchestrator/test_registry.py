@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.errors import ConfigurationError
-from bus.sink import Sink
-from orchestrator.registry import (
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.sink import Sink
+from trainbus.orchestrator.registry import (
     INTEGRATIONS,
     build_sinks,
     import_object,

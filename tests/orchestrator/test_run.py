@@ -7,15 +7,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bus.bus import Bus
-from bus.errors import ConfigurationError
-from bus.events import Evaluate, Log, RunFinished, RunStarted, StepEnd
-from bus.journal import JournalReader
-from bus.stream import Subscription
-from bus.testing import RecordingSink
-from orchestrator.launcher import LAUNCHER
-from orchestrator.run import Orchestrator
-from orchestrator.rundir import RunDir, find_run_dir
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Evaluate, Log, RunFinished, RunStarted, StepEnd
+from trainbus.bus.journal import JournalReader
+from trainbus.bus.stream import Subscription
+from trainbus.bus.testing import RecordingSink
+from trainbus.orchestrator.launcher import LAUNCHER
+from trainbus.orchestrator.run import Orchestrator
+from trainbus.orchestrator.rundir import RunDir, find_run_dir
 
 
 def fake_training(steps: int, status: str = "completed") -> object:
@@ -45,7 +45,7 @@ async def test_a_run_writes_its_directory_journal_and_record(tmp_path: Path) -> 
     record = run_dir.read_record()
     assert record.status == "completed"
     assert [s.name for s in record.sinks] == ["rec"]
-    assert record.sinks[0].factory == "bus.testing:RecordingSink"
+    assert record.sinks[0].factory == "trainbus.bus.testing:RecordingSink"
     events = list(JournalReader(run_dir.journal_path).read_from(0))
     assert [e.seq for e in events] == list(range(len(events)))
     assert [e.seq for e in sink.received] == [e.seq for e in events]
@@ -148,7 +148,7 @@ def test_launcher_reuses_the_active_run(tmp_path: Path) -> None:
 
 async def test_sync_refuses_a_run_whose_process_is_alive(tmp_path: Path) -> None:
     """While the process that opened a run lives, ``sync`` would race its sinks and refuses."""
-    from orchestrator.sync import sync_run
+    from trainbus.orchestrator.sync import sync_run
 
     with anyio.fail_after(30):
         async with Orchestrator(output_dir=tmp_path, report_to="none") as orch:
@@ -161,7 +161,7 @@ async def test_a_sink_still_behind_at_close_is_reported_and_synced_later(tmp_pat
     ``sync_run`` delivers exactly the rest afterwards."""
     from structlog.testing import capture_logs
 
-    from orchestrator.sync import sync_run
+    from trainbus.orchestrator.sync import sync_run
 
     stuck = RecordingSink("rec", max_batch_size=4)
     with anyio.fail_after(30), capture_logs() as logs:

@@ -10,14 +10,14 @@ import anyio
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bus.bus import Bus
-from bus.errors import ConfigurationError
-from bus.events import Log, RunFinished, RunStarted, StepEnd
-from bus.testing import RecordingSink
-from orchestrator.run import Orchestrator
-from orchestrator.rundir import find_run_dir
-from orchestrator.sink_host import read_reports
-from orchestrator.sync import sync_run
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Log, RunFinished, RunStarted, StepEnd
+from trainbus.bus.testing import RecordingSink
+from trainbus.orchestrator.run import Orchestrator
+from trainbus.orchestrator.rundir import find_run_dir
+from trainbus.orchestrator.sink_host import read_reports
+from trainbus.orchestrator.sync import sync_run
 
 
 def _slow_training(steps: int) -> object:
@@ -121,8 +121,8 @@ def test_a_trainer_run_with_the_variable_set_delivers_from_the_child(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``Trainer.train()`` as a script calls it: the variable alone moves ``report_to`` sinks."""
-    from trainer import Trainer, TrainingArguments
-    from trainer.testing import RegressionDataset, TinyRegressor
+    from trainbus.trainer import Trainer, TrainingArguments
+    from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
     logs = tmp_path / "tb"
     monkeypatch.setenv("TRAINBUS_SINK_PROCESS", "1")
@@ -150,7 +150,7 @@ def test_a_run_whose_sink_process_still_delivers_counts_as_live() -> None:
     import subprocess
     import sys
 
-    from orchestrator.rundir import RunRecord
+    from trainbus.orchestrator.rundir import RunRecord
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -16,12 +16,12 @@ from typing import Any
 import anyio
 import pytest
 
-from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from bus.events import Log
-from sinks._comet_api import rest_base
-from sinks.comet import OFFLINE_KEY, CometSink, upload_offline
 from tests.sinks.comet_fake import FakeComet
 from tests.sinks.scripted import T0, deliver_through_bus, scripted_run, train_logs
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus.events import Log
+from trainbus.sinks._comet_api import rest_base
+from trainbus.sinks.comet import OFFLINE_KEY, CometSink, upload_offline
 
 
 def _env(comet: FakeComet, **extra: str) -> dict[str, str]:

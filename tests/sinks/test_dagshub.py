@@ -13,11 +13,11 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from bus.errors import ConfigurationError
-from orchestrator.registry import available_integrations, build_sinks
-from sinks.dagshub import DagsHubSink, parse_repo
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from tests.support.mlflow_server import MlflowServer
+from trainbus.bus.errors import ConfigurationError
+from trainbus.orchestrator.registry import available_integrations, build_sinks
+from trainbus.sinks.dagshub import DagsHubSink, parse_repo
 
 pytestmark = pytest.mark.mlflow
 

@@ -14,10 +14,10 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from bus.errors import ConfigurationError
-from bus.events import Artifact, ArtifactKind
-from sinks.dvclive import DVCLiveSink
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Artifact, ArtifactKind
+from trainbus.sinks.dvclive import DVCLiveSink
 
 pytest.importorskip("dvclive")
 
@@ -174,7 +174,7 @@ def test_bad_log_model_is_refused_with_a_sentence(tmp_path: Path) -> None:
 def test_report_to_dvclive_builds_the_sink(tmp_path: Path) -> None:
     """report_to=["dvclive"] builds the sink from the environment, and "all" includes it
     whenever DVCLive is installed, as in Hugging Face."""
-    from orchestrator.registry import available_integrations, build_sinks
+    from trainbus.orchestrator.registry import available_integrations, build_sinks
 
     env = {"HF_DVCLIVE_LOG_MODEL": "all"}
     [(name, sink)] = build_sinks(["dvclive"], env, run_dir=tmp_path, run_name="r")

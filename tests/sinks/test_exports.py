@@ -8,9 +8,15 @@ import sys
 
 import pytest
 
-import sinks
+from trainbus import sinks
 
-MODULES = ["sinks", "sinks.tensorboard", "sinks.mlflow", "sinks.comet", "sinks.testing"]
+MODULES = [
+    "trainbus.sinks",
+    "trainbus.sinks.tensorboard",
+    "trainbus.sinks.mlflow",
+    "trainbus.sinks.comet",
+    "trainbus.sinks.testing",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -26,9 +32,9 @@ def test_all_is_sorted_and_resolvable(name: str) -> None:
 @pytest.mark.parametrize(
     ("spec", "sink_name"),
     [
-        ("sinks.tensorboard:TensorBoardSink", "tensorboard"),
-        ("sinks.mlflow:MLflowSink", "mlflow"),
-        ("sinks.comet:CometSink", "comet_ml"),
+        ("trainbus.sinks.tensorboard:TensorBoardSink", "tensorboard"),
+        ("trainbus.sinks.mlflow:MLflowSink", "mlflow"),
+        ("trainbus.sinks.comet:CometSink", "comet_ml"),
     ],
 )
 def test_report_to_specs_resolve(spec: str, sink_name: str) -> None:
@@ -42,8 +48,9 @@ def test_report_to_specs_resolve(spec: str, sink_name: str) -> None:
 def test_importing_sinks_pulls_in_neither_torch_nor_vendor_sdks() -> None:
     """Sinks never import torch, mlflow or comet_ml, and `import sinks` loads no sink module."""
     code = (
-        "import sys, sinks; assert 'sinks.mlflow' not in sys.modules; "
-        "import sinks.tensorboard, sinks.mlflow, sinks.comet, sinks.testing; "
+        "import sys, trainbus.sinks; assert 'trainbus.sinks.mlflow' not in sys.modules; "
+        "import trainbus.sinks.tensorboard, trainbus.sinks.mlflow, trainbus.sinks.comet; "
+        "import trainbus.sinks.testing; "
         "bad = [m for m in ('torch', 'mlflow', 'comet_ml', 'tensorboard') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

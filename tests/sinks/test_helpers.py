@@ -7,12 +7,12 @@ import email.utils
 import httpx
 import pytest
 
-from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from sinks._env import env_flag, env_int
-from sinks._http import map_errors, parse_retry_after
-from sinks._mlflow_api import chunk_batches, metric_entry
-from sinks._redact import redact, redact_url
-from sinks._rewrite import flatten, numeric_items, rewrite_logs, sanitize_key
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.sinks._env import env_flag, env_int
+from trainbus.sinks._http import map_errors, parse_retry_after
+from trainbus.sinks._mlflow_api import chunk_batches, metric_entry
+from trainbus.sinks._redact import redact, redact_url
+from trainbus.sinks._rewrite import flatten, numeric_items, rewrite_logs, sanitize_key
 
 
 def test_rewrite_logs_uses_hf_prefixes() -> None:

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 client (``sinks._http1``) against a scripted server on 127.0.0.1.
+"""The lean HTTP/1.1 client (``trainbus.sinks._http1``) against a scripted server on 127.0.0.1.
 
 The server reads each request (head and ``Content-Length`` body), records it with the number of
 the connection it came on, and answers with the next scripted reply, written byte for byte, so
@@ -17,8 +17,8 @@ import anyio.abc
 import httpx
 import pytest
 
-from bus.errors import PermanentSinkError, RetryableSinkError
-from sinks._http1 import Http1Client, env_proxy_for
+from trainbus.bus.errors import PermanentSinkError, RetryableSinkError
+from trainbus.sinks._http1 import Http1Client, env_proxy_for
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
 HANG = b""

@@ -13,11 +13,6 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from bus.bus import Bus
-from bus.errors import ConfigurationError
-from bus.events import Log, RunStarted
-from sinks.mlflow import MLflowSink
-from sinks.testing import FaultProxy
 from tests.sinks.scripted import (
     FAST_RETRY,
     T0,
@@ -27,6 +22,11 @@ from tests.sinks.scripted import (
     train_logs,
 )
 from tests.support.mlflow_server import MlflowServer
+from trainbus.bus.bus import Bus
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Log, RunStarted
+from trainbus.sinks.mlflow import MLflowSink
+from trainbus.sinks.testing import FaultProxy
 
 pytestmark = pytest.mark.mlflow
 

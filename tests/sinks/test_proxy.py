@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from sinks.testing import FaultProxy
+from trainbus.sinks.testing import FaultProxy
 
 
 class _Echo(BaseHTTPRequestHandler):

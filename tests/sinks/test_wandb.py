@@ -16,10 +16,10 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import pytest
 from structlog.testing import capture_logs
 
-from bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from bus.events import Artifact, Event, Log
-from sinks.wandb import WandbSink, _map_errors
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
+from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus.events import Artifact, Event, Log
+from trainbus.sinks.wandb import WandbSink, _map_errors
 
 pytest.importorskip("wandb")
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from bus.events import RUN_EVENT_TYPES, Event
-from bus.testing import RecordingSink
-from trainer import Trainer, TrainerCallback, TrainingArguments
-from trainer.callbacks import EVENT_NAMES
-from trainer.launcher import LocalLauncher
-from trainer.testing import RegressionDataset, TinyRegressor
+from trainbus.bus.events import RUN_EVENT_TYPES, Event
+from trainbus.bus.testing import RecordingSink
+from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
+from trainbus.trainer.callbacks import EVENT_NAMES
+from trainbus.trainer.launcher import LocalLauncher
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 TIME_LIMIT_S = 120
 

@@ -10,13 +10,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from bus.errors import ConfigurationError
-from bus.events import Artifact
 from tests.trainer.recording import Run, make_run, time_limit  # noqa: F401  (autouse)
-from trainer import EvalPrediction, TrainerCallback
-from trainer.checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
-from trainer.rng import capture_rng_state
-from trainer.testing import TinyRegressor
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import Artifact
+from trainbus.trainer import EvalPrediction, TrainerCallback
+from trainbus.trainer.checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
+from trainbus.trainer.rng import capture_rng_state
+from trainbus.trainer.testing import TinyRegressor
 
 FILES = {
     "model.safetensors",

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from bus.events import (
+from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
+from trainbus.bus.events import (
     RUN_EVENT_TYPES,
     Artifact,
     Log,
@@ -29,9 +30,8 @@ from bus.events import (
     StepBegin,
     StepEnd,
 )
-from bus.journal import JournalReader
-from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
-from trainer import TrainerCallback
+from trainbus.bus.journal import JournalReader
+from trainbus.trainer import TrainerCallback
 
 
 @dataclass(frozen=True)

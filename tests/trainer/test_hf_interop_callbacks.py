@@ -15,9 +15,9 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from tests.trainer.recording import time_limit  # noqa: E402, F401  (autouse fixture)
-from trainer import Trainer, TrainingArguments  # noqa: E402  (after the importorskip guard)
-from trainer.launcher import LocalLauncher  # noqa: E402
-from trainer.testing import RegressionDataset, TinyRegressor  # noqa: E402
+from trainbus.trainer import Trainer, TrainingArguments  # noqa: E402  (after the importorskip guard)
+from trainbus.trainer.launcher import LocalLauncher  # noqa: E402
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor  # noqa: E402
 
 HOOKS = (
     "on_init_end",

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.arguments import TrainingArguments
-from trainer.early_stopping import EarlyStoppingCallback
-from trainer.flow import DefaultFlowCallback
-from trainer.handler import CallbackHandler
-from trainer.state import TrainerControl, TrainerState, restore_callback_states
+from trainbus.trainer.arguments import TrainingArguments
+from trainbus.trainer.early_stopping import EarlyStoppingCallback
+from trainbus.trainer.flow import DefaultFlowCallback
+from trainbus.trainer.handler import CallbackHandler
+from trainbus.trainer.state import TrainerControl, TrainerState, restore_callback_states
 
 hf: Any = pytest.importorskip("transformers")
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bus.errors import ConfigurationError
-from bus.events import (
+from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
+from trainbus.bus.errors import ConfigurationError
+from trainbus.bus.events import (
     Evaluate,
     InitEnd,
     Log,
@@ -20,9 +21,8 @@ from bus.events import (
     RunStarted,
     StepEnd,
 )
-from bus.testing import RecordingSink
-from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainer import (
+from trainbus.bus.testing import RecordingSink
+from trainbus.trainer import (
     DefaultFlowCallback,
     EvalPrediction,
     PrinterCallback,
@@ -32,8 +32,8 @@ from trainer import (
     TrainingArguments,
     default_data_collator,
 )
-from trainer.launcher import LocalLauncher
-from trainer.testing import (
+from trainbus.trainer.launcher import LocalLauncher
+from trainbus.trainer.testing import (
     LosslessModel,
     RegressionDataset,
     TinyRegressor,

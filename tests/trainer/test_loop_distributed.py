@@ -25,9 +25,9 @@ pytestmark = [
 
 
 def _worker(out: str) -> None:
-    from trainer import Trainer, TrainerCallback, TrainingArguments
-    from trainer.launcher import LocalLauncher
-    from trainer.testing import RegressionDataset, TinyRegressor
+    from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
+    from trainbus.trainer.launcher import LocalLauncher
+    from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
     rank = int(os.environ["RANK"])
 

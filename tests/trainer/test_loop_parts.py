@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch.utils.data import IterableDataset
 
-from bus.errors import ConfigurationError
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainer import Trainer, TrainerCallback, TrainingArguments
-from trainer.data import EpochSampler, move_to_device
-from trainer.launcher import LocalLauncher
-from trainer.optim import create_scheduler
-from trainer.plan import plan_run, resume_point
-from trainer.testing import RegressionDataset, TinyRegressor
+from trainbus.bus.errors import ConfigurationError
+from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
+from trainbus.trainer.data import EpochSampler, move_to_device
+from trainbus.trainer.launcher import LocalLauncher
+from trainbus.trainer.optim import create_scheduler
+from trainbus.trainer.plan import plan_run, resume_point
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 
 def _rates(name: str, warmup: int, total: int) -> list[float]:

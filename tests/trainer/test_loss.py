@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainer import loss as loss_module
-from trainer.loss import LossSum, fold_on_device
-from trainer.testing import TinyRegressor
+from trainbus.trainer import loss as loss_module
+from trainbus.trainer.loss import LossSum, fold_on_device
+from trainbus.trainer.testing import TinyRegressor
 
 NAN, INF = float("nan"), float("inf")
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from bus.errors import ConfigurationError
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainer import TrainingArguments
-from trainer.optim import create_optimizer
-from trainer.testing import TinyRegressor
+from trainbus.bus.errors import ConfigurationError
+from trainbus.trainer import TrainingArguments
+from trainbus.trainer.optim import create_optimizer
+from trainbus.trainer.testing import TinyRegressor
 
 
 def _fused(optimizer: torch.optim.Optimizer) -> list[Any]:

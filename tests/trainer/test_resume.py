@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from structlog.testing import capture_logs
 
-from bus.events import RunFinished
 from tests.trainer.recording import Run, StopAt, make_run, time_limit  # noqa: F401  (autouse)
-from trainer import EarlyStoppingCallback, EvalPrediction
+from trainbus.bus.events import RunFinished
+from trainbus.trainer import EarlyStoppingCallback, EvalPrediction
 
 RESUME_ARGS: dict[str, Any] = {
     "max_steps": 8,
