@@ -16,9 +16,9 @@ import anyio
 import anyio.from_thread
 import httpx
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.sink import Sink
+from trainbus.bus._bus import Bus
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._sink import Sink
 from trainbus.sinks.comet import CometSink
 from trainbus.sinks.mlflow import MLflowSink
 from trainbus.sinks.tensorboard import TensorBoardSink

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from trainbus.bus.events import Log
+from trainbus.bus._events import Log
 from trainbus.sinks.tensorboard import TensorBoardSink
 
 __all__ = ["tb_costs"]

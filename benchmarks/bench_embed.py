@@ -44,8 +44,8 @@ async def _ticker(lags: list[float]) -> None:
 
 def _trainer(output_dir: Path, steps: int) -> Any:
     from examples import digits
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.loop import Trainer
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._trainer import Trainer
 
     args = TrainingArguments(
         output_dir=str(output_dir),

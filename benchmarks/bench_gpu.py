@@ -132,7 +132,7 @@ def _hand_loop(work: Workload, steps: int, every: int, device: torch.device) -> 
 
 def _trainbus(work: Workload, steps: int, every: int, device: torch.device, workdir: Path) -> float:
     """``Trainer.train()`` as it runs by default on a GPU; the journal's log entries give times."""
-    from trainbus.bus.events import Log
+    from trainbus.bus._events import Log
 
     trainer, events, _ = train_journaled(
         work, steps, workdir, logging_steps=every, use_cpu=device.type == "cpu"

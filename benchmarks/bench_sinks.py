@@ -69,10 +69,10 @@ from benchmarks._sink_stage import (
     thread_cpu_s,
 )
 from benchmarks._tb_costs import tb_costs
-from trainbus.bus.bus import Bus
-from trainbus.bus.events import Log
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.sink import Sink
+from trainbus.bus._bus import Bus
+from trainbus.bus._events import Log
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._sink import Sink
 from trainbus.sinks.comet import CometSink
 from trainbus.sinks.mlflow import MLflowSink
 

@@ -188,7 +188,7 @@ def train_journaled(
     Returns the trainer, the events of its run's journal (their times are when things happened
     on the training thread) and the clocks read just before ``train()``.
     """
-    from trainbus.bus.journal import JournalReader
+    from trainbus.bus._journal import JournalReader
     from trainbus.trainer import Trainer, TrainingArguments
 
     torch.manual_seed(work.seed)
@@ -216,7 +216,7 @@ def train_journaled(
 
 def _trainbus(work: Workload, steps: int, bar: bool, workdir: Path) -> Timing:
     """As ``train()`` runs by default: a run directory whose journal gives the step times."""
-    from trainbus.bus.events import StepEnd
+    from trainbus.bus._events import StepEnd
 
     _, events, began = train_journaled(work, steps, workdir, bar=bar)
     return _since(began, [e.time for e in events if isinstance(e, StepEnd)])

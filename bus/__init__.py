@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from trainbus.bus.bus import Bus, Hook
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.errors import (
+from trainbus.bus._bus import Bus, Hook
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._errors import (
     ConfigurationError,
     JournalCorruptError,
     JournalError,
@@ -13,7 +13,7 @@ from trainbus.bus.errors import (
     SinkError,
     TrainbusError,
 )
-from trainbus.bus.events import (
+from trainbus.bus._events import (
     ALL_EVENT_TYPES,
     HF_EVENT_TYPES,
     RUN_EVENT_TYPES,
@@ -43,18 +43,18 @@ from trainbus.bus.events import (
     TrainEnd,
     hook_name,
 )
-from trainbus.bus.journal import (
+from trainbus.bus._journal import (
     JournalReader,
     JournalWriter,
     RepairReport,
     TornTail,
     repair_journal,
 )
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.runtime import replay
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkMode, SinkReport, SinkStats
-from trainbus.bus.stream import Subscription
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._runtime import replay
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkMode, SinkReport, SinkStats
+from trainbus.bus._stream import Subscription
 
 __all__ = [
     "ALL_EVENT_TYPES",

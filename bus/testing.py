@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import PermanentSinkError, RetryableSinkError
-from trainbus.bus.events import Event, EventBase
-from trainbus.bus.sink import Sink
-from trainbus.bus.stream import Subscription
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Event, EventBase
+from trainbus.bus._sink import Sink
+from trainbus.bus._stream import Subscription
 
 __all__ = ["RecordingSink", "capture_events"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import anyio
 
 from examples import digits
-from trainbus.bus.events import Evaluate
-from trainbus.bus.stream import Subscription
+from trainbus.bus._events import Evaluate
+from trainbus.bus._stream import Subscription
 from trainbus.orchestrator import Orchestrator
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.loop import Trainer
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._trainer import Trainer
 
 __all__ = ["main", "serve_and_train"]
 

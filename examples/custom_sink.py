@@ -21,8 +21,8 @@ from pathlib import Path
 
 import anyio
 
-from trainbus.bus.events import Evaluate, Event, Log
-from trainbus.bus.sink import Sink
+from trainbus.bus._events import Evaluate, Event, Log
+from trainbus.bus._sink import Sink
 
 __all__ = ["JsonLines"]
 

@@ -23,8 +23,8 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from trainbus.bus.follow import follow
-from trainbus.bus.stats import SinkReport
+from trainbus.bus._follow import follow
+from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
 from trainbus.orchestrator.sink_host import DONE, REPORT_NAME

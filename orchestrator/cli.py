@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import anyio
 
-from trainbus.bus.errors import ConfigurationError, TrainbusError
+from trainbus.bus._errors import ConfigurationError, TrainbusError
 from trainbus.orchestrator.logging import configure_logging
 
 __all__ = ["build_parser", "main"]

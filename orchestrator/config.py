@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.orchestrator.registry import import_object
 
 __all__ = [

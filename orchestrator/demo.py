@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.orchestrator.config import load_train_config
 from trainbus.orchestrator.rundir import RunDir
 from trainbus.orchestrator.show import summarize

@@ -14,11 +14,11 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from trainbus.bus.bus import Bus
+from trainbus.bus._bus import Bus
 from trainbus.orchestrator.run import Orchestrator, active_orchestrator
 
 if TYPE_CHECKING:
-    from trainbus.trainer.loop import Trainer
+    from trainbus.trainer._trainer import Trainer
 
 __all__ = ["LAUNCHER", "OrchestratorLauncher", "active_orchestrator"]
 

@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Evaluate, Event, Log
-from trainbus.bus.journal import JournalReader
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Evaluate, Event, Log
+from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["Curves", "collect_curves", "plot_run"]

@@ -15,8 +15,8 @@ from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import structlog
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.sink import Sink
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._sink import Sink
 
 __all__ = [
     "EXPLICIT_ONLY",

@@ -32,13 +32,13 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import EventBase, RunFinished
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport
-from trainbus.bus.stream import Subscription
-from trainbus.bus.worker import run_in_worker_thread
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import EventBase, RunFinished
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
+from trainbus.bus._stream import Subscription
+from trainbus.bus._worker import run_in_worker_thread
 from trainbus.orchestrator.config import check_writable_dir
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.registry import build_sinks, resolve_report_to

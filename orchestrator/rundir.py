@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 
 __all__ = [
     "JOURNAL_NAME",

@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
-from trainbus.bus.journal import JournalReader
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
+from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.rundir import RunDir, RunRecord
 
 __all__ = ["RunSummary", "SinkState", "format_summary", "summarize", "summarize_events"]

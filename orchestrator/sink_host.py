@@ -5,7 +5,7 @@ competes with the training thread for the GIL, which costs little at a few scala
 lot at hundreds (formatting, encoding and sending them). With a sink process the training process
 only journals; a child process (``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
 ...``) rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as ``trainbus
-sync`` does, follows the journal as it grows (``trainbus.bus.follow``) and delivers with the same
+sync`` does, follows the journal as it grows (``trainbus.bus._follow``) and delivers with the same
 runners, retries and cursors.
 
 The parent holds the child's stdin open for the run; a ``done`` line at the end of the run (or
@@ -13,7 +13,7 @@ the pipe closing when the parent dies) tells the child to deliver the rest withi
 deadline and exit. The child writes its sinks' reports to ``sink-host.json`` in the run
 directory; what it could not deliver stays in the journal for ``trainbus sync``. Sinks passed as
 objects (``sinks=[...]``) stay in the training process: only sinks a process can rebuild by name
-move. ``trainbus.bus.stats()`` in the training process does not see the moved ones.
+move. ``trainbus.bus._stats()`` in the training process does not see the moved ones.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from trainbus.bus.stats import SinkReport
+from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["DONE", "REPORT_NAME", "SinkHost", "read_reports"]

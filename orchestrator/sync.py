@@ -16,11 +16,11 @@ from pathlib import Path
 
 import structlog
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.journal import repair_journal
-from trainbus.bus.runtime import replay
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._journal import repair_journal
+from trainbus.bus._runtime import replay
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.registry import build_sinks, import_object
 from trainbus.orchestrator.rundir import RunDir, RunRecord, SinkRecord, find_run_dir
 

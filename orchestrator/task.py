@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.sink import Sink
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._sink import Sink
 from trainbus.orchestrator.config import TrainConfig, call_factory, check_writable_dir
 from trainbus.orchestrator.registry import resolve_report_to
 from trainbus.orchestrator.run import Orchestrator
@@ -32,7 +32,7 @@ class PreparedRun:
 
 
 def _arguments(config: TrainConfig, overrides: Mapping[str, Any]) -> Any:
-    from trainbus.trainer.arguments import TrainingArguments
+    from trainbus.trainer._arguments import TrainingArguments
 
     values = {**config.args, **{k: v for k, v in overrides.items() if v is not None}}
     try:
@@ -69,9 +69,9 @@ def prepare_run(
             f"args.eval_strategy = {args.eval_strategy!r} needs an eval_dataset factory"
         )
 
-    from trainbus.trainer.early_stopping import EarlyStoppingCallback
-    from trainbus.trainer.loop import Trainer
-    from trainbus.trainer.rng import set_seed
+    from trainbus.trainer._early_stopping import EarlyStoppingCallback
+    from trainbus.trainer._rng import set_seed
+    from trainbus.trainer._trainer import Trainer
 
     set_seed(args.seed)  # the model's initial weights come from the factory: seed them too
     model = call_factory(config.model, config.model_kwargs, field="model")

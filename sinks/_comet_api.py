@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from trainbus.bus.errors import PermanentSinkError
+from trainbus.bus._errors import PermanentSinkError
 from trainbus.sinks._http import map_errors
 from trainbus.sinks._http1 import Http1Client
 

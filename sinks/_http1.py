@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from trainbus.bus.errors import RetryableSinkError
+from trainbus.bus._errors import RetryableSinkError
 from trainbus.sinks._http import status_error
 from trainbus.sinks._redact import redact_url
 

@@ -22,7 +22,7 @@ import anyio
 import httpx
 import msgspec
 
-from trainbus.bus.errors import PermanentSinkError
+from trainbus.bus._errors import PermanentSinkError
 from trainbus.sinks._http import map_errors
 
 __all__ = [

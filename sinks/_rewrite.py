@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from trainbus.bus.events import MetricValue
+from trainbus.bus._events import MetricValue
 
 __all__ = ["flatten", "numeric_items", "rewrite_logs", "sanitize_key"]
 

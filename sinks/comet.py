@@ -47,9 +47,9 @@ import httpx
 import msgspec
 import structlog
 
-from trainbus.bus.errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus.events import Artifact, Event, Log, Predict, RunFinished, RunStarted
-from trainbus.bus.sink import Sink
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
+from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from trainbus.bus._sink import Sink
 from trainbus.sinks._comet_api import (
     CometApi,
     Request,

@@ -35,9 +35,9 @@ import anyio
 import httpx
 import structlog
 
-from trainbus.bus.errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus.events import Artifact, Event, Log, RunFinished, RunStarted
-from trainbus.bus.sink import Sink
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
+from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._sink import Sink
 from trainbus.sinks._env import env_flag, env_int, env_str
 from trainbus.sinks._mlflow_api import (
     MAX_KEY_LENGTH,

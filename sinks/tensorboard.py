@@ -24,8 +24,8 @@ from typing import Any, Final, Protocol
 
 import structlog
 
-from trainbus.bus.events import Event, Log, RunFinished, RunStarted
-from trainbus.bus.sink import Sink
+from trainbus.bus._events import Event, Log, RunFinished, RunStarted
+from trainbus.bus._sink import Sink
 from trainbus.sinks._env import env_str
 from trainbus.sinks._redact import redact
 from trainbus.sinks._rewrite import rewrite_logs

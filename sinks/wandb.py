@@ -39,14 +39,14 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from trainbus.bus.errors import (
+from trainbus.bus._errors import (
     ConfigurationError,
     PermanentSinkError,
     RetryableSinkError,
     SinkError,
 )
-from trainbus.bus.events import Artifact, Event, Log, RunFinished, RunStarted
-from trainbus.bus.sink import Sink
+from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._sink import Sink
 from trainbus.sinks._env import env_flag, env_str
 from trainbus.sinks._redact import redact
 from trainbus.sinks._rewrite import rewrite_logs

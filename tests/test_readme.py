@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from trainbus.bus.sink import Sink
+from trainbus.bus._sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

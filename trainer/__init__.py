@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.callbacks import TrainerCallback
-from trainbus.trainer.data import default_data_collator
-from trainbus.trainer.early_stopping import EarlyStoppingCallback
-from trainbus.trainer.evaluation import EvalPrediction, PredictionOutput, TrainOutput
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.launcher import Launcher, LocalLauncher, resolve_launcher
-from trainbus.trainer.loop import Trainer
-from trainbus.trainer.progress import PrinterCallback, ProgressCallback
-from trainbus.trainer.rng import set_seed
-from trainbus.trainer.state import ExportableState, TrainerControl, TrainerState
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._callbacks import TrainerCallback
+from trainbus.trainer._data import default_data_collator
+from trainbus.trainer._early_stopping import EarlyStoppingCallback
+from trainbus.trainer._evaluation import EvalPrediction, PredictionOutput, TrainOutput
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._launcher import Launcher, LocalLauncher, resolve_launcher
+from trainbus.trainer._progress import PrinterCallback, ProgressCallback
+from trainbus.trainer._rng import set_seed
+from trainbus.trainer._state import ExportableState, TrainerControl, TrainerState
+from trainbus.trainer._trainer import Trainer
 
 __all__ = [
     "CallbackHandler",

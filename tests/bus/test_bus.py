@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from tests.bus.conftest import MakeBus
 from trainbus.bus import Bus, EventBase, JournalReader, Log, StepBegin, StepEnd, TrainBegin
-from trainbus.bus.errors import ConfigurationError, JournalError
+from trainbus.bus._errors import ConfigurationError, JournalError
 from trainbus.bus.testing import RecordingSink, capture_events
 
 

@@ -8,8 +8,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import trainbus.bus.events as events_module
-from trainbus.bus.events import (
+import trainbus.bus._events as events_module
+from trainbus.bus._events import (
     ALL_EVENT_TYPES,
     HF_EVENT_TYPES,
     Event,

@@ -19,10 +19,10 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_public_classes_are_exported() -> None:
     """Every public class defined in a bus module is re-exported from the package."""
-    import trainbus.bus.bus as m1
-    import trainbus.bus.journal as m2
-    import trainbus.bus.runtime as m3
-    import trainbus.bus.stream as m4
+    import trainbus.bus._bus as m1
+    import trainbus.bus._journal as m2
+    import trainbus.bus._runtime as m3
+    import trainbus.bus._stream as m4
 
     for module in (m1, m2, m3, m4):
         for name in module.__all__:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainbus.bus.events import Log
-from trainbus.bus.follow import LiveJournal
-from trainbus.bus.journal import JournalWriter, read_appended
+from trainbus.bus._events import Log
+from trainbus.bus._follow import LiveJournal
+from trainbus.bus._journal import JournalWriter, read_appended
 
 
 def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainbus.bus.errors import JournalCorruptError, JournalError
-from trainbus.bus.events import Log, StepEnd
-from trainbus.bus.journal import FILE_MAGIC, JournalReader, JournalWriter, repair_journal
+from trainbus.bus._errors import JournalCorruptError, JournalError
+from trainbus.bus._events import Log, StepEnd
+from trainbus.bus._journal import FILE_MAGIC, JournalReader, JournalWriter, repair_journal
 
 
 def _events(n: int, start: int = 0) -> list[StepEnd | Log]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import anyio
 
 from examples.custom_sink import JsonLines
-from trainbus.bus.events import Event
+from trainbus.bus._events import Event
 
 __all__ = ["SlowJsonLines"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.orchestrator.config import call_factory, check_writable_dir, parse_train_config
 
 

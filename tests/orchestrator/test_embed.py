@@ -14,12 +14,12 @@ from typing import Any
 import anyio
 import pytest
 
-from trainbus.bus.events import Log, RunFinished
+from trainbus.bus._events import Log, RunFinished
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.run import Orchestrator, warm_up
 from trainbus.orchestrator.rundir import find_run_dir
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.loop import Trainer
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._trainer import Trainer
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 STEPS = 60

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.errors import JournalError
-from trainbus.bus.events import Evaluate, Log
-from trainbus.bus.journal import JournalReader
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._errors import JournalError
+from trainbus.bus._events import Evaluate, Log
+from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]

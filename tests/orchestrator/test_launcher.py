@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainbus.bus.events import Evaluate, RunStarted, StepEnd
-from trainbus.bus.journal import JournalReader
+from trainbus.bus._events import Evaluate, RunStarted, StepEnd
+from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.launcher import LAUNCHER
 from trainbus.orchestrator.rundir import find_run_dir
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.launcher import resolve_launcher
-from trainbus.trainer.loop import Trainer
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._launcher import resolve_launcher
+from trainbus.trainer._trainer import Trainer
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.sink import Sink
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._sink import Sink
 from trainbus.orchestrator.registry import (
     INTEGRATIONS,
     build_sinks,

@@ -7,11 +7,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Evaluate, Log, RunFinished, RunStarted, StepEnd
-from trainbus.bus.journal import JournalReader
-from trainbus.bus.stream import Subscription
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Evaluate, Log, RunFinished, RunStarted, StepEnd
+from trainbus.bus._journal import JournalReader
+from trainbus.bus._stream import Subscription
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.launcher import LAUNCHER
 from trainbus.orchestrator.run import Orchestrator

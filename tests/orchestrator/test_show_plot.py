@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from tests.orchestrator.test_run import fake_training
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.plot import collect_curves, plot_run
 from trainbus.orchestrator.run import Orchestrator
@@ -59,7 +59,7 @@ async def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 async def test_curves_split_losses_from_other_metrics(tmp_path: Path) -> None:
     """Train loss goes to the loss panel, eval accuracy to the metrics panel."""
-    from trainbus.bus.journal import JournalReader
+    from trainbus.bus._journal import JournalReader
 
     run_dir = await make_run(tmp_path, steps=4)
     losses, metrics = collect_curves(JournalReader(run_dir.journal_path).read_from(0))

@@ -10,9 +10,9 @@ import anyio
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Log, RunFinished, RunStarted, StepEnd
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Log, RunFinished, RunStarted, StepEnd
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.run import Orchestrator
 from trainbus.orchestrator.rundir import find_run_dir

@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.events import Artifact, Evaluate, Event, Log, RunFinished, RunStarted, RunStatus
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport
+from trainbus.bus._bus import Bus
+from trainbus.bus._events import Artifact, Evaluate, Event, Log, RunFinished, RunStarted, RunStatus
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
 
 T0 = 1_790_000_000.0
 CONFIG: dict[str, Any] = {

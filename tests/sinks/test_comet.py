@@ -18,8 +18,8 @@ import pytest
 
 from tests.sinks.comet_fake import FakeComet
 from tests.sinks.scripted import T0, deliver_through_bus, scripted_run, train_logs
-from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from trainbus.bus.events import Log
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Log
 from trainbus.sinks._comet_api import rest_base
 from trainbus.sinks.comet import OFFLINE_KEY, CometSink, upload_offline
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from tests.support.mlflow_server import MlflowServer
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.orchestrator.registry import available_integrations, build_sinks
 from trainbus.sinks.dagshub import DagsHubSink, parse_repo
 

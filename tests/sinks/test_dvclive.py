@@ -15,8 +15,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Artifact, ArtifactKind
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Artifact, ArtifactKind
 from trainbus.sinks.dvclive import DVCLiveSink
 
 pytest.importorskip("dvclive")

@@ -7,7 +7,7 @@ import email.utils
 import httpx
 import pytest
 
-from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.sinks._env import env_flag, env_int
 from trainbus.sinks._http import map_errors, parse_retry_after
 from trainbus.sinks._mlflow_api import chunk_batches, metric_entry

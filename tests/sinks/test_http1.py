@@ -17,7 +17,7 @@ import anyio.abc
 import httpx
 import pytest
 
-from trainbus.bus.errors import PermanentSinkError, RetryableSinkError
+from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
 from trainbus.sinks._http1 import Http1Client, env_proxy_for
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"

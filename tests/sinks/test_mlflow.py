@@ -22,9 +22,9 @@ from tests.sinks.scripted import (
     train_logs,
 )
 from tests.support.mlflow_server import MlflowServer
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Log, RunStarted
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Log, RunStarted
 from trainbus.sinks.mlflow import MLflowSink
 from trainbus.sinks.testing import FaultProxy
 

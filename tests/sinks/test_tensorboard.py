@@ -11,8 +11,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.sinks.scripted import T0, deliver_through_bus, eval_logs, scripted_run, train_logs
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Log, RunStarted
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Log, RunStarted
 from trainbus.sinks._tfrecord import crc32c, masked_crc32c, py_crc32c
 from trainbus.sinks.tensorboard import TensorBoardSink
 

@@ -17,8 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
-from trainbus.bus.errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from trainbus.bus.events import Artifact, Event, Log
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Artifact, Event, Log
 from trainbus.sinks.wandb import WandbSink, _map_errors
 
 pytest.importorskip("wandb")

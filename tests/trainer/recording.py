@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from trainbus.bus.events import RUN_EVENT_TYPES, Event
+from trainbus.bus._events import RUN_EVENT_TYPES, Event
 from trainbus.bus.testing import RecordingSink
 from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
-from trainbus.trainer.callbacks import EVENT_NAMES
-from trainbus.trainer.launcher import LocalLauncher
+from trainbus.trainer._callbacks import EVENT_NAMES
+from trainbus.trainer._launcher import LocalLauncher
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 TIME_LIMIT_S = 120

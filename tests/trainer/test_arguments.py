@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.trainer.arguments import TrainingArguments
+from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._arguments import TrainingArguments
 
 
 def test_defaults_follow_hugging_face() -> None:

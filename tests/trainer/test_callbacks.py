@@ -12,14 +12,14 @@ import anyio.from_thread
 import pytest
 from structlog.testing import capture_logs
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.events import HF_EVENT_TYPES, hook_name
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.callbacks import EVENT_NAMES, Hook, TrainerCallback
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.progress import PrinterCallback
-from trainbus.trainer.state import TrainerControl, TrainerState
+from trainbus.bus._bus import Bus
+from trainbus.bus._events import HF_EVENT_TYPES, hook_name
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._callbacks import EVENT_NAMES, Hook, TrainerCallback
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._progress import PrinterCallback
+from trainbus.trainer._state import TrainerControl, TrainerState
 
 ALL_FLAGS = dict.fromkeys(
     ["should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log"],

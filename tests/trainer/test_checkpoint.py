@@ -11,11 +11,11 @@ import safetensors.torch
 import torch
 
 from tests.trainer.recording import Run, make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Artifact
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Artifact
 from trainbus.trainer import EvalPrediction, TrainerCallback
-from trainbus.trainer.checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
-from trainbus.trainer.rng import capture_rng_state
+from trainbus.trainer._checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
+from trainbus.trainer._rng import capture_rng_state
 from trainbus.trainer.testing import TinyRegressor
 
 FILES = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from trainbus.trainer.data import iter_batches, train_dataloader
+from trainbus.trainer._data import iter_batches, train_dataloader
 
 
 class Numbers(Dataset[dict[str, torch.Tensor]]):

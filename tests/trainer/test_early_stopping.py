@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.early_stopping import EarlyStoppingCallback
-from trainbus.trainer.state import TrainerControl, TrainerState
+from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._early_stopping import EarlyStoppingCallback
+from trainbus.trainer._state import TrainerControl, TrainerState
 
 
 def evaluate_sequence(

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.trainer.recording import StopAt, make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.events import (
+from trainbus.bus._events import (
     RUN_EVENT_TYPES,
     Artifact,
     Log,
@@ -30,7 +30,7 @@ from trainbus.bus.events import (
     StepBegin,
     StepEnd,
 )
-from trainbus.bus.journal import JournalReader
+from trainbus.bus._journal import JournalReader
 from trainbus.trainer import TrainerCallback
 
 

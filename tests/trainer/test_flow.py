@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.state import TrainerControl, TrainerState
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._state import TrainerControl, TrainerState
 
 FLAGS = (
     "should_training_stop",

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from tests.trainer.recording import time_limit  # noqa: E402, F401  (autouse fixture)
 from trainbus.trainer import Trainer, TrainingArguments  # noqa: E402  (after the importorskip guard)
-from trainbus.trainer.launcher import LocalLauncher  # noqa: E402
+from trainbus.trainer._launcher import LocalLauncher  # noqa: E402
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor  # noqa: E402
 
 HOOKS = (

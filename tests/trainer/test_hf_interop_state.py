@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.early_stopping import EarlyStoppingCallback
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.state import TrainerControl, TrainerState, restore_callback_states
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._early_stopping import EarlyStoppingCallback
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._state import TrainerControl, TrainerState, restore_callback_states
 
 hf: Any = pytest.importorskip("transformers")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import (
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import (
     Evaluate,
     InitEnd,
     Log,
@@ -32,7 +32,7 @@ from trainbus.trainer import (
     TrainingArguments,
     default_data_collator,
 )
-from trainbus.trainer.launcher import LocalLauncher
+from trainbus.trainer._launcher import LocalLauncher
 from trainbus.trainer.testing import (
     LosslessModel,
     RegressionDataset,

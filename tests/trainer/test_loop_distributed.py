@@ -26,7 +26,7 @@ pytestmark = [
 
 def _worker(out: str) -> None:
     from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
-    from trainbus.trainer.launcher import LocalLauncher
+    from trainbus.trainer._launcher import LocalLauncher
     from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
     rank = int(os.environ["RANK"])

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import IterableDataset
 
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
-from trainbus.trainer.data import EpochSampler, move_to_device
-from trainbus.trainer.launcher import LocalLauncher
-from trainbus.trainer.optim import create_scheduler
-from trainbus.trainer.plan import plan_run, resume_point
+from trainbus.trainer._data import EpochSampler, move_to_device
+from trainbus.trainer._launcher import LocalLauncher
+from trainbus.trainer._optim import create_scheduler
+from trainbus.trainer._plan import plan_run, resume_point
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.trainer import loss as loss_module
-from trainbus.trainer.loss import LossSum, fold_on_device
+from trainbus.trainer import _loss as loss_module
+from trainbus.trainer._loss import LossSum, fold_on_device
 from trainbus.trainer.testing import TinyRegressor
 
 NAN, INF = float("nan"), float("inf")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import TrainingArguments
-from trainbus.trainer.optim import create_optimizer
+from trainbus.trainer._optim import create_optimizer
 from trainbus.trainer.testing import TinyRegressor
 
 

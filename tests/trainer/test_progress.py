@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.progress import PrinterCallback, ProgressCallback
-from trainbus.trainer.state import TrainerControl, TrainerState
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._progress import PrinterCallback, ProgressCallback
+from trainbus.trainer._state import TrainerControl, TrainerState
 
 ARGS = TrainingArguments(disable_tqdm=False)
 

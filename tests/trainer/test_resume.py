@@ -9,7 +9,7 @@ import torch
 from structlog.testing import capture_logs
 
 from tests.trainer.recording import Run, StopAt, make_run, time_limit  # noqa: F401  (autouse)
-from trainbus.bus.events import RunFinished
+from trainbus.bus._events import RunFinished
 from trainbus.trainer import EarlyStoppingCallback, EvalPrediction
 
 RESUME_ARGS: dict[str, Any] = {

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.early_stopping import EarlyStoppingCallback
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.progress import PrinterCallback
-from trainbus.trainer.state import TrainerControl, TrainerState, restore_callback_states
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._early_stopping import EarlyStoppingCallback
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._progress import PrinterCallback
+from trainbus.trainer._state import TrainerControl, TrainerState, restore_callback_states
 
 HF_FIELDS: dict[str, Any] = {
     "epoch": 0,

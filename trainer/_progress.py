@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from trainbus.trainer.callbacks import TrainerCallback
+from trainbus.trainer._callbacks import TrainerCallback
 
 if TYPE_CHECKING:
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["PrinterCallback", "ProgressCallback"]
 

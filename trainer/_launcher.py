@@ -25,13 +25,13 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.sink import Sink
-from trainbus.bus.worker import run_in_worker_thread
+from trainbus.bus._bus import Bus
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._sink import Sink
+from trainbus.bus._worker import run_in_worker_thread
 
 if TYPE_CHECKING:
-    from trainbus.trainer.loop import Trainer
+    from trainbus.trainer._trainer import Trainer
 
 __all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "Launcher", "LocalLauncher", "resolve_launcher"]
 

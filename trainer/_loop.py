@@ -1,10 +1,10 @@
 """The training loop itself: what ``Trainer.train()`` runs, from preparing to the summary log.
 
-``TrainingLoop`` is a mixin of ``trainbus.trainer.loop.Trainer``: the Trainer holds the public API
-(Hugging Face's), the run around the work (bus, events, launcher) and evaluation; this class holds
-the algorithm, in HF's order (spec §2.3-2.5): prepare, ``TrainBegin``, epochs of optimizer steps
-with their four events each, log/evaluate/save as the flags say, then the end of training. The state
-it shares with the Trainer is declared below; the Trainer sets all of it in ``__init__``.
+``TrainingLoop`` is a mixin of ``trainbus.trainer._trainer.Trainer``: the Trainer holds the public
+API (Hugging Face's), the run around the work (bus, events, launcher) and evaluation; this class
+holds the algorithm, in HF's order (spec §2.3-2.5): prepare, ``TrainBegin``, epochs of optimizer
+steps with their four events each, log/evaluate/save as the flags say, then the end of training. The
+state it shares with the Trainer is declared below; the Trainer sets all of it in ``__init__``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from trainbus.bus.bus import Bus
-from trainbus.bus.events import (
+from trainbus.bus._bus import Bus
+from trainbus.bus._events import (
     Artifact,
     EpochBegin,
     EpochEnd,
@@ -35,18 +35,18 @@ from trainbus.bus.events import (
     TrainBegin,
     TrainEnd,
 )
-from trainbus.trainer import checkpoint as ckpt
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.data import EpochSampler, has_length, iter_batches, move_to_device
-from trainbus.trainer.distributed import Distributed
-from trainbus.trainer.evaluation import TrainOutput, speed_metrics
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.loss import LossSum
-from trainbus.trainer.plan import ResumePoint, RunPlan, plan_run, resume_point
-from trainbus.trainer.resume import exportable_objects, load_state, warn_overridden_arguments
-from trainbus.trainer.rng import capture_rng_state, restore_rng_state
-from trainbus.trainer.run_info import record_best
-from trainbus.trainer.state import TrainerControl, TrainerState, restore_callback_states
+from trainbus.trainer import _checkpoint as ckpt
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._data import EpochSampler, has_length, iter_batches, move_to_device
+from trainbus.trainer._distributed import Distributed
+from trainbus.trainer._evaluation import TrainOutput, speed_metrics
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._loss import LossSum
+from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
+from trainbus.trainer._resume import exportable_objects, load_state, warn_overridden_arguments
+from trainbus.trainer._rng import capture_rng_state, restore_rng_state
+from trainbus.trainer._run_info import record_best
+from trainbus.trainer._state import TrainerControl, TrainerState, restore_callback_states
 
 __all__ = ["TrainingLoop"]
 
@@ -54,7 +54,7 @@ logger = structlog.get_logger(__name__)
 
 
 class TrainingLoop:
-    """The training algorithm of ``trainbus.trainer.loop.Trainer`` (see the module docstring)."""
+    """The training algorithm of ``Trainer`` (see the module docstring)."""
 
     args: TrainingArguments
     state: TrainerState

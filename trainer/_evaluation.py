@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import MetricValue
-from trainbus.trainer.data import move_to_device
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import MetricValue
+from trainbus.trainer._data import move_to_device
 
 __all__ = [
     "EvalLoopOutput",

@@ -1,6 +1,7 @@
 """Small rules the loop applies around a run: input checks, best-metric tracking, run identity.
 
-Kept out of ``trainbus.trainer.loop`` so that the loop reads as the sequence of events it publishes.
+Kept out of ``trainbus.trainer._trainer`` so that the loop reads as the sequence of events it
+publishes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.state import TrainerState
+from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._state import TrainerState
 
 __all__ = [
     "best_metric_key",

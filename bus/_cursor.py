@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from trainbus.bus.errors import JournalError
+from trainbus.bus._errors import JournalError
 
 __all__ = ["CursorStore"]
 

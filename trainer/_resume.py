@@ -1,7 +1,7 @@
 """Reading a checkpoint's ``trainer_state.json`` back, and which objects a checkpoint records.
 
-Callback states are restored (``trainbus.trainer.state.restore_callback_states``, HF spec §5.6) only
-with ``restore_callback_states_from_checkpoint``.
+Callback states are restored (``trainbus.trainer._state.restore_callback_states``, HF spec §5.6)
+only with ``restore_callback_states_from_checkpoint``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import structlog
 
-from trainbus.trainer.checkpoint import STATE_NAME
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.state import TrainerControl, TrainerState, is_exportable
+from trainbus.trainer._checkpoint import STATE_NAME
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._state import TrainerControl, TrainerState, is_exportable
 
 __all__ = ["exportable_objects", "load_state", "warn_overridden_arguments"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 
 __all__ = ["SCHEDULER_NAMES", "create_optimizer", "create_scheduler", "resolve_warmup_steps"]
 

@@ -4,7 +4,7 @@ The handler keeps Hugging Face's semantics (registration order, the per-event fl
 ``control`` threaded through the callbacks, the common keyword arguments) and adds two things:
 
 * For every event it precomputes the callbacks whose class really overrides that hook
-  (``trainbus.trainer.callbacks.overridden_hook``), so inherited no-op hooks cost nothing per step.
+  (``trainbus.trainer._callbacks.overridden_hook``), so inherited no-op hooks cost nothing per step.
 * ``async def`` hooks. With a ``bus`` attached, an event with such a hook goes through
   ``bus.barrier(hooks, args, state, control, **kwargs)``, which runs plain hooks inline and awaits
   coroutine hooks on the bus's event loop; an event with plain hooks only runs them inline here,
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex
 import anyio
 import structlog
 
-from trainbus.trainer.callbacks import EVENT_NAMES, Hook, overridden_hook
+from trainbus.trainer._callbacks import EVENT_NAMES, Hook, overridden_hook
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["Barrier", "CallbackHandler"]
 

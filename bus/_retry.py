@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 
 __all__ = ["RetryPolicy"]
 

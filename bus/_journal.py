@@ -31,8 +31,8 @@ from typing import BinaryIO, Final, NamedTuple
 import msgspec
 import structlog
 
-from trainbus.bus.errors import JournalCorruptError, JournalError
-from trainbus.bus.events import Event, decode_msgpack
+from trainbus.bus._errors import JournalCorruptError, JournalError
+from trainbus.bus._events import Event, decode_msgpack
 
 __all__ = [
     "FILE_MAGIC",

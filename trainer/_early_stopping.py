@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.trainer.callbacks import TrainerCallback
-from trainbus.trainer.state import ExportableState
+from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._callbacks import TrainerCallback
+from trainbus.trainer._state import ExportableState
 
 if TYPE_CHECKING:
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["EarlyStoppingCallback"]
 

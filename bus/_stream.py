@@ -15,8 +15,8 @@ from types import TracebackType
 import anyio
 import structlog
 
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import Event, EventBase
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import Event, EventBase
 
 __all__ = ["Subscription"]
 

@@ -21,13 +21,13 @@ from typing import Final
 
 import anyio
 
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.events import Event
-from trainbus.bus.journal import FILE_MAGIC, Record, decode_record, read_appended
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._events import Event
+from trainbus.bus._journal import FILE_MAGIC, Record, decode_record, read_appended
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
 
 __all__ = ["LiveJournal", "follow"]
 

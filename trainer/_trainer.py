@@ -13,11 +13,11 @@ control callbacks (the barrier) and keep the control they return. In order::
         EpochEnd, [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
       Log(summary), [load best model], TrainEnd, RunFinished(status)
 
-Features live in their own modules: the training algorithm itself (``trainbus.trainer.training``, a
-mixin of the Trainer), data loading (``trainbus.trainer.data``), run length and resume position
-(``trainbus.trainer.plan``), optimizer and schedules (``trainbus.trainer.optim``), files
-(``trainbus.trainer.checkpoint``), callback states (``trainbus.trainer.resume``), the prediction
-loop (``trainbus.trainer.evaluation``), several ranks (``trainbus.trainer.distributed``). The loss
+Features live in their own modules: the training algorithm itself (``trainbus.trainer._loop``, a
+mixin of the Trainer), data loading (``trainbus.trainer._data``), run length and resume position
+(``trainbus.trainer._plan``), optimizer and schedules (``trainbus.trainer._optim``), files
+(``trainbus.trainer._checkpoint``), callback states (``trainbus.trainer._resume``), the prediction
+loop (``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The loss
 is summed on the device and read back only when a log entry is written, so steps that do not log
 never wait for the device.
 """
@@ -35,9 +35,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from trainbus.bus.bus import Bus, Mark
-from trainbus.bus.errors import ConfigurationError
-from trainbus.bus.events import (
+from trainbus.bus._bus import Bus, Mark
+from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._events import (
     Artifact,
     Evaluate,
     EventBase,
@@ -48,17 +48,17 @@ from trainbus.bus.events import (
     RunFinished,
     RunStarted,
 )
-from trainbus.bus.sink import Sink
-from trainbus.trainer import checkpoint as ckpt
-from trainbus.trainer.arguments import TrainingArguments
-from trainbus.trainer.data import (
+from trainbus.bus._sink import Sink
+from trainbus.trainer import _checkpoint as ckpt
+from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._data import (
     DataCollator,
     default_data_collator,
     eval_dataloader,
     train_dataloader,
 )
-from trainbus.trainer.distributed import Distributed
-from trainbus.trainer.evaluation import (
+from trainbus.trainer._distributed import Distributed
+from trainbus.trainer._evaluation import (
     EvalLoopOutput,
     EvalPrediction,
     PredictionOutput,
@@ -68,16 +68,16 @@ from trainbus.trainer.evaluation import (
     prediction_loop,
     speed_metrics,
 )
-from trainbus.trainer.flow import DefaultFlowCallback
-from trainbus.trainer.handler import CallbackHandler
-from trainbus.trainer.launcher import Launcher, resolve_launcher
-from trainbus.trainer.loss import LossSum
-from trainbus.trainer.optim import create_optimizer, create_scheduler
-from trainbus.trainer.progress import PrinterCallback, ProgressCallback
-from trainbus.trainer.rng import set_seed
-from trainbus.trainer.run_info import check_arguments, run_config
-from trainbus.trainer.state import TrainerControl, TrainerState
-from trainbus.trainer.training import TrainingLoop
+from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._handler import CallbackHandler
+from trainbus.trainer._launcher import Launcher, resolve_launcher
+from trainbus.trainer._loop import TrainingLoop
+from trainbus.trainer._loss import LossSum
+from trainbus.trainer._optim import create_optimizer, create_scheduler
+from trainbus.trainer._progress import PrinterCallback, ProgressCallback
+from trainbus.trainer._rng import set_seed
+from trainbus.trainer._run_info import check_arguments, run_config
+from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["Trainer"]
 
@@ -91,7 +91,7 @@ class Trainer(TrainingLoop):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
     Beyond Hugging Face's arguments: ``launcher`` overrides the launcher found by name (see
-    ``trainbus.trainer.launcher``), and ``sinks`` adds sinks of the caller's own to every run.
+    ``trainbus.trainer._launcher``), and ``sinks`` adds sinks of the caller's own to every run.
     """
 
     def __init__(

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from trainbus.trainer.callbacks import TrainerCallback
+from trainbus.trainer._callbacks import TrainerCallback
 
 if TYPE_CHECKING:
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["DefaultFlowCallback"]
 

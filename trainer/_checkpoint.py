@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 
 __all__ = [
     "ARGS_NAME",

@@ -12,7 +12,7 @@ import math
 import sys
 from typing import NamedTuple
 
-from trainbus.bus.errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError
 
 __all__ = ["ResumePoint", "RunPlan", "plan_run", "resume_point"]
 

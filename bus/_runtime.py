@@ -25,13 +25,13 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.errors import PermanentSinkError, RetryableSinkError
-from trainbus.bus.events import Event
-from trainbus.bus.journal import JournalReader, Record, _decode
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkMode, SinkReport, SinkStats
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Event
+from trainbus.bus._journal import JournalReader, Record, _decode
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkMode, SinkReport, SinkStats
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "JournalSource", "SinkRunner", "replay"]
 
@@ -369,7 +369,7 @@ class SinkRunner:
 
     def _count_in_journal(self, seq: int) -> int:
         """Counted up to the source's ``last_seq`` and no further: past it, a journal that another
-        process still appends to (``trainbus.bus.follow``) may end in a record written only in
+        process still appends to (``trainbus.bus._follow``) may end in a record written only in
         part."""
         if not self._source.path.exists():
             return len(self._queue) + len(self._in_flight)

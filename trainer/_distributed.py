@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainbus.trainer.state import TrainerControl
+from trainbus.trainer._state import TrainerControl
 
 __all__ = ["Distributed"]
 

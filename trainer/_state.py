@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 if TYPE_CHECKING:
-    from trainbus.trainer.arguments import TrainingArguments
+    from trainbus.trainer._arguments import TrainingArguments
 
 __all__ = [
     "ExportableState",

@@ -1,7 +1,7 @@
 """`TrainerCallback`: Hugging Face's sixteen hooks, and how to tell which ones a callback uses.
 
 A hook inherited from a base class (ours, or ``transformers``' own ``TrainerCallback``) is a no-op,
-so ``overridden_hook`` returns ``None`` for it and the handler (``trainbus.trainer.handler``) never
+so ``overridden_hook`` returns ``None`` for it and the handler (``trainbus.trainer._handler``) never
 calls it: a callback pays only for the hooks it really implements.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 if TYPE_CHECKING:
-    from trainbus.trainer.arguments import TrainingArguments
-    from trainbus.trainer.state import TrainerControl, TrainerState
+    from trainbus.trainer._arguments import TrainingArguments
+    from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = [
     "EVENT_NAMES",

@@ -2,7 +2,7 @@
 
 A sink is an object with three coroutines: ``open()`` (all I/O starts here, never in ``__init__``),
 ``write(batch)`` (deliver a batch; return normally only once the remote end has accepted it) and
-``close()`` (flush whatever the sink buffers itself). The sink runtime (``trainbus.bus.runtime``)
+``close()`` (flush whatever the sink buffers itself). The sink runtime (``trainbus.bus._runtime``)
 owns everything else: the bounded queue, batching by count and latency, retries with backoff, the
 cursor into the journal, catch-up after an overflow, and isolation.
 
@@ -39,14 +39,14 @@ thread cannot be cancelled.
 ``write`` must be idempotent where the destination allows it: after a crash between the remote
 accepting a batch and the cursor being written, the runtime delivers that batch again
 (at-least-once). Raise ``RetryableSinkError`` for failures that may pass and
-``PermanentSinkError`` for those that never will; see ``trainbus.bus.errors``.
+``PermanentSinkError`` for those that never will; see ``trainbus.bus._errors``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainbus.bus.events import RUN_EVENT_TYPES, Event, EventBase
+from trainbus.bus._events import RUN_EVENT_TYPES, Event, EventBase
 
 __all__ = ["Sink"]
 

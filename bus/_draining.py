@@ -1,6 +1,6 @@
 """The bus's loop side: drain what the training side published, journal it, fan it out.
 
-``LoopSide`` is a mixin of ``trainbus.bus.bus.Bus`` (one object, two sides: see that module's
+``LoopSide`` is a mixin of ``trainbus.bus._bus.Bus`` (one object, two sides: see that module's
 docstring). Everything here runs on the bus's event loop: entering and leaving the bus (journal,
 sink runners, the drainer task), draining the pending deque in bursts into the journal and to every
 sink runner and live subscription, the polling that keeps a steadily publishing training thread from
@@ -26,15 +26,15 @@ import anyio.lowlevel
 import anyio.to_thread
 import structlog
 
-from trainbus.bus.cursor import CursorStore
-from trainbus.bus.errors import JournalError
-from trainbus.bus.events import Event, EventBase
-from trainbus.bus.journal import JournalWriter
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.runtime import SinkRunner
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport
-from trainbus.bus.stream import Subscription
+from trainbus.bus._cursor import CursorStore
+from trainbus.bus._errors import JournalError
+from trainbus.bus._events import Event, EventBase
+from trainbus.bus._journal import JournalWriter
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._runtime import SinkRunner
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
+from trainbus.bus._stream import Subscription
 
 __all__ = ["LoopSide"]
 
@@ -48,7 +48,7 @@ _IDLE_POLLS: Final = 10
 
 
 class LoopSide:
-    """The loop side of ``trainbus.bus.bus.Bus`` (see the module docstring)."""
+    """The loop side of ``trainbus.bus._bus.Bus`` (see the module docstring)."""
 
     run_id: str
     rank: int

@@ -6,7 +6,7 @@ I/O, and wakes the loop only when it is idle: once woken, the loop polls the deq
 ``wake_interval`` for as long as events keep coming, and the flag that says "a wake-up is on its
 way" stays set meanwhile, so a training thread that publishes steadily never pays for a wake-up (a
 system call and a GIL hand-over) at all. The *loop side* (``async with bus``; written in
-``trainbus.bus.draining``, a mixin of this class) drains the deque in bursts, appends each burst to
+``trainbus.bus._draining``, a mixin of this class) drains the deque in bursts, appends each burst to
 the journal with one write, and hands it to every sink runner and live subscription.
 
 Durability: the loop drains a burst at most ``wake_interval`` (100 ms) after its first event, and
@@ -37,15 +37,15 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from trainbus.bus.draining import LoopSide
-from trainbus.bus.errors import ConfigurationError, JournalError
-from trainbus.bus.events import ALL_EVENT_TYPES, Event, EventBase
-from trainbus.bus.journal import JournalWriter
-from trainbus.bus.retry import RetryPolicy
-from trainbus.bus.runtime import DEFAULT_QUEUE_SIZE, SinkRunner
-from trainbus.bus.sink import Sink
-from trainbus.bus.stats import SinkReport, SinkStats
-from trainbus.bus.stream import Subscription
+from trainbus.bus._draining import LoopSide
+from trainbus.bus._errors import ConfigurationError, JournalError
+from trainbus.bus._events import ALL_EVENT_TYPES, Event, EventBase
+from trainbus.bus._journal import JournalWriter
+from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport, SinkStats
+from trainbus.bus._stream import Subscription
 
 __all__ = ["Bus", "Hook", "Mark"]
 
@@ -186,10 +186,10 @@ class Bus(LoopSide):
         get the next ``seq`` numbers in order, under one lock and with one wake-up check. The
         training loop stamps the events that end an optimizer step as it goes and publishes them
         together, before any callback runs and before it publishes anything else (see
-        ``trainbus.trainer.loop.Trainer._flush_marks``), so among the training thread's events
+        ``trainbus.trainer._trainer.Trainer._flush_marks``), so among the training thread's events
         ``seq`` order is still the order they happened; an event another thread publishes meanwhile
         gets a lower ``seq`` than marks stamped before it. The types are not checked: the caller
-        passes members of ``trainbus.bus.events.Event`` only.
+        passes members of ``trainbus.bus._events.Event`` only.
         """
         if self._failure is not None:
             raise self._refusal()
