@@ -1,0 +1,135 @@
+"""What users install and import: one top-level name, ``trainbus``, that nothing shadows."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LAYERS = ("bus", "trainer", "sinks", "orchestrator")
+
+_NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs"
+)
+
+
+def _clean_copy(destination: Path) -> Path:
+    """The repository's tracked files (symlinks kept as links), without any build leftovers."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, timeout=60, check=False
+    )
+    if listed.returncode != 0:  # not a git checkout (an unpacked archive): copy the sources
+        shutil.copytree(ROOT, destination, symlinks=True, ignore=_NOT_SOURCES)
+        return destination
+    for name in listed.stdout.decode().split("\0"):
+        if not name:
+            continue
+        source, target = ROOT / name, destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(source.readlink())
+        elif source.is_file():
+            shutil.copy2(source, target)
+    return destination
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_trainbus_at_the_top_level(tmp_path: Path) -> None:
+    """A wheel built from a clean copy holds ``trainbus`` (four layers inside) and its dist-info."""
+    source = _clean_copy(tmp_path / "source")
+    built = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
+            *("--wheel-dir", str(tmp_path / "dist"), str(source)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("trainbus-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+
+    top_level = {name.split("/", 1)[0] for name in names}
+    (dist_info,) = [entry for entry in top_level if entry.endswith(".dist-info")]
+    assert top_level == {"trainbus", dist_info}
+    for layer in LAYERS:
+        assert f"trainbus/{layer}/__init__.py" in names, f"trainbus.{layer} is missing"
+        assert f"trainbus/{layer}/py.typed" in names
+    assert "trainbus/trainer/_loop.py" in names
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
+    assert "trainbus = trainbus.orchestrator.cli:main" in entry_points
+
+
+_USER_SCRIPT = """\
+import json
+import sys
+
+import bus
+import sinks
+import trainer
+
+from trainbus import Trainer, TrainingArguments
+from trainbus.trainer.testing import RegressionDataset, TinyRegressor
+
+args = TrainingArguments(
+    output_dir="out", max_steps=4, per_device_train_batch_size=8, logging_steps=2,
+    report_to=["tensorboard"], disable_tqdm=True, seed=0,
+)
+result = Trainer(model=TinyRegressor(), args=args, train_dataset=RegressionDataset()).train()
+json.dump(
+    {"steps": result.global_step, "mine": [trainer.MINE, bus.MINE, sinks.MINE]}, sys.stdout
+)
+"""
+
+
+def test_a_users_own_trainer_bus_and_sinks_modules_break_nothing(tmp_path: Path) -> None:
+    """Training runs from a directory with its own ``trainer.py``, ``bus.py`` and ``sinks.py``."""
+    for name in ("trainer", "bus", "sinks"):
+        (tmp_path / f"{name}.py").write_text(f"MINE = {name!r}\n")
+    (tmp_path / "train.py").write_text(_USER_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "train.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    last_line = done.stdout.strip().splitlines()[-1]
+    assert last_line == '{"steps": 4, "mine": ["trainer", "bus", "sinks"]}'
+    assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*")), "no TensorBoard file"
+
+
+def test_the_facade_exports_what_transformers_users_import() -> None:
+    """``from trainbus import ...`` gives the same objects as the layer packages do."""
+    import trainbus
+    from trainbus import bus, trainer
+
+    for name in (
+        "Trainer",
+        "TrainingArguments",
+        "TrainerCallback",
+        "TrainerState",
+        "TrainerControl",
+        "EarlyStoppingCallback",
+    ):
+        assert getattr(trainbus, name) is getattr(trainer, name)
+    assert trainbus.Bus is bus.Bus
+    assert trainbus.Sink is bus.Sink
+
+
+def test_importing_trainbus_loads_no_torch() -> None:
+    """``import trainbus`` is lazy: the bus layer stays usable without loading torch."""
+    code = "import sys, trainbus, trainbus.bus; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
