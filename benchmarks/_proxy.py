@@ -1,6 +1,6 @@
 """The latency proxy in front of the MLflow server, in a process of its own.
 
-``trainbus.sinks.testing.FaultProxy`` serves from a background thread of whoever starts it. The
+``tests.support.fault_proxy.FaultProxy`` serves from a background thread of whoever starts it. The
 contenders train in the benchmark process, and a proxy sharing their interpreter would take the GIL
 from them, which real network latency never does; so the benchmark starts the proxy here, in a child
 process, and talks to it only over TCP.
@@ -64,7 +64,7 @@ class LatencyProxy:
 
 def main() -> None:
     """Serve until SIGTERM or SIGINT."""
-    from trainbus.sinks.testing import FaultProxy
+    from tests.support.fault_proxy import FaultProxy
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", required=True)

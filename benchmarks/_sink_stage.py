@@ -137,10 +137,10 @@ class Stage:
         )
         latency = ["--latency", str(LATENCY_S)]
         self.mlflow_proxy = self.stack.enter_context(
-            _Child("-m", "trainbus.sinks.testing", "--upstream", self.mlflow.url, *latency)
+            _Child("-m", "tests.support.fault_proxy", "--upstream", self.mlflow.url, *latency)
         )
         self.comet_proxy = self.stack.enter_context(
-            _Child("-m", "trainbus.sinks.testing", "--upstream", self.comet.url, *latency)
+            _Child("-m", "tests.support.fault_proxy", "--upstream", self.comet.url, *latency)
         )
         return self
 

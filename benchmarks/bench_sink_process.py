@@ -3,8 +3,8 @@
 The trainbus ``Trainer`` trains the shared workload (``_common.Workload``) at ``logging_steps=1``,
 reporting through ``report_to`` and the integrations' environment variables, as a user starts it;
 MLflow (a real local ``mlflow server``) and Comet online (the local REST fake from the tests) are
-behind ``trainbus.sinks.testing.FaultProxy`` adding 200 ms to every request. Two loads, each a group
-of contenders run back to back in alternating rounds:
+behind ``tests.support.fault_proxy.FaultProxy`` adding 200 ms to every request. Two loads, each a
+group of contenders run back to back in alternating rounds:
 
 * **stress**: 200 extra scalars in every log entry through TensorBoard, MLflow and Comet at once
   (``bench_peers``' stress condition, with runs long enough to measure): no sink, the three sinks

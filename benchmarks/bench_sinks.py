@@ -5,9 +5,9 @@ Four questions, each answered with figures measured in this run:
 1. **Training speed with each sink behind a slow server.** The trainbus ``Trainer`` trains the
    shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, a no-op sink (the
    bus, journal and sink runtime alone), the TensorBoard sink, the MLflow sink and the Comet
-   sink, the remote ones behind ``trainbus.sinks.testing.FaultProxy`` adding 200 ms to every request
-   (MLflow: a real local ``mlflow server``; Comet: the local REST fake from the tests, as no
-   Comet server runs here; it keeps connections alive, as Comet's servers do); proxies and fake
+   sink, the remote ones behind ``tests.support.fault_proxy.FaultProxy`` adding 200 ms to every
+   request (MLflow: a real local ``mlflow server``; Comet: the local REST fake from the tests, as
+   no Comet server runs here; it keeps connections alive, as Comet's servers do); proxies and fake
    run in their own processes. Reported: steps/s and
    steps per CPU-second as ratios to no sink within each round of back-to-back runs (median over
    rounds), the ratio of each contender's best run to the best run without a sink (the target,

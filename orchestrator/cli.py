@@ -1,4 +1,5 @@
-"""``trainbus``: train from a TOML file, sync, show and plot run directories, run the demo.
+"""``trainbus``: train from a TOML file, sync, show and plot run directories, run the demo,
+upload an offline Comet run.
 
 Bad input (a malformed file, an unknown ``report_to`` name, a factory that does not import, an
 unwritable ``output_dir``, a path that is not a run directory) ends with exit code 2 and one line
@@ -92,7 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small MLP on scikit-learn's digits (no server)")
     demo.add_argument("--output-dir", default="trainbus-demo", help="where the run goes")
     demo.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    comet = sub.add_parser("comet-upload", help="upload a Comet run recorded offline (COMET_*)")
+    _add_comet_upload(comet)
     return parser
+
+
+def _add_comet_upload(comet: argparse.ArgumentParser) -> None:
+    comet.description = (
+        "Replay a run that the Comet sink recorded with COMET_START_ONLINE=0 into a new Comet "
+        "experiment (or COMET_EXPERIMENT_KEY's), on the server named by COMET_URL_OVERRIDE, "
+        "with COMET_API_KEY, COMET_WORKSPACE and COMET_PROJECT_NAME."
+    )
+    comet.add_argument(
+        "path",
+        type=Path,
+        help="the run's comet-offline.jsonl, a run directory, or an output_dir (newest run)",
+    )
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -164,7 +180,29 @@ def _demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.output_dir), quick=ns.quick)
 
 
-_COMMANDS = {"train": _train, "sync": _sync, "show": _show, "plot": _plot, "demo": _demo}
+def _comet_upload(ns: argparse.Namespace) -> int:
+    import os
+
+    from trainbus.orchestrator.rundir import find_run_dir
+    from trainbus.sinks.comet import OFFLINE_FILE, upload_offline
+
+    path: Path = ns.path
+    if path.is_dir():
+        run_dir = path if (path / OFFLINE_FILE).is_file() else find_run_dir(path).path
+        path = run_dir / OFFLINE_FILE
+    key = anyio.run(upload_offline, path, dict(os.environ))
+    print(f"uploaded {path} to Comet experiment {key}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _train,
+    "sync": _sync,
+    "show": _show,
+    "plot": _plot,
+    "demo": _demo,
+    "comet-upload": _comet_upload,
+}
 
 
 def _error(command: str, exc: BaseException) -> None:

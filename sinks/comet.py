@@ -14,7 +14,7 @@ Offline mode sends nothing: every request is appended to ``<run_dir>/comet-offli
 JSON object per line, each batch in one write. Upload it later, from any machine that can reach
 the server, with::
 
-    COMET_API_KEY=... COMET_WORKSPACE=... python -m sinks.comet upload RUN_DIR/comet-offline.jsonl
+    COMET_API_KEY=... COMET_WORKSPACE=... trainbus comet-upload RUN_DIR/comet-offline.jsonl
 
 which creates the experiment and replays each request in order (see ``upload_offline``).
 
@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -394,8 +392,13 @@ async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
     """Replay an offline file against the server named by ``env``; returns the experiment key.
 
     A new experiment is created (named after the run directory) unless ``COMET_EXPERIMENT_KEY``
-    names one; requests are sent in their original order.
+    names one; requests are sent in their original order. ``trainbus comet-upload`` calls this.
     """
+    if not path.is_file():
+        raise ConfigurationError(
+            f"offline file {str(path)!r} does not exist; expected the {OFFLINE_FILE} "
+            "that a run with COMET_START_ONLINE=0 wrote into its run directory"
+        )
     sink = CometSink.from_env(
         {**env, "COMET_START_ONLINE": "1"}, run_dir=path.parent, run_name=path.parent.name
     )
@@ -416,18 +419,3 @@ async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
     finally:
         await sink.close()
     return key
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sinks.comet upload FILE``: upload an offline run (see the module docstring)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] != "upload":
-        print("usage: python -m sinks.comet upload RUN_DIR/comet-offline.jsonl", file=sys.stderr)
-        return 2
-    key = anyio.run(upload_offline, Path(args[1]), dict(os.environ))
-    print(f"uploaded to Comet experiment {key}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -57,7 +57,7 @@ try:
 except ImportError:  # Python 3.10
     from typing_extensions import Self
 
-__all__ = ["SINGLE_VALUE_SCALARS", "LogModel", "WandbSink"]
+__all__ = ["LogModel", "SINGLE_VALUE_SCALARS", "WandbSink"]
 
 log = structlog.get_logger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.bus.conftest import MakeBus
-from trainbus.bus import Bus, EventBase, JournalReader, Log, StepBegin, StepEnd, TrainBegin
+from trainbus.bus import (
+    Bus,
+    Event,
+    EventBase,
+    JournalReader,
+    Log,
+    StepBegin,
+    StepEnd,
+    TrainBegin,
+)
 from trainbus.bus._errors import ConfigurationError, JournalError
 from trainbus.bus.testing import RecordingSink, capture_events
 
@@ -444,22 +454,32 @@ async def test_a_failed_start_leaves_nothing_open(make_bus: MakeBus, tmp_path: P
     assert [e.global_step for e in sink.received] == [1]
 
 
+class _WriteStarted(RecordingSink):
+    """A ``RecordingSink`` that tells the test when its first ``write`` began (blocked or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = anyio.Event()
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        self.started.set()
+        await super().write(batch)
+
+
 async def test_a_sink_that_ran_dry_gets_pending_events_before_the_next_poll(
     make_bus: MakeBus,
 ) -> None:
     """What was published while a sink was busy reaches it when it is done, not a poll later."""
-    sink = RecordingSink()
+    sink = _WriteStarted()
     with anyio.fail_after(10):
         async with make_bus([sink], wake_interval=60.0) as bus:  # the next poll is a minute away
             sink.block()
             bus.emit(StepEnd, global_step=1)
             await bus.drain()
-            while not sink.attempts:  # step 1 is being written, and blocked there
-                await anyio.sleep(0.01)
+            await sink.started.wait()  # step 1 is being written, and blocked there
             bus.emit(StepEnd, global_step=2)  # waits in the bus for its next poll
             sink.release()
-            while len(sink.received) < 2:
-                await anyio.sleep(0.01)
+            await sink.wait_for(2)
     assert [e.global_step for e in sink.received] == [1, 2]
 
 
@@ -470,9 +490,7 @@ async def test_events_published_on_the_loop_do_not_wait_for_the_poll(make_bus: M
     with anyio.fail_after(10):
         async with make_bus([sink], wake_interval=60.0) as bus:  # the timer would take a minute
             bus.emit(StepEnd, global_step=1)
-            while not sink.received:
-                await anyio.sleep(0.01)
+            await sink.wait_for(1)
             bus.emit(StepEnd, global_step=2)  # the loop is polling now: this one nudges it
-            while len(sink.received) < 2:
-                await anyio.sleep(0.01)
+            await sink.wait_for(2)
     assert [e.global_step for e in sink.received] == [1, 2]

@@ -147,7 +147,7 @@ def test_sync_completes_mlflow_after_sigkill_behind_a_slow_proxy(
     tmp_path: Path, mlflow_server: Any
 ) -> None:
     """MLflow behind a slow proxy at SIGKILL holds every loss point exactly once after sync."""
-    from trainbus.sinks.testing import FaultProxy
+    from tests.support.fault_proxy import FaultProxy
 
     experiment = f"kill-sync-{uuid.uuid4().hex[:8]}"
     with FaultProxy(mlflow_server.url, latency=0.3) as proxy:

@@ -117,18 +117,3 @@ def test_import_object_names_the_field() -> None:
         import_object("no_such_module_x:f", field="model")
     with pytest.raises(ConfigurationError, match="has no attribute 'nope'"):
         import_object("json:nope", field="model")
-
-
-def test_importing_the_orchestrator_is_light() -> None:
-    """``import orchestrator`` loads no torch, httpx, matplotlib or vendor SDK (fresh process)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, orchestrator; "
-        "heavy = ('torch', 'httpx', 'matplotlib', 'sklearn', 'mlflow', 'comet_ml'); "
-        "print(','.join(m for m in heavy if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == ""

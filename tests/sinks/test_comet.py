@@ -10,6 +10,8 @@ including the later upload.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,36 @@ async def test_offline_mode_keeps_everything_locally_then_uploads(tmp_path: Path
     experiment = comet.experiments[key]
     assert len(experiment.metrics) == len(metric_lines)
     assert experiment.others["trainbus_status"] == "completed"
+
+
+async def test_trainbus_comet_upload_replays_an_offline_run(tmp_path: Path) -> None:
+    """``trainbus comet-upload`` sends an offline run directory's requests to the server in the
+    environment and prints the experiment key; a path with no offline file is one line, exit 2."""
+    events = scripted_run(4, eval_every=2)
+    sink = CometSink.from_env({"COMET_START_ONLINE": "0"}, run_dir=tmp_path, run_name="offline")
+    with anyio.fail_after(10):
+        await sink.open()
+        await sink.write(events)
+        await sink.close()
+    written = sink.offline_path.read_text().splitlines()
+    with FakeComet() as comet:
+        env = {**os.environ, **_env(comet)}
+        command = [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "comet-upload"]
+        with anyio.fail_after(120):
+            done = await anyio.run_process([*command, str(tmp_path)], env=env, check=False)
+            missing = await anyio.run_process(
+                [*command, str(tmp_path / "nothing.jsonl")], env=env, check=False
+            )
+    assert done.returncode == 0, done.stderr.decode()
+    key = done.stdout.decode().split()[-1]
+    assert comet.rejected == []
+    experiment = comet.experiments[key]
+    metric_lines = [line for line in written if '"write/experiment/metric"' in line]
+    assert len(experiment.metrics) == len(metric_lines) > 0
+    assert experiment.others["trainbus_status"] == "completed"
+    assert missing.returncode == 2
+    assert missing.stderr.decode().count("\n") == 1
+    assert "nothing.jsonl" in missing.stderr.decode() and missing.stdout == b""
 
 
 async def test_offline_metric_lines_are_the_online_request_bodies(tmp_path: Path) -> None:

@@ -33,9 +33,25 @@ class Scripted:
     close_after_reply: bool = False
     requests: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     connections: int = 0
+    closed: int = 0
     url: str = ""
+    _closing: anyio.Event | None = None
+
+    async def wait_closed(self, count: int) -> None:
+        """Wait until the server has closed ``count`` connections (bound it with ``fail_after``)."""
+        while self.closed < count:
+            self._closing = anyio.Event()
+            await self._closing.wait()
 
     async def serve(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            await self._answer(stream)
+        finally:
+            self.closed += 1
+            if self._closing is not None:
+                self._closing.set()
+
+    async def _answer(self, stream: anyio.abc.SocketStream) -> None:
         self.connections += 1
         number = self.connections
         buffer = b""
@@ -127,7 +143,8 @@ async def test_a_connection_the_server_ends_is_not_reused() -> None:
     async with scripted(OK, OK, close_after_reply=True) as server:  # closed while idle
         lean = client(server.url)
         await lean.post("m", b"{}", "application/json")
-        await anyio.sleep(0.1)
+        with anyio.fail_after(5):
+            await server.wait_closed(1)
         await lean.post("m", b"{}", "application/json")
         await lean.aclose()
     assert server.connections == 2

@@ -21,12 +21,12 @@ from tests.sinks.scripted import (
     scripted_run,
     train_logs,
 )
+from tests.support.fault_proxy import FaultProxy
 from tests.support.mlflow_server import MlflowServer
 from trainbus.bus._bus import Bus
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Log, RunStarted
 from trainbus.sinks.mlflow import MLflowSink
-from trainbus.sinks.testing import FaultProxy
 
 pytestmark = pytest.mark.mlflow
 

@@ -1,4 +1,4 @@
-"""A latency and fault injecting HTTP proxy on 127.0.0.1, for tests and benchmarks.
+"""A latency and fault injecting HTTP proxy on 127.0.0.1, for the tests and the benchmarks.
 
 Put it between a sink and a real server to see what the sink does when the network misbehaves::
 
@@ -14,6 +14,9 @@ code under test can use any loop, or none. Requests are parsed with h11 and forw
 while the proxy is "down" it closes connections without answering, the way a dead server or a
 restarting load balancer looks to a client. Everything is bounded: ``stop()`` cancels every
 connection, and a forwarded request gives up after ``upstream_timeout`` seconds with a 504.
+
+It lives with the tests, not in the library: h11 is no dependency of trainbus (it arrives only
+through httpx's transport), and no user needs a fault proxy to train.
 """
 
 from __future__ import annotations
@@ -284,10 +287,13 @@ async def _respond(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m sinks.testing --upstream URL [--latency S] [--port N]``: serve until stopped.
+    """Serve until SIGTERM or SIGINT, printing the proxy URL on one line once listening.
 
-    Runs the proxy in its own process (benchmarks use this so the proxy's work does not compete
-    with the measured process for its GIL). Prints the proxy URL on one line once listening.
+    ``python -m tests.support.fault_proxy --upstream URL [--latency S] [--port N]``, run from the
+    repository root.
+
+    The proxy gets a process of its own, so its work does not compete with the measured process
+    for its GIL (the benchmarks start it this way).
     """
     import argparse
     import signal

@@ -1,4 +1,4 @@
-"""The latency/fault proxy used by the sink tests and benchmarks."""
+"""The latency and fault proxy that the sink tests and the benchmarks put in front of servers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from trainbus.sinks.testing import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 
 
 class _Echo(BaseHTTPRequestHandler):
