@@ -1,7 +1,7 @@
 """Per-sink cursors: the last journal ``seq`` a sink's destination acknowledged.
 
-A cursor moves only after the destination accepted a batch, and is replaced atomically (write a
-temporary file, then ``os.replace``), so after any crash it names a batch that really arrived. A
+A cursor moves only after the destination accepted a batch, and is replaced atomically
+(``trainbus.bus._files.replace_file``), so after any crash it names a batch that really arrived. A
 crash between the acknowledgement and the cursor write makes the next run or ``trainbus sync``
 send that batch again: delivery is at-least-once, never at-most-once.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from trainbus.bus._errors import JournalError
+from trainbus.bus._files import replace_file
 
 __all__ = ["CursorStore"]
 
@@ -56,10 +57,6 @@ class CursorStore:
             self._memory[sink_name] = seq
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(f"{seq}\n")
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # No fsync per batch (it runs per acknowledgement); a crash may lose only the last
+        # move, which at-least-once delivery absorbs by sending that batch again.
+        replace_file(path, b"%d\n" % seq, fsync=durable)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
+from trainbus.bus._files import replace_file
 from trainbus.bus._follow import follow
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.logging import configure_logging
@@ -70,12 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = msgspec.json.decode(sys.stdin.buffer.readline() or b"{}", type=dict[str, str])
     run_dir = find_run_dir(options.run_dir)
     reports = anyio.run(_host, run_dir, options.sink, options.deadline, env)
-    tmp = run_dir.path / (REPORT_NAME + ".tmp")
     # Owner-only: a sink's last error may quote a server's answer.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(reports))
-    os.replace(tmp, run_dir.path / REPORT_NAME)
+    replace_file(run_dir.path / REPORT_NAME, msgspec.json.encode(reports), mode=0o600)
     return 0
 
 

@@ -8,12 +8,12 @@ imported only here.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Evaluate, Event, Log
+from trainbus.bus._files import replace_file
 from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.rundir import RunDir
 
@@ -78,9 +78,7 @@ def plot_run(run_dir: RunDir, output: Path) -> Path:
                 ax.legend()
         fig.suptitle(run_dir.path.name)
         fig.tight_layout()
-        tmp = output.with_name(f".{output.name}.tmp")
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, output)
+        replace_file(output, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
     return output

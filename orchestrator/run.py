@@ -33,6 +33,7 @@ import anyio.to_thread
 import structlog
 
 from trainbus.bus._bus import Bus
+from trainbus.bus._env import env_flag
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import EventBase, RunFinished
 from trainbus.bus._sink import Sink
@@ -86,16 +87,6 @@ def _world() -> tuple[int, int]:
         return 0, 1
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment variable: 1/true/yes/on or 0/false/no/off (unset is false)."""
-    value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigurationError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {value!r}")
-
-
 def _factory_of(sink: Sink) -> str | None:
     """``module:Class`` of a sink class that can be rebuilt without arguments, for ``sync``."""
     cls = type(sink)
@@ -147,7 +138,7 @@ class Orchestrator:
         self._bus: Bus | None = None
         self._record: RunRecord | None = None
         self.sink_process = (
-            _flag(self.env, "TRAINBUS_SINK_PROCESS") if sink_process is None else sink_process
+            env_flag(self.env, "TRAINBUS_SINK_PROCESS") if sink_process is None else sink_process
         )
         """Run the ``report_to`` sinks in a child process (see
         ``trainbus.orchestrator.sink_host``)."""

@@ -26,6 +26,7 @@ from typing import Final, Literal
 import msgspec
 
 from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._files import replace_file
 
 __all__ = [
     "JOURNAL_NAME",
@@ -125,9 +126,8 @@ class RunDir:
 
     def write_record(self, record: RunRecord) -> None:
         """Replace ``run.json`` atomically."""
-        tmp = self.record_path.with_suffix(".json.tmp")
-        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n")
-        os.replace(tmp, self.record_path)
+        data = msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n"
+        replace_file(self.record_path, data)
 
     def read_record(self) -> RunRecord:
         """Load ``run.json``; a missing or unreadable one is a ``ConfigurationError``."""

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from trainbus.sinks._redact import redact, redact_url
+    from trainbus.bus._secrets import redact, redact_url
     from trainbus.sinks._rewrite import rewrite_logs
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
@@ -38,8 +38,8 @@ _LAZY = {
     "MLflowSink": "trainbus.sinks.mlflow",
     "TensorBoardSink": "trainbus.sinks.tensorboard",
     "WandbSink": "trainbus.sinks.wandb",
-    "redact": "trainbus.sinks._redact",
-    "redact_url": "trainbus.sinks._redact",
+    "redact": "trainbus.bus._secrets",
+    "redact_url": "trainbus.bus._secrets",
     "rewrite_logs": "trainbus.sinks._rewrite",
 }
 

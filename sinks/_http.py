@@ -21,7 +21,7 @@ from typing import Final
 import httpx
 
 from trainbus.bus._errors import PermanentSinkError, RetryableSinkError, SinkError
-from trainbus.sinks._redact import redact_url
+from trainbus.bus._secrets import redact_url
 
 __all__ = ["RETRYABLE_STATUS", "map_errors", "parse_retry_after", "status_error"]
 

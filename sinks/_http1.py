@@ -33,8 +33,8 @@ import anyio.abc
 import httpx
 
 from trainbus.bus._errors import RetryableSinkError
+from trainbus.bus._secrets import redact_url
 from trainbus.sinks._http import status_error
-from trainbus.sinks._redact import redact_url
 
 __all__ = ["Http1Client", "ProtocolError", "Reply", "env_proxy_for"]
 

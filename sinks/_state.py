@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from trainbus.bus._files import replace_file
 
 __all__ = ["load_state", "save_state"]
 
@@ -23,6 +24,4 @@ def load_state(path: Path) -> dict[str, Any]:
 def save_state(path: Path, state: Mapping[str, Any]) -> None:
     """Replace the file atomically: a crash leaves the old or the new state, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(state), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, (json.dumps(dict(state), indent=2, sort_keys=True) + "\n").encode())

@@ -45,8 +45,10 @@ import httpx
 import msgspec
 import structlog
 
+from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
 from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
 from trainbus.sinks._comet_api import (
     CometApi,
@@ -58,9 +60,7 @@ from trainbus.sinks._comet_api import (
     tags_body,
     times_body,
 )
-from trainbus.sinks._env import env_flag, env_str
 from trainbus.sinks._http1 import Http1Client, env_proxy_for
-from trainbus.sinks._redact import redact, redact_url
 from trainbus.sinks._rewrite import flatten, numeric_items, param_text, rewrite_logs
 from trainbus.sinks._state import load_state, save_state
 
@@ -164,10 +164,13 @@ class CometSink(Sink):
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
         """Chosen by ``report_to="all"`` when an API key, offline mode or a mode is configured."""
-        online = env.get("COMET_START_ONLINE", "").strip().upper()
-        return bool(env_str(env, "COMET_API_KEY") or online in ("0", "FALSE", "NO", "OFF")) or bool(
-            env_str(env, "COMET_MODE")
-        )
+        try:  # a bad value is from_env's error to raise, not report_to="all"'s
+            offline = env_str(env, "COMET_START_ONLINE") is not None and not env_flag(
+                env, "COMET_START_ONLINE"
+            )
+        except ConfigurationError:
+            offline = False
+        return bool(env_str(env, "COMET_API_KEY") or offline or env_str(env, "COMET_MODE"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:

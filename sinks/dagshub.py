@@ -37,11 +37,11 @@ from typing import Any, Final
 import httpx
 import msgspec
 
+from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
-from trainbus.sinks._env import env_flag, env_str
+from trainbus.bus._secrets import redact_url
 from trainbus.sinks._mlflow_api import MlflowApi, RunInfo
-from trainbus.sinks._redact import redact_url
 from trainbus.sinks.mlflow import MLflowSink
 
 try:

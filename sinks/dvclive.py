@@ -37,11 +37,11 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._env import env_flag, env_str
-from trainbus.sinks._redact import redact
 from trainbus.sinks._state import load_state, save_state
 
 try:

@@ -35,10 +35,11 @@ import anyio
 import httpx
 import structlog
 
+from trainbus.bus._env import env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
-from trainbus.sinks._env import env_flag, env_int, env_str
 from trainbus.sinks._mlflow_api import (
     MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH,
@@ -48,7 +49,6 @@ from trainbus.sinks._mlflow_api import (
     chunk_batches,
     metric_entry,
 )
-from trainbus.sinks._redact import redact, redact_url
 from trainbus.sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
 from trainbus.sinks._state import load_state, save_state
 

@@ -24,10 +24,10 @@ from typing import Any, Final, Protocol
 
 import structlog
 
+from trainbus.bus._env import env_str
 from trainbus.bus._events import Event, Log, RunFinished, RunStarted
+from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._env import env_str
-from trainbus.sinks._redact import redact
 from trainbus.sinks._rewrite import rewrite_logs
 from trainbus.sinks._state import load_state, save_state
 from trainbus.sinks._tfrecord import EventFileWriter, encode_scalars, encode_text

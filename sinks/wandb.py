@@ -39,6 +39,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import (
     ConfigurationError,
     PermanentSinkError,
@@ -46,9 +47,8 @@ from trainbus.bus._errors import (
     SinkError,
 )
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._env import env_flag, env_str
-from trainbus.sinks._redact import redact
 from trainbus.sinks._rewrite import rewrite_logs
 from trainbus.sinks._state import load_state, save_state
 

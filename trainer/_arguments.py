@@ -20,7 +20,9 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from trainbus.bus._env import env_int
 from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._secrets import is_secret
 
 if TYPE_CHECKING:
     import torch
@@ -42,17 +44,11 @@ OPTIMIZERS: Final = ("adamw_torch_fused", "adamw_torch")
 """Valid values of ``optim``: torch's AdamW, fused (Hugging Face v5's default) or not."""
 TOKEN_COUNTING: Final = ("all", "non_padding", "no")
 """Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
-_SECRET_MARKERS: Final = ("token", "key", "password", "secret")
 
 
 def _plain(value: Any) -> Any:
     """Turn a `transformers` str-enum (``IntervalStrategy.STEPS``) into its plain string."""
     return value.value if isinstance(value, enum.Enum) else value
-
-
-def _is_secret(name: str) -> bool:
-    """``hub_token`` or ``api_key`` are secrets; ``include_num_input_tokens_seen`` is not."""
-    return any(part in _SECRET_MARKERS for part in name.split("_"))
 
 
 @dataclasses.dataclass(repr=False)
@@ -145,7 +141,7 @@ class TrainingArguments:
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if _is_secret(field.name) and value is not None:
+            if is_secret(field.name) and value is not None:
                 value = f"<{field.name.upper()}>"
             elif isinstance(value, list):
                 value = list(value)
@@ -229,15 +225,9 @@ class TrainingArguments:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"Environment variable {name} must be an integer, got {raw!r}."
-        ) from None
+    """torchrun's ``LOCAL_RANK``/``RANK``/``WORLD_SIZE``, or ``default`` when unset."""
+    value = env_int(os.environ, name)
+    return default if value is None else value
 
 
 def _distributed_value(getter: str, env: str, default: int) -> int:

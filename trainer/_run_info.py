@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._secrets import redact
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._state import TrainerState
 
@@ -106,7 +107,12 @@ def json_safe(value: Any) -> Any:
 
 
 def run_config(args: TrainingArguments, model: nn.Module) -> dict[str, Any]:
-    """The fields of ``RunStarted``: arguments (secrets already masked) and model config."""
+    """The fields of ``RunStarted``: arguments and model config, secrets masked.
+
+    The event goes to the journal on disk and to every sink, so secrets are masked here, once,
+    before anything sees it: argument fields as ``to_dict`` names them (``"<HUB_TOKEN>"``), and
+    any secret-named key or URL password in the model config or the arguments' values.
+    """
     config = getattr(model, "config", None)
     to_dict = getattr(config, "to_dict", None)
     hparams = json_safe(to_dict()) if callable(to_dict) else {}
@@ -114,6 +120,6 @@ def run_config(args: TrainingArguments, model: nn.Module) -> dict[str, Any]:
         "run_name": args.run_name or "",
         "output_dir": args.output_dir,
         "world_size": args.world_size,
-        "config": json_safe(args.to_dict()),
-        "hparams": hparams,
+        "config": redact(json_safe(args.to_dict())),
+        "hparams": redact(hparams),
     }

@@ -14,12 +14,13 @@ import dataclasses
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+
+from trainbus.bus._files import replace_file
 
 if TYPE_CHECKING:
     from trainbus.trainer._arguments import TrainingArguments
@@ -228,15 +229,8 @@ class TrainerState:
     def save_to_json(self, json_path: str | os.PathLike[str]) -> None:
         """Write ``trainer_state.json`` as Hugging Face does; atomically, via a sibling file."""
         text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
-        path = Path(json_path)
-        # A plain open (not mkstemp) so the file gets the usual permissions, like Hugging Face's.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # The usual permissions (not mkstemp's owner-only), like Hugging Face's file.
+        replace_file(json_path, text.encode("utf-8"))
 
     @classmethod
     def load_from_json(cls, json_path: str | os.PathLike[str]) -> TrainerState:

@@ -7,11 +7,11 @@ import email.utils
 import httpx
 import pytest
 
+from trainbus.bus._env import env_flag, env_int
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from trainbus.sinks._env import env_flag, env_int
+from trainbus.bus._secrets import redact, redact_url
 from trainbus.sinks._http import map_errors, parse_retry_after
 from trainbus.sinks._mlflow_api import chunk_batches, metric_entry
-from trainbus.sinks._redact import redact, redact_url
 from trainbus.sinks._rewrite import flatten, numeric_items, rewrite_logs, sanitize_key
 
 

@@ -1,0 +1,84 @@
+"""The one reader of settings from environment variables: text, booleans and whole numbers.
+
+Used by the sinks (Hugging Face's integration variables), the orchestrator
+(``TRAINBUS_SINK_PROCESS``) and the trainer (torchrun's ``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``),
+so every variable accepts the same spellings and a bad value gets the same one-line error.
+
+Booleans accept Hugging Face's true values (``1``, ``ON``, ``YES``, ``TRUE``), their false
+counterparts and the empty string (false), in any case and with surrounding blanks. Where Hugging
+Face quietly reads any other value as false, a value here that is neither raises a
+`ConfigurationError`: ``DISABLE_MLFLOW_INTEGRATION=ture`` should not silently mean "enabled".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from trainbus.bus._errors import ConfigurationError
+
+__all__ = ["env_flag", "env_int", "env_str"]
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_EXPECTED_FLAG: Final = "expected one of 1/0/true/false/yes/no/on/off"
+
+
+def env_str(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value with surrounding blanks removed; ``None`` when unset or empty.
+
+    Args:
+        env: the environment to read (``os.environ`` or a copy handed in by the caller).
+        name: the variable.
+    """
+    value = env.get(name)
+    if value is None:
+        return None
+    return value.strip() or None
+
+
+def env_flag(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
+    """A boolean variable (see the module docstring for the spellings).
+
+    Args:
+        env: the environment to read.
+        name: the variable.
+        default: the answer when the variable is unset; set but empty means false.
+
+    Raises:
+        ConfigurationError: the value is not a boolean spelling; the message names the variable.
+    """
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name}={raw!r} is not a boolean; {_EXPECTED_FLAG}")
+
+
+def env_int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:
+    """A whole-number variable, at least ``minimum``; ``None`` when unset or empty.
+
+    Args:
+        env: the environment to read.
+        name: the variable.
+        minimum: the smallest value accepted.
+
+    Raises:
+        ConfigurationError: the value is not a whole number, or is below ``minimum``.
+    """
+    raw = env_str(env, name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a whole number; expected an integer >= {minimum}"
+        ) from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}={raw!r} is too small; expected an integer >= {minimum}")
+    return value
