@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from trainbus.bus import _world
 from trainbus.bus._errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -188,11 +189,11 @@ class TrainingArguments:
 
     @property
     def world_size(self) -> int:
-        return _distributed_value("get_world_size", "WORLD_SIZE", 1)
+        return _world.world_size()
 
     @property
     def process_index(self) -> int:
-        return _distributed_value("get_rank", "RANK", 0)
+        return _world.world_rank()
 
     @property
     def local_process_index(self) -> int:
@@ -238,16 +239,6 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigurationError(
             f"Environment variable {name} must be an integer, got {raw!r}."
         ) from None
-
-
-def _distributed_value(getter: str, env: str, default: int) -> int:
-    """Read from an initialised process group first; fall back to torchrun's variables."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        value: int = getattr(dist, getter)()
-        return value
-    return _env_int(env, default)
 
 
 # --- validation -------------------------------------------------------------------------------
