@@ -319,7 +319,9 @@ class Trainer(TrainingLoop):
 
     def _launcher(self, launcher: Launcher | None) -> Launcher:
         """The call's launcher, else the trainer's, else the one installed (or the local one)."""
-        return launcher or self.launcher or resolve_launcher()
+        if launcher is not None:
+            return launcher
+        return self.launcher if self.launcher is not None else resolve_launcher()
 
     def _run_blocking(self, body: Callable[[], T], launcher: Launcher | None = None) -> T:
         if self._bus is not None:  # already inside a run (a callback calling evaluate())
