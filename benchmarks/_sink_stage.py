@@ -8,17 +8,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.from_thread
 import httpx
 
 from trainbus.bus._bus import Bus
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._sink import Sink
+from trainbus.bus._stats import SinkReport
 from trainbus.sinks.comet import CometSink
 from trainbus.sinks.mlflow import MLflowSink
 from trainbus.sinks.tensorboard import TensorBoardSink
@@ -58,9 +57,12 @@ class RunLauncher:
         self.close_deadline = close_deadline
         self.loop_thread: int | None = None
         """``threading.get_ident()`` of the thread running the bus's loop (and every sink)."""
+        self.report: Mapping[str, SinkReport] | None = None
+        """Per sink, what was delivered and what is left, once the run closed."""
 
-    def _bus(self, trainer: Any) -> Bus:
-        return Bus(
+    @contextlib.asynccontextmanager
+    async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:
+        bus = Bus(
             run_id=self.run_dir.name,
             journal_path=self.run_dir / "journal.tbj",
             cursor_dir=self.run_dir / "cursors",
@@ -69,20 +71,10 @@ class RunLauncher:
             # Remote trackers come back within seconds; do not sleep a minute between tries.
             retry_policy=RetryPolicy(max_backoff=2.0),
         )
-
-    def run_blocking(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
-        bus = self._bus(trainer)
-        with (
-            anyio.from_thread.start_blocking_portal() as portal,
-            portal.wrap_async_context_manager(bus),
-        ):
-            self.loop_thread = portal.call(threading.get_ident)
-            result = work(bus)
+        self.loop_thread = threading.get_ident()
+        async with bus:
+            yield bus
         self.report = bus.report
-        return result
-
-    async def run_async(self, trainer: Any, work: Callable[[Bus], Any]) -> Any:
-        raise NotImplementedError("the benchmark trains synchronously")
 
 
 def thread_cpu_s(ident: int | None) -> float:

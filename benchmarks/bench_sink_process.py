@@ -122,9 +122,11 @@ def _train(stage: Stage, contender: Contender, seconds: float) -> dict[str, Any]
     # The integrations read their settings from the environment, as a user's shell sets them.
     _with_env(
         env,
-        lambda: Orchestrator.for_trainer(
-            trainer, flush_timeout=2.0, sink_process=contender.sink_process
-        ).run_blocking(lambda _bus: trainer.train()),
+        lambda: trainer.train(
+            launcher=Orchestrator.for_trainer(
+                trainer, flush_timeout=2.0, sink_process=contender.sink_process
+            )
+        ),
     )
     timed = stamps[WARMUP_STEPS:]
     return {

@@ -1,4 +1,4 @@
-"""trainbus orchestrator: the run lifecycle, ``report_to``, the launcher, the CLI and sync.
+"""trainbus orchestrator: the run lifecycle, ``report_to``, the trainer's launcher, CLI and sync.
 
 Importing it pulls in neither torch nor a vendor SDK; the trainer and the sinks are imported when
 a run needs them.
@@ -7,7 +7,6 @@ a run needs them.
 from __future__ import annotations
 
 from trainbus.orchestrator.config import TrainConfig, load_train_config, parse_train_config
-from trainbus.orchestrator.launcher import LAUNCHER, OrchestratorLauncher
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.registry import INTEGRATIONS, available_integrations, resolve_report_to
 from trainbus.orchestrator.run import Orchestrator, warm_up
@@ -17,9 +16,7 @@ from trainbus.orchestrator.sync import sync_run
 
 __all__ = [
     "INTEGRATIONS",
-    "LAUNCHER",
     "Orchestrator",
-    "OrchestratorLauncher",
     "RunDir",
     "RunRecord",
     "RunSummary",

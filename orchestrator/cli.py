@@ -125,7 +125,7 @@ def _train(ns: argparse.Namespace) -> int:
     from trainbus.orchestrator.show import format_summary, summarize
 
     orch = prepared.orchestrator
-    orch.run_blocking(lambda _bus: prepared.trainer.train())
+    prepared.trainer.train()  # its launcher is the prepared orchestrator (prepare_run)
     print(format_summary(summarize(orch.run_dir), orch.run_dir))
     return 0
 

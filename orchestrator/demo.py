@@ -69,11 +69,8 @@ def run_demo(output_dir: Path, *, quick: bool = False) -> int:
     trainer = prepared.trainer
     started = time.perf_counter()
 
-    def work(_bus: object) -> dict[str, Any]:
-        trainer.train()
-        return dict(trainer.evaluate())
-
-    metrics = prepared.orchestrator.run_blocking(work)
+    trainer.train()  # the trainer's launcher is the prepared orchestrator: one run for both
+    metrics = dict(trainer.evaluate())
     elapsed = time.perf_counter() - started
     run_dir: RunDir = prepared.orchestrator.run_dir
     summary = summarize(run_dir)

@@ -3,6 +3,10 @@
 The names are Hugging Face's, so a ``report_to`` copied from a ``transformers`` script means the
 same thing here. Each name maps to a ``"module:Class"`` string imported only when that integration
 is chosen (or probed for ``"all"``), so a vendor SDK is never imported unless it is used.
+
+A sink class may offer two class methods: ``is_available(env)`` (may ``"all"`` pick it here?) and
+``from_env(env, *, run_dir, run_name)`` (build it from the environment); without them it is always
+available and built with no arguments.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import importlib
 import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, cast, runtime_checkable
+from typing import Any, Final, cast
 
 import structlog
 
@@ -19,9 +23,7 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._sink import Sink
 
 __all__ = [
-    "EXPLICIT_ONLY",
     "INTEGRATIONS",
-    "SinkFactory",
     "available_integrations",
     "build_sinks",
     "import_object",
@@ -45,17 +47,6 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "swanlab": None,
 }
 """Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""
-
-
-@runtime_checkable
-class SinkFactory(Protocol):
-    """What a registered sink class offers besides the ``Sink`` interface."""
-
-    @classmethod
-    def is_available(cls, env: Mapping[str, str]) -> bool: ...
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Sink: ...
 
 
 def import_object(spec: str, *, field: str) -> Any:
@@ -123,13 +114,13 @@ def _is_available(name: str, env: Mapping[str, str]) -> bool:
     return bool(probe(env)) if callable(probe) else True
 
 
-EXPLICIT_ONLY: Final = frozenset({"flyte"})
+_EXPLICIT_ONLY: Final = frozenset({"flyte"})
 """Names ``"all"`` never picks, as in Hugging Face: they must be asked for by name."""
 
 
 def available_integrations(env: Mapping[str, str]) -> list[str]:
     """The implemented integrations whose requirements ``env`` and the installed packages meet."""
-    return [n for n in INTEGRATIONS if n not in EXPLICIT_ONLY and _is_available(n, env)]
+    return [n for n in INTEGRATIONS if n not in _EXPLICIT_ONLY and _is_available(n, env)]
 
 
 def resolve_report_to(report_to: str | Sequence[str] | None, env: Mapping[str, str]) -> list[str]:

@@ -1,8 +1,8 @@
 """The ``Orchestrator``: the loop side of one run (bus, journal, sinks) and its run directory.
 
 Training runs in a worker thread; the orchestrator's event loop (the host application's, or the
-blocking portal the launcher starts for plain scripts) runs the bus and every sink task, so a slow
-sink never stalls a step and the host's other tasks keep running::
+blocking portal ``Trainer.train()`` starts for plain scripts) runs the bus and every sink task, so a
+slow sink never stalls a step and the host's other tasks keep running::
 
     async with anyio.create_task_group() as tg:
         async with Orchestrator(output_dir="out", report_to=["tensorboard"]) as orch:
@@ -11,27 +11,30 @@ sink never stalls a step and the host's other tasks keep running::
 
 Everything that can fail on user input (``report_to`` names, a writable ``output_dir``) is checked
 in ``__aenter__`` before the run directory is created.
+
+An ``Orchestrator`` is also a trainer's launcher (``open_run``, see ``trainbus.trainer._launcher``):
+``orch.train(trainer)`` hands it to ``trainer.train_async`` and the trainer trains on the open bus;
+a trainer built with ``Trainer(launcher=orch)`` (as ``trainbus train`` does) opens this run for each
+call and closes it after, so ``evaluate()`` after ``train()`` continues the same run.
 """
 
 from __future__ import annotations
 
-import contextvars
 import importlib
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
-import anyio.from_thread
-import anyio.to_thread
 import structlog
 
+from trainbus.bus import _world
 from trainbus.bus._bus import Bus
 from trainbus.bus._env import env_flag
 from trainbus.bus._errors import ConfigurationError
@@ -46,16 +49,10 @@ from trainbus.orchestrator.registry import build_sinks, resolve_report_to
 from trainbus.orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
 from trainbus.orchestrator.sink_host import SinkHost
 
-__all__ = ["Orchestrator", "active_orchestrator", "warm_up"]
+__all__ = ["Orchestrator", "warm_up"]
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
-
-active_orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.ContextVar(
-    "trainbus_active_orchestrator", default=None
-)
-"""The run whose worker thread is executing; the launcher reuses its bus instead of opening one."""
-
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _LAZY_TORCH_MODULES = ("torch._dynamo", "torch.distributed.tensor")
@@ -77,14 +74,6 @@ def warm_up() -> None:
             importlib.import_module(name)
         except ImportError:  # a torch build without these parts never imports them later either
             continue
-
-
-def _world() -> tuple[int, int]:
-    """World rank and size as torchrun exports them (1 process when unset)."""
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 0, 1
 
 
 def _factory_of(sink: Sink) -> str | None:
@@ -112,7 +101,6 @@ class Orchestrator:
         flush_timeout: float = 30.0,
         sink_process: bool | None = None,
     ) -> None:
-        env_rank, env_world = _world()
         self.flush_timeout = flush_timeout
         """Seconds the sinks get at close; what they have not delivered by then waits for sync."""
         self.output_dir = Path(output_dir)
@@ -125,8 +113,9 @@ class Orchestrator:
                 f"got {self.run_id!r}"
             )
         self.run_name = run_name or self.run_id
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
+        # One source with the trainer's TrainingArguments: the process group, then RANK/WORLD_SIZE.
+        self.rank = _world.world_rank() if rank is None else rank
+        self.world_size = _world.world_size() if world_size is None else world_size
         self.env: Mapping[str, str] = dict(os.environ) if env is None else env
         self.run_dir = RunDir.for_run(
             self.output_dir, self.run_id, rank=self.rank, world_size=self.world_size
@@ -146,13 +135,19 @@ class Orchestrator:
 
     @classmethod
     def for_trainer(cls, trainer: Any, **overrides: Any) -> Orchestrator:
-        """An orchestrator set up from a trainer's ``TrainingArguments`` (the launcher's way)."""
+        """An orchestrator set up from a trainer's ``TrainingArguments`` and ``sinks``.
+
+        Rank and world size are the trainer's (``args.process_index``, ``args.world_size``), so
+        the run directory and the rank-zero-only sinks agree with what the trainer does.
+        """
         args = trainer.args
         settings: dict[str, Any] = {
             "output_dir": args.output_dir,
             "run_name": args.run_name,
             "report_to": args.report_to,
-            "sinks": list(getattr(trainer, "sinks", ()) or ()),
+            "sinks": list(trainer.sinks),
+            "rank": args.process_index,
+            "world_size": args.world_size,
         }
         settings.update(overrides)
         return cls(**settings)
@@ -295,15 +290,11 @@ class Orchestrator:
             return self._record.status
         return reported or "completed"
 
-    def mark(self, status: RecordStatus, error: str | None = None) -> None:
-        """Record how training ended (``stopped`` by a callback, ``failed`` ...) before closing."""
-        if self._record is not None:
-            self._record.status = status
-            self._record.error = error
-
     def _mark_error(self, exc: BaseException) -> None:
-        status: RecordStatus = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
-        self.mark(status, f"{type(exc).__name__}: {exc}")
+        """Record the work's own failure, even if the caller catches it inside ``async with``."""
+        if self._record is not None:
+            self._record.status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._record.error = f"{type(exc).__name__}: {exc}"
 
     # --- running work -------------------------------------------------------------------------
 
@@ -318,49 +309,41 @@ class Orchestrator:
         bus = self.bus
 
         def in_run() -> T:
-            # A Trainer inside ``work`` asks the launcher for a bus and gets this run's, instead
-            # of opening a second run.
-            token = active_orchestrator.set(self)
             try:
                 return work(bus)
             except BaseException as exc:  # the work's own failure, not a cancelled caller
                 self._mark_error(exc)
                 raise
-            finally:
-                active_orchestrator.reset(token)
 
         return await run_in_worker_thread(in_run, on_cancel=on_cancel or _nothing)
 
-    def run_blocking(self, work: Callable[[Bus], T], *, backend: str = "asyncio") -> T:
-        """Open this run on a loop in a background thread and run ``work(bus)`` on this thread.
+    @asynccontextmanager
+    async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:
+        """The trainer's launcher protocol: the bus of this run, for one trainer call.
 
-        The way for plain scripts and the CLI: training keeps the main thread (signals, debuggers,
-        CUDA context) while the bus and sinks run on a blocking portal's loop.
+        Inside ``async with`` (``orch.train``) it lends the open bus and the run stays open for
+        the caller; otherwise it opens the run for the call and closes it after. ``trainer`` is
+        not read again: the run was configured when this orchestrator was built.
         """
-        with (
-            anyio.from_thread.start_blocking_portal(backend) as portal,
-            portal.wrap_async_context_manager(self),
-        ):
-            token = active_orchestrator.set(self)
+        if self._bus is not None:
             try:
-                return work(self.bus)
-            except BaseException as exc:
+                yield self._bus
+            except anyio.get_cancelled_exc_class():
+                raise  # the caller was cancelled: the training stopped and said so itself
+            except BaseException as exc:  # the training's own failure
                 self._mark_error(exc)
                 raise
-            finally:
-                active_orchestrator.reset(token)
+            return
+        async with self:
+            yield self.bus
 
     async def train(self, trainer: Any, **train_kwargs: Any) -> Any:
-        """Run ``trainer.train(**train_kwargs)`` in a worker thread on this run's bus.
+        """Run ``trainer.train_async(**train_kwargs)`` on this run's bus (a worker thread).
 
         Cancelling the caller sets ``trainer.control.should_training_stop``: the loop stops after
         the current step, as if a callback had asked, and the run closes normally.
         """
-
-        def stop() -> None:
-            trainer.request_stop()
-
-        return await self.run_in_thread(lambda _bus: trainer.train(**train_kwargs), on_cancel=stop)
+        return await trainer.train_async(**train_kwargs, launcher=self)
 
     def events(self, *types: type[EventBase], max_buffer: int = 1024) -> Subscription:
         """Watch the run live: events published from now on (of ``types``, or all), in order.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,14 @@ __all__ = ["PreparedRun", "prepare_run"]
 
 @dataclass
 class PreparedRun:
-    """A trainer built from a config file, and the orchestrator that will own its run."""
+    """A trainer built from a config file, and the orchestrator that will own its run.
+
+    The trainer's launcher is that orchestrator: ``trainer.train()`` then ``trainer.evaluate()``
+    open and continue the one run.
+    """
 
     trainer: Any
     orchestrator: Orchestrator
-    sinks: list[Sink] = field(default_factory=list)
 
 
 def _arguments(config: TrainConfig, overrides: Mapping[str, Any]) -> Any:
@@ -111,4 +114,5 @@ def prepare_run(
         sinks=sinks,
     )
     orchestrator = Orchestrator.for_trainer(trainer, env=environ, flush_timeout=flush_timeout)
-    return PreparedRun(trainer=trainer, orchestrator=orchestrator, sinks=sinks)
+    trainer.launcher = orchestrator
+    return PreparedRun(trainer=trainer, orchestrator=orchestrator)

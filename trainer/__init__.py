@@ -9,7 +9,7 @@ from trainbus.trainer._early_stopping import EarlyStoppingCallback
 from trainbus.trainer._evaluation import EvalPrediction, PredictionOutput, TrainOutput
 from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
-from trainbus.trainer._launcher import Launcher, LocalLauncher, resolve_launcher
+from trainbus.trainer._launcher import Launcher, LocalLauncher
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
 from trainbus.trainer._state import ExportableState, TrainerControl, TrainerState
@@ -33,6 +33,5 @@ __all__ = [
     "TrainerState",
     "TrainingArguments",
     "default_data_collator",
-    "resolve_launcher",
     "set_seed",
 ]

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from trainbus.bus._env import env_int
+from trainbus.bus import _world
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._secrets import is_secret
 
@@ -184,15 +184,15 @@ class TrainingArguments:
 
     @property
     def world_size(self) -> int:
-        return _distributed_value("get_world_size", "WORLD_SIZE", 1)
+        return _world.world_size()
 
     @property
     def process_index(self) -> int:
-        return _distributed_value("get_rank", "RANK", 0)
+        return _world.world_rank()
 
     @property
     def local_process_index(self) -> int:
-        return _env_int("LOCAL_RANK", 0)
+        return _world.local_rank()
 
     @property
     def should_log(self) -> bool:
@@ -222,22 +222,6 @@ class TrainingArguments:
         if self.warmup_steps >= 1:
             return int(self.warmup_steps)
         return math.ceil(num_training_steps * self.warmup_steps)
-
-
-def _env_int(name: str, default: int) -> int:
-    """torchrun's ``LOCAL_RANK``/``RANK``/``WORLD_SIZE``, or ``default`` when unset."""
-    value = env_int(os.environ, name)
-    return default if value is None else value
-
-
-def _distributed_value(getter: str, env: str, default: int) -> int:
-    """Read from an initialised process group first; fall back to torchrun's variables."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        value: int = getattr(dist, getter)()
-        return value
-    return _env_int(env, default)
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""How a ``Trainer`` finds the bus of its run without importing the orchestrator.
+"""How a ``Trainer`` gets the bus of its run without importing the orchestrator.
 
-The orchestrator registers a launcher under the entry-point group ``trainbus.launchers`` (name
-``default``). A launcher owns the run's lifecycle around the training work: it starts an event
-loop (or uses the caller's), opens the run's ``Bus`` with its journal and sinks, hands the bus to
-``work``, and closes it (flushing the sinks) whatever ``work`` did. The same ``work(bus)`` serves a
-plain script (``run_blocking``) and an async service (``run_async``).
+The seam is one method: a ``Launcher`` opens the bus of one run of a trainer, as an async context
+manager (journal, sinks and run directory on entry; flushed and closed on exit). Everything else
+is the trainer's and written once here: ``launch_blocking`` (``train()``: the bus's loop in a
+blocking-portal thread, training on the caller's thread) and ``launch_async`` (``train_async()``:
+the bus on the caller's loop, training in a worker thread).
 
-``TRAINBUS_LAUNCHER`` picks another registered name; ``TRAINBUS_LAUNCHER=local`` (or no entry
-point at all) selects ``LocalLauncher``: a bus with no journal and no sinks, enough for control
-callbacks and in-process sinks added by tests.
+Which launcher a call uses, first match wins:
+
+1. the one passed to the call (``Orchestrator.train`` hands over itself, and with it its open bus);
+2. ``Trainer(launcher=...)`` (``trainbus train`` hands over the orchestrator it prepared);
+3. the entry point named by ``$TRAINBUS_LAUNCHER`` (default ``default``) in the group
+   ``trainbus.launchers``; the orchestrator registers ``default`` there;
+4. ``LocalLauncher``: a bus with no journal and no sinks, when ``TRAINBUS_LAUNCHER=local`` or no
+   entry point is registered (a checkout that was never installed).
+
+The local launcher cannot honour ``report_to``, and never ignores it silently: integrations named
+explicitly (``report_to=["tensorboard"]``) are an error before training starts, and the default
+``"all"`` is one warning per trainer (``report_to="none"`` says nothing was asked for).
 """
 
 from __future__ import annotations
@@ -16,13 +25,13 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
-import anyio
 import anyio.from_thread
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._bus import Bus
@@ -33,7 +42,15 @@ from trainbus.bus._worker import run_in_worker_thread
 if TYPE_CHECKING:
     from trainbus.trainer._trainer import Trainer
 
-__all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "Launcher", "LocalLauncher", "resolve_launcher"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
+    "Launcher",
+    "LocalLauncher",
+    "launch_async",
+    "launch_blocking",
+    "resolve_launcher",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -45,61 +62,98 @@ T = TypeVar("T")
 
 @runtime_checkable
 class Launcher(Protocol):
-    """Runs ``work(bus)`` inside an open run: from a plain thread or from a running event loop."""
+    """Opens the bus of one run of a trainer: the one thing the trainer needs from outside."""
 
-    def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-        """Start a loop in a background thread, open the bus there, run ``work`` on this thread."""
+    def open_run(self, trainer: Trainer) -> AbstractAsyncContextManager[Bus]:
+        """The run's bus, open inside ``async with``; closing it flushes the sinks.
+
+        ``trainer`` supplies what the run needs (``args.output_dir``, ``args.report_to``, its own
+        ``sinks``). Entered on the event loop that will serve the bus.
+        """
         ...
 
-    async def run_async(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-        """Open the bus on the running loop and run ``work`` in a worker thread."""
-        ...
+
+def launch_blocking(launcher: Launcher, trainer: Trainer, work: Callable[[Bus], T]) -> T:
+    """Run ``work(bus)`` on this thread while the bus's loop runs in a blocking-portal thread.
+
+    Training keeps the caller's thread (signals, debuggers and the CUDA context stay where users
+    expect them); the journal and the sinks run on the portal's loop.
+    """
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(launcher.open_run(trainer)) as bus,
+    ):
+        return work(bus)
+
+
+async def launch_async(launcher: Launcher, trainer: Trainer, work: Callable[[Bus], T]) -> T:
+    """Open the bus on the running loop and run ``work(bus)`` in a worker thread.
+
+    The host application's loop stays responsive. Cancelling the caller asks the training to stop
+    after its current step (``trainer.request_stop()``) and waits for the thread, so the run never
+    closes under a live training loop.
+    """
+    async with launcher.open_run(trainer) as bus:
+        return await run_in_worker_thread(
+            functools.partial(work, bus), on_cancel=trainer.request_stop
+        )
+
+
+_warned: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Trainers already told that ``report_to="all"`` has no sinks here: one warning each."""
+
+
+def _check_report_to(trainer: Trainer, reason: str) -> None:
+    """Refuse integrations the local launcher cannot start; warn once under ``"all"``."""
+    report_to = trainer.args.report_to
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if names in ([], ["none"]):
+        return
+    if names != ["all"]:
+        raise ConfigurationError(
+            f"report_to={names!r} needs the trainbus orchestrator to start those sinks, but "
+            f"{reason}; install trainbus (pip install -e .) or set report_to='none'"
+        )
+    if trainer not in _warned:
+        _warned.add(trainer)
+        logger.warning(
+            "report_to_not_honoured",
+            report_to="all",
+            reason=reason,
+            consequence="no sinks, no journal and no run directory for this trainer",
+            hint="install trainbus (pip install -e .) or set report_to='none'",
+        )
 
 
 class LocalLauncher:
-    """The fallback: a bus with no journal, its loop in a blocking-portal thread.
+    """A bus with no journal: control callbacks and in-process sinks only.
 
-    ``sinks`` (none by default) are handed to every run's bus, with the trainer's own
-    ``Trainer(sinks=...)``: in-process consumers such as a test's ``RecordingSink``.
-    ``backend`` is the anyio backend of the portal's loop.
+    ``sinks`` (none by default) join every run's bus, with the trainer's own ``Trainer(sinks=...)``:
+    in-process consumers such as a test's ``RecordingSink``. ``reason`` says in the ``report_to``
+    error or warning why no orchestrator runs this trainer.
     """
 
-    def __init__(self, *, sinks: Sequence[Sink] = (), backend: str = "asyncio") -> None:
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[Sink] = (),
+        reason: str = "the trainer was given LocalLauncher()",
+    ) -> None:
         self.sinks = tuple(sinks)
-        self.backend = backend
+        self.reason = reason
 
-    def _bus(self, trainer: Trainer) -> Bus:
+    def open_run(self, trainer: Trainer) -> AbstractAsyncContextManager[Bus]:
+        """A bus for ``trainer``'s sinks and ours; ``report_to`` is checked first, here."""
+        _check_report_to(trainer, self.reason)
         sinks = [*self.sinks, *trainer.sinks]
         return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=sinks)
 
-    def run_blocking(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-        """Run ``work`` on the calling thread while the bus's loop runs in a portal thread."""
-        bus = self._bus(trainer)
-        with (
-            anyio.from_thread.start_blocking_portal(self.backend) as portal,
-            portal.wrap_async_context_manager(bus),
-        ):
-            return work(bus)
 
-    async def run_async(self, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-        """Run ``work`` in a worker thread so the caller's loop stays responsive.
-
-        Cancelling the caller asks the loop to stop after its current step (as a callback
-        setting ``should_training_stop`` would) and waits for it.
-        """
-
-        def stop() -> None:
-            trainer.request_stop()
-
-        async with self._bus(trainer) as bus:
-            return await run_in_worker_thread(functools.partial(work, bus), on_cancel=stop)
-
-
-def resolve_launcher(name: str | None = None) -> Launcher:
-    """The launcher named by ``name``, ``$TRAINBUS_LAUNCHER`` or ``default``; local as fallback."""
-    wanted = name or os.environ.get(ENV_VAR) or "default"
+def resolve_launcher() -> Launcher:
+    """The launcher ``$TRAINBUS_LAUNCHER`` names (``default`` when unset); local as the fallback."""
+    wanted = os.environ.get(ENV_VAR) or "default"
     if wanted == "local":
-        return LocalLauncher()
+        return LocalLauncher(reason=f"{ENV_VAR}=local selects the local launcher")
     found = entry_points(group=ENTRY_POINT_GROUP, name=wanted)
     if not found:
         if wanted != "default":
@@ -107,21 +161,17 @@ def resolve_launcher(name: str | None = None) -> Launcher:
                 f"{ENV_VAR}={wanted!r} names no launcher; expected 'local' or one registered under "
                 f"the entry-point group {ENTRY_POINT_GROUP!r}"
             )
-        return LocalLauncher()
+        return LocalLauncher(
+            reason=f"no launcher is registered under the entry-point group {ENTRY_POINT_GROUP!r}"
+        )
     entry = next(iter(found))
     try:
         loaded: Any = entry.load()
     except (ImportError, AttributeError) as exc:
-        logger.warning(
-            "launcher unavailable, using the local launcher",
-            launcher=wanted,
-            target=entry.value,
-            error=str(exc),
-        )
-        return LocalLauncher()
+        return LocalLauncher(reason=f"the launcher {entry.value!r} does not import ({exc})")
     launcher = loaded() if isinstance(loaded, type) else loaded
     if not isinstance(launcher, Launcher):
         raise ConfigurationError(
-            f"the launcher {entry.value!r} registered as {wanted!r} has no run_blocking/run_async"
+            f"the launcher {entry.value!r} registered as {wanted!r} has no open_run(trainer) method"
         )
     return launcher

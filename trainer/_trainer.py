@@ -70,7 +70,7 @@ from trainbus.trainer._evaluation import (
 )
 from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
-from trainbus.trainer._launcher import Launcher, resolve_launcher
+from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._loss import LossSum
 from trainbus.trainer._optim import create_optimizer, create_scheduler
@@ -90,8 +90,9 @@ Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
 class Trainer(TrainingLoop):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
-    Beyond Hugging Face's arguments: ``launcher`` overrides the launcher found by name (see
-    ``trainbus.trainer._launcher``), and ``sinks`` adds sinks of the caller's own to every run.
+    Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs instead of the one
+    found by entry point (see ``trainbus.trainer._launcher``), and ``sinks`` adds sinks of the
+    caller's own to every run.
     """
 
     def __init__(
@@ -159,15 +160,35 @@ class Trainer(TrainingLoop):
 
     # --- public API -----------------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint: bool | str | None = None) -> TrainOutput:
-        """Train in this thread while the run's bus lives on a background event loop."""
-        return self._run_blocking(functools.partial(self._train, resume_from_checkpoint))
+    def train(
+        self,
+        resume_from_checkpoint: bool | str | None = None,
+        *,
+        launcher: Launcher | None = None,
+    ) -> TrainOutput:
+        """Train in this thread while the run's bus lives on a background event loop.
 
-    async def train_async(self, resume_from_checkpoint: bool | str | None = None) -> TrainOutput:
-        """Train in a worker thread; the running event loop hosts the bus and the sinks."""
-        launcher = self.launcher or resolve_launcher()
+        ``launcher`` opens this call's run instead of the trainer's own (see
+        ``trainbus.trainer._launcher``).
+        """
         body = functools.partial(self._train, resume_from_checkpoint)
-        return await launcher.run_async(self, functools.partial(self._work, body))
+        return self._run_blocking(body, launcher)
+
+    async def train_async(
+        self,
+        resume_from_checkpoint: bool | str | None = None,
+        *,
+        launcher: Launcher | None = None,
+    ) -> TrainOutput:
+        """Train in a worker thread; the running event loop hosts the bus and the sinks.
+
+        ``launcher`` opens this call's run instead of the trainer's own; ``Orchestrator.train``
+        passes itself, so training joins its open run.
+        """
+        body = functools.partial(self._train, resume_from_checkpoint)
+        return await launch_async(
+            self._launcher(launcher), self, functools.partial(self._work, body)
+        )
 
     def evaluate(
         self,
@@ -296,14 +317,19 @@ class Trainer(TrainingLoop):
 
     # --- the run around the work ----------------------------------------------------------------
 
-    def _run_blocking(self, body: Callable[[], T]) -> T:
+    def _launcher(self, launcher: Launcher | None) -> Launcher:
+        """The call's launcher, else the trainer's, else the one installed (or the local one)."""
+        if launcher is not None:
+            return launcher
+        return self.launcher if self.launcher is not None else resolve_launcher()
+
+    def _run_blocking(self, body: Callable[[], T], launcher: Launcher | None = None) -> T:
         if self._bus is not None:  # already inside a run (a callback calling evaluate())
             return body()
-        launcher = self.launcher or resolve_launcher()
-        return launcher.run_blocking(self, functools.partial(self._work, body))
+        return launch_blocking(self._launcher(launcher), self, functools.partial(self._work, body))
 
     def _work(self, body: Callable[[], T], bus: Bus) -> T:
-        """What a launcher runs: bracket ``body`` with ``RunStarted`` and ``RunFinished``."""
+        """Bracket ``body`` with ``RunStarted`` and ``RunFinished`` on the launcher's bus."""
         self._bus = self.callback_handler.bus = bus
         # Events stamped but never published (the last run's bus refused them) are not this
         # run's; and the handler may have been replaced since __init__.

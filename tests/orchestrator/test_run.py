@@ -13,7 +13,6 @@ from trainbus.bus._events import Evaluate, Log, RunFinished, RunStarted, StepEnd
 from trainbus.bus._journal import JournalReader
 from trainbus.bus._stream import Subscription
 from trainbus.bus.testing import RecordingSink
-from trainbus.orchestrator.launcher import LAUNCHER
 from trainbus.orchestrator.run import Orchestrator
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
 
@@ -126,24 +125,6 @@ def test_remote_sinks_are_skipped_on_other_ranks(tmp_path: Path) -> None:
     assert [s.sink_name for s in sinks] == ["local"]
     assert orch.run_dir.path.name.endswith("-rank1")
     assert [s.name for s in record.sinks] == ["local"]
-
-
-def test_launcher_reuses_the_active_run(tmp_path: Path) -> None:
-    """Work started through the launcher inside a run's thread lands in that run's journal."""
-
-    class FakeTrainer:
-        class args:
-            output_dir = str(tmp_path)
-            run_name = "fake"
-            report_to = "none"
-
-    def outer(bus: Bus) -> Bus:
-        return LAUNCHER.run_blocking(FakeTrainer(), lambda inner: inner)  # type: ignore[arg-type]
-
-    orch = Orchestrator.for_trainer(FakeTrainer())
-    inner_bus = orch.run_blocking(outer)
-    assert inner_bus.run_id == orch.run_id
-    assert len(list((tmp_path / "trainbus").iterdir())) == 1
 
 
 async def test_sync_refuses_a_run_whose_process_is_alive(tmp_path: Path) -> None:

@@ -298,6 +298,77 @@ def test_plain_script_falls_back_to_the_local_launcher(
     assert trainer.train().global_step == 2
 
 
+def test_named_integrations_without_an_orchestrator_fail_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``report_to=["tensorboard"]`` with no orchestrator to start it is one clear error, raised
+    before training starts, never a run that silently writes nowhere."""
+    monkeypatch.setenv("TRAINBUS_LAUNCHER", "local")  # as in a checkout that was never installed
+    out = tmp_path / "out"
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=2, disable_tqdm=True, report_to=["tensorboard"]
+    )
+    trainer = Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(8))
+    with pytest.raises(ConfigurationError, match=r"report_to=\['tensorboard'\] needs") as caught:
+        trainer.train()
+    assert "TRAINBUS_LAUNCHER=local" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert trainer.state.global_step == 0
+    assert not out.exists()
+
+
+def test_report_to_all_without_an_orchestrator_warns_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under the default ``report_to="all"`` the local launcher trains and says once (not once
+    per call) that nothing is reported; ``report_to="none"`` asked for nothing and hears nothing."""
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv("TRAINBUS_LAUNCHER", "local")
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, disable_tqdm=True)
+    assert args.report_to == "all"
+    trainer = Trainer(
+        TinyRegressor(), args, train_dataset=RegressionDataset(8), eval_dataset=RegressionDataset(8)
+    )
+    quiet = Trainer(
+        TinyRegressor(),
+        TrainingArguments(
+            output_dir=str(tmp_path), max_steps=2, disable_tqdm=True, report_to="none"
+        ),
+        train_dataset=RegressionDataset(8),
+    )
+    with capture_logs() as logs:
+        assert trainer.train().global_step == 2
+        trainer.evaluate()
+        quiet.train()
+    warnings = [e for e in logs if e["event"] == "report_to_not_honoured"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["report_to"] == "all"
+    assert "TRAINBUS_LAUNCHER=local" in warnings[0]["reason"]
+
+
+def test_a_launcher_passed_to_the_call_wins_over_the_trainers(tmp_path: Path) -> None:
+    """``train(launcher=...)`` opens that call's run; the trainer's own launcher serves the rest."""
+    own, passed = RecordingSink("own"), RecordingSink("passed")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=2, disable_tqdm=True, report_to="none"
+    )
+    trainer = Trainer(
+        TinyRegressor(),
+        args,
+        train_dataset=RegressionDataset(8),
+        eval_dataset=RegressionDataset(8),
+        launcher=LocalLauncher(sinks=[own]),
+    )
+    trainer.train(launcher=LocalLauncher(sinks=[passed]))
+    trainer.evaluate()
+    assert any(isinstance(e, StepEnd) for e in passed.received)
+    assert not any(isinstance(e, Evaluate) for e in passed.received)
+    assert any(isinstance(e, Evaluate) for e in own.received)
+    assert not any(isinstance(e, StepEnd) for e in own.received)
+
+
 @pytest.mark.parametrize("launcher", ["local", "default"])
 def test_trainer_sinks_receive_the_whole_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, launcher: str
@@ -345,7 +416,7 @@ def test_train_async_on_trio(tmp_path: Path) -> None:
     import anyio
 
     trainer, run = _async_trainer(tmp_path)
-    trainer.launcher = LocalLauncher(sinks=[run.sink], backend="trio")
+    trainer.launcher = LocalLauncher(sinks=[run.sink])
 
     async def main() -> int:
         with anyio.fail_after(60):
