@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from inspect import iscoroutine
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -37,6 +36,7 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
+from trainbus.bus._dispatch import Hook, adispatch, dispatch
 from trainbus.bus._draining import LoopSide
 from trainbus.bus._errors import ConfigurationError, JournalError
 from trainbus.bus._events import ALL_EVENT_TYPES, Event, EventBase
@@ -53,8 +53,6 @@ log = structlog.get_logger(__name__)
 
 E = TypeVar("E", bound=EventBase)
 C = TypeVar("C")
-Hook = Callable[..., Any]
-"""A control callback: ``hook(args, state, control, **kwargs)``, plain or ``async def``."""
 Mark = tuple[type[EventBase], float, int, float]
 """An envelope-only event stamped by its publisher: ``(event_type, time, global_step, epoch)``."""
 
@@ -284,31 +282,28 @@ class Bus(LoopSide):
         replaces the control object the next hook sees, and the last one is returned. Plain
         hooks run inline on the calling thread; ``async def`` hooks are awaited on the bus's
         loop while the caller waits, after the loop drained what was published before them.
-        Exceptions propagate, as in Hugging Face.
+        Exceptions propagate, as in Hugging Face. (The loop is ``trainbus.bus._dispatch``.)
         """
-        for hook in hooks:
-            result = hook(args, state, control, **kwargs)
-            if result is not None:
-                if iscoroutine(result):
-                    result = self._await_on_loop(result)
-                    if result is None:
-                        continue
-                control = result
-        return control
+        return dispatch(hooks, args, state, control, kwargs, self.settle)
 
     async def abarrier(
         self, hooks: Sequence[Hook], args: Any, state: Any, control: C, **kwargs: Any
     ) -> C:
         """``barrier`` for code already on the bus's loop (plain hooks then run on the loop)."""
-        for hook in hooks:
-            result = hook(args, state, control, **kwargs)
-            if iscoroutine(result):
-                if self._token is not None:
-                    await self.drain()
-                result = await result
-            if result is not None:
-                control = result
-        return control
+        return await adispatch(hooks, args, state, control, kwargs, self._asettle)
+
+    def settle(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Await a hook's coroutine on the bus's loop (after a drain) and return its result.
+
+        What ``barrier`` does with an ``async def`` hook, for a caller that dispatches hooks
+        itself. Without a running loop the coroutine runs in place with `anyio.run`.
+        """
+        return self._await_on_loop(coro)
+
+    async def _asettle(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        if self._token is not None:
+            await self.drain()
+        return await coro
 
     def _await_on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
         token = self._token

@@ -7,8 +7,11 @@ calls it: a callback pays only for the hooks it really implements.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from trainbus.bus._dispatch import Hook
+from trainbus.bus._events import HF_EVENT_TYPES, hook_name
 
 if TYPE_CHECKING:
     from trainbus.trainer._arguments import TrainingArguments
@@ -22,31 +25,12 @@ __all__ = [
     "overridden_hook",
 ]
 
-EVENT_NAMES: Final = (
-    "on_init_end",
-    "on_train_begin",
-    "on_train_end",
-    "on_epoch_begin",
-    "on_epoch_end",
-    "on_step_begin",
-    "on_substep_end",
-    "on_pre_optimizer_step",
-    "on_optimizer_step",
-    "on_step_end",
-    "on_evaluate",
-    "on_predict",
-    "on_save",
-    "on_log",
-    "on_prediction_step",
-    "on_push_begin",
-)
-"""The sixteen hooks, in the order Hugging Face documents them."""
+EVENT_NAMES: Final = tuple(hook_name(event_type) for event_type in HF_EVENT_TYPES)
+"""The sixteen hook names, one per Hugging Face event of the bus's union (``StepEnd`` ->
+``on_step_end``): the events are the one place they are written."""
 
 HookResult: TypeAlias = "TrainerControl | Awaitable[TrainerControl | None] | None"
 """What a hook returns: nothing, a replacement control, or (``async def``) an awaitable of those."""
-
-Hook = Callable[..., Any]
-"""A bound ``on_*`` method: ``(args, state, control, **kwargs) -> TrainerControl | None``."""
 
 
 class TrainerCallback:

@@ -7,22 +7,24 @@ The handler keeps Hugging Face's semantics (registration order, the per-event fl
   (``trainbus.trainer._callbacks.overridden_hook``), so inherited no-op hooks cost nothing per step.
 * ``async def`` hooks. With a ``bus`` attached, an event with such a hook goes through
   ``bus.barrier(hooks, args, state, control, **kwargs)``, which runs plain hooks inline and awaits
-  coroutine hooks on the bus's event loop; an event with plain hooks only runs them inline here,
-  exactly as the barrier would, without the extra hop. Without a bus, an event that has coroutine
-  hooks is run to completion in place with `anyio.run`; from inside a running event loop that is
-  impossible, so the handler raises `RuntimeError` telling the caller to attach a bus.
+  coroutine hooks on the bus's event loop; an event with plain hooks only runs them here with the
+  bus's own dispatch loop (``trainbus.bus._dispatch``), without the extra hop. Without a bus, an
+  event that has coroutine hooks is run to completion in place with `anyio.run`; from inside a
+  running event loop that is impossible, so the handler raises `RuntimeError` telling the caller
+  to attach a bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex
 
 import anyio
 import structlog
 
+from trainbus.bus._dispatch import adispatch, dispatch
 from trainbus.trainer._callbacks import EVENT_NAMES, Hook, overridden_hook
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ _COMMON_KWARGS: Final = (
 
 
 class Barrier(Protocol):
-    """What the handler needs from the bus: run hooks in order and return the final control."""
+    """What the handler needs from the bus: run hooks in order and return the final control, and
+    await one coroutine (a plain hook's return) where an ``async def`` hook would be awaited."""
 
     def barrier(
         self,
@@ -55,6 +58,8 @@ class Barrier(Protocol):
         control: TrainerControl,
         **kwargs: Any,
     ) -> TrainerControl: ...
+
+    def settle(self, coro: Coroutine[Any, Any, Any]) -> Any: ...
 
 
 class _CallbackList(list[Any]):
@@ -245,40 +250,27 @@ class CallbackHandler:
         before = self.before_dispatch
         if before is not None:
             before()
-        kwargs = {**self._common_kwargs(), **kwargs} if kwargs else self._common_kwargs()
+        common = self._common
+        if common is None:
+            common = self._common_kwargs()
+        kwargs = {**common, **kwargs} if kwargs else common
         if event in self._async_events:
             if self.bus is not None:
                 return self.bus.barrier(hooks, args, state, control, **kwargs)
             return _run_with_coroutines(event, hooks, args, state, control, kwargs)
-        # Plain hooks run inline, as the bus's barrier would run them, without the extra call.
-        for hook in hooks:
-            result = hook(args, state, control, **kwargs)
-            if result is not None:
-                if result is not control and inspect.iscoroutine(result):  # from a partial, say
-                    result = self._settle(event, result, args, state, control)
-                control = result
-        return control
+        # Plain hooks run here, as the bus's barrier would run them, without the extra call.
+        return dispatch(hooks, args, state, control, kwargs, self._settle)
 
-    def _settle(
-        self,
-        event: str,
-        coroutine: Any,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-    ) -> TrainerControl:
+    def _settle(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Await a coroutine a plain hook returned, where an ``async def`` hook would be awaited."""
-
-        def returning(*_args: Any, **_kwargs: Any) -> Any:
-            return coroutine
-
         if self.bus is not None:
-            return self.bus.barrier((returning,), args, state, control)
+            return self.bus.settle(coroutine)
         try:
-            return _run_with_coroutines(event, (returning,), args, state, control, {})
-        except RuntimeError:  # inside a running loop without a bus: never awaited, so close it
+            _check_no_running_loop("A hook returned a coroutine and was dispatched")
+        except RuntimeError:  # never awaited, so close it
             coroutine.close()
             raise
+        return anyio.run(_await, coroutine)
 
     def on_init_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -401,24 +393,21 @@ def _run_with_coroutines(
     kwargs: dict[str, Any],
 ) -> TrainerControl:
     """Dispatch an event with ``async def`` hooks when no bus is attached: one `anyio.run`."""
+    _check_no_running_loop(f"{event} has async hooks and is dispatched")
+    return anyio.run(adispatch, hooks, args, state, control, kwargs, _await)
+
+
+def _check_no_running_loop(what: str) -> None:
+    """Running an event loop in place is safe only where none runs on this thread already."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        pass  # no loop on this thread: running one in place is safe
-    else:
-        raise RuntimeError(
-            f"{event} has async hooks and is dispatched from inside a running event loop "
-            "without a bus; attach a bus (handler.bus) so they are awaited on its loop."
-        )
+        return
+    raise RuntimeError(
+        f"{what} from inside a running event loop without a bus; attach a bus (handler.bus) so "
+        "coroutines are awaited on its loop."
+    )
 
-    async def run_all() -> TrainerControl:
-        current = control
-        for hook in hooks:
-            result = hook(args, state, current, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                current = result
-        return current
 
-    return anyio.run(run_all)
+async def _await(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    return await coroutine

@@ -1,16 +1,33 @@
-"""The training loop itself: what ``Trainer.train()`` runs, from preparing to the summary log.
+"""The training loop: what ``Trainer.train()`` runs, from preparing to the summary log.
 
-``TrainingLoop`` is a mixin of ``trainbus.trainer._trainer.Trainer``: the Trainer holds the public
-API (Hugging Face's), the run around the work (bus, events, launcher) and evaluation; this class
-holds the algorithm, in HF's order (spec §2.3-2.5): prepare, ``TrainBegin``, epochs of optimizer
-steps with their four events each, log/evaluate/save as the flags say, then the end of training. The
-state it shares with the Trainer is declared below; the Trainer sets all of it in ``__init__``.
+``TrainingLoop`` is one ``train()`` run. It receives the ``Trainer`` and works through it: the
+trainer's overridable methods (``get_train_dataloader``, ``create_optimizer_and_scheduler``,
+``compute_loss``, ``log``, ``evaluate``) are the ones it calls, the trainer's ``state`` and
+``control`` are the ones it advances (callbacks and users read them there), and the trainer
+publishes its events (``_publish``, or ``_mark`` and ``_flush_marks`` for the per-step ones). What
+only the run needs (loss accumulators, gradient norm, learning rate, flops, the optimizer and
+schedule in use) is this object's own state, set in ``__init__`` and ``_prepare``. In HF's order
+(spec §2.3-2.5)::
+
+    run():       prepare; TrainBegin; [evaluate on start]
+      for epoch:   EpochBegin; _train_epoch; EpochEnd; _maybe_log_save_evaluate
+      _finish:     Log(summary); [load best model]; TrainEnd
+    _train_epoch, per window of GA micro-batches:
+                 StepBegin; (_training_step, SubstepEnd)*; _training_step; _optimizer_step
+    _optimizer_step:
+                 clip; PreOptimizerStep; optimizer.step(); OptimizerStep; scheduler.step();
+                 zero_grad; global_step += 1; StepEnd; _maybe_log_save_evaluate
+    _maybe_log_save_evaluate:
+                 [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
+
+Each event point is two lines: publish (or stamp) the event, then the handler's barrier, whose
+returned control the trainer keeps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +35,12 @@ import structlog
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from trainbus.bus._bus import Bus
 from trainbus.bus._events import (
     Artifact,
     EpochBegin,
     EpochEnd,
-    EventBase,
     OptimizerStep,
     PreOptimizerStep,
     Save,
@@ -36,17 +51,17 @@ from trainbus.bus._events import (
     TrainEnd,
 )
 from trainbus.trainer import _checkpoint as ckpt
-from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches, move_to_device
-from trainbus.trainer._distributed import Distributed
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
-from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._loss import LossSum
 from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainbus.trainer._resume import exportable_objects, load_state, warn_overridden_arguments
 from trainbus.trainer._rng import capture_rng_state, restore_rng_state
 from trainbus.trainer._run_info import record_best
-from trainbus.trainer._state import TrainerControl, TrainerState, restore_callback_states
+from trainbus.trainer._state import TrainerState, restore_callback_states
+
+if TYPE_CHECKING:
+    from trainbus.trainer._trainer import Trainer
 
 __all__ = ["TrainingLoop"]
 
@@ -54,74 +69,61 @@ logger = structlog.get_logger(__name__)
 
 
 class TrainingLoop:
-    """The training algorithm of ``Trainer`` (see the module docstring)."""
+    """One ``train()`` run of ``trainer`` (see the module docstring)."""
 
-    args: TrainingArguments
-    state: TrainerState
-    control: TrainerControl
-    callback_handler: CallbackHandler
-    model: nn.Module
-    model_wrapped: nn.Module
-    device: torch.device
-    train_dataset: Dataset[Any] | None
-    optimizer: torch.optim.Optimizer | None
-    lr_scheduler: LRScheduler | None
-    _dist: Distributed
-    _loss: LossSum
-    _total_loss: float
-    _last_logged: int
-    _grad_norm: torch.Tensor | None
-    _learning_rate: float
-    _flos: float
-    _created_scheduler: bool
-    _count_flos: Callable[[dict[str, Any]], float] | None
-    _stop_requested: bool
-    _bus: Bus | None
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.args = trainer.args
+        self.handler = trainer.callback_handler
+        self.model = trainer.model
+        self.model_wrapped = trainer.model_wrapped
+        self.device = trainer.device
+        self.dist = trainer._dist
+        self.loss = LossSum(self.device, nan_inf_filter=self.args.logging_nan_inf_filter)
+        """The training loss summed on the device since the last log entry."""
+        self.total_loss = 0.0
+        self.last_logged = 0
+        """``global_step`` of the last log entry."""
+        self.grad_norm: torch.Tensor | None = None
+        self.learning_rate = 0.0
+        self.flos = 0.0
+        self.count_flos = getattr(self.model, "floating_point_ops", None)
+        self.optimizer: torch.optim.Optimizer
+        self.lr_scheduler: LRScheduler
 
-    if TYPE_CHECKING:  # provided by the Trainer
-
-        def _publish(self, event_type: type[EventBase], **fields: Any) -> None: ...
-        def _mark(self, event_type: type[EventBase]) -> None: ...
-        def _flush_marks(self) -> None: ...
-        def log(self, logs: dict[str, Any], start_time: float | None = None) -> None: ...
-        def evaluate(self) -> dict[str, Any]: ...
-        def get_train_dataloader(self) -> DataLoader[Any]: ...
-        def create_optimizer_and_scheduler(self, num_training_steps: int) -> None: ...
-        def compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor: ...
-        def is_local_process_zero(self) -> bool: ...
-        def is_world_process_zero(self) -> bool: ...
-
-    def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
+    def run(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         """HF spec §2.3: prepare, ``TrainBegin``, epochs, then the end of training."""
-        args, handler = self.args, self.callback_handler
+        trainer, args, handler = self.trainer, self.args, self.handler
         checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
-        loader, plan, start = self._prepare_training(checkpoint)
-        start_step, start_time = self.state.global_step, time.time()
+        loader, plan, start = self._prepare(checkpoint)
+        start_step, start_time = trainer.state.global_step, time.time()
 
-        self._publish(TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs)
-        self.control = handler.on_train_begin(args, self.state, self.control)
-        if self._stop_requested:  # asked before training began: on_train_begin reset the flag
-            self.control.should_training_stop = True
+        trainer._publish(
+            TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs
+        )
+        trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
+        if trainer._stop_requested:  # asked before training began: on_train_begin reset the flag
+            trainer.control.should_training_stop = True
         if checkpoint is not None:
-            restore_rng_state(checkpoint / ckpt.rng_file(self._dist.rank, self._dist.world_size))
+            restore_rng_state(checkpoint / ckpt.rng_file(self.dist.rank, self.dist.world_size))
         if args.eval_on_start:
             self._evaluate_during_training(track_best=False)
         for epoch in range(start.epoch, plan.num_train_epochs):
-            self._publish(EpochBegin)
-            self.control = handler.on_epoch_begin(args, self.state, self.control)
+            trainer._publish(EpochBegin)
+            trainer.control = handler.on_epoch_begin(args, trainer.state, trainer.control)
             skip = start.updates_done if epoch == start.epoch else 0
             if not self._train_epoch(loader, epoch, plan, skip):
                 logger.warning("epoch produced no batch; stopping training", epoch=epoch)
-                self.control.should_training_stop = True
-            self._publish(EpochEnd)
-            self.control = handler.on_epoch_end(args, self.state, self.control)
-            self._dist.merge(self.control)
+                trainer.control.should_training_stop = True
+            trainer._publish(EpochEnd)
+            trainer.control = handler.on_epoch_end(args, trainer.state, trainer.control)
+            self.dist.merge(trainer.control)
             self._maybe_log_save_evaluate()
-            self._dist.merge(self.control)
-            if self.control.should_training_stop:
+            self.dist.merge(trainer.control)
+            if trainer.control.should_training_stop:
                 break
-        self._stop_requested = False  # a request is for this run, not the next train()
-        return self._finish_training(start_time, start_step)
+        trainer._stop_requested = False  # a request is for this run, not the next train()
+        return self._finish(start_time, start_step)
 
     def _checkpoint_to_resume(self, wanted: bool | str | None) -> Path | None:
         """HF ignores ``args.resume_from_checkpoint``; we honour it when ``train()`` got none."""
@@ -130,42 +132,62 @@ class TrainingLoop:
             return None
         return ckpt.find_checkpoint(self.args.output_dir, resume_from)
 
-    def _prepare_training(
-        self, checkpoint: Path | None
-    ) -> tuple[DataLoader[Any], RunPlan, ResumePoint]:
+    def _prepare(self, checkpoint: Path | None) -> tuple[DataLoader[Any], RunPlan, ResumePoint]:
         """Weights, loader, run length, state, optimizer and schedule, all before ``TrainBegin``."""
-        args, handler = self.args, self.callback_handler
+        trainer, args, handler = self.trainer, self.args, self.handler
         if checkpoint is not None:
             ckpt.load_weights(self.model, checkpoint)
-        self._dist.setup()
-        self.model_wrapped = self._dist.wrap(self.model)
-        loader = self.get_train_dataloader()
+        self.dist.setup()
+        self.model_wrapped = trainer.model_wrapped = self.dist.wrap(self.model)
+        loader = trainer.get_train_dataloader()
         plan = plan_run(
-            batches_per_epoch=len(loader) if has_length(self.train_dataset) else None,
+            batches_per_epoch=len(loader) if has_length(trainer.train_dataset) else None,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             max_steps=args.max_steps,
             num_train_epochs=args.num_train_epochs,
         )
         start = self._fresh_state(plan, checkpoint)
-        if self._created_scheduler:  # a second train(): a fresh schedule for this run, as in HF
-            self.lr_scheduler, self._created_scheduler = None, False
-        self.create_optimizer_and_scheduler(plan.max_steps)
-        assert self.optimizer is not None and self.lr_scheduler is not None  # set just above
+        if trainer._created_scheduler:  # a second train(): a fresh schedule for this run, as in HF
+            trainer.lr_scheduler, trainer._created_scheduler = None, False
+        trainer.create_optimizer_and_scheduler(plan.max_steps)
+        if trainer.optimizer is None or trainer.lr_scheduler is None:
+            raise RuntimeError(
+                "create_optimizer_and_scheduler() left trainer.optimizer or trainer.lr_scheduler "
+                "unset; an override must set both."
+            )
+        self.optimizer, self.lr_scheduler = trainer.optimizer, trainer.lr_scheduler
         if checkpoint is not None:
             ckpt.load_optimizer_and_scheduler(
                 checkpoint, self.optimizer, self.lr_scheduler, self.device
             )
         handler.model, handler.optimizer = self.model, self.optimizer
         handler.lr_scheduler, handler.train_dataloader = self.lr_scheduler, loader
-        self._loss = LossSum(self.device, nan_inf_filter=args.logging_nan_inf_filter)
-        self._total_loss = 0.0
-        self._last_logged = self.state.global_step
+        self.last_logged = trainer.state.global_step
         self.model.zero_grad(set_to_none=True)
         return loader, plan, start
 
+    def _fresh_state(self, plan: RunPlan, checkpoint: Path | None) -> ResumePoint:
+        """A new ``TrainerState`` for this run, or the checkpoint's; returns where to start."""
+        trainer, args = self.trainer, self.args
+        trainer.state = TrainerState(train_batch_size=args.train_batch_size)
+        trainer.state.record_callback_states(exportable_objects(self.handler, trainer.control))
+        trainer.state.compute_steps(args, plan.max_steps)
+        start = ResumePoint(0, 0)
+        if checkpoint is not None:
+            loaded = load_state(checkpoint)
+            warn_overridden_arguments(trainer.state, loaded)
+            if args.restore_callback_states_from_checkpoint:
+                trainer.control = restore_callback_states(
+                    loaded.stateful_callbacks, self.handler, trainer.control
+                )
+            trainer.state = loaded
+            start = resume_point(loaded.global_step, plan)
+        trainer.state.init_training_references(trainer, plan.max_steps, plan.num_train_epochs)
+        return start
+
     def _train_epoch(self, loader: DataLoader[Any], epoch: int, plan: RunPlan, skip: int) -> bool:
         """One epoch from update ``skip`` on; ``False`` when it produced no batch at all."""
-        args, handler = self.args, self.callback_handler
+        trainer, args, handler = self.trainer, self.args, self.handler
         ga = args.gradient_accumulation_steps
         if isinstance(loader.sampler, EpochSampler):
             loader.sampler.set_epoch(epoch, start=skip * ga * args.per_device_train_batch_size)
@@ -182,23 +204,24 @@ class TrainingLoop:
             for index, batch in enumerate(window):
                 step += 1
                 if step % ga == 0:
-                    self._mark(StepBegin)
-                    self._flush_marks()
-                    self.control = handler.on_step_begin(args, self.state, self.control)
+                    trainer._mark(StepBegin)
+                    trainer._flush_marks()
+                    trainer.control = handler.on_step_begin(args, trainer.state, trainer.control)
                 last = index == len(window) - 1
                 loss = self._training_step(batch, len(window), last)
-                self._loss.add(loss, 1 + self.state.global_step - self._last_logged)
+                self.loss.add(loss, 1 + trainer.state.global_step - self.last_logged)
                 if last:
                     self._optimizer_step(epoch + (step + 1) / steps_in_epoch)
                 else:
-                    self._mark(SubstepEnd)
-                    self._flush_marks()
-                    self.control = handler.on_substep_end(args, self.state, self.control)
-                if self._dist.enabled:  # every rank must leave at the same batch
-                    self._dist.merge(self.control)
-                if self._stop_requested:
-                    self.control.should_training_stop = True
-                if self.control.should_epoch_stop or self.control.should_training_stop:
+                    trainer._mark(SubstepEnd)
+                    trainer._flush_marks()
+                    trainer.control = handler.on_substep_end(args, trainer.state, trainer.control)
+                if self.dist.enabled:  # every rank must leave at the same batch
+                    self.dist.merge(trainer.control)
+                if trainer._stop_requested:
+                    trainer.control.should_training_stop = True
+                control = trainer.control
+                if control.should_epoch_stop or control.should_training_stop:
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
                 break
@@ -212,92 +235,95 @@ class TrainingLoop:
         if not self.model.training:  # evaluation switched it; train() walks every module
             self.model.train()
         inputs = move_to_device(batch, self.device)
-        if self._count_flos is not None:
-            self._flos += float(self._count_flos(inputs))
-        if self._dist.enabled and not last:
-            with self._dist.no_sync(self.model_wrapped, skip=True):
+        if self.count_flos is not None:
+            self.flos += float(self.count_flos(inputs))
+        if self.dist.enabled and not last:
+            with self.dist.no_sync(self.model_wrapped, skip=True):
                 return self._forward_backward(inputs, window)
         return self._forward_backward(inputs, window)
 
     def _forward_backward(self, inputs: dict[str, Any], window: int) -> torch.Tensor:
-        loss = self.compute_loss(self.model_wrapped, inputs)
+        loss = self.trainer.compute_loss(self.model_wrapped, inputs)
         if window > 1:
             loss = loss / window
         loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
         return loss.detach()
 
-    def _take_loss(self) -> float:
-        """The loss summed since the last log entry (mean over ranks), read once; then zero."""
-        if not self._dist.enabled:
-            return self._loss.take()
-        total = self._dist.mean(self._loss.as_tensor()).item()
-        self._loss.clear()
-        return float(total)
-
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""
-        args, handler = self.args, self.callback_handler
-        assert self.optimizer is not None and self.lr_scheduler is not None  # set by _train
+        trainer, args, handler = self.trainer, self.args, self.handler
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
         # Each walk of the module tree for its parameters costs several microseconds of Python;
         # walk it once and let clipping and zeroing share the list. A parameter a callback adds
         # in between has no gradient yet (it was not in this step's backward pass).
         params = list(self.model.parameters())
-        self._grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
-        self._mark(PreOptimizerStep)
-        self.control = handler.on_pre_optimizer_step(args, self.state, self.control)
+        self.grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
+        trainer._mark(PreOptimizerStep)
+        trainer.control = handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
         self.optimizer.step()
-        self._mark(OptimizerStep)
-        self.control = handler.on_optimizer_step(args, self.state, self.control)
-        self._learning_rate = float(self.lr_scheduler.get_last_lr()[0])
+        trainer._mark(OptimizerStep)
+        trainer.control = handler.on_optimizer_step(args, trainer.state, trainer.control)
+        self.learning_rate = float(self.lr_scheduler.get_last_lr()[0])
         self.lr_scheduler.step()
         _clear_grads(self.model, params)
-        self.state.global_step += 1
-        self.state.epoch = epoch
-        self._mark(StepEnd)
-        self._flush_marks()
-        self.control = handler.on_step_end(args, self.state, self.control)
-        if self._dist.enabled:
-            self._dist.merge(self.control)
+        state = trainer.state
+        state.global_step += 1
+        state.epoch = epoch
+        trainer._mark(StepEnd)
+        trainer._flush_marks()
+        trainer.control = handler.on_step_end(args, state, trainer.control)
+        if self.dist.enabled:
+            self.dist.merge(trainer.control)
         self._maybe_log_save_evaluate()
 
     def _maybe_log_save_evaluate(self) -> None:
         """Log, then evaluate, then save, as the control flags say (HF spec §2.5)."""
-        if self.control.should_log and self.state.global_step > self._last_logged:
-            self.log(self._training_logs())
-        if self.control.should_evaluate:
+        trainer = self.trainer
+        if trainer.control.should_log and trainer.state.global_step > self.last_logged:
+            trainer.log(self._training_logs())
+        if trainer.control.should_evaluate:
             is_new_best = self._evaluate_during_training(track_best=True)
             if self.args.save_strategy == "best":
-                self.control.should_save = is_new_best
-        if self.control.should_save:
+                trainer.control.should_save = is_new_best
+        if trainer.control.should_save:
             self._save_checkpoint()
+
+    def _take_loss(self) -> float:
+        """The loss summed since the last log entry (mean over ranks), read once; then zero."""
+        if not self.dist.enabled:
+            return self.loss.take()
+        total = self.dist.mean(self.loss.as_tensor()).item()
+        self.loss.clear()
+        return float(total)
 
     def _training_logs(self) -> dict[str, Any]:
         """``loss`` (mean per update since the last log), ``grad_norm``, ``learning_rate``."""
+        state = self.trainer.state
         loss = self._take_loss()
-        self._total_loss += loss
-        logs: dict[str, Any] = {"loss": loss / (self.state.global_step - self._last_logged)}
-        if self._grad_norm is not None:
-            logs["grad_norm"] = float(self._grad_norm.item())
-        logs["learning_rate"] = self._learning_rate
-        self._last_logged = self.state.global_step
-        self.state.total_flos += self._flos
-        self._flos = 0.0
+        self.total_loss += loss
+        logs: dict[str, Any] = {"loss": loss / (state.global_step - self.last_logged)}
+        if self.grad_norm is not None:
+            logs["grad_norm"] = float(self.grad_norm.item())
+        logs["learning_rate"] = self.learning_rate
+        self.last_logged = state.global_step
+        state.total_flos += self.flos
+        self.flos = 0.0
         return logs
 
     def _evaluate_during_training(self, *, track_best: bool) -> bool:
         """Evaluate every eval set; returns whether the tracked metric reached a new best."""
-        return record_best(self.args, self.state, self.evaluate(), update=track_best)
+        trainer = self.trainer
+        return record_best(self.args, trainer.state, trainer.evaluate(), update=track_best)
 
     def _save_checkpoint(self) -> None:
         """Write ``checkpoint-<step>``, rotate old ones, publish ``Save`` and ``Artifact``."""
-        args, state = self.args, self.state
+        trainer, args, state = self.trainer, self.args, self.trainer.state
         if state.best_global_step is not None:
             best = ckpt.checkpoint_dir(args.output_dir, state.best_global_step)
             if best.is_dir() or state.best_global_step == state.global_step:
                 state.best_model_checkpoint = str(best)
-        state.record_callback_states(exportable_objects(self.callback_handler, self.control))
-        rng_states = self._dist.gather(capture_rng_state())
+        state.record_callback_states(exportable_objects(self.handler, trainer.control))
+        rng_states = self.dist.gather(capture_rng_state())
         path = ckpt.checkpoint_dir(args.output_dir, state.global_step)
         if args.should_save:
             ckpt.write_checkpoint(
@@ -313,55 +339,36 @@ class TrainingLoop:
             ckpt.rotate_checkpoints(
                 args.output_dir, args.save_total_limit, state.best_model_checkpoint
             )
-        self._dist.barrier()
-        self._publish(Save, checkpoint_dir=str(path))
-        self._publish(Artifact, kind="checkpoint", path=str(path), name=path.name)
-        if self._bus is not None:
-            self._bus.fsync()
-        self.control = self.callback_handler.on_save(args, state, self.control)
+        self.dist.barrier()
+        trainer._publish(Save, checkpoint_dir=str(path))
+        trainer._publish(Artifact, kind="checkpoint", path=str(path), name=path.name)
+        if trainer._bus is not None:
+            trainer._bus.fsync()
+        trainer.control = self.handler.on_save(args, state, trainer.control)
 
-    def _finish_training(self, start_time: float, start_step: int) -> TrainOutput:
+    def _finish(self, start_time: float, start_step: int) -> TrainOutput:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""
-        args, state = self.args, self.state
-        self._total_loss += self._take_loss()
-        state.total_flos += self._flos
-        self._flos = 0.0
+        trainer, args, state = self.trainer, self.args, self.trainer.state
+        self.total_loss += self._take_loss()
+        state.total_flos += self.flos
+        self.flos = 0.0
         steps = max(state.global_step - start_step, 1)
         samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         metrics: dict[str, Any] = speed_metrics(
             "train", start_time, num_samples=samples * args.world_size, num_steps=steps
         )
         metrics["total_flos"] = state.total_flos
-        metrics["train_loss"] = self._total_loss / steps
-        self.log(metrics)
+        metrics["train_loss"] = self.total_loss / steps
+        trainer.log(metrics)
         best = state.best_model_checkpoint
         if args.load_best_model_at_end and best is not None and Path(best).is_dir():
             logger.info("loading the best model", checkpoint=best, metric=state.best_metric)
             ckpt.load_weights(self.model, Path(best))
         if args.save_total_limit == 1 and best is not None and args.should_save:
             ckpt.rotate_checkpoints(args.output_dir, 0, best, keep_only_best=True)
-        self._publish(TrainEnd)
-        self.control = self.callback_handler.on_train_end(args, state, self.control)
+        trainer._publish(TrainEnd)
+        trainer.control = self.handler.on_train_end(args, state, trainer.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
-
-    def _fresh_state(self, plan: RunPlan, checkpoint: Path | None) -> ResumePoint:
-        """A new ``TrainerState`` for this run, or the checkpoint's; returns where to start."""
-        args = self.args
-        self.state = TrainerState(train_batch_size=args.train_batch_size)
-        self.state.record_callback_states(exportable_objects(self.callback_handler, self.control))
-        self.state.compute_steps(args, plan.max_steps)
-        start = ResumePoint(0, 0)
-        if checkpoint is not None:
-            loaded = load_state(checkpoint)
-            warn_overridden_arguments(self.state, loaded)
-            if args.restore_callback_states_from_checkpoint:
-                self.control = restore_callback_states(
-                    loaded.stateful_callbacks, self.callback_handler, self.control
-                )
-            self.state = loaded
-            start = resume_point(loaded.global_step, plan)
-        self.state.init_training_references(self, plan.max_steps, plan.num_train_epochs)
-        return start
 
 
 def _clear_grads(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -13,12 +13,13 @@ control callbacks (the barrier) and keep the control they return. In order::
         EpochEnd, [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
       Log(summary), [load best model], TrainEnd, RunFinished(status)
 
-Features live in their own modules: the training algorithm itself (``trainbus.trainer._loop``, a
-mixin of the Trainer), data loading (``trainbus.trainer._data``), run length and resume position
-(``trainbus.trainer._plan``), optimizer and schedules (``trainbus.trainer._optim``), files
-(``trainbus.trainer._checkpoint``), callback states (``trainbus.trainer._resume``), the prediction
-loop (``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The loss
-is summed on the device and read back only when a log entry is written, so steps that do not log
+Features live in their own modules: the training algorithm itself (``trainbus.trainer._loop``,
+one ``TrainingLoop`` per ``train()``, which calls back the overridable methods here), data
+loading (``trainbus.trainer._data``), run length and resume position (``trainbus.trainer._plan``),
+optimizer and schedules (``trainbus.trainer._optim``), files (``trainbus.trainer._checkpoint``),
+callback states (``trainbus.trainer._resume``), the prediction loop
+(``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The loss is
+summed on the device and read back only when a log entry is written, so steps that do not log
 never wait for the device.
 """
 
@@ -72,7 +73,6 @@ from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
 from trainbus.trainer._loop import TrainingLoop
-from trainbus.trainer._loss import LossSum
 from trainbus.trainer._optim import create_optimizer, create_scheduler
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
@@ -87,7 +87,7 @@ T = TypeVar("T")
 Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
 
 
-class Trainer(TrainingLoop):
+class Trainer:
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
     Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs instead of the one
@@ -146,16 +146,8 @@ class Trainer(TrainingLoop):
         self.callback_handler.before_dispatch = self._flush_marks
         self._init_end_pending = True
         self._stop_requested = False
-        self._loss = LossSum(self.device, nan_inf_filter=self.args.logging_nan_inf_filter)
-        self._total_loss = 0.0
-        self._last_logged = 0
-        self._grad_norm: torch.Tensor | None = None
-        self._learning_rate = 0.0
-        self._flos = 0.0
         self._created_scheduler = False
-        self._count_flos: Callable[[dict[str, Any]], float] | None = getattr(
-            self.model, "floating_point_ops", None
-        )
+        """Whether ``lr_scheduler`` is ours (a second ``train()`` then gets a fresh one)."""
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # --- public API -----------------------------------------------------------------------------
@@ -316,6 +308,10 @@ class Trainer(TrainingLoop):
         return extract_loss(model(**inputs), inputs)
 
     # --- the run around the work ----------------------------------------------------------------
+
+    def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
+        """What ``train()`` runs inside a run: one ``TrainingLoop`` (``trainbus.trainer._loop``)."""
+        return TrainingLoop(self).run(resume_from_checkpoint)
 
     def _launcher(self, launcher: Launcher | None) -> Launcher:
         """The call's launcher, else the trainer's, else the one installed (or the local one)."""

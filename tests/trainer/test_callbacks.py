@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -20,6 +19,8 @@ from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._progress import PrinterCallback
 from trainbus.trainer._state import TrainerControl, TrainerState
+
+C = TypeVar("C")
 
 ALL_FLAGS = dict.fromkeys(
     ["should_training_stop", "should_epoch_stop", "should_save", "should_evaluate", "should_log"],
@@ -74,13 +75,18 @@ def fire(handler: CallbackHandler, event: str, control: TrainerControl) -> Train
     return result
 
 
+def _hooks_of(klass: type) -> set[str]:
+    return {name for name in dir(klass) if name.startswith("on_")}
+
+
 def test_trainer_callback_has_a_hook_for_every_hf_event() -> None:
-    """TrainerCallback and CallbackHandler define ``on_<tag>`` for every HF event on the bus."""
-    names = {hook_name(event_type) for event_type in HF_EVENT_TYPES}
-    assert names == set(EVENT_NAMES)
-    for name in names:
-        assert callable(getattr(TrainerCallback, name))
-        assert callable(getattr(CallbackHandler, name))
+    """TrainerCallback and CallbackHandler define exactly one ``on_<tag>`` per HF event of the
+    bus's union, and the names the handler dispatches are those."""
+    names = {"on_" + str(event_type.__struct_config__.tag) for event_type in HF_EVENT_TYPES}
+    assert len(names) == len(HF_EVENT_TYPES) == 16
+    assert _hooks_of(TrainerCallback) == names
+    assert _hooks_of(CallbackHandler) == names
+    assert set(EVENT_NAMES) == {hook_name(event_type) for event_type in HF_EVENT_TYPES} == names
 
 
 def test_hook_names_equal_transformers() -> None:
@@ -309,27 +315,16 @@ async def test_async_hooks_inside_a_running_loop_need_a_bus() -> None:
         handler.on_step_end(TrainingArguments(), TrainerState(max_steps=10), TrainerControl())
 
 
-class RecordingBarrier:
-    """A minimal stand-in for the bus's barrier: runs sync hooks and records what it was given."""
+class RecordingBus(Bus):
+    """A real bus that also records what each ``barrier`` call was given."""
 
     def __init__(self) -> None:
+        super().__init__(run_id="recording")
         self.seen: list[tuple[tuple[Hook, ...], set[str]]] = []
 
-    def barrier(
-        self,
-        hooks: tuple[Hook, ...],
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        **kwargs: Any,
-    ) -> TrainerControl:
-        self.seen.append((hooks, set(kwargs)))
-        for hook in hooks:
-            result = hook(args, state, control, **kwargs)
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            control = control if result is None else result
-        return control
+    def barrier(self, hooks: Sequence[Hook], args: Any, state: Any, control: C, **kwargs: Any) -> C:
+        self.seen.append((tuple(hooks), set(kwargs)))
+        return super().barrier(hooks, args, state, control, **kwargs)
 
 
 def test_events_with_async_hooks_go_through_the_bus_barrier() -> None:
@@ -337,10 +332,14 @@ def test_events_with_async_hooks_go_through_the_bus_barrier() -> None:
     listener and all kwargs; plain-only events run inline (as the barrier would run them)."""
     flow, saver = DefaultFlowCallback(), AsyncSaver()
     handler = CallbackHandler([flow, saver])
-    bus = RecordingBarrier()
+    bus = RecordingBus()
     handler.bus = bus
     args, state = TrainingArguments(), TrainerState(global_step=5, max_steps=5)
-    control = handler.on_step_end(args, state, TrainerControl())
+    with (
+        anyio.from_thread.start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bus),
+    ):
+        control = handler.on_step_end(args, state, TrainerControl())
     assert control.should_save  # AsyncSaver's control, awaited
     assert len(bus.seen) == 1
     hooks, kwargs = bus.seen[0]

@@ -96,6 +96,64 @@ def test_a_second_train_call_gets_a_fresh_schedule(tmp_path: Path) -> None:
     assert first == second == pytest.approx([0.0, 0.01, 0.005])
 
 
+class OverridingTrainer(Trainer):
+    """Overrides every method a Hugging Face user subclasses, recording each call."""
+
+    calls: list[str]
+
+    def get_train_dataloader(self) -> Any:
+        self.calls.append("get_train_dataloader")
+        return super().get_train_dataloader()
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.calls.append("create_optimizer_and_scheduler")
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0)
+        super().create_optimizer_and_scheduler(num_training_steps)
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        self.calls.append("compute_loss")
+        return super().compute_loss(model, inputs) * 0 + 7.0
+
+    def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
+        self.calls.append("log")
+        super().log({**logs, "custom": 1.0}, start_time)
+
+    def evaluate(
+        self,
+        eval_dataset: Any = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, Any]:
+        self.calls.append("evaluate")
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+
+def test_methods_overridden_on_a_trainer_subclass_are_the_ones_training_calls(
+    tmp_path: Path,
+) -> None:
+    """The loop calls a subclass's dataloader, optimizer, loss, log and evaluate overrides."""
+    run = make_run(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=2)
+    trainer = OverridingTrainer(
+        TinyRegressor(),
+        run.trainer.args,
+        train_dataset=RegressionDataset(8),
+        eval_dataset=RegressionDataset(4, seed=1),
+        launcher=LocalLauncher(),
+    )
+    trainer.calls = []
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    output = trainer.train()
+    assert trainer.calls[:3] == [
+        "get_train_dataloader",
+        "create_optimizer_and_scheduler",
+        "compute_loss",
+    ]
+    assert trainer.calls.count("compute_loss") == 2 and "evaluate" in trainer.calls
+    assert output.training_loss == pytest.approx(7.0)  # the overridden loss
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    assert all(entry["custom"] == 1.0 for entry in trainer.state.log_history)
+
+
 def test_grad_norm_is_logged_even_without_clipping(tmp_path: Path) -> None:
     """``max_grad_norm=0`` turns clipping off, yet ``grad_norm`` is still logged (HF v5)."""
     run = make_run(tmp_path, max_steps=1, max_grad_norm=0.0)
