@@ -34,7 +34,6 @@ from benchmarks._common import (
     read_result,
     versions,
 )
-from benchmarks._readme import readme_section, update_readme
 from benchmarks._report import render_markdown, render_plot, targets_table
 
 DEFAULT_LIMIT_S: Final = {"full": 900.0, "quick": 150.0, "smoke": 60.0}
@@ -146,15 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_path = out_dir / "results.png"
     plotted = render_plot(loaded, plot_path)
     markdown_path.write_text(render_markdown(loaded, context, plot_path if plotted else None))
-    # Only a full run into the repository's own files may speak for the README.
-    readme = BENCH_DIR.parent / "README.md"
-    if (
-        mode == "full"
-        and args.out is None
-        and not args.report_only
-        and update_readme(readme, readme_section(loaded, context))
-    ):
-        print("updated the Benchmarks section of README.md")
     print("\n=== summary")
     for outcome in outcomes:
         print(f"  {outcome.topic:<10} {outcome.status:<28} {outcome.elapsed_s:7.1f} s")

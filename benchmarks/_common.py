@@ -14,6 +14,11 @@ A result file looks like::
 
 ``headline`` holds the figures the README reports against a target; ``tables`` hold the detail.
 
+What every benchmark's set-up shares lives here once: :func:`bench_parser` (the ``--quick``
+option every benchmark takes), :func:`bench_mode` (``full``, ``quick`` or the suite's ``smoke``)
+and :func:`bench_args` (the training arguments that train the workload the same way in trainbus
+and in transformers).
+
 The workload (:class:`Workload`) is the one model, data set and optimiser setting that every
 contender in ``bench_peers`` trains, so that "steps per second" means the same work for all of
 them. It is deliberately small enough for a shared two-core machine, and large enough (a few
@@ -22,6 +27,7 @@ milliseconds per step) that per-step framework overhead is visible but does not 
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import importlib.metadata
 import json
@@ -36,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 __all__ = [
     "BENCH_DIR",
@@ -44,8 +50,12 @@ __all__ = [
     "RESULTS_DIR",
     "SKIPPED_EXIT",
     "Headline",
+    "Mode",
     "Workload",
     "abab_order",
+    "bench_args",
+    "bench_mode",
+    "bench_parser",
     "command_line",
     "extra_scalars",
     "format_table",
@@ -373,3 +383,80 @@ def extra_scalars(loss: float, count: int) -> dict[str, float]:
 def wall_clock() -> Callable[[], float]:
     """The clock benchmarks use for durations (monotonic, high resolution)."""
     return time.perf_counter
+
+
+# --- what every benchmark's command line and training set-up share ---------------------------
+
+Mode = Literal["full", "quick", "smoke"]
+"""How long a benchmark runs: its full measurement, its quick mode, or the suite's smoke run."""
+
+
+def bench_parser(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first paragraph as the description, and the
+    ``--quick`` option every benchmark takes (a benchmark adds its own options after)."""
+    description = (doc or "").split("\n\n")[0].strip()
+    parser = argparse.ArgumentParser(description=description or None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def bench_mode(quick: bool, smoke: bool = False) -> Mode:
+    """``smoke`` when asked for (``smoke``, or ``TRAINBUS_BENCH_SMOKE=1`` from the suite's smoke
+    run), else ``quick`` or ``full``."""
+    if smoke or os.environ.get("TRAINBUS_BENCH_SMOKE") == "1":
+        return "smoke"
+    return "quick" if quick else "full"
+
+
+def bench_args(
+    work: Workload,
+    output_dir: Path,
+    *,
+    max_steps: int | None = None,
+    logging_steps: int = 1,
+    report_to: str | Sequence[str] = "none",
+    library: Literal["trainbus", "transformers"] = "trainbus",
+    **overrides: Any,
+) -> Any:
+    """Training arguments that train ``work`` the same way in every contender.
+
+    Args:
+        work: the workload; its learning rate, clipping, optimiser and seed are used.
+        output_dir: where the trainer writes (checkpoints are off; trainbus puts its run here).
+        max_steps: optimizer steps; ``work.max_steps`` (a time budget ends the run) by default.
+        logging_steps: log every this many steps.
+        report_to: the integrations to report to; ``"none"`` for no sink.
+        library: ``"trainbus"`` for :class:`trainbus.trainer.TrainingArguments`,
+            ``"transformers"`` for Hugging Face's (with pinned memory off, as on a CPU).
+        overrides: any other argument (``run_name``, ``disable_tqdm``, ``use_cpu``, ...).
+
+    The batches are pre-built (``per_device_train_batch_size=1`` hands one whole batch per step),
+    nothing is saved or evaluated, and no progress bar is drawn unless asked for.
+    """
+    fields: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "max_steps": max_steps or work.max_steps,
+        "per_device_train_batch_size": 1,
+        "learning_rate": work.learning_rate,
+        "weight_decay": 0.0,
+        "max_grad_norm": work.max_grad_norm,
+        "optim": work.optim,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "logging_strategy": "steps",
+        "logging_steps": logging_steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": report_to,
+        "disable_tqdm": True,
+        "use_cpu": True,
+        "seed": work.seed,
+    }
+    if library == "transformers":
+        import transformers
+
+        fields["dataloader_pin_memory"] = False
+        return transformers.TrainingArguments(**{**fields, **overrides})
+    from trainbus.trainer import TrainingArguments
+
+    return TrainingArguments(**{**fields, **overrides})

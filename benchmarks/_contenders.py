@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._common import Workload, extra_scalars, make_batches, make_model
+from benchmarks._common import Workload, bench_args, extra_scalars, make_batches, make_model
 
 T = TypeVar("T")
 
@@ -256,27 +256,12 @@ def _iter_forever(loader: DataLoader[Any]) -> Iterator[Any]:
 
 
 def _hf_arguments(spec: RunSpec, report_to: str | list[str]) -> Any:
-    transformers = _module("transformers")
-    work = spec.work
-    return transformers.TrainingArguments(
-        output_dir=str(spec.workdir / "hf"),
-        max_steps=work.max_steps,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        weight_decay=0.0,
-        max_grad_norm=work.max_grad_norm,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        optim=work.optim,
-        logging_strategy="steps",
+    return bench_args(
+        spec.work,
+        spec.workdir / "hf",
         logging_steps=spec.every,
-        save_strategy="no",
-        eval_strategy="no",
         report_to=report_to,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        use_cpu=True,
-        seed=work.seed,
+        library="transformers",
         run_name="bench-peers-hf",
     )
 

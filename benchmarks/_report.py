@@ -1,9 +1,10 @@
 """Turn result files into ``RESULTS.md``, the console summary and ``results.png``.
 
-The README's section is written from the same rows by ``benchmarks._readme``.
-
 Everything here reads ``results/<topic>.json`` only: no figure is computed from anything but a
 measurement a benchmark wrote down, and a target nobody measured says so instead of guessing.
+
+The targets table keeps one row per figure with a short note (the first clause of the note its
+benchmark wrote); the full notes stay with each topic's section, so the table stays scannable.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from typing import Any, Final
 from benchmarks._common import format_table
 
 __all__ = [
-    "BESIDE",
-    "COARSER",
     "GPU_ROWS",
     "GPU_TOPIC",
     "TARGETS",
@@ -27,6 +26,7 @@ __all__ = [
     "peers_pivot",
     "render_markdown",
     "render_plot",
+    "short_note",
     "target_rows",
     "targets_table",
     "value_text",
@@ -37,7 +37,7 @@ MAX_TABLE_ROWS: Final = 80
 
 @dataclass(frozen=True)
 class Target:
-    """A promise from the README and the words its headline figure is recognised by."""
+    """A promise the project makes and the words its headline figures are recognised by."""
 
     title: str
     target: str
@@ -62,13 +62,6 @@ TARGETS: Final = (
         ("hand-written", "hand loop"),
     ),
 )
-COARSER: Final = "target is taken in"
-"""Words in the note of a figure that answers a target's question by a coarser method than the
-benchmark the target is taken in (``bench_peers``' short runs): the README lists it beside the
-verdict, marked "no target", so a contrary figure stays in sight."""
-BESIDE: Final = "shown beside the target"
-"""Words in the name of a figure without a target that qualifies a target's verdict (the Trainer
-against a hand loop taking the same shortcuts): the README lists it beside the verdict too."""
 GPU_TOPIC: Final = "gpu"
 """The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""
 GPU_ROWS: Final = (
@@ -101,8 +94,18 @@ def met_text(item: Mapping[str, Any]) -> str:
     return "**met**" if met else "**not met**"
 
 
+OTHER: Final = "other figures"
+"""The group of headline figures that answer no project target (they may carry their own)."""
+
+
+def short_note(note: str) -> str:
+    """The first clause of a benchmark's note: what qualifies the figure, in a few words."""
+    return note.split(";")[0].strip()
+
+
 def target_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One row per README target (measured or not), then every other headline figure.
+    """One row per headline figure, grouped by the project target it answers (each target has
+    at least one row, "not measured" when no benchmark reported it), then the other figures.
 
     The GPU topic's figures come last, under the GPU rows' titles: they were measured on another
     machine, so they never stand in for a CPU target.
@@ -112,62 +115,67 @@ def target_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]
     used: set[int] = set()
     rows: list[dict[str, str]] = []
     for target in TARGETS:
+        title = f"{target.title} {target.target}"
         found = [
             (i, h)
             for i, h in enumerate(heads)
             if any(word in str(h.get("name", "")).lower() for word in target.keywords)
         ]
         if not found:
-            rows.append(
-                {
-                    "target": f"{target.title} {target.target}",
-                    "measured": "not measured",
-                    "met": "not measured",
-                    "source": "-",
-                    "note": "no benchmark reported it",
-                }
-            )
-            continue
+            rows.append(_unmeasured(title, "no benchmark reported it"))
         for index, item in found:
             used.add(index)
-            rows.append(_row(f"{target.title} {target.target}", item))
+            rows.append(_row(title, str(item.get("name", "")), item))
     for index, item in enumerate(heads):
         if index not in used:
-            rows.append(_row(str(item.get("name")), item))
+            rows.append(_row(OTHER, str(item.get("name", "")), item))
     for title in GPU_ROWS:
         measured = [h for h in gpu_heads if str(h.get("name", "")).startswith(title)]
-        rows += [_row(title, item) for item in measured]
-        if measured:
-            continue
-        rows.append(
-            {
-                "target": title,
-                "measured": "not measured",
-                "met": "not measured",
-                "source": "-",
-                "note": "no GPU on the benchmark machine; never estimated",
-            }
-        )
+        rows += [_row(title, str(h["name"])[len(title) :].strip(" :,"), h) for h in measured]
+        if not measured:
+            rows.append(_unmeasured(title, "no GPU on the benchmark machine; never estimated"))
     return rows
 
 
-def _row(title: str, item: Mapping[str, Any]) -> dict[str, str]:
-    source = str(item["topic"]) + (" (quick)" if item.get("quick") else "")
-    note = "; ".join(x for x in (str(item.get("name", "")), str(item.get("note", ""))) if x)
-    if item.get("target"):
-        note = f"{note}; its target {item['target']}"
+def _unmeasured(title: str, why: str) -> dict[str, str]:
     return {
         "target": title,
+        "figure": "-",
+        "measured": "not measured",
+        "met": "not measured",
+        "source": "-",
+        "note": why,
+    }
+
+
+def _row(title: str, figure: str, item: Mapping[str, Any]) -> dict[str, str]:
+    note = short_note(str(item.get("note", "")))
+    own_target = str(item.get("target") or "").strip()
+    if title == OTHER and own_target not in ("", "-"):
+        note = f"its target {own_target}" + (f"; {note}" if note else "")
+    return {
+        "target": title,
+        "figure": figure or "-",
         "measured": value_text(item),
         "met": met_text(item),
-        "source": source,
-        "note": note,
+        "source": str(item["topic"]) + (" (quick)" if item.get("quick") else ""),
+        "note": note or "-",
     }
+
+
+def _grouped(rows: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """The rows with each target named on its first row only, so the groups stand out."""
+    out: list[dict[str, str]] = []
+    previous = None
+    for row in rows:
+        out.append({**row, "target": "" if row["target"] == previous else row["target"]})
+        previous = row["target"]
+    return out
 
 
 def targets_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The console version of the targets table."""
-    rows = target_rows(results)
+    rows = _grouped(target_rows(results))
     plain = [{k: v.replace("**", "") for k, v in row.items() if k != "note"} for row in rows]
     return format_table(plain)
 
@@ -221,6 +229,7 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
             + (f" One round only (soft time limit reached): {'; '.join(cut)}." if cut else ""),
             "",
         ]
+    lines += _notes(data)
     tables = data.get("tables") or {}
     if topic == "peers" and tables.get("peers"):
         lines += [
@@ -248,6 +257,23 @@ def _section(topic: str, data: Mapping[str, Any]) -> list[str]:
         if figures:
             lines += [format_table([figures], markdown=True), ""]
     return lines
+
+
+def _notes(data: Mapping[str, Any]) -> list[str]:
+    """The full notes of the topic's headline figures whose note says more than its first clause
+    (the targets table shows only that clause)."""
+    items = [h for h in data.get("headline") or [] if isinstance(h, Mapping)]
+    noted = [
+        h for h in items if str(h.get("note", "")).strip() != short_note(str(h.get("note", "")))
+    ]
+    if not noted:
+        return []
+    return [
+        "Notes on the headline figures:",
+        "",
+        *(f"- {h.get('name')}: {value_text(h)}; {str(h['note']).strip()}." for h in noted),
+        "",
+    ]
 
 
 def render_markdown(
@@ -292,7 +318,10 @@ def render_markdown(
         "",
         "## Targets",
         "",
-        format_table(target_rows(results), markdown=True),
+        "Each figure with the first clause of its benchmark's note; the full notes are in the "
+        "topic's section below.",
+        "",
+        format_table(_grouped(target_rows(results)), markdown=True),
         "",
     ]
     if plot is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks._common import extra_scalars
+from benchmarks._common import bench_args, extra_scalars
 from benchmarks._contenders import (
     EXPERIMENT,
     BatchList,
@@ -34,7 +34,7 @@ def run_trainbus(spec: RunSpec, report_to: list[str], env: dict[str, str]) -> Me
 
 
 def _train(spec: RunSpec, report_to: list[str]) -> Measured:
-    from trainbus.trainer import PrinterCallback, TrainerCallback, TrainingArguments
+    from trainbus.trainer import PrinterCallback, TrainerCallback
 
     _prepare(spec)
     began = time.perf_counter()
@@ -47,24 +47,11 @@ def _train(spec: RunSpec, report_to: list[str]) -> Measured:
             if clock.tick(state.global_step):
                 control.should_training_stop = True
 
-    args = TrainingArguments(
-        output_dir=str(spec.workdir / "trainbus"),
-        max_steps=work.max_steps,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        weight_decay=0.0,
-        max_grad_norm=work.max_grad_norm,
-        optim=work.optim,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
-        logging_strategy="steps",
+    args = bench_args(
+        work,
+        spec.workdir / "trainbus",
         logging_steps=spec.every,
-        save_strategy="no",
-        eval_strategy="no",
         report_to=report_to or "none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=work.seed,
         run_name="bench-peers-trainbus",
     )
     trainer = scalar_trainer(scalars)(

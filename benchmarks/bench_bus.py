@@ -41,7 +41,15 @@ import anyio.from_thread
 import psutil  # type: ignore[import-untyped]  # no stubs in the environment
 import structlog
 
-from benchmarks._common import BENCH_DIR, Headline, format_table, median, percentile, write_result
+from benchmarks._common import (
+    BENCH_DIR,
+    Headline,
+    bench_parser,
+    format_table,
+    median,
+    percentile,
+    write_result,
+)
 from trainbus.bus import Bus, Event, JournalReader, JournalWriter, Sink, StepEnd
 
 TARGET_PUBLISH_NS = 2000
@@ -327,8 +335,7 @@ def _dead_sink_in_fresh_process(events: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    parser = bench_parser(__doc__, "fewer events (a smoke run)")
     parser.add_argument("--dead-sink-only", type=int, metavar="EVENTS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))

@@ -16,7 +16,6 @@ Run: ``python -m benchmarks.bench_embed [--quick]``; writes ``benchmarks/results
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -27,7 +26,14 @@ from typing import Any
 import anyio
 import structlog
 
-from benchmarks._common import Headline, format_table, median, percentile, write_result
+from benchmarks._common import (
+    Headline,
+    bench_parser,
+    format_table,
+    median,
+    percentile,
+    write_result,
+)
 
 TICK = 0.010
 TARGET_P99_MS = 10.0
@@ -107,8 +113,7 @@ def _row(case: str, backend: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser = bench_parser(__doc__, "fewer steps (a smoke run)")
     ns = parser.parse_args(argv)
     steps = 150 if ns.quick else 1000
     repeats = 1 if ns.quick else 3

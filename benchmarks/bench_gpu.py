@@ -27,7 +27,6 @@ cannot cover what only CUDA does: pinned copies, the Trainer choosing the GPU).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from benchmarks._common import (
     Headline,
     Workload,
     abab_order,
+    bench_parser,
     format_table,
     median,
     percentile,
@@ -273,8 +273,7 @@ def _publish_rows(steps: int, device: torch.device) -> tuple[list[dict[str, Any]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    parser = bench_parser(__doc__, "fewer steps and rounds")
     parser.add_argument("--rounds", type=int, default=None, help="runs per contender")
     parser.add_argument(
         "--cpu-dry-run",

@@ -21,7 +21,6 @@ Run: ``python -m benchmarks.bench_peers [--quick]``; writes ``benchmarks/results
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import math
@@ -35,7 +34,16 @@ from pathlib import Path
 from typing import Any, Final
 
 import benchmarks._trainbus_runs  # noqa: F401  # registers the trainbus contenders
-from benchmarks._common import Headline, Workload, abab_order, format_table, median, write_result
+from benchmarks._common import (
+    Headline,
+    Workload,
+    abab_order,
+    bench_mode,
+    bench_parser,
+    format_table,
+    median,
+    write_result,
+)
 from benchmarks._contenders import CONTENDERS, Contender, Measured, RunSpec
 
 TARGET_SLOW_SINK_RATIO: Final = 0.97
@@ -399,8 +407,8 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
                 unit="x floor time",
                 target="-",
                 met=None,
-                note="the <= 1.03 target is taken in bench_trainer, on the issue's setup "
-                "(default callbacks, every step logged and printed); here nothing prints, 10 or "
+                note="the <= 1.03 target is taken in bench_trainer; there the default "
+                "callbacks run and every step is logged and printed; here nothing prints, 10 or "
                 "200 extra scalars are logged every 1 or 10 steps, and the figure is a median of "
                 f"medians; range {slowdowns[0]:.2f}-{slowdowns[-1]:.2f}x; "
                 f"median {median(overheads):.0f} us/step over the floor "
@@ -412,8 +420,7 @@ def headlines(table: Sequence[dict[str, Any]], plan: Plan) -> list[Headline]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the comparison and write ``results/peers.json``."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one condition pair, one round")
+    parser = bench_parser(__doc__, "one condition pair, one round")
     parser.add_argument(
         "--smoke", action="store_true", help="seconds: no MLflow, the shortest windows"
     )
@@ -421,8 +428,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--contenders", default="", help="comma-separated subset of: " + ", ".join(ORDER)
     )
     args = parser.parse_args(argv)
-    smoke = args.smoke or os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
-    mode = "smoke" if smoke else "quick" if args.quick else "full"
+    mode = bench_mode(args.quick, args.smoke)
     plan = Plan.for_mode(mode)
     work = Workload()
     wanted = {name for name in args.contenders.split(",") if name}

@@ -24,9 +24,7 @@ Run: ``python -m benchmarks.bench_scaling [--quick]``; writes ``benchmarks/resul
 
 from __future__ import annotations
 
-import argparse
 import gc
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,6 +38,8 @@ import structlog
 
 from benchmarks._common import (
     Headline,
+    bench_mode,
+    bench_parser,
     format_table,
     median,
     percentile,
@@ -145,10 +145,8 @@ def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run every configuration and write ``results/scaling.json``."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps per configuration")
-    args = parser.parse_args(argv)
-    smoke = os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
+    args = bench_parser(__doc__, "fewer steps per configuration").parse_args(argv)
+    smoke = bench_mode(args.quick) == "smoke"
     steps = 200 if smoke else 500 if args.quick else 1500
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     rows: list[dict[str, Any]] = []

@@ -23,8 +23,6 @@ Run alone with ``python -m benchmarks.bench_sink_process [--quick]``; writes
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
 import uuid
@@ -33,7 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Headline, Workload, abab_order, format_table, median, write_result
+from benchmarks._common import (
+    Headline,
+    Workload,
+    abab_order,
+    bench_args,
+    bench_mode,
+    bench_parser,
+    format_table,
+    median,
+    write_result,
+)
 from benchmarks._contenders import _with_env
 from benchmarks._sink_stage import WARMUP_STEPS, Stage, quiet
 from benchmarks._trainbus_runs import scalar_trainer
@@ -73,7 +81,7 @@ def _train(stage: Stage, contender: Contender, seconds: float) -> dict[str, Any]
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
     from trainbus.orchestrator.run import Orchestrator
-    from trainbus.trainer import PrinterCallback, TrainerCallback, TrainingArguments
+    from trainbus.trainer import PrinterCallback, TrainerCallback
 
     work = Workload()
     root = stage.root / f"run-{uuid.uuid4().hex[:8]}"
@@ -96,18 +104,11 @@ def _train(stage: Stage, contender: Contender, seconds: float) -> dict[str, Any]
         "COMET_URL_OVERRIDE": stage.comet_proxy.url,
         "COMET_WORKSPACE": "bench",
     }
-    args = TrainingArguments(
-        output_dir=str(root / "out"),
+    args = bench_args(
+        work,
+        root / "out",
         max_steps=10_000_000,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        max_grad_norm=work.max_grad_norm,
-        logging_steps=1,
-        save_strategy="no",
         report_to=sinks or "none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=work.seed,
         run_name="bench-sink-process",
     )
     torch.set_num_threads(work.threads)
@@ -189,10 +190,8 @@ def _headline(row: dict[str, Any], base: dict[str, Any], what: str, target: bool
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, one round")
-    options = parser.parse_args(argv)
-    smoke = os.environ.get("TRAINBUS_BENCH_SMOKE") == "1"
+    options = bench_parser(__doc__, "short runs, one round").parse_args(argv)
+    smoke = bench_mode(options.quick) == "smoke"
     seconds = 0.5 if smoke else 2.0 if options.quick else 3.0
     rounds = 1 if options.quick or smoke else 4
     with (

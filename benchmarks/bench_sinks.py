@@ -35,7 +35,6 @@ Run alone with ``python -m benchmarks.bench_sinks [--quick]``; writes ``results/
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import os
@@ -55,6 +54,8 @@ from benchmarks._common import (
     Headline,
     Workload,
     abab_order,
+    bench_args,
+    bench_parser,
     format_table,
     median,
     percentile,
@@ -89,7 +90,7 @@ def _train(
     import torch
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
-    from trainbus.trainer import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+    from trainbus.trainer import PrinterCallback, Trainer, TrainerCallback
 
     work = Workload()
     run_dir = stage.root / f"run-{uuid.uuid4().hex[:8]}"
@@ -118,20 +119,7 @@ def _train(
     # The flush deadline is only waited out by a sink that cannot catch up (Comet's one request
     # per point): what is left stays in the journal and is reported as ``left_in_journal``.
     launcher = RunLauncher(run_dir, close_deadline=2.0 if outage is None else 60.0)
-    args = TrainingArguments(
-        output_dir=str(run_dir / "out"),
-        max_steps=10_000_000,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        max_grad_norm=work.max_grad_norm,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-        seed=work.seed,
-        run_name="bench-sinks",
-    )
+    args = bench_args(work, run_dir / "out", max_steps=10_000_000, run_name="bench-sinks")
     trainer = Trainer(
         Classifier(work),
         args,
@@ -298,9 +286,7 @@ def _sink_rate(url: str, requests: int, root: Path) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, one round")
-    options = parser.parse_args(argv)
+    options = bench_parser(__doc__, "short runs, one round").parse_args(argv)
     quick = options.quick
     # Many short runs rather than a few long ones: on this kind of shared machine the speed of the
     # whole host moves by up to 30 % from one run to the next (steps per CPU-second with it), so

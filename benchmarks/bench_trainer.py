@@ -40,7 +40,6 @@ Run: ``python -m benchmarks.bench_trainer [--quick]``; writes ``benchmarks/resul
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -57,12 +56,13 @@ from benchmarks._common import (
     Headline,
     Workload,
     abab_order,
+    bench_args,
+    bench_parser,
     format_table,
     median,
     write_result,
 )
 from benchmarks._contenders import BatchList, Classifier, unwrap
-from benchmarks._report import BESIDE
 
 TARGET_OVERHEAD = 1.03
 
@@ -189,23 +189,17 @@ def train_journaled(
     on the training thread) and the clocks read just before ``train()``.
     """
     from trainbus.bus._journal import JournalReader
-    from trainbus.trainer import Trainer, TrainingArguments
+    from trainbus.trainer import Trainer
 
     torch.manual_seed(work.seed)
     output_dir = Path(tempfile.mkdtemp(prefix="trainbus-", dir=workdir))
-    args = TrainingArguments(
-        output_dir=str(output_dir),
+    args = bench_args(
+        work,
+        output_dir,
         max_steps=steps,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        max_grad_norm=work.max_grad_norm,
-        optim=work.optim,
         logging_steps=logging_steps,
-        save_strategy="no",
-        report_to="none",
         disable_tqdm=not bar,
         use_cpu=use_cpu,
-        seed=work.seed,
     )
     trainer = Trainer(Classifier(work), args, data_collator=unwrap, train_dataset=BatchList(work))
     began = _now()
@@ -226,21 +220,7 @@ def _transformers(work: Workload, steps: int, workdir: Path) -> Timing:
     import transformers
 
     torch.manual_seed(work.seed)
-    args = transformers.TrainingArguments(
-        output_dir=str(workdir / "hf"),
-        max_steps=steps,
-        per_device_train_batch_size=1,
-        learning_rate=work.learning_rate,
-        max_grad_norm=work.max_grad_norm,
-        optim=work.optim,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        use_cpu=True,
-        seed=work.seed,
-    )
+    args = bench_args(work, workdir / "hf", max_steps=steps, library="transformers")
     step_ends: list[float] = []
 
     class StepClock(transformers.TrainerCallback):  # type: ignore[misc]  # untyped base
@@ -324,8 +304,7 @@ def _measure(steps: int, rounds: int) -> dict[str, list[Timing]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds")
+    parser = bench_parser(__doc__, "fewer steps and rounds")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run")
     parser.add_argument("--rounds", type=int, default=None, help="runs per contender")
     options = parser.parse_args(argv)
@@ -370,13 +349,13 @@ def main(argv: list[str] | None = None) -> None:
             target=False,
         ),
         _headline(
-            f"hand loop taking the Trainer's two shortcuts / hand loop, {BESIDE}, {steady}, {best}",
+            f"hand loop taking the Trainer's two shortcuts / hand loop, {steady}, {best}",
             _best_ratio(times, "hand loop, shortcuts", "hand loop"),
             target=False,
         ),
         _headline(
             f"trainbus / hand loop taking the Trainer's two shortcuts (everything else the "
-            f"Trainer does), {BESIDE}, {steady}, {best}",
+            f"Trainer does), {steady}, {best}",
             _best_ratio(times, "trainbus", "hand loop, shortcuts"),
             target=False,
         ),

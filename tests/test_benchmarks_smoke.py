@@ -13,19 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks._common import SKIPPED_EXIT
-from benchmarks._readme import README_END, README_START, readme_section, update_readme
-from benchmarks._report import BESIDE, target_rows
+from benchmarks.__main__ import SUITE_FILE, load_results
+from benchmarks._common import RESULTS_DIR, SKIPPED_EXIT
+from benchmarks._report import render_markdown, target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITE_CONTEXT = {
-    "command": "python -m benchmarks",
-    "date": "2026-01-02T00:00:00+00:00",
-    "mode": "full",
-    "machine": {"cpu": "EPYC", "cores": 2, "memory_gib": 23.5, "gpu": "none"},
-    "versions": {"torch": "2.13.0+cpu"},
-}
-"""A full suite run on this machine, for the README section's first sentence."""
 
 
 def test_smoke_suite_writes_results_markdown_and_plot(tmp_path: Path) -> None:
@@ -69,20 +61,6 @@ def test_targets_nobody_measured_say_so() -> None:
     assert all(r["measured"] == "not measured" for r in gpu)
 
 
-def test_readme_update_touches_only_the_marked_section(tmp_path: Path) -> None:
-    """The runner rewrites the text between the benchmark markers and leaves the rest alone."""
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Benchmarks\n{README_START}\nold\n{README_END}\n\n## After\n")
-    assert update_readme(readme, f"{README_START}\nnew\n{README_END}")
-    text = readme.read_text()
-    assert "old" not in text
-    assert text == f"# x\n\n## Benchmarks\n{README_START}\nnew\n{README_END}\n\n## After\n"
-    unmarked = tmp_path / "OTHER.md"
-    unmarked.write_text("# y\n")
-    assert not update_readme(unmarked, "anything")
-    assert unmarked.read_text() == "# y\n"
-
-
 def test_gpu_figures_fill_the_gpu_rows_and_never_a_cpu_target() -> None:
     """Figures from ``bench_gpu`` (another machine) land under the GPU rows, not the CPU targets."""
     title = "publish cost per event with a CUDA training thread"
@@ -120,34 +98,6 @@ def test_gpu_benchmark_runs_its_steps_on_the_cpu_and_writes_nothing(tmp_path: Pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_readme_names_the_gpu_run_and_keeps_each_figure_with_its_note() -> None:
-    """The README's GPU sentence says where and with what it was measured, and never drops the
-    paired median that qualifies a best-of ratio."""
-    gpu_machine = {"cpu": "Xeon", "cores": 16, "memory_gib": 125.9, "gpu": "H200", "commit": "abc"}
-    results = {
-        "gpu": {
-            "command": "python -m benchmarks.bench_gpu",
-            "date": "2026-01-01T00:00:00+00:00",
-            "machine": gpu_machine,
-            "versions": {"torch": "2.11.0"},
-            "headline": [
-                {
-                    "name": "trainbus Trainer vs hand-written loop on a CUDA GPU: small MLP",
-                    "value": 1.05,
-                    "unit": "x",
-                    "met": None,
-                    "note": "median of the paired ratios 1.094",
-                }
-            ],
-        }
-    }
-    text = readme_section(results, SUITE_CONTEXT)
-    assert "measured on another machine (H200, Xeon, 16 cores" in text
-    assert "torch 2.11.0, commit abc" in text
-    assert "1.050 x (small MLP; median of the paired ratios 1.094)" in text
-    assert "publish cost per event with a CUDA training thread: not measured" in text
-
-
 def test_gpu_benchmark_without_cuda_exits_as_skipped(tmp_path: Path) -> None:
     """Without CUDA the GPU benchmark measures nothing, writes nothing and says it skipped."""
     done = subprocess.run(
@@ -163,45 +113,50 @@ def test_gpu_benchmark_without_cuda_exits_as_skipped(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_readme_keeps_a_figure_that_qualifies_a_verdict_beside_it() -> None:
-    """The Trainer's ratio to a hand loop taking its shortcuts has no target of its own, but the
-    README shows it next to the target's verdict, so the verdict is read with it."""
-    best = "time per step, steady state (after the first 10 steps), best of 41 runs each"
+def test_targets_table_shows_a_short_note_and_the_section_keeps_the_whole() -> None:
+    """A figure's row carries the first clause of its note; its topic's section the full note."""
+    context = {
+        "command": "python -m benchmarks",
+        "date": "2026-01-02T00:00:00+00:00",
+        "mode": "full",
+        "elapsed_s": 1.0,
+        "machine": {"cpu": "EPYC", "cores": 2},
+        "versions": {"torch": "2.13.0+cpu"},
+        "outcomes": [],
+    }
+    long_context = "measured beside a 10 ms ticker after warm_up(); the idle loop's p99 was 0.40 ms"
     results = {
-        "trainer": {
+        "embed": {
             "headline": [
                 {
-                    "name": f"trainbus / hand loop, {best}",
-                    "value": 1.008,
-                    "unit": "x",
-                    "target": "<= 1.03",
+                    "name": "host loop lag p99 while training (asyncio)",
+                    "value": 1.09,
+                    "unit": "ms",
+                    "target": "<= 10 ms",
                     "met": True,
-                },
-                {
-                    "name": f"trainbus / hand loop taking the Trainer's shortcuts, {BESIDE}, "
-                    + best,
-                    "value": 1.029,
-                    "unit": "x",
-                    "target": "-",
-                    "met": None,
-                },
-                {
-                    "name": f"trainbus / hand loop, {best.replace('best of 41 runs', 'median')}",
-                    "value": 1.007,
-                    "unit": "x",
-                    "target": "-",
-                    "met": None,
-                },
+                    "note": f"median of 3 runs; {long_context}",
+                }
             ]
         }
     }
-    line = next(
-        row
-        for row in readme_section(results, SUITE_CONTEXT).splitlines()
-        if row.startswith("| trainbus Trainer vs hand-written loop (time/step)")
-    )
-    assert "**met**" in line
-    assert (
-        "1.029 x (trainer, no target: trainbus / hand loop taking the Trainer's shortcuts" in line
-    )
-    assert "1.007" not in line  # other figures without a target stay in RESULTS.md only
+    (row,) = [r for r in target_rows(results) if r["source"] == "embed"]
+    assert row["note"] == "median of 3 runs"
+    assert row["figure"] == "host loop lag p99 while training (asyncio)"
+    markdown = render_markdown(results, context, None)
+    table, section = markdown.split("## embed")
+    assert long_context not in table
+    assert "| 1.090 ms | **met** | embed | median of 3 runs |" in table
+    assert f"1.090 ms; median of 3 runs; {long_context}." in section
+
+
+def test_results_markdown_holds_only_what_the_result_files_say() -> None:
+    """The committed RESULTS.md is exactly what the generator writes from the committed result
+    files, so no figure in it was typed in or left behind by an older run."""
+    committed = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    context = json.loads((RESULTS_DIR / SUITE_FILE).read_text())
+    marker = "Re-assembled from the result files on "
+    if marker in committed:
+        context["reassembled"] = committed.split(marker, 1)[1].split(".", 1)[0]
+    plot = ROOT / "benchmarks" / "results.png"
+    expected = render_markdown(load_results(RESULTS_DIR), context, plot if plot.exists() else None)
+    assert committed == expected
