@@ -70,7 +70,7 @@ async def test_a_burst_costs_one_wake_up(make_bus: MakeBus) -> None:
     with anyio.fail_after(10):
         async with make_bus() as bus, capture_events(bus) as events:
             calls = 0
-            real = bus._call_soon
+            real = bus._outbox._call_soon
             assert real is not None
 
             def counting(callback: Any) -> object:
@@ -78,7 +78,7 @@ async def test_a_burst_costs_one_wake_up(make_bus: MakeBus) -> None:
                 calls += 1
                 return real(callback)
 
-            bus._call_soon = counting
+            bus._outbox._call_soon = counting
             for step in range(1000):
                 bus.emit(StepEnd, global_step=step)
             await bus.drain()
@@ -392,7 +392,7 @@ def test_a_journal_that_cannot_be_written_stops_publishing(tmp_path: Path) -> No
             bus.emit(StepEnd, global_step=2)
         with pytest.raises(JournalError, match="could not write its journal"):
             bus.publish(StepEnd(run_id="r", seq=0, time=0.0, global_step=3))
-    assert len(bus._pending) == 0
+    assert len(bus._outbox) == 0
 
 
 async def test_no_append_follows_a_failed_journal_write(make_bus: MakeBus, tmp_path: Path) -> None:
