@@ -121,7 +121,12 @@ class Outbox:
             self._next_seq = seq + 1
             event = event_type(run_id=self.run_id, seq=seq, time=_now(), rank=self.rank, **fields)
             pending.append(event)  # type: ignore[arg-type]  # checked against _KNOWN_TYPES
-        self._after_append()
+        if (
+            not self._wake_scheduled
+            or self._loop_thread == _thread_id()
+            or len(pending) > _HIGH_WATER
+        ):
+            self._after_append()  # rare: see there; the common case costs no call
         return event
 
     def publish(self, event: E) -> E:
@@ -130,13 +135,19 @@ class Outbox:
             raise _unknown_type(type(event))
         if self.failure is not None:
             raise self.refusal()
+        pending = self._pending
         with self._lock:
             seq = self._next_seq
             self._next_seq = seq + 1
             if event.seq != seq or event.run_id != self.run_id or event.rank != self.rank:
                 event = msgspec.structs.replace(event, seq=seq, run_id=self.run_id, rank=self.rank)
-            self._pending.append(cast(Event, event))
-        self._after_append()
+            pending.append(cast(Event, event))
+        if (
+            not self._wake_scheduled
+            or self._loop_thread == _thread_id()
+            or len(pending) > _HIGH_WATER
+        ):
+            self._after_append()  # rare: see there; the common case costs no call
         return event
 
     def publish_marks(self, marks: list[Mark]) -> None:
@@ -165,10 +176,19 @@ class Outbox:
             # seq first: an interrupt between the two lines leaves a gap, never a reused seq
             self._next_seq = first + len(events)
             pending.extend(events)  # type: ignore[arg-type]  # members of Event
-        self._after_append()
+        if (
+            not self._wake_scheduled
+            or self._loop_thread == _thread_id()
+            or len(pending) > _HIGH_WATER
+        ):
+            self._after_append()  # rare: see there; the common case costs no call
 
     def _after_append(self) -> None:
-        """Wake the loop if it sleeps; slow a flood down (see ``_yield_to_loop``)."""
+        """Wake the loop if it sleeps; slow a flood down (see ``_yield_to_loop``).
+
+        The publishing calls come here only when one of the three applies (a training thread
+        publishing steadily meets none of them), which saves a call on every publish.
+        """
         if not self._wake_scheduled:
             self._schedule_wake()
         if self._loop_thread == _thread_id():
