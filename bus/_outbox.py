@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
 import anyio
@@ -238,7 +239,7 @@ class Outbox:
         error.__cause__ = self.failure
         return error
 
-    def continue_after(self, last_seq: int, journal: object) -> None:
+    def continue_after(self, last_seq: int, journal: Path) -> None:
         """Number the next event after ``last_seq``, the last one an existing ``journal`` holds.
 
         Raises ``JournalError`` when events numbered from 0 already wait here: they would reuse
@@ -287,7 +288,7 @@ class Outbox:
                     if self._wake_interval:
                         await self._poll()  # publishers see _wake_scheduled set meanwhile
                     await self.drain()
-            except Exception as exc:  # the journal cannot be written: the run must hear of it
+            except Exception as exc:  # deliver failed (a journal write): the run must hear of it
                 log.error("bus_drain_failed", run_id=self.run_id, exc_info=exc)
                 raise
 
