@@ -190,25 +190,19 @@ class Outbox:
         The publishing calls come here only when one of the three applies (a training thread
         publishing steadily meets none of them), which saves a call on every publish.
         """
-        if not self._wake_scheduled:
-            self._schedule_wake()
+        call_soon = self._call_soon
+        if not self._wake_scheduled and call_soon is not None:  # None: no loop yet (or any more)
+            self._wake_scheduled = True
+            try:
+                # The event the loop waits on now: the loop replaces it only after it fired, and
+                # clears the flag (letting a publisher here) only after replacing it.
+                call_soon(self._wakeup.set)
+            except RuntimeError:  # the loop closed under us; nothing left to wake
+                self._wake_scheduled = False
         if self._loop_thread == _thread_id():
             self._nudge.set()  # published on the loop itself: drain at its next turn, no poll
         if len(self._pending) > _HIGH_WATER:
             self._yield_to_loop()
-
-    def _schedule_wake(self) -> None:
-        call_soon = self._call_soon
-        if call_soon is None:
-            return  # no loop yet (or any more): the events wait for the next start
-        self._wake_scheduled = True
-        try:
-            call_soon(self._on_wake)
-        except RuntimeError:  # the loop closed under us; nothing left to wake
-            self._wake_scheduled = False
-
-    def _on_wake(self) -> None:
-        self._wakeup.set()  # looked up on the loop: the event the loop waits on now
 
     def _yield_to_loop(self) -> None:
         """Flow control for floods: let the loop catch up, for at most a millisecond per call.
@@ -314,30 +308,30 @@ class Outbox:
         A publisher on the loop's own thread (an async service) nudges the poll instead: it
         costs no GIL hand-over there, and its events need not wait for the timer.
         """
+        pending, deliver = self._pending, self._deliver
         idle = 0
         while idle < _IDLE_POLLS:
             with anyio.move_on_after(self._wake_interval):
                 await self._nudge.wait()
             self._nudge = anyio.Event()
-            if self._pending:
+            if pending:
                 idle = 0
-                await self._deliver_pending()
+                while pending:
+                    deliver([pending.popleft() for _ in range(min(len(pending), _BURST))])
+                    await anyio.lowlevel.checkpoint()
             else:
                 idle += 1
 
     async def drain(self) -> None:
         """Deliver every event published so far; the next publish wakes the loop again."""
-        while True:
-            await self._deliver_pending()
-            self._wake_scheduled = False
-            if not self._pending:  # re-check: a publisher may have seen the flag still set
-                return
-
-    async def _deliver_pending(self) -> None:
         pending, deliver = self._pending, self._deliver
-        while pending:
-            deliver([pending.popleft() for _ in range(min(len(pending), _BURST))])
-            await anyio.lowlevel.checkpoint()
+        while True:
+            while pending:
+                deliver([pending.popleft() for _ in range(min(len(pending), _BURST))])
+                await anyio.lowlevel.checkpoint()
+            self._wake_scheduled = False
+            if not pending:  # re-check: a publisher may have seen the flag still set
+                return
 
     def take(self) -> list[Event]:
         """Up to one burst of what is pending, oldest first, for a caller that delivers it now."""
