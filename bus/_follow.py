@@ -13,25 +13,21 @@ this side looks every ``interval``; a sink batches for longer than both anyway.
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 from pathlib import Path
-from typing import Final
 
 import anyio
 
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._events import Event
-from trainbus.bus._journal import FILE_MAGIC, Record, decode_record, read_appended
+from trainbus.bus._journal import Record, SeqIndex, decode_record, read_appended
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
 
 __all__ = ["LiveJournal", "follow"]
-
-_INDEX_EVERY: Final = 4096
 
 
 class LiveJournal:
@@ -45,8 +41,7 @@ class LiveJournal:
         self.path = Path(path)
         self.last_seq = -1
         self._offset = 0
-        self._index_seqs: list[int] = []
-        self._index_offsets: list[int] = []
+        self._index = SeqIndex()
 
     def poll(self) -> list[Event]:
         """The events appended since the last call (none while the file does not exist yet)."""
@@ -62,18 +57,17 @@ class LiveJournal:
         if not self.path.exists():
             return []
         records, self._offset = read_appended(self.path, self._offset)
+        index = self._index
         for record in records:
-            if not self._index_seqs or record.seq - self._index_seqs[-1] >= _INDEX_EVERY:
-                self._index_seqs.append(record.seq)
-                self._index_offsets.append(record.offset)
+            if record.seq >= index.due:
+                index.add(record.seq, record.offset)
         if records:
             self.last_seq = records[-1].seq
         return records
 
     def offset_for(self, seq: int) -> int:
         """A record boundary at or before ``seq``'s record (where a catching-up runner starts)."""
-        i = bisect.bisect_right(self._index_seqs, seq) - 1
-        return self._index_offsets[i] if i >= 0 else len(FILE_MAGIC)
+        return self._index.offset_for(seq)
 
 
 async def follow(

@@ -302,6 +302,33 @@ def _tail_fields(tail: TornTail) -> dict[str, object]:
     return {"offset": tail.offset, "dropped_bytes": tail.dropped_bytes, "reason": tail.reason}
 
 
+class SeqIndex:
+    """A sparse seq -> offset index of a journal: where a reader starts to find a ``seq``.
+
+    One record boundary every ``_INDEX_EVERY`` sequence numbers, noted by whoever sees the
+    records go by (the writer as it appends, ``trainbus.bus._follow`` as it reads another
+    process's journal); runners catching up ask ``offset_for``. Without an entry it answers the
+    first record, which is always right, only slower.
+    """
+
+    def __init__(self) -> None:
+        self.due = 0
+        """The smallest ``seq`` whose record ``add`` should be told about next."""
+        self._seqs: list[int] = []
+        self._offsets: list[int] = []
+
+    def add(self, seq: int, offset: int) -> None:
+        """Note where the record carrying ``seq`` starts (called once ``seq >= due``)."""
+        self._seqs.append(seq)
+        self._offsets.append(offset)
+        self.due = seq + _INDEX_EVERY
+
+    def offset_for(self, seq: int) -> int:
+        """A record boundary at or before the record carrying ``seq``."""
+        i = bisect.bisect_right(self._seqs, seq) - 1
+        return self._offsets[i] if i >= 0 else len(FILE_MAGIC)
+
+
 class JournalWriter:
     """Appends events; owned by the bus's event loop, which calls it once per drained burst.
 
@@ -315,9 +342,7 @@ class JournalWriter:
         self._fd = fd
         self._offset = offset
         self.last_seq = last_seq
-        self._index_seqs: list[int] = []
-        self._index_offsets: list[int] = []
-        self._since_index = _INDEX_EVERY
+        self._index = SeqIndex()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> JournalWriter:
@@ -332,16 +357,7 @@ class JournalWriter:
         if offset == 0:
             os.write(fd, FILE_MAGIC)
             offset = len(FILE_MAGIC)
-        writer = cls(path, fd, offset, last)
-        if last >= 0:
-            writer._index_seqs.append(0)
-            writer._index_offsets.append(len(FILE_MAGIC))
-        return writer
-
-    @property
-    def end_offset(self) -> int:
-        """The offset one past the last appended record."""
-        return self._offset
+        return cls(path, fd, offset, last)
 
     def append(self, events: Sequence[Event]) -> None:
         """Append ``events`` (seq strictly increasing) as one write."""
@@ -351,7 +367,8 @@ class JournalWriter:
         add = parts.append
         encode, pack, pack_len_seq, crc32 = _encode, _HEADER.pack, _LEN_SEQ.pack, zlib.crc32
         offset = self._offset
-        since = self._since_index
+        index = self._index
+        due = index.due
         last = self.last_seq
         for event in events:
             seq = event.seq
@@ -362,11 +379,9 @@ class JournalWriter:
                 )
             payload = encode(event)
             length = len(payload)
-            if since >= _INDEX_EVERY:
-                self._index_seqs.append(seq)
-                self._index_offsets.append(offset)
-                since = 0
-            since += 1
+            if seq >= due:
+                index.add(seq, offset)
+                due = index.due
             offset += _HEADER.size + length
             add(pack(_MARKER, 0, length, crc32(payload, crc32(pack_len_seq(length, seq))), seq))
             add(payload)
@@ -377,13 +392,11 @@ class JournalWriter:
             written = os.write(self._fd, view)
             view = view[written:]
         self._offset = offset
-        self._since_index = since
         self.last_seq = last
 
     def offset_for(self, seq: int) -> int:
         """A record boundary at or before the record carrying ``seq``: where a reader starts."""
-        i = bisect.bisect_right(self._index_seqs, seq) - 1
-        return self._index_offsets[i] if i >= 0 else len(FILE_MAGIC)
+        return self._index.offset_for(seq)
 
     def fsync(self) -> None:
         """Make every appended record durable on disk."""

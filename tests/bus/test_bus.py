@@ -75,12 +75,28 @@ async def test_publish_restamps_a_ready_made_event(make_bus: MakeBus) -> None:
     assert (event.run_id, event.seq, event.rank, event.logs) == ("test-run", 1, 0, {"loss": 1.0})
 
 
+async def test_the_publishing_methods_called_through_the_class_publish_alike(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """Bus.emit(bus, ...), Bus.publish and Bus.publish_marks number and journal like bus.emit."""
+    with anyio.fail_after(10):
+        async with make_bus() as bus:
+            bus.emit(StepEnd, global_step=0)
+            Bus.emit(bus, StepEnd, global_step=1)
+            Bus.publish(bus, StepEnd(run_id="other", seq=7, time=1.0, global_step=2))
+            Bus.publish_marks(bus, [(StepEnd, 1.0, 3, 0.0)])
+    events = list(JournalReader(tmp_path / "journal.tbj").read_from())
+    assert [(e.seq, e.global_step, e.run_id) for e in events] == [
+        (i, i, "test-run") for i in range(4)
+    ]
+
+
 async def test_a_burst_costs_one_wake_up(make_bus: MakeBus) -> None:
     """Publishing many events before the loop runs schedules one wake-up, not one per event."""
     with anyio.fail_after(10):
         async with make_bus() as bus, capture_events(bus) as events:
             calls = 0
-            real = bus._call_soon
+            real = bus._outbox._call_soon
             assert real is not None
 
             def counting(callback: Any) -> object:
@@ -88,7 +104,7 @@ async def test_a_burst_costs_one_wake_up(make_bus: MakeBus) -> None:
                 calls += 1
                 return real(callback)
 
-            bus._call_soon = counting
+            bus._outbox._call_soon = counting
             for step in range(1000):
                 bus.emit(StepEnd, global_step=step)
             await bus.drain()
@@ -402,7 +418,7 @@ def test_a_journal_that_cannot_be_written_stops_publishing(tmp_path: Path) -> No
             bus.emit(StepEnd, global_step=2)
         with pytest.raises(JournalError, match="could not write its journal"):
             bus.publish(StepEnd(run_id="r", seq=0, time=0.0, global_step=3))
-    assert len(bus._pending) == 0
+    assert len(bus._outbox) == 0
 
 
 async def test_no_append_follows_a_failed_journal_write(make_bus: MakeBus, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from trainbus.bus._events import Log
 from trainbus.bus._follow import LiveJournal
-from trainbus.bus._journal import JournalWriter, read_appended
+from trainbus.bus._journal import JournalReader, JournalWriter, read_appended
 
 
 def test_live_journal_reads_only_whole_records_while_the_writer_appends(tmp_path: Path) -> None:
@@ -51,3 +51,26 @@ def test_read_appended_reads_a_bounded_chunk_at_a_time_and_any_single_record_who
     source = LiveJournal(path)
     source.skip_existing()
     assert source.last_seq == 39 and source.poll() == []
+
+
+def test_the_writer_and_a_follower_index_the_journal_alike(tmp_path: Path) -> None:
+    """A follower reading a journal finds the same record boundaries the writer noted, and each
+    one is where a reader finds that seq."""
+    path = tmp_path / "journal.tbj"
+    writer = JournalWriter.open(path)
+    for start in range(0, 10_000, 700):  # bursts of the bus's shape, not aligned to the index
+        writer.append(
+            [
+                Log(run_id="r", seq=i, time=1.0, logs={"loss": 1.0})
+                for i in range(start, start + 700)
+            ]
+        )
+    source = LiveJournal(path)
+    assert len(source.poll()) == 10_500
+    for seq in (0, 4_095, 4_096, 9_000, 10_499):
+        offset = writer.offset_for(seq)
+        assert offset == source.offset_for(seq)
+        first = next(JournalReader(path).records(offset)).seq
+        assert first <= seq and (seq < 4_096 or first > seq - 4_096)
+    assert writer.offset_for(9_000) > writer.offset_for(4_096) > writer.offset_for(0)
+    writer.close()
