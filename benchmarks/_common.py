@@ -38,25 +38,21 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 __all__ = [
     "BENCH_DIR",
-    "PEER_PACKAGES",
     "RESULTS_DIR",
     "SKIPPED_EXIT",
     "Headline",
-    "Mode",
     "Workload",
     "abab_order",
     "bench_args",
     "bench_mode",
     "bench_parser",
-    "command_line",
     "extra_scalars",
     "format_table",
     "machine_card",
@@ -378,11 +374,6 @@ def make_batches(work: Workload) -> list[dict[str, Any]]:
 def extra_scalars(loss: float, count: int) -> dict[str, float]:
     """The extra scalars every contender logs beside its loss: cheap, deterministic, distinct."""
     return {f"extra/s{index:03d}": loss * (1.0 + index * 1e-3) for index in range(count)}
-
-
-def wall_clock() -> Callable[[], float]:
-    """The clock benchmarks use for durations (monotonic, high resolution)."""
-    return time.perf_counter
 
 
 # --- what every benchmark's command line and training set-up share ---------------------------

@@ -37,16 +37,22 @@ def env_str(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() or None
 
 
-def env_flag(env: Mapping[str, str], name: str, *, default: bool = False) -> bool:
+def env_flag(
+    env: Mapping[str, str], name: str, *, default: bool = False, lenient: bool = False
+) -> bool:
     """A boolean variable (see the module docstring for the spellings).
 
     Args:
         env: the environment to read.
         name: the variable.
         default: the answer when the variable is unset; set but empty means false.
+        lenient: a value that is no boolean spelling reads as ``default`` instead of raising. For
+            a sink's ``is_available`` under ``report_to="all"``: its ``from_env`` reports the bad
+            value when the sink is really built, and ``"all"`` must not fail for it.
 
     Raises:
-        ConfigurationError: the value is not a boolean spelling; the message names the variable.
+        ConfigurationError: the value is not a boolean spelling (unless ``lenient``); the message
+            names the variable.
     """
     raw = env.get(name)
     if raw is None:
@@ -56,6 +62,8 @@ def env_flag(env: Mapping[str, str], name: str, *, default: bool = False) -> boo
         return True
     if value in _FALSE:
         return False
+    if lenient:
+        return default
     raise ConfigurationError(f"{name}={raw!r} is not a boolean; {_EXPECTED_FLAG}")
 
 

@@ -4,9 +4,10 @@ Training arguments (``TrainingArguments.to_dict``), the ``RunStarted`` event the
 and every sink that logs or uploads text all decide through `is_secret`, so a name is a secret
 everywhere or nowhere. It lives in the lowest layer because all three packages above need it.
 
-A name is split into lower-case words (``hub_token``, ``MLFLOW_TRACKING_PASSWORD``, ``apiKey``)
-and is a secret when a word names one (``password``, ``passwd``, ``secret``, ``credential``,
-``auth``, ``apikey`` ...), when it ends in ``key`` (``api_key``, ``COMET_API_KEY``; not
+A name is split into lower-case words (``hub_token``, ``MLFLOW_TRACKING_PASSWORD``, ``apiKey``) and
+is a secret when a word names one (``password``, ``passwd``, ``secret``, ``credential``, ``auth``,
+``apikey`` ...), when it has ``key`` after a word that makes it a credential (``api_key``,
+``COMET_API_KEY``, ``aws_access_key_id``, ``private_key``; not ``label_key``, ``cache_key`` or
 ``num_key_value_heads``), or when it has the word ``token`` not followed by an id word
 (``hub_token`` yes; ``pad_token_id``, ``max_tokens``, ``tokenizer_name`` no). Masking more than
 needed costs a readable value; masking less leaks a credential, so doubtful words count as secret.
@@ -14,6 +15,7 @@ needed costs a readable value; masking less leaks a credential, so doubtful word
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -39,6 +41,28 @@ _SECRET_WORDS: Final = frozenset(
         "secrets",
     }
 )
+# ``key`` after one of these is a credential (``access_key_id``); after others it names a field
+# (``label_key``, ``sort_key``) and stays readable.
+_KEY_QUALIFIERS: Final = frozenset(
+    {
+        "access",
+        "account",
+        "api",
+        "app",
+        "client",
+        "deploy",
+        "encryption",
+        "license",
+        "master",
+        "private",
+        "service",
+        "session",
+        "signing",
+        "ssh",
+        "storage",
+        "subscription",
+    }
+)
 # ``token`` followed by one of these is a token in the NLP sense (``pad_token_id``), not a login.
 _TOKEN_ID_WORDS: Final = frozenset(
     {"id", "ids", "index", "indices", "type", "types", "count", "len", "length", "size", "dim"}
@@ -59,12 +83,17 @@ def _secret_words(words: list[str]) -> bool:
     named = [word for word in words if not word.isdigit()]  # ``api_key_2`` is still a key
     if not named:
         return False
-    if named[-1] in ("key", "keys") or not _SECRET_WORDS.isdisjoint(named):
+    if not _SECRET_WORDS.isdisjoint(named):
         return True
     following = [*named[1:], ""]
-    return any(
+    if any(
         word == "token" and after not in _TOKEN_ID_WORDS
         for word, after in zip(named, following, strict=True)
+    ):
+        return True
+    return any(
+        word in ("key", "keys") and before in _KEY_QUALIFIERS
+        for before, word in itertools.pairwise(named)
     )
 
 

@@ -24,23 +24,24 @@ def _from_group(getter: str) -> int | None:
     return int(getattr(dist, getter)())
 
 
-def _env_int(name: str, default: int) -> int:
-    value = env_int(os.environ, name)
+def _env_int(name: str, default: int, minimum: int) -> int:
+    value = env_int(os.environ, name, minimum=minimum)
     return default if value is None else value
 
 
 def world_rank() -> int:
     """This process's rank in the job: the process group's, else ``$RANK``, else 0."""
     rank = _from_group("get_rank")
-    return _env_int("RANK", 0) if rank is None else rank
+    # -1 is Hugging Face's "not distributed", which users copy into their environment.
+    return max(_env_int("RANK", 0, minimum=-1), 0) if rank is None else rank
 
 
 def world_size() -> int:
     """How many processes the job has: the process group's, else ``$WORLD_SIZE``, else 1."""
     size = _from_group("get_world_size")
-    return _env_int("WORLD_SIZE", 1) if size is None else size
+    return _env_int("WORLD_SIZE", 1, minimum=1) if size is None else size
 
 
 def local_rank() -> int:
-    """This process's rank on its node: torchrun's ``$LOCAL_RANK``, else 0 (no group knows it)."""
-    return _env_int("LOCAL_RANK", 0)
+    """This process's rank on its node: torchrun's ``$LOCAL_RANK`` (-1 reads as 0), else 0."""
+    return max(_env_int("LOCAL_RANK", 0, minimum=-1), 0)

@@ -20,6 +20,7 @@ call and closes it after, so ``evaluate()`` after ``train()`` continues the same
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -303,19 +304,15 @@ class Orchestrator:
     ) -> T:
         """Run ``work(bus)`` in a worker thread while this loop keeps serving the bus and sinks.
 
-        A thread cannot be cancelled, so cancelling the caller calls ``on_cancel`` (ask the work
-        to stop) and then waits for the thread: the run never closes under a live training loop.
+        For work that is not a ``Trainer`` (whose ``train_async`` does the same through
+        ``open_run``). A thread cannot be cancelled, so cancelling the caller calls ``on_cancel``
+        (ask the work to stop) and then waits for the thread: the run never closes under a live
+        training loop. The work's own failure marks the run failed, as in ``open_run``.
         """
-        bus = self.bus
-
-        def in_run() -> T:
-            try:
-                return work(bus)
-            except BaseException as exc:  # the work's own failure, not a cancelled caller
-                self._mark_error(exc)
-                raise
-
-        return await run_in_worker_thread(in_run, on_cancel=on_cancel or _nothing)
+        async with self.open_run(None) as bus:
+            return await run_in_worker_thread(
+                functools.partial(work, bus), on_cancel=on_cancel or _nothing
+            )
 
     @asynccontextmanager
     async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:

@@ -164,12 +164,9 @@ class CometSink(Sink):
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
         """Chosen by ``report_to="all"`` when an API key, offline mode or a mode is configured."""
-        try:  # a bad value is from_env's error to raise, not report_to="all"'s
-            offline = env_str(env, "COMET_START_ONLINE") is not None and not env_flag(
-                env, "COMET_START_ONLINE"
-            )
-        except ConfigurationError:
-            offline = False
+        offline = env_str(env, "COMET_START_ONLINE") is not None and not env_flag(
+            env, "COMET_START_ONLINE", default=True, lenient=True
+        )
         return bool(env_str(env, "COMET_API_KEY") or offline or env_str(env, "COMET_MODE"))
 
     @classmethod

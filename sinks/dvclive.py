@@ -245,8 +245,5 @@ def _log_model(env: Mapping[str, str]) -> LogModel:
         return "all"
     try:
         return env_flag(env, "HF_DVCLIVE_LOG_MODEL")
-    except ConfigurationError:
-        raise ConfigurationError(
-            "HF_DVCLIVE_LOG_MODEL must be 'all' or one of 1/ON/YES/TRUE or 0/OFF/NO/FALSE, "
-            f"got {raw!r}."
-        ) from None
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} (or 'all')") from None

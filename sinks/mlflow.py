@@ -137,10 +137,7 @@ class MLflowSink(Sink):
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
         """Chosen by ``report_to="all"`` when a tracking URI is set and the integration is on."""
-        try:
-            disabled = env_flag(env, "DISABLE_MLFLOW_INTEGRATION")
-        except ConfigurationError:
-            disabled = False
+        disabled = env_flag(env, "DISABLE_MLFLOW_INTEGRATION", lenient=True)
         return env_str(env, "MLFLOW_TRACKING_URI") is not None and not disabled
 
     @classmethod

@@ -125,10 +125,7 @@ class WandbSink(Sink):
         """For ``report_to="all"``: installed, not disabled, and able to start without a login."""
         if importlib.util.find_spec("wandb") is None:
             return False
-        try:
-            disabled = env_flag(env, "WANDB_DISABLED")
-        except ConfigurationError:
-            disabled = False
+        disabled = env_flag(env, "WANDB_DISABLED", lenient=True)
         mode = (env_str(env, "WANDB_MODE") or "").lower()
         if disabled or mode == "disabled":
             return False

@@ -7,7 +7,7 @@ calls it: a callback pays only for the hooks it really implements.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from trainbus.bus._dispatch import Hook
@@ -29,8 +29,10 @@ EVENT_NAMES: Final = tuple(hook_name(event_type) for event_type in HF_EVENT_TYPE
 """The sixteen hook names, one per Hugging Face event of the bus's union (``StepEnd`` ->
 ``on_step_end``): the events are the one place they are written."""
 
-HookResult: TypeAlias = "TrainerControl | Awaitable[TrainerControl | None] | None"
-"""What a hook returns: nothing, a replacement control, or (``async def``) an awaitable of those."""
+HookResult: TypeAlias = "TrainerControl | Coroutine[Any, Any, TrainerControl | None] | None"
+"""What a hook returns: nothing, a replacement control, or (``async def``) a coroutine of those.
+
+Only coroutines are awaited (on the bus's loop); any other return value is taken as the control."""
 
 
 class TrainerCallback:

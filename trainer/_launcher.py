@@ -168,6 +168,8 @@ def resolve_launcher() -> Launcher:
     try:
         loaded: Any = entry.load()
     except (ImportError, AttributeError) as exc:
+        # Said here whatever report_to asks for: even report_to="none" loses the run directory.
+        logger.warning("launcher_unavailable", launcher=entry.value, error=str(exc))
         return LocalLauncher(reason=f"the launcher {entry.value!r} does not import ({exc})")
     launcher = loaded() if isinstance(loaded, type) else loaded
     if not isinstance(launcher, Launcher):

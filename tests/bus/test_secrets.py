@@ -28,6 +28,9 @@ SECRET_NAMES = [
     "private_key",
     "api_key_2",
     "oauth_client",
+    "AWS_ACCESS_KEY_ID",
+    "api_key_id",
+    "AZURE_STORAGE_ACCOUNT_KEY",
 ]
 PLAIN_NAMES = [
     "tokenizer_name",
@@ -46,6 +49,10 @@ PLAIN_NAMES = [
     "learning_rate",
     "output_dir",
     "metric_for_best_model",
+    "label_key",
+    "text_key",
+    "sort_key",
+    "cache_key",
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from trainbus.bus._events import Evaluate, RunFinished, RunStarted, StepEnd
 from trainbus.bus._journal import JournalReader
-from trainbus.orchestrator.launcher import LAUNCHER
+from trainbus.orchestrator._launcher import LAUNCHER
 from trainbus.orchestrator.run import Orchestrator
 from trainbus.orchestrator.rundir import find_run_dir
 from trainbus.trainer._arguments import TrainingArguments
@@ -115,3 +115,29 @@ def test_rank_and_world_size_come_from_the_process_group_for_both(
         assert not from_trainer.run_dir.path.name.endswith("-rank3")
     finally:
         dist.destroy_process_group()
+
+
+def test_a_launcher_that_does_not_import_is_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered launcher whose module is missing falls back to the local one, and says so."""
+    from structlog.testing import capture_logs
+
+    from trainbus.trainer._launcher import ENTRY_POINT_GROUP, LocalLauncher
+
+    dist_info = tmp_path / "broken_launcher-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-launcher\nVersion: 1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nbroken = no_such_module_anywhere:LAUNCHER\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRAINBUS_LAUNCHER", "broken")
+    with capture_logs() as logs:
+        launcher = resolve_launcher()
+    assert isinstance(launcher, LocalLauncher)
+    (warning,) = [entry for entry in logs if entry["event"] == "launcher_unavailable"]
+    assert warning["log_level"] == "warning"
+    assert warning["launcher"] == "no_such_module_anywhere:LAUNCHER"
