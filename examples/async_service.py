@@ -17,11 +17,8 @@ from pathlib import Path
 import anyio
 
 from examples import digits
-from trainbus.bus._events import Evaluate
-from trainbus.bus._stream import Subscription
-from trainbus.orchestrator import Orchestrator
-from trainbus.trainer._arguments import TrainingArguments
-from trainbus.trainer._trainer import Trainer
+from trainbus import Orchestrator, Trainer, TrainingArguments
+from trainbus.bus import Evaluate, Subscription
 
 __all__ = ["main", "serve_and_train"]
 

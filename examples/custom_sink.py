@@ -21,8 +21,8 @@ from pathlib import Path
 
 import anyio
 
-from trainbus.bus._events import Evaluate, Event, Log
-from trainbus.bus._sink import Sink
+from trainbus import Sink
+from trainbus.bus import Evaluate, Event, Log
 
 __all__ = ["JsonLines"]
 
