@@ -3,7 +3,8 @@ upload an offline Comet run.
 
 Bad input (a malformed file, an unknown ``report_to`` name, a factory that does not import, an
 unwritable ``output_dir``, a path that is not a run directory) ends with exit code 2 and one line
-on stderr, before anything is written.
+on stderr, before anything is written. ``trainbus train`` stopped by SIGTERM or SIGINT saves,
+flushes, marks the run ``killed`` and exits with 143 or 130; a second signal ends it at once.
 """
 
 from __future__ import annotations
@@ -125,8 +126,13 @@ def _train(ns: argparse.Namespace) -> int:
     from trainbus.orchestrator.show import format_summary, summarize
 
     orch = prepared.orchestrator
-    prepared.trainer.train()  # its launcher is the prepared orchestrator (prepare_run)
+    trainer = prepared.trainer
+    trainer.train()  # its launcher is the prepared orchestrator (prepare_run)
     print(format_summary(summarize(orch.run_dir), orch.run_dir))
+    if trainer.stopped_by_signal is not None:  # stopped and saved; the shell's convention
+        from trainbus.trainer._signals import exit_code
+
+        return exit_code(trainer.stopped_by_signal)
     return 0
 
 

@@ -12,8 +12,11 @@ Layout of ``<output_dir>/checkpoint-<step>/``::
 
 Everything is written into a hidden sibling directory, flushed to disk, and renamed into place,
 so a crash leaves either the previous set of checkpoints or the new one, never half a checkpoint
-that a resume would pick up. Every ``.pt``/``.pth`` file is read with ``weights_only=True``: the
-RNG states are stored as tensors and numbers precisely so that they load under that restriction.
+that a resume would pick up. A process killed mid-save leaves its hidden directories behind;
+``recover_interrupted_saves`` (run at the start of ``train()``) deletes the half-written ones and
+puts back a checkpoint that was moved aside but never replaced. Every ``.pt``/``.pth`` file is
+read with ``weights_only=True``: the RNG states are stored as tensors and numbers precisely so that
+they load under that restriction.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "find_checkpoint",
     "load_optimizer_and_scheduler",
     "load_weights",
+    "recover_interrupted_saves",
     "rng_file",
     "rotate_checkpoints",
     "save_model",
@@ -60,6 +64,7 @@ RNG_NAME: Final = "rng_state.pth"
 STATE_NAME: Final = "trainer_state.json"
 ARGS_NAME: Final = "training_args.json"
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
+_STAGING = re.compile(rf"^\.({PREFIX}-\d+)\.(tmp|old)-\d+$")
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
@@ -149,6 +154,32 @@ def write_checkpoint(
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
     return final
+
+
+def recover_interrupted_saves(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Clean up after saves a killed process left unfinished; returns the directories removed.
+
+    A staging directory (``.checkpoint-<step>.tmp-<pid>``) is half a checkpoint: removed. A
+    retired one (``.checkpoint-<step>.old-<pid>``) is a complete checkpoint moved aside for a
+    newer save of the same step: renamed back when that save never landed, removed otherwise.
+    Call it before any rank of this job can save: it takes every such directory for a dead
+    process's (``output_dir`` belongs to one training at a time).
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    for child in sorted(root.iterdir()):
+        match = _STAGING.match(child.name)
+        if match is None or not child.is_dir():
+            continue
+        final = root / match.group(1)
+        if match.group(2) == "old" and not final.exists():
+            child.rename(final)
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
 
 
 def sorted_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:

@@ -90,10 +90,16 @@ class TrainingLoop:
         self.count_flos = getattr(self.model, "floating_point_ops", None)
         self.optimizer: torch.optim.Optimizer
         self.lr_scheduler: LRScheduler
+        self.saved_step = -1
+        """``global_step`` of the last checkpoint this run wrote (a stop signal saves once)."""
 
     def run(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         """HF spec §2.3: prepare, ``TrainBegin``, epochs, then the end of training."""
         trainer, args, handler = self.trainer, self.args, self.handler
+        if args.should_save:  # before any collective: no rank of this job can be saving yet
+            removed = ckpt.recover_interrupted_saves(args.output_dir)
+            if removed:
+                logger.warning("removed_interrupted_saves", directories=[str(p) for p in removed])
         checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         loader, plan, start = self._prepare(checkpoint)
         start_step, start_time = trainer.state.global_step, time.time()
@@ -117,6 +123,7 @@ class TrainingLoop:
                 trainer.control.should_training_stop = True
             trainer._publish(EpochEnd)
             trainer.control = handler.on_epoch_end(args, trainer.state, trainer.control)
+            self._stop_on_signal()
             self.dist.merge(trainer.control)
             self._maybe_log_save_evaluate()
             self.dist.merge(trainer.control)
@@ -216,11 +223,15 @@ class TrainingLoop:
                     trainer._mark(SubstepEnd)
                     trainer._flush_marks()
                     trainer.control = handler.on_substep_end(args, trainer.state, trainer.control)
+                if last:
+                    self._stop_on_signal()
+                if trainer._stop_requested:  # before the merge: no rank stops alone
+                    trainer.control.should_training_stop = True
                 if self.dist.enabled:  # every rank must leave at the same batch
                     self.dist.merge(trainer.control)
-                if trainer._stop_requested:
-                    trainer.control.should_training_stop = True
                 control = trainer.control
+                if last and control.should_training_stop and control.should_save:
+                    self._save_checkpoint()  # the final save a stop signal asked for
                 if control.should_epoch_stop or control.should_training_stop:
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
@@ -276,6 +287,21 @@ class TrainingLoop:
             self.dist.merge(trainer.control)
         self._maybe_log_save_evaluate()
 
+    def _stop_on_signal(self) -> None:
+        """Turn a received SIGTERM/SIGINT into this rank's stop and final-save flags.
+
+        Called only just before the flags are merged across ranks, and the signal's flag is read
+        nowhere else: every rank then stops, and saves, on the merged flags, so a rank that got
+        the signal a moment later (or not at all) still takes the same collectives. The save is
+        asked for when ``save_strategy`` writes checkpoints and this step has none yet.
+        """
+        if self.trainer._stop_signal is None:
+            return
+        control, step = self.trainer.control, self.trainer.state.global_step
+        control.should_training_stop = True
+        if self.args.save_strategy != "no" and 0 < step != self.saved_step:
+            control.should_save = True
+
     def _maybe_log_save_evaluate(self) -> None:
         """Log, then evaluate, then save, as the control flags say (HF spec §2.5)."""
         trainer = self.trainer
@@ -325,6 +351,7 @@ class TrainingLoop:
         state.record_callback_states(exportable_objects(self.handler, trainer.control))
         rng_states = self.dist.gather(capture_rng_state())
         path = ckpt.checkpoint_dir(args.output_dir, state.global_step)
+        self.saved_step = state.global_step
         if args.should_save:
             ckpt.write_checkpoint(
                 args.output_dir,

@@ -26,6 +26,7 @@ never wait for the device.
 from __future__ import annotations
 
 import functools
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ from trainbus.bus._events import (
     PredictionStep,
     RunFinished,
     RunStarted,
+    RunStatus,
 )
 from trainbus.bus._sink import Sink
 from trainbus.trainer import _checkpoint as ckpt
@@ -77,6 +79,7 @@ from trainbus.trainer._optim import create_optimizer, create_scheduler
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
 from trainbus.trainer._run_info import check_arguments, run_config
+from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
 
 __all__ = ["Trainer"]
@@ -146,6 +149,8 @@ class Trainer:
         self.callback_handler.before_dispatch = self._flush_marks
         self._init_end_pending = True
         self._stop_requested = False
+        self._stop_signal: int | None = None
+        """The SIGTERM/SIGINT that stopped (or is stopping) the last ``train()``, if any."""
         self._created_scheduler = False
         """Whether ``lr_scheduler`` is ours (a second ``train()`` then gets a fresh one)."""
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
@@ -162,9 +167,21 @@ class Trainer:
 
         ``launcher`` opens this call's run instead of the trainer's own (see
         ``trainbus.trainer._launcher``).
+
+        On the main thread, SIGTERM and SIGINT stop the run gracefully while this call lasts (the
+        previous handlers come back after it): the current optimizer step finishes, a checkpoint
+        is written if ``save_strategy`` writes checkpoints (``save_only_model`` and
+        ``save_total_limit`` apply), the sinks get their flush deadline, and the run closes with
+        status ``killed`` (``run.json``, ``RunFinished``, MLflow's ``KILLED``). ``train()`` then
+        returns the ``TrainOutput`` of the steps done, as after a callback's stop, and
+        ``stopped_by_signal`` names the signal; a script that wants the shell's convention exits
+        with ``128 + trainer.stopped_by_signal`` (``trainbus train`` does: 143 or 130). A second
+        signal ends the process at once. See ``trainbus.trainer._signals``.
         """
         body = functools.partial(self._train, resume_from_checkpoint)
-        return self._run_blocking(body, launcher)
+        self._stop_signal = None
+        with stop_on_signals(self._on_stop_signal):
+            return self._run_blocking(body, launcher)
 
     async def train_async(
         self,
@@ -175,7 +192,9 @@ class Trainer:
         """Train in a worker thread; the running event loop hosts the bus and the sinks.
 
         ``launcher`` opens this call's run instead of the trainer's own; ``Orchestrator.train``
-        passes itself, so training joins its open run.
+        passes itself, so training joins its open run. Signals belong to the host here: nothing
+        is installed for them, and the host stops the run with ``request_stop()`` (or by
+        cancelling this call, which calls it).
         """
         body = functools.partial(self._train, resume_from_checkpoint)
         return await launch_async(
@@ -227,6 +246,11 @@ class Trainer:
         ckpt.save_model(target, self.model, self.args.to_dict(), self.processing_class)
         self._publish(Artifact, kind="model", path=str(target), name=target.name)
         return target
+
+    @property
+    def stopped_by_signal(self) -> signal.Signals | None:
+        """The signal (SIGTERM or SIGINT) that stopped the last ``train()``, else ``None``."""
+        return None if self._stop_signal is None else signal.Signals(self._stop_signal)
 
     def request_stop(self) -> None:
         """Stop training after the current step, as a callback raising ``should_training_stop``
@@ -347,10 +371,21 @@ class Trainer:
             done = self.state.global_step >= self.state.max_steps or not isinstance(
                 result, TrainOutput
             )
-            self._publish(RunFinished, status="completed" if done else "stopped")
+            status: RunStatus = "completed" if done else "stopped"
+            if self._stop_signal is not None and isinstance(result, TrainOutput):
+                status = "killed"
+            self._publish(RunFinished, status=status)
             return result
         finally:
             self._bus = self.callback_handler.bus = None
+
+    def _on_stop_signal(self, signum: int) -> None:
+        """Record a stop signal; the loop turns it into agreed flags at the next safe point.
+
+        Runs in the signal handler: the control flags are not touched here, since under
+        ``torchrun`` a flag raised after the ranks merged theirs would be one rank's alone.
+        """
+        self._stop_signal = signum
 
     def _mark(self, event_type: type[EventBase]) -> None:
         """Stamp a per-step event (no fields of its own) now; ``_flush_marks`` publishes it."""
