@@ -21,6 +21,7 @@ from trainbus.bus._journal import repair_journal
 from trainbus.bus._runtime import replay
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
+from trainbus.orchestrator._dead_run import close_dead_run
 from trainbus.orchestrator.registry import build_sinks, import_object
 from trainbus.orchestrator.rundir import RunDir, RunRecord, SinkRecord, find_run_dir
 
@@ -98,6 +99,8 @@ async def sync_run(
             last_seq=repair.last_seq,
             dropped_bytes=repair.torn_tail.dropped_bytes,
         )
+    if close_dead_run(run_dir):  # so the trackers' runs end too (MLflow: KILLED)
+        log.warning("dead_run_closed_as_killed", run_dir=str(run_dir.path))
     log.info("sync_started", run_dir=str(run_dir.path), sinks=[s.sink_name for s in chosen])
     reports = await replay(
         run_dir.journal_path, chosen, cursor_dir=run_dir.cursor_dir, deadline=deadline

@@ -204,3 +204,46 @@ def test_sigterm_marks_the_mlflow_run_killed(tmp_path: Path, mlflow_server: Any)
 def recorded_mlflow_run_id(run_dir: RunDir) -> str:
     """The MLflow run id the sink recorded in the run directory."""
     return str(json.loads((run_dir.path / "mlflow.json").read_text())["run_id"])
+
+
+def mlflow_status(url: str, run_id: str) -> str:
+    """The status the MLflow server holds for ``run_id``."""
+    response = httpx.get(f"{url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30)
+    response.raise_for_status()
+    return str(response.json()["run"]["info"]["status"])
+
+
+@pytest.mark.mlflow
+def test_sync_of_a_sigkilled_run_ends_it_killed_in_mlflow(
+    tmp_path: Path, mlflow_server: Any
+) -> None:
+    """After SIGKILL the run is left ``running``; ``trainbus sync`` ends it KILLED in MLflow."""
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_server.url,
+        "MLFLOW_EXPERIMENT_NAME": f"sigkill-sync-{uuid.uuid4().hex[:8]}",
+    }
+    result = train(
+        write_config(tmp_path, report_to='["mlflow"]'), {**env, "TRAINBUS_TEST_SIGNAL": "SIGKILL@5"}
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    run_dir = find_run_dir(tmp_path / "out")
+    assert run_dir.read_record().status == "running"  # the process never closed it
+
+    def sync() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync", str(run_dir.path)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+
+    assert sync().returncode == 0
+    mlflow_run_id = recorded_mlflow_run_id(run_dir)  # created live, or by sync if it was too late
+    assert mlflow_status(mlflow_server.url, mlflow_run_id) == "KILLED"
+    assert run_dir.read_record().status == "killed"
+    events = journal(run_dir)
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "killed"
+    assert sync().returncode == 0  # a second sync appends and sends nothing new
+    assert len(journal(run_dir)) == len(events)
