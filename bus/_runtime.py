@@ -371,7 +371,7 @@ class SinkRunner:
                 sink=self.name,
                 points=len(points),
                 total=self._quarantine.count,
-                first=[f"{p.seq}:{p.key}" if p.key else str(p.seq) for p in points[:5]],
+                first=[_label(p) for p in points[:5]],
                 reason=points[0].reason,
             )
 
@@ -505,12 +505,22 @@ class SinkRunner:
         )
 
 
+def _label(point: QuarantinedPoint) -> str:
+    """``seq:key`` for a log line, the key cut at 60 characters."""
+    if point.key is None:
+        return str(point.seq)
+    key = point.key if len(point.key) <= 60 else point.key[:57] + "..."
+    return f"{point.seq}:{key}"
+
+
 def _keys(event: Event) -> str | None:
-    """The metric names a refused ``Log`` event carried, so a report can say what was lost."""
-    if isinstance(event, Log) and event.logs:
-        names = ", ".join(event.logs)
-        return names if len(names) <= 200 else names[:197] + "..."
-    return None
+    """The metric names a refused ``Log`` event carried, so a report can say what was lost (a
+    single name in full up to 1000 characters, a list of names cut at 200)."""
+    if not isinstance(event, Log) or not event.logs:
+        return None
+    names = ", ".join(event.logs)
+    limit = 1000 if len(event.logs) == 1 else 200
+    return names if len(names) <= limit else names[: limit - 3] + "..."
 
 
 async def replay(
