@@ -103,7 +103,7 @@ class SinkRunner:
         self._read_offset = 0
         self._in_flight: Sequence[Event] = ()
         self._held: dict[tuple[int, str | None], QuarantinedPoint] = {}
-        self._accepted_seqs: set[int] = set()
+        self._accepted_seqs: set[int] | None = None  # while narrowing a refused batch
         self._quarantine = QuarantineLog.for_sink(cursors, self.name)
         self._delivered = self._retried = self._failed = self._skipped = self._crashes = 0
         self._last_error: str | None = None
@@ -262,14 +262,16 @@ class SinkRunner:
         """
         self._in_flight = batch
         self._held = {}
-        self._accepted_seqs = set()
+        self._accepted_seqs = None
         refused = await self._attempt(batch)
         if refused is not None:
+            self._accepted_seqs = set()  # parts may share a seq: count events, not parts
             await self._narrow(batch, refused)
         if self._is_disabled():
             self._in_flight = ()
             return
-        self._delivered += len(self._accepted_seqs)
+        accepted = self._accepted_seqs
+        self._delivered += len(batch) if accepted is None else len(accepted)
         self._record_quarantine(batch[-1].seq)
         self._in_flight = ()
         self.acked = batch[-1].seq
@@ -316,7 +318,8 @@ class SinkRunner:
                 await anyio.sleep(self._policy.delay(crashes))
             else:
                 self._hold(self.sink.take_quarantined())
-                self._accepted_seqs.update(event.seq for event in part)
+                if self._accepted_seqs is not None:
+                    self._accepted_seqs.update(event.seq for event in part)
                 if attempt or crashes:
                     log.info("sink_recovered", sink=self.name, attempts=attempt + crashes + 1)
                 return None
