@@ -58,6 +58,7 @@ def test_retry_delay_grows_and_honours_retry_after() -> None:
     assert policy.delay(1, retry_after=30.0) == 30.0
     jittered = RetryPolicy(initial_backoff=1.0, jitter=0.5)
     assert all(0.5 <= jittered.delay(1) <= 1.0 for _ in range(100))
+    assert policy.delay(5000) == 8.0  # a day-long outage: the exponent must not overflow
 
 
 @dataclass(frozen=True)
