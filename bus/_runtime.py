@@ -295,7 +295,10 @@ class SinkRunner:
                 self._hold(self.sink.take_quarantined())
                 self._failed += 1
                 self._last_error = str(exc)
-                log.warning(
+                # The first refusal of a batch is news; those of its parts, while narrowing, are
+                # summed up by ``sink_quarantined`` once the batch is through.
+                report = log.debug if self._accepted_seqs is not None else log.warning
+                report(
                     "sink_batch_rejected",
                     sink=self.name,
                     error=str(exc),
@@ -336,7 +339,7 @@ class SinkRunner:
             reason = f"refused: {error}"
             self._skipped += len(part)
             self._hold(QuarantinedPoint(seq=e.seq, key=_keys(e), reason=reason) for e in part)
-            log.error(
+            log.debug(
                 "sink_points_quarantined",
                 sink=self.name,
                 error=str(error),
@@ -447,10 +450,7 @@ class SinkRunner:
                 "sink_closed_with_quarantined_points",
                 sink=self.name,
                 quarantined=self._quarantine.count,
-                named=[
-                    f"{p.seq}:{p.key}" if p.key else str(p.seq)
-                    for p in self.report.quarantined_points[:10]
-                ],
+                named=[_label(p) for p in self.report.quarantined_points[:10]],
                 file=str(self._quarantine.path) if self._quarantine.path else None,
             )
 

@@ -52,9 +52,10 @@ class SinkReport(msgspec.Struct, frozen=True, kw_only=True):
     """How a sink ended: delivered, skipped (permanent errors) and still undelivered events.
 
     Undelivered events stay in the journal; ``trainbus sync`` delivers them later. ``skipped``
-    counts whole events the destination refused; ``quarantined`` counts every point never sent
-    (those events, and single metrics or params the sink found invalid before sending), over the
-    life of the run directory; ``quarantined_points`` names the first of them.
+    counts what the destination refused even after the runtime split the batch (events, or the
+    parts a sink split one into); ``quarantined`` counts every point never sent (those, and the
+    metrics or params a sink held back as invalid before sending) over the life of the run
+    directory, and ``quarantined_points`` names the first of them.
     """
 
     name: str

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from tests.bus.conftest import FAST_RETRIES, MakeBus
 from trainbus.bus import (
@@ -64,7 +65,11 @@ async def test_one_poisoned_event_costs_thirteen_requests_among_sixty_four(
     quarantines only it, delivers the other 127 of two batches once each in order, and moves the
     cursor to the end."""
     sink = _PoisonSink({37})
-    await _replay(tmp_path, sink, 128)
+    with capture_logs() as logs:
+        await _replay(tmp_path, sink, 128)
+    loud = [(e["event"], e["log_level"]) for e in logs if e["log_level"] != "debug"]
+    assert loud.count(("sink_batch_rejected", "warning")) == 1  # not one per refused part
+    assert loud.count(("sink_quarantined", "warning")) == 1
     assert sink.received == [s for s in range(128) if s != 37]
     first_batch = [r for r in sink.requests if r[0] < 64]
     assert len(first_batch) == 13
