@@ -53,7 +53,7 @@ from trainbus.bus._journal import (
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import replay
 from trainbus.bus._sink import Sink
-from trainbus.bus._stats import SinkMode, SinkReport, SinkStats
+from trainbus.bus._stats import QuarantinedPoint, SinkMode, SinkReport, SinkStats
 from trainbus.bus._stream import Subscription
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "Predict",
     "PredictionStep",
     "PushBegin",
+    "QuarantinedPoint",
     "RUN_EVENT_TYPES",
     "RepairReport",
     "RetryPolicy",

@@ -40,6 +40,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts failures, from 1)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        try:
+            grown = self.initial_backoff * self.multiplier ** (attempt - 1)
+        except OverflowError:  # a very long outage: past ~1000 failures 2.0**n overflows
+            grown = self.max_backoff
+        base = min(self.max_backoff, grown)
         jittered = base * (1.0 - self.jitter * random.random())
         return max(jittered, retry_after or 0.0)

@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,11 +27,12 @@ import structlog
 
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
-from trainbus.bus._events import Event
+from trainbus.bus._events import Event, Log
 from trainbus.bus._journal import JournalReader, Record, _decode
+from trainbus.bus._quarantine import QuarantineLog
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._sink import Sink
-from trainbus.bus._stats import SinkMode, SinkReport, SinkStats
+from trainbus.bus._stats import QuarantinedPoint, SinkMode, SinkReport, SinkStats
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "JournalSource", "SinkRunner", "replay"]
 
@@ -101,6 +102,9 @@ class SinkRunner:
         self._opened = False
         self._read_offset = 0
         self._in_flight: Sequence[Event] = ()
+        self._held: dict[tuple[int, str | None], QuarantinedPoint] = {}
+        self._accepted_seqs: set[int] | None = None  # while narrowing a refused batch
+        self._quarantine = QuarantineLog.for_sink(cursors, self.name)
         self._delivered = self._retried = self._failed = self._skipped = self._crashes = 0
         self._last_error: str | None = None
         self.report: SinkReport | None = None
@@ -251,50 +255,131 @@ class SinkRunner:
         return batch
 
     async def _deliver(self, batch: list[Event]) -> None:
+        """Deliver ``batch``, narrowing a permanent refusal down to the points that caused it.
+
+        The cursor moves past the batch only once every event in it is acknowledged or
+        quarantined; a disabled sink or the close deadline leaves it where it was.
+        """
         self._in_flight = batch
+        self._held = {}
+        self._accepted_seqs = None
+        refused = await self._attempt(batch)
+        if refused is not None:
+            self._accepted_seqs = set()  # parts may share a seq: count events, not parts
+            await self._narrow(batch, refused)
+        if self._is_disabled():
+            self._in_flight = ()
+            return
+        accepted = self._accepted_seqs
+        self._delivered += len(batch) if accepted is None else len(accepted)
+        self._record_quarantine(batch[-1].seq)
+        self._in_flight = ()
+        self.acked = batch[-1].seq
+        self._cursors.write(self.name, self.acked)
+
+    async def _attempt(self, part: Sequence[Event]) -> PermanentSinkError | None:
+        """Send ``part`` until it is accepted (``None``), refused for good, or the sink is
+        disabled (``None`` too: the caller looks at the mode)."""
         attempt = 0
         crashes = 0
         while True:
             try:
-                await self.sink.write(batch)
+                await self.sink.write(part)
             except RetryableSinkError as exc:
+                self._hold(self.sink.take_quarantined())
                 attempt += 1
                 self._retried += 1
                 self._note_error(exc, "sink_retrying", attempt)
                 await anyio.sleep(self._policy.delay(attempt, exc.retry_after))
             except PermanentSinkError as exc:
+                self._hold(self.sink.take_quarantined())
                 self._failed += 1
-                self._skipped += len(batch)
                 self._last_error = str(exc)
-                log.error(
+                # The first refusal of a batch is news; those of its parts, while narrowing, are
+                # summed up by ``sink_quarantined`` once the batch is through.
+                report = log.debug if self._accepted_seqs is not None else log.warning
+                report(
                     "sink_batch_rejected",
                     sink=self.name,
                     error=str(exc),
                     status=exc.status,
                     body=exc.body,
-                    events=len(batch),
-                    first_seq=batch[0].seq,
-                    last_seq=batch[-1].seq,
+                    events=len(part),
+                    first_seq=part[0].seq,
+                    last_seq=part[-1].seq,
                 )
-                break
+                return exc
             except Exception as exc:
+                self._hold(self.sink.take_quarantined())
                 crashes += 1
                 self._crashes += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 log.error("sink_crashed", sink=self.name, attempt=crashes, exc_info=exc)
                 if crashes >= self._policy.max_crashes:
-                    self._in_flight = ()
                     self._disable(f"write() raised {crashes} times in a row: {self._last_error}")
-                    return
+                    return None
                 await anyio.sleep(self._policy.delay(crashes))
             else:
-                self._delivered += len(batch)
+                self._hold(self.sink.take_quarantined())
+                if self._accepted_seqs is not None:
+                    self._accepted_seqs.update(event.seq for event in part)
                 if attempt or crashes:
                     log.info("sink_recovered", sink=self.name, attempts=attempt + crashes + 1)
-                break
-        self._in_flight = ()
-        self.acked = batch[-1].seq
-        self._cursors.write(self.name, self.acked)
+                return None
+
+    async def _narrow(self, part: Sequence[Event], error: PermanentSinkError) -> None:
+        """Send the sink's parts of a refused ``part`` one by one, recursing into refused ones;
+        what cannot be split further is quarantined."""
+        try:
+            pieces = self.sink.split(part, error)
+        except Exception as exc:  # an overridden split() with a bug: quarantine, never loop
+            log.error("sink_split_failed", sink=self.name, exc_info=exc)
+            pieces = ()
+        if len(pieces) < 2:
+            reason = f"refused: {error}"
+            self._skipped += len(part)
+            self._hold(QuarantinedPoint(seq=e.seq, key=_keys(e), reason=reason) for e in part)
+            log.debug(
+                "sink_points_quarantined",
+                sink=self.name,
+                error=str(error),
+                status=error.status,
+                seqs=[e.seq for e in part][:20],
+            )
+            return
+        for piece in pieces:
+            if not piece:
+                continue
+            refused = await self._attempt(piece)
+            if refused is not None and not self._is_disabled():
+                await self._narrow(piece, refused)
+            if self._is_disabled():
+                return
+
+    def _is_disabled(self) -> bool:
+        """A separate call, so type checkers do not assume an await left the mode unchanged."""
+        return self._mode == "disabled"
+
+    def _hold(self, points: Iterable[QuarantinedPoint]) -> None:
+        """Keep the points found while delivering one batch; a retry finds them again."""
+        for point in points:
+            self._held.setdefault((point.seq, point.key), point)
+
+    def _record_quarantine(self, through_seq: int) -> None:
+        """Count and name the batch's quarantined points, before the cursor moves past them."""
+        if not self._held:
+            return
+        points = sorted(self._held.values(), key=lambda p: p.seq)
+        self._held = {}
+        if self._quarantine.record(points, through_seq):
+            log.warning(
+                "sink_quarantined",
+                sink=self.name,
+                points=len(points),
+                total=self._quarantine.count,
+                first=[_label(p) for p in points[:5]],
+                reason=points[0].reason,
+            )
 
     def _note_error(self, exc: RetryableSinkError, event: str, attempt: int) -> None:
         self._last_error = str(exc)
@@ -353,11 +438,21 @@ class SinkRunner:
             acknowledged_seq=self.acked,
             disabled=disabled,
             last_error=self._last_error,
+            quarantined=self._quarantine.count,
+            quarantined_points=self._quarantine.points,
         )
         if not disabled:
             self._mode = "closed"
         event = "sink_closed" if undelivered == 0 else "sink_closed_with_backlog"
         log.info(event, sink=self.name, delivered=self._delivered, undelivered=undelivered)
+        if self._quarantine.count:
+            log.warning(
+                "sink_closed_with_quarantined_points",
+                sink=self.name,
+                quarantined=self._quarantine.count,
+                named=[_label(p) for p in self.report.quarantined_points[:10]],
+                file=str(self._quarantine.path) if self._quarantine.path else None,
+            )
 
     def _count_after(self, seq: int) -> int:
         """Events after ``seq`` this sink would accept: what a later sync still has to send."""
@@ -409,7 +504,26 @@ class SinkRunner:
             lag_events=lag_events,
             lag_seconds=lag_seconds,
             last_error=self._last_error,
+            quarantined=self._quarantine.count,
         )
+
+
+def _label(point: QuarantinedPoint) -> str:
+    """``seq:key`` for a log line, the key cut at 60 characters."""
+    if point.key is None:
+        return str(point.seq)
+    key = point.key if len(point.key) <= 60 else point.key[:57] + "..."
+    return f"{point.seq}:{key}"
+
+
+def _keys(event: Event) -> str | None:
+    """The metric names a refused ``Log`` event carried, so a report can say what was lost (a
+    single name in full up to 1000 characters, a list of names cut at 200)."""
+    if not isinstance(event, Log) or not event.logs:
+        return None
+    names = ", ".join(event.logs)
+    limit = 1000 if len(event.logs) == 1 else 200
+    return names if len(names) <= limit else names[: limit - 3] + "..."
 
 
 async def replay(

@@ -40,13 +40,22 @@ thread cannot be cancelled.
 accepting a batch and the cursor being written, the runtime delivers that batch again
 (at-least-once). Raise ``RetryableSinkError`` for failures that may pass and
 ``PermanentSinkError`` for those that never will; see ``trainbus.bus._errors``.
+
+One bad point must not cost a batch. A sink that knows its destination's rules checks each
+point before sending and hands those that break them to ``quarantine()`` instead. When the
+destination still refuses a batch permanently, the runtime asks ``split(batch, error)`` for its
+independent parts and sends each on its own, recursively, until only the refused points are
+left; those are quarantined (counted, named in the report and ``trainbus show``, kept in the
+journal) and everything else is delivered. The default split halves the batch by event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trainbus.bus._errors import PermanentSinkError
 from trainbus.bus._events import RUN_EVENT_TYPES, Event, EventBase
+from trainbus.bus._stats import QuarantinedPoint
 
 __all__ = ["Sink"]
 
@@ -96,3 +105,34 @@ class Sink:
 
     async def close(self) -> None:
         """Flush and release resources. Called once, after the last ``write``."""
+
+    def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
+        """Independent parts of ``batch``, which the destination refused with ``error``.
+
+        The runtime sends each part on its own (in order) and splits a refused part again, so
+        only the points the destination refuses end up quarantined. Return no parts when the
+        error is not about the points (a deleted run, a revoked token), or when ``batch`` cannot
+        be split further: then the whole of it is quarantined. The default halves the batch by
+        event, so finding one bad event among ``n`` takes about ``2 * log2(n)`` requests. A sink
+        may split one event into several with the same ``seq`` (one per metric, say); ``write``
+        then sees those parts and must not treat one as the whole event.
+        """
+        if len(batch) < 2:
+            return ()
+        middle = len(batch) // 2
+        return (batch[:middle], batch[middle:])
+
+    def quarantine(self, event: EventBase, reason: str, *, key: str | None = None) -> None:
+        """Hold back one point of ``event`` that the destination's rules refuse.
+
+        Call it from ``write`` instead of sending the point; the runtime counts and names it once
+        the batch is acknowledged. ``key`` names the metric or param; ``reason`` the rule, in a
+        few words.
+        """
+        held: list[QuarantinedPoint] = self.__dict__.setdefault("_trainbus_quarantined", [])
+        held.append(QuarantinedPoint(seq=event.seq, key=key, reason=reason))
+
+    def take_quarantined(self) -> list[QuarantinedPoint]:
+        """The points ``quarantine()`` held back since the last call (the runtime's side)."""
+        held: list[QuarantinedPoint] = self.__dict__.pop("_trainbus_quarantined", [])
+        return held

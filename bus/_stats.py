@@ -6,11 +6,24 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-__all__ = ["SinkMode", "SinkReport", "SinkStats"]
+__all__ = ["QuarantinedPoint", "SinkMode", "SinkReport", "SinkStats"]
 
 SinkMode: TypeAlias = Literal["starting", "live", "catch-up", "disabled", "closed"]
 """``live``: fed from memory; ``catch-up``: reading the journal after its queue overflowed (or
 after a restart); ``disabled``: stopped after repeated crashes or a permanent error opening."""
+
+
+class QuarantinedPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A point a sink will never send: the destination refuses it, so retrying cannot help.
+
+    ``seq`` is the journal event it came from (the event stays in the journal, so a fixed sink
+    can replay it); ``key`` names the metric or param within it, ``None`` when the whole event
+    was refused; ``reason`` says which rule it broke or what the destination answered.
+    """
+
+    seq: int
+    key: str | None = None
+    reason: str
 
 
 class SinkStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,12 +44,18 @@ class SinkStats(msgspec.Struct, frozen=True, kw_only=True):
     lag_events: int
     lag_seconds: float
     last_error: str | None = None
+    quarantined: int = 0
+    """Points never sent because the destination refuses them (see ``SinkReport``)."""
 
 
 class SinkReport(msgspec.Struct, frozen=True, kw_only=True):
     """How a sink ended: delivered, skipped (permanent errors) and still undelivered events.
 
-    Undelivered events stay in the journal; ``trainbus sync`` delivers them later.
+    Undelivered events stay in the journal; ``trainbus sync`` delivers them later. ``skipped``
+    counts what the destination refused even after the runtime split the batch (events, or the
+    parts a sink split one into); ``quarantined`` counts every point never sent (those, and the
+    metrics or params a sink held back as invalid before sending) over the life of the run
+    directory, and ``quarantined_points`` names the first of them.
     """
 
     name: str
@@ -46,3 +65,5 @@ class SinkReport(msgspec.Struct, frozen=True, kw_only=True):
     acknowledged_seq: int
     disabled: bool
     last_error: str | None = None
+    quarantined: int = 0
+    quarantined_points: tuple[QuarantinedPoint, ...] = ()

@@ -15,17 +15,22 @@ import msgspec
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._events import Evaluate, Event, Log, RunFinished, RunStarted, TrainBegin
 from trainbus.bus._journal import JournalReader
+from trainbus.bus._quarantine import QuarantineLog
+from trainbus.bus._stats import QuarantinedPoint
 from trainbus.orchestrator.rundir import RunDir, RunRecord
 
 __all__ = ["RunSummary", "SinkState", "format_summary", "summarize", "summarize_events"]
 
 
 class SinkState(msgspec.Struct, frozen=True, kw_only=True):
-    """How far one sink's destination got: its cursor against the journal's end."""
+    """How far one sink's destination got: its cursor against the journal's end, and the points
+    it will never send (``quarantined``, the first of them named), which the journal keeps."""
 
     name: str
     acknowledged_seq: int
     behind: int
+    quarantined: int = 0
+    quarantined_points: list[QuarantinedPoint] = []
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -122,15 +127,30 @@ def summarize(run_dir: RunDir) -> RunSummary:
         summary.status = record.status
     summary.torn_tail_bytes = reader.torn_tail.dropped_bytes if reader.torn_tail else 0
     cursors = CursorStore(run_dir.cursor_dir)
-    summary.sinks = [
-        SinkState(
-            name=entry.name,
-            acknowledged_seq=(acked := cursors.read(entry.name)),
-            behind=max(0, summary.last_seq - acked),
+    summary.sinks = []
+    for entry in record.sinks:
+        acked = cursors.read(entry.name)
+        held = QuarantineLog.for_sink(cursors, entry.name)
+        summary.sinks.append(
+            SinkState(
+                name=entry.name,
+                acknowledged_seq=acked,
+                behind=max(0, summary.last_seq - acked),
+                quarantined=held.count,
+                quarantined_points=list(held.points),
+            )
         )
-        for entry in record.sinks
-    ]
     return summary
+
+
+_SHOWN = 10
+"""Quarantined points listed per sink; ``--json`` has every one the run directory names."""
+
+
+def _point(point: QuarantinedPoint) -> str:
+    key = point.key if point.key is None or len(point.key) <= 60 else point.key[:57] + "..."
+    where = f"seq {point.seq}" + (f" {key!r}" if key is not None else "")
+    return f"{where}: {point.reason[:160]}"
 
 
 def _fmt(value: Any) -> str:
@@ -167,6 +187,14 @@ def format_summary(summary: RunSummary, run_dir: RunDir) -> str:
             "up to date" if sink.behind == 0 else f"{sink.behind} journal events past its cursor"
         )
         lines.append(f"  {sink.name:<20} acknowledged seq {sink.acknowledged_seq:<8} {state}")
+        if sink.quarantined:
+            lines.append(
+                f"  {'':<20} {sink.quarantined} point{'' if sink.quarantined == 1 else 's'} "
+                "quarantined (refused by the destination, kept in the journal):"
+            )
+            lines.extend(f"  {'':<22}{_point(p)}" for p in sink.quarantined_points[:_SHOWN])
+            if sink.quarantined > _SHOWN:
+                lines.append(f"  {'':<22}... and {sink.quarantined - _SHOWN} more")
     if any(s.behind for s in summary.sinks):
         lines.append(f"run 'trainbus sync {run_dir.path}' to deliver the rest")
     return "\n".join(lines)

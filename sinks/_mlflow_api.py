@@ -6,12 +6,18 @@ is the thin I/O edge. Every request runs inside ``map_errors()``, so callers onl
 
 Limits enforced here are the server's (``mlflow.utils.validation``): at most 1000 metrics,
 100 params and 100 tags per ``runs/log-batch``, 1000 entities in all and 1 MB per request;
-keys up to 250 characters, param values up to 6000, tag values up to 8000.
+keys up to 250 characters, param values up to 6000, tag values up to 8000. A metric, param or
+tag name may hold only letters, digits, ``_ - . : /`` and spaces, and must be a normalised
+relative path (no ``..``, ``.``, ``//``, leading or trailing ``/``), since stores may use names as
+file names. Metric values may be NaN or infinite: the server stores NaN as such and clamps
+infinities to the largest double, so such points are sent, not refused.
 """
 
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +44,8 @@ __all__ = [
     "RunInfo",
     "chunk_batches",
     "metric_entry",
+    "name_problem",
+    "refusal_is_about_points",
 ]
 
 MAX_METRICS_PER_BATCH: Final = 1000
@@ -52,6 +60,31 @@ _REQUEST_BUDGET: Final = 900_000  # bytes; margin under the 1 MB limit for JSON 
 _ENTRY_OVERHEAD: Final = 64  # bytes of JSON around one key/value entry, generously
 _CHUNK: Final = 1 << 20
 _encoder: Final = msgspec.json.Encoder()
+_NAME: Final = re.compile(r"[/\w.\- :]*")
+_RUN_LEVEL_CODES: Final = frozenset(
+    {"INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+)
+
+
+def name_problem(name: str) -> str | None:
+    """Why the server would refuse ``name`` as a metric, param or tag name; ``None`` if it would
+    not (the rules of ``mlflow.utils.validation``, see the module docstring)."""
+    if len(name) > MAX_KEY_LENGTH:
+        return f"name longer than MLflow's {MAX_KEY_LENGTH} characters ({len(name)})"
+    if not _NAME.fullmatch(name):
+        return "name holds characters MLflow refuses (allowed: letters, digits, _ - . : / space)"
+    normal = posixpath.normpath(name)
+    if normal != name or normal == "." or normal.startswith(("..", "/")):
+        return f"name is a path MLflow refuses (it resolves to {normal!r})"
+    return None
+
+
+def refusal_is_about_points(exc: PermanentSinkError) -> bool:
+    """Whether a refused ``log-batch`` may be about some of its points (HTTP 400, invalid
+    value) rather than the run or the credentials, so splitting the batch can help."""
+    if exc.status not in (None, 400):
+        return False
+    return _error_code(exc) not in _RUN_LEVEL_CODES
 
 
 def metric_entry(key: str, value: float, timestamp_ms: int, step: int) -> dict[str, Any]:

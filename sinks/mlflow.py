@@ -9,6 +9,11 @@ callback could not do:
 * Replays never duplicate points. Each point's timestamp is its event's wall time, so a re-sent
   batch carries byte-identical points, which MLflow's SQL store ignores; the sink also remembers
   the highest event it saw acknowledged and skips it on retry.
+* One bad point never costs the others. Metric and param names are checked against the server's
+  rules before sending (``_mlflow_api.name_problem``); points that break them are quarantined,
+  never sent. Should the server still refuse a batch with a 400, the runtime splits it
+  (``split`` goes down to one request per metric of a single event) until only the refused
+  points are left.
 * The run survives restarts: its id is saved in ``<run_dir>/mlflow.json`` and tagged on the run
   (``trainbus.run_id``), so ``trainbus sync`` resumes the same MLflow run.
 
@@ -33,6 +38,7 @@ from typing import Any, Final
 
 import anyio
 import httpx
+import msgspec
 import structlog
 
 from trainbus.bus._env import env_flag, env_int, env_str
@@ -41,13 +47,14 @@ from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
 from trainbus.sinks._mlflow_api import (
-    MAX_KEY_LENGTH,
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
     MlflowApi,
     RunInfo,
     chunk_batches,
     metric_entry,
+    name_problem,
+    refusal_is_about_points,
 )
 from trainbus.sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
 from trainbus.sinks._state import load_state, save_state
@@ -65,6 +72,7 @@ STATE_FILE: Final = "mlflow.json"
 RUN_TAG: Final = "trainbus.run_id"
 PIPELINE: Final = 2
 _sanitize: Final = functools.lru_cache(maxsize=4096)(sanitize_key)
+_name_problem: Final = functools.lru_cache(maxsize=4096)(name_problem)
 _STATUS: Final = {"completed": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}
 
 
@@ -105,6 +113,11 @@ class MLflowSink(Sink):
             raise ConfigurationError(
                 "MLFLOW_NESTED_RUN needs MLFLOW_RUN_ID to name the parent run."
             )
+        for key in tags or {}:
+            if (problem := name_problem(key)) is not None:
+                raise ConfigurationError(
+                    f"MLFLOW_TAGS holds the tag name {key[:80]!r}, which MLflow refuses: {problem}."
+                )
         self.tracking_uri = tracking_uri.rstrip("/")
         url = httpx.URL(self.tracking_uri)
         if url.username and not token and not username:
@@ -130,6 +143,7 @@ class MLflowSink(Sink):
         self._run: RunInfo | None = None
         self._state: dict[str, Any] = {}
         self._acked_seq = -1
+        self._split_seqs: set[int] = set()  # events split into one part per metric
         self.dropped_params = 0
 
     # --- configuration ------------------------------------------------------------------------
@@ -229,7 +243,24 @@ class MLflowSink(Sink):
                 await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
                 log.info("mlflow run ended", run_id=run.run_id, status=status)
         if batch:
-            self._acked_seq = max(self._acked_seq, batch[-1].seq)
+            last = batch[-1].seq
+            # A part of a split event is not the whole event: its other parts are still to come.
+            self._acked_seq = max(self._acked_seq, last - 1 if last in self._split_seqs else last)
+            self._split_seqs = {seq for seq in self._split_seqs if seq > self._acked_seq}
+
+    def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
+        """Halves of a batch the server refused, down to one part per metric of a single
+        ``Log``; nothing when the refusal is about the run or the credentials."""
+        if not refusal_is_about_points(error):
+            return ()
+        if len(batch) == 1 and isinstance(batch[0], Log):
+            event = batch[0]
+            keys = [key for key, _ in numeric_items(event.logs)]
+            if len(keys) < 2:
+                return ()
+            self._split_seqs.add(event.seq)
+            return [[msgspec.structs.replace(event, logs={k: event.logs[k]})] for k in keys]
+        return super().split(batch, error)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -305,9 +336,13 @@ class MLflowSink(Sink):
         for key, value in merged.items():
             text = param_text(value)
             name = sanitize_key(str(key))
-            if len(text) > MAX_PARAM_VALUE_LENGTH or len(name) > MAX_KEY_LENGTH:
+            problem = name_problem(name)
+            if problem is None and len(text) > MAX_PARAM_VALUE_LENGTH:
+                problem = f"value longer than MLflow's {MAX_PARAM_VALUE_LENGTH} characters"
+            if problem is not None:
                 self.dropped_params += 1
-                log.warning("mlflow param too long, dropped", param=name, length=len(text))
+                self.quarantine(started, f"param {problem}", key=name)
+                log.warning("mlflow param refused, dropped", param=name[:80], problem=problem)
                 continue
             params.append({"key": name, "value": text})
         if self.max_log_params is not None:
@@ -339,7 +374,12 @@ class MLflowSink(Sink):
                 continue
             stamp = _ms(event.time)
             for key, value in numeric_items(event.logs):
-                entries.append(metric_entry(_sanitize(key), value, stamp, event.global_step))
+                name = _sanitize(key)
+                problem = _name_problem(name)
+                if problem is not None:
+                    self.quarantine(event, problem, key=name)
+                    continue
+                entries.append(metric_entry(name, value, stamp, event.global_step))
                 owners.append(event.seq)
         chunks = list(chunk_batches(metrics=entries))
         if not chunks:
@@ -372,7 +412,9 @@ class MLflowSink(Sink):
         if sent:
             # Events whose every point is acknowledged are skipped if this batch is retried.
             last = owners[sent - 1]
-            complete = sent == len(owners) or owners[sent] != last
+            complete = (sent == len(owners) or owners[sent] != last) and (
+                last not in self._split_seqs
+            )
             self._acked_seq = max(self._acked_seq, last if complete else last - 1)
         if errors:
             raise _most_telling(errors)

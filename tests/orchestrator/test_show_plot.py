@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from tests.orchestrator.test_run import fake_training
+from trainbus.bus import Event, Log, PermanentSinkError, replay
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.plot import collect_curves, plot_run
@@ -47,6 +50,38 @@ async def test_show_counts_what_a_sink_still_owes(tmp_path: Path) -> None:
     summary = summarize(run_dir)
     assert summary.sinks[0].behind == summary.last_seq - 3
     assert "trainbus sync" in format_summary(summary, run_dir)
+
+
+class _RefusesStepThree(RecordingSink):
+    """Answers like a server refusing, for good, any batch holding step 3's loss."""
+
+    async def write(self, batch: Sequence[Event]) -> None:
+        if any(isinstance(e, Log) and e.global_step == 3 for e in batch):
+            raise PermanentSinkError("HTTP 400: invalid metric", status=400)
+        await super().write(batch)
+
+
+async def test_show_names_quarantined_points_as_the_closing_report_does(tmp_path: Path) -> None:
+    """A point the sink refuses is quarantined: the closing report and ``show`` both count and
+    name it, every other event is delivered, and a later sync neither resends nor recounts it."""
+    sink = _RefusesStepThree("rec")
+    with anyio.fail_after(30), capture_logs() as logs:
+        async with Orchestrator(output_dir=tmp_path, report_to="none", sinks=[sink]) as orch:
+            await orch.run_in_thread(fake_training(6))  # type: ignore[arg-type]
+    closing = [e for e in logs if e["event"] == "sink_closed_with_quarantined_points"]
+    assert len(closing) == 1 and closing[0]["quarantined"] == 1
+    summary = summarize(orch.run_dir)
+    (state,) = summary.sinks
+    delivered_logs = [e for e in sink.received if isinstance(e, Log)]
+    assert len(delivered_logs) == 5 and state.behind == 0 and state.quarantined == 1
+    (point,) = state.quarantined_points
+    assert closing[0]["named"] == [f"{point.seq}:loss"] and point.key == "loss"
+    assert point.seq not in {e.seq for e in sink.received}
+    assert len(sink.received) == summary.events - 1
+    text = format_summary(summary, orch.run_dir)
+    assert "1 point quarantined" in text and f"seq {point.seq} 'loss': refused" in text
+    await replay(orch.run_dir.journal_path, [sink], cursor_dir=orch.run_dir.cursor_dir)
+    assert summarize(orch.run_dir).sinks[0].quarantined == 1
 
 
 async def test_plot_writes_a_png(tmp_path: Path) -> None:

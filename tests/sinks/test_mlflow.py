@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from tests.sinks.scripted import (
 from tests.support.fault_proxy import FaultProxy
 from tests.support.mlflow_server import MlflowServer
 from trainbus.bus._bus import Bus
-from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError
 from trainbus.bus._events import Log, RunStarted
+from trainbus.sinks._mlflow_api import name_problem
 from trainbus.sinks.mlflow import MLflowSink
 
 pytestmark = pytest.mark.mlflow
@@ -308,3 +310,130 @@ async def test_credentials_are_sent_and_never_logged(tmp_path: Path) -> None:
         assert seen[-1].headers["Authorization"] == expected
         assert "pw9" not in repr(logs)
         assert any("ann:***@" in str(entry.get("tracking_uri")) for entry in logs)
+
+
+_LONG_KEY = "k" * 251
+_BAD_KEYS = ("a/../b", _LONG_KEY)
+
+
+def _poisoned_run(steps: int) -> list[Any]:
+    """The scripted run, with two names MLflow refuses and NaN/inf values in every train log,
+    and a param name it refuses in the config."""
+    events = scripted_run(steps, eval_every=5)
+    started = events[0]
+    assert isinstance(started, RunStarted)
+    config = {**started.config, "x/../y": 1}
+    events[0] = type(started)(**{**_fields(started), "config": config})
+    for index, event in enumerate(events):
+        if isinstance(event, Log) and "loss" in event.logs:
+            step = event.global_step
+            logs = {**event.logs, "a/../b": step, _LONG_KEY: 1.0}
+            logs.update(nan_metric=math.nan, inf_metric=math.inf if step % 2 else -math.inf)
+            events[index] = type(event)(**{**_fields(event), "logs": logs})
+    return events
+
+
+def _assert_every_valid_point_once(client: Any, run_id: str | None, steps: int) -> None:
+    """MLflow's own history holds each valid point exactly once, NaN and infinities included."""
+    assert _history(client, run_id, "loss") == [
+        (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, steps + 1)
+    ]
+    assert [s for s, _ in _history(client, run_id, "learning_rate")] == list(range(1, steps + 1))
+    assert [s for s, _ in _history(client, run_id, "eval_loss")] == list(range(5, steps + 1, 5))
+    assert len(client.get_metric_history(run_id, "epoch")) == steps + steps // 5
+    nans = _history(client, run_id, "nan_metric")
+    assert [s for s, _ in nans] == list(range(1, steps + 1))
+    assert all(math.isnan(v) for _, v in nans)
+    infs = _history(client, run_id, "inf_metric")
+    assert [s for s, _ in infs] == list(range(1, steps + 1))
+    assert all(abs(v) >= 1.7e308 and (v > 0) == (s % 2 == 1) for s, v in infs)
+    run = client.get_run(run_id)
+    assert set(run.data.metrics).isdisjoint(_BAD_KEYS)
+    assert run.data.params["learning_rate"] == "0.001" and "x/../y" not in run.data.params
+
+
+async def test_invalid_names_are_quarantined_and_every_valid_point_arrives_once(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """Names MLflow refuses (``a/../b``, 251 characters, a ``..`` param) are held back before
+    sending and reported; every other point, NaN and infinities included, arrives exactly once."""
+    steps = 10
+    sink = MLflowSink(mlflow_server.url, run_dir=tmp_path / "run", experiment_name=_experiment())
+    with anyio.fail_after(60):
+        report = (await deliver_through_bus(_poisoned_run(steps), [sink], tmp_path / "run"))[
+            "mlflow"
+        ]
+    _assert_every_valid_point_once(_client(mlflow_server), sink.run_id, steps)
+    assert report.undelivered == 0 and report.skipped == 0
+    assert report.quarantined == 2 * steps + 1
+    named = {(p.key, p.reason.split(" ")[0]) for p in report.quarantined_points}
+    assert named == {("a/../b", "name"), (_LONG_KEY, "name"), ("x/../y", "param")}
+    saved = json.loads((tmp_path / "run" / "cursors" / "mlflow.quarantine.json").read_text())
+    assert saved["count"] == 2 * steps + 1
+
+
+async def test_a_batch_the_server_refuses_is_narrowed_to_the_refused_points(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the sink's own name check switched off (as for a rule the sink does not know yet),
+    the server answers 400 and the runtime splits the batch, down to one request per metric of
+    an event: only the refused points are quarantined, every valid one arrives exactly once."""
+    monkeypatch.setattr("trainbus.sinks.mlflow._name_problem", lambda name: None)
+    steps = 6
+    sink = MLflowSink(mlflow_server.url, run_dir=tmp_path / "run", experiment_name=_experiment())
+    events = _poisoned_run(steps)
+    with anyio.fail_after(120):
+        report = (await deliver_through_bus(events, [sink], tmp_path / "run"))["mlflow"]
+    _assert_every_valid_point_once(_client(mlflow_server), sink.run_id, steps)
+    assert report.undelivered == 0 and report.skipped == 2 * steps
+    quarantined = {(p.seq, p.key) for p in report.quarantined_points}
+    train_logs_seqs = [e.seq for e in events if isinstance(e, Log) and "loss" in e.logs]
+    expected = {(seq, key) for seq in train_logs_seqs for key in _BAD_KEYS}
+    assert quarantined == expected | {(0, "x/../y")}  # params are still checked before sending
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("train/loss", None),
+        ("eval accuracy: top-1.x", None),
+        ("k" * 250, None),
+        ("k" * 251, "longer"),
+        ("a/../b", "path"),
+        ("../a", "path"),
+        ("/a", "path"),
+        ("a/", "path"),
+        ("a//b", "path"),
+        ("./a", "path"),
+        (".", "path"),
+        ("", "path"),
+        ("acc@1", "characters"),
+        ("a\nb", "characters"),
+    ],
+)
+def test_names_are_checked_against_mlflows_rules(name: str, problem: str | None) -> None:
+    """Names MLflow's server refuses (length, characters, paths that normalise to another name)
+    are found before sending; names it accepts pass."""
+    found = name_problem(name)
+    assert found is None if problem is None else problem in (found or "")
+
+
+def test_bad_tag_names_and_run_level_refusals(tmp_path: Path) -> None:
+    """A tag name MLflow refuses is a one-line configuration error naming MLFLOW_TAGS; a refusal
+    about the run or the credentials is never split, one about the points is."""
+    base = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    with pytest.raises(ConfigurationError, match=r"MLFLOW_TAGS .*'a/\.\./b'"):
+        MLflowSink.from_env(
+            {**base, "MLFLOW_TAGS": '{"a/../b": "x"}'}, run_dir=tmp_path, run_name=""
+        )
+    sink = MLflowSink(base["MLFLOW_TRACKING_URI"], run_dir=tmp_path)
+    log = Log(run_id="r", seq=3, time=T0, global_step=1, logs={"loss": 1.0, "acc": 0.5, "s": "x"})
+    invalid_state = PermanentSinkError("x", status=400, body='{"error_code": "INVALID_STATE"}')
+    assert sink.split([log], invalid_state) == ()
+    assert sink.split([log, log], PermanentSinkError("forbidden", status=403)) == ()
+    bad_value = PermanentSinkError(
+        "x", status=400, body='{"error_code": "INVALID_PARAMETER_VALUE"}'
+    )
+    parts = sink.split([log], bad_value)
+    assert [[dict(e.logs) for e in part] for part in parts] == [[{"loss": 1.0}], [{"acc": 0.5}]]
+    assert [len(part) for part in sink.split([log] * 5, bad_value)] == [2, 3]
