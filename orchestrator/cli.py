@@ -5,6 +5,10 @@ Bad input (a malformed file, an unknown ``report_to`` name, a factory that does 
 unwritable ``output_dir``, a path that is not a run directory) ends with exit code 2 and one line
 on stderr, before anything is written. ``trainbus train`` stopped by SIGTERM or SIGINT saves,
 flushes, marks the run ``killed`` and exits with 143 or 130; a second signal ends it at once.
+
+``sync``, ``show`` and ``plot`` read a run directory as data: they import no code it names (``sync``
+rebuilds registered integrations by name, and user sink classes only with ``--sink-class`` or
+``--allow-run-classes``) and put nothing on ``sys.path`` unless ``--app-dir`` says so.
 """
 
 from __future__ import annotations
@@ -37,6 +41,29 @@ def _add_app_dir(parser: argparse.ArgumentParser) -> None:
         "--app-dir",
         default=".",
         help="directory put first on sys.path so 'module:function' factories import (default: .)",
+    )
+
+
+def _add_run_classes(sync: argparse.ArgumentParser) -> None:
+    """Reading a run directory never imports code it names, unless the user names it here."""
+    sync.add_argument(
+        "--sink-class",
+        action="append",
+        dest="sink_classes",
+        metavar="MODULE:CLASS",
+        help="also deliver the user sink that run.json names as MODULE:CLASS (repeatable); "
+        "without it such sinks are skipped, as reading a run directory never imports its code",
+    )
+    sync.add_argument(
+        "--allow-run-classes",
+        action="store_true",
+        help="import every user sink class run.json names (only for run directories you trust)",
+    )
+    sync.add_argument(
+        "--app-dir",
+        default=None,
+        help="directory put first on sys.path to import those classes (default: none; the "
+        "working directory is not searched)",
     )
 
 
@@ -81,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--force", action="store_true", help="sync even if run.json says its process is alive"
     )
-    _add_app_dir(sync)
+    _add_run_classes(sync)
 
     show = sub.add_parser("show", help="steps, last and best metrics, per-sink delivery state")
     show.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
@@ -137,17 +164,22 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _sync(ns: argparse.Namespace) -> int:
-    from trainbus.orchestrator.sync import sync_run
+    from trainbus.orchestrator.rundir import find_run_dir
+    from trainbus.orchestrator.sync import plan_sinks, sync_run
 
     deadline = ns.timeout if ns.timeout is not None else float("inf")
+    allow = True if ns.allow_run_classes else (ns.sink_classes or [])
+    plan = plan_sinks(find_run_dir(ns.run_dir), only=ns.sinks, allow_classes=allow)
 
     async def go() -> int:
-        reports = await sync_run(ns.run_dir, only=ns.sinks, deadline=deadline, force=ns.force)
-        left = 0
+        reports = await sync_run(ns.run_dir, sinks=plan.sinks, deadline=deadline, force=ns.force)
+        for line in plan.skipped:
+            print(line)
+        left = len(plan.skipped)
         for report in reports.values():
             print(
                 f"{report.name}: delivered {report.delivered}, skipped {report.skipped}, "
-                f"undelivered {report.undelivered}"
+                f"quarantined {report.quarantined}, undelivered {report.undelivered}"
                 + (f" (disabled: {report.last_error})" if report.disabled else "")
             )
             left += report.undelivered

@@ -27,6 +27,7 @@ import msgspec
 
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._files import replace_file
+from trainbus.bus._paths import RUNS_FOLDER
 
 __all__ = [
     "JOURNAL_NAME",
@@ -40,7 +41,6 @@ __all__ = [
 
 RUN_RECORD_NAME: Final = "run.json"
 JOURNAL_NAME: Final = "journal.tbj"
-RUNS_FOLDER: Final = "trainbus"
 
 RecordStatus = Literal["running", "completed", "stopped", "failed", "killed"]
 

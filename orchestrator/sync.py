@@ -2,17 +2,25 @@
 
 After a crash, a kill or a tracker outage, the journal still holds every event and each sink's
 cursor says how far its destination got. Sync rebuilds the sinks the run recorded in ``run.json``
-(``report_to`` integrations from the current environment, user sinks from their class) and runs
-the bus's replay: same filters, batching, retries and cursor updates as the live run. Sinks are
-idempotent where their destination allows it, so running sync twice sends nothing twice.
+and runs the bus's replay: same filters, batching, retries and cursor updates as the live run.
+Sinks are idempotent where their destination allows it, so running sync twice sends nothing twice.
+
+Reading a run directory never executes code it names. ``run.json`` is data (run directories are
+copied between machines and shared), so a ``report_to`` integration is rebuilt only through the
+registry (``trainbus.orchestrator.registry``), by name, and a user sink recorded as
+``module:Class`` is imported only when the caller allows that class (``allow_classes``; on the
+command line ``--sink-class module:Class`` or ``--allow-run-classes``). Any other user sink is
+skipped with one line saying how to include it; its events stay in the journal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 import structlog
 
@@ -25,9 +33,39 @@ from trainbus.orchestrator._dead_run import close_dead_run
 from trainbus.orchestrator.registry import build_sinks, import_object
 from trainbus.orchestrator.rundir import RunDir, RunRecord, SinkRecord, find_run_dir
 
-__all__ = ["rebuild_sinks", "sync_run"]
+__all__ = ["ClassAllowance", "SinkPlan", "plan_sinks", "rebuild_sinks", "sync_run"]
 
 log = structlog.get_logger(__name__)
+
+
+ClassAllowance: TypeAlias = bool | Collection[str]
+"""Which ``module:Class`` sinks of ``run.json`` may be imported: all (``True``), none (``False``)
+or the ones named."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkPlan:
+    """The sinks a replay will feed, and one line per recorded sink it leaves out, and why."""
+
+    sinks: list[Sink]
+    skipped: list[str]
+
+
+def _skip_line(entry: SinkRecord, record: RunRecord) -> str:
+    return (
+        f"sink {entry.name!r} of run {record.run_id} skipped: run.json names the class "
+        f"{entry.factory!r}, and reading a run directory never imports code it names; "
+        f"pass --sink-class {entry.factory} (with --app-dir DIR if its module is not installed) "
+        "to deliver it"
+    )
+
+
+def _user_sink(entry: SinkRecord, factory: str) -> Sink:
+    cls = import_object(factory, field=f"sink {entry.name!r}")
+    # Checked before the call: a name such as os:abort must never be called.
+    if not (isinstance(cls, type) and issubclass(cls, Sink)):
+        raise ConfigurationError(f"sink {entry.name!r} ({factory}) is not a Sink subclass")
+    return cls()
 
 
 def _rebuild(entry: SinkRecord, record: RunRecord, run_dir: RunDir, env: Mapping[str, str]) -> Sink:
@@ -41,20 +79,33 @@ def _rebuild(entry: SinkRecord, record: RunRecord, run_dir: RunDir, env: Mapping
             f"sink {entry.name!r} of run {record.run_id} was defined in a script or a local scope "
             "and cannot be rebuilt; pass it to sync_run(sinks=...) from Python instead"
         )
-    cls = import_object(entry.factory, field=f"sink {entry.name!r}")
-    sink = cls()
-    if not isinstance(sink, Sink):
-        raise ConfigurationError(f"sink {entry.name!r} ({entry.factory}) is not a Sink")
-    return sink
+    return _user_sink(entry, entry.factory)
 
 
-def rebuild_sinks(
+def _allowed(entry: SinkRecord, allow_classes: ClassAllowance) -> bool:
+    if entry.integration is not None or entry.factory is None:
+        return True  # registry names and script sinks never import anything named by the data
+    if isinstance(allow_classes, bool):
+        return allow_classes
+    return entry.factory in allow_classes
+
+
+def plan_sinks(
     run_dir: RunDir,
     *,
     env: Mapping[str, str] | None = None,
     only: Sequence[str] | None = None,
-) -> list[Sink]:
-    """The sinks ``run.json`` lists (or the ``only`` ones among them), ready for a replay."""
+    allow_classes: ClassAllowance = False,
+) -> SinkPlan:
+    """The sinks ``run.json`` lists (or the ``only`` ones among them), ready for a replay.
+
+    Args:
+        run_dir: the run whose ``run.json`` names the sinks.
+        env: the environment ``report_to`` integrations are rebuilt from (default: this process's).
+        only: sink names to rebuild; each must be a sink of the run.
+        allow_classes: the ``module:Class`` user sinks that may be imported and called (``True``:
+            all of them); the others are skipped, each with a line in ``SinkPlan.skipped``.
+    """
     record = run_dir.read_record()
     environ = dict(os.environ) if env is None else env
     known = [entry.name for entry in record.sinks]
@@ -63,8 +114,37 @@ def rebuild_sinks(
             raise ConfigurationError(
                 f"--sink {name!r} is not a sink of run {record.run_id}; its sinks are {known!r}"
             )
+    if not isinstance(allow_classes, bool):
+        classes = sorted({e.factory for e in record.sinks if e.factory and not e.integration})
+        for factory in allow_classes:
+            if factory not in classes:
+                raise ConfigurationError(
+                    f"--sink-class {factory!r} is not a sink class of run {record.run_id}; "
+                    f"its classes are {classes!r}"
+                )
     chosen = [e for e in record.sinks if not only or e.name in only]
-    return [_rebuild(entry, record, run_dir, environ) for entry in chosen]
+    sinks: list[Sink] = []
+    skipped: list[str] = []
+    for entry in chosen:
+        if _allowed(entry, allow_classes):
+            sinks.append(_rebuild(entry, record, run_dir, environ))
+        else:
+            skipped.append(_skip_line(entry, record))
+    return SinkPlan(sinks=sinks, skipped=skipped)
+
+
+def rebuild_sinks(
+    run_dir: RunDir,
+    *,
+    env: Mapping[str, str] | None = None,
+    only: Sequence[str] | None = None,
+    allow_classes: ClassAllowance = False,
+) -> list[Sink]:
+    """The sinks ``plan_sinks`` would feed; user sinks not allowed are left out (logged)."""
+    plan = plan_sinks(run_dir, env=env, only=only, allow_classes=allow_classes)
+    for line in plan.skipped:
+        log.warning("sink_skipped", reason=line)
+    return plan.sinks
 
 
 async def sync_run(
@@ -75,11 +155,14 @@ async def sync_run(
     sinks: Sequence[Sink] | None = None,
     deadline: float = math.inf,
     force: bool = False,
+    allow_classes: ClassAllowance = False,
 ) -> dict[str, SinkReport]:
     """Replay ``path``'s journal into its sinks; returns each sink's report.
 
     ``sinks`` replaces the recorded ones (for user sinks that cannot be rebuilt by name). A run
     whose process is still alive is refused unless ``force``: its own sinks are delivering.
+    ``allow_classes`` says which user sinks named in ``run.json`` may be imported (see
+    ``plan_sinks``); the others are skipped with a warning.
     """
     run_dir = find_run_dir(path)
     record = run_dir.read_record()
@@ -90,7 +173,11 @@ async def sync_run(
         )
     if not run_dir.journal_path.is_file():
         raise ConfigurationError(f"{str(run_dir.path)!r} has no journal to sync")
-    chosen = list(sinks) if sinks is not None else rebuild_sinks(run_dir, env=env, only=only)
+    chosen = (
+        list(sinks)
+        if sinks is not None
+        else rebuild_sinks(run_dir, env=env, only=only, allow_classes=allow_classes)
+    )
     repair = repair_journal(run_dir.journal_path)
     if repair.torn_tail is not None:
         log.warning(

@@ -48,6 +48,7 @@ import structlog
 from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
 from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from trainbus.bus._paths import confine, confined_files, output_root
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
 from trainbus.sinks._comet_api import (
@@ -366,7 +367,12 @@ class CometSink(Sink):
             log.warning("comet asset missing, skipped", path=str(source))
             return
         base = event.name or source.name
-        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        try:
+            files = confined_files(source, output_root(self.run_dir), what="artifact path")
+        except ConfigurationError as exc:
+            log.warning("comet asset refused, skipped", reason=str(exc))
+            return
+        source = source.resolve()
         for file in files:
             name = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
             if not self.online:
@@ -402,6 +408,7 @@ async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
     sink = CometSink.from_env(
         {**env, "COMET_START_ONLINE": "1"}, run_dir=path.parent, run_name=path.parent.name
     )
+    root = output_root(path.parent)  # the offline file is data: its assets stay in the run
     await sink.open()
     sink._state = {}  # never reuse a key saved by an earlier upload: each upload is one experiment
     try:
@@ -411,7 +418,8 @@ async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
             for line in handle:
                 record = json.loads(line)
                 if "asset" in record:
-                    await api.upload_asset(key, Path(record["asset"]), record["fileName"])
+                    asset = confine(record["asset"], root, what=f"{OFFLINE_FILE} asset")
+                    await api.upload_asset(key, asset, record["fileName"])
                     continue
                 body = dict(record["body"])
                 body["experimentKey"] = key

@@ -40,6 +40,7 @@ import msgspec
 from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
+from trainbus.bus._paths import output_root
 from trainbus.bus._secrets import redact_url
 from trainbus.sinks._mlflow_api import MlflowApi, RunInfo
 from trainbus.sinks.mlflow import MLflowSink
@@ -108,6 +109,10 @@ class DagsHubSink(MLflowSink):
         sink.branch = env_str(env, "BRANCH") or "main"
         sink.model_name = env_str(env, "HF_DAGSHUB_MODEL_NAME") or "main"
         return sink
+
+    def _artifact_root(self) -> Path:
+        """The run's output directory, found from the run directory above our subfolder."""
+        return output_root(self.run_dir.parent)
 
     async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
         name = event.name or Path(event.path).name

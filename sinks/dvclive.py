@@ -17,6 +17,9 @@ Where it differs, and why:
 * The user's repository is left alone: no DVC experiment is saved and no ``dvc.yaml`` is
   written unless asked (``save_dvc_exp``, ``dvcyaml``), and where DVCLive would run ``dvc init``
   in a git repository without DVC, the sink uses no DVC repository at all.
+* A metric name that would lead DVCLive's ``plots/metrics/<name>.tsv`` out of its directory
+  (``../x``, an absolute name) is refused, counted in ``dropped_values`` and named once in a
+  warning; an ``Artifact`` outside the run's output directory is skipped the same way.
 * Replays never duplicate rows: the highest event written is kept in ``<run_dir>/dvclive.json``
   and a restarted sink resumes DVCLive's files instead of clearing them.
 
@@ -40,6 +43,7 @@ import structlog
 from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._paths import confine, output_root, safe_relative_name
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._state import load_state, save_state
@@ -88,6 +92,7 @@ class DVCLiveSink(Sink):
         self._written_seq = -1
         self._ended = False
         self.dropped_values = 0
+        self._refused: set[str] = set()
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -157,8 +162,7 @@ class DVCLiveSink(Sink):
             elif isinstance(event, RunStarted) and event.config:
                 self._log_params(live, event.config)
             elif isinstance(event, Artifact) and self._wants(event):
-                name = event.name or Path(event.path).name
-                live.log_artifact(event.path, type="model", name=_artifact_name(name))
+                self._log_artifact(live, event)
             elif isinstance(event, RunFinished):
                 live.end()
                 self._ended = True
@@ -186,7 +190,26 @@ class DVCLiveSink(Sink):
             if not isinstance(value, (int, float, str)):
                 self.dropped_values += 1
                 continue
-            live.log_metric(standardize_metric_name(key, FRAMEWORK), value)
+            name = standardize_metric_name(key, FRAMEWORK)
+            try:
+                # DVCLive writes plots/metrics/<name>.tsv: a name must not climb out of it.
+                safe_relative_name(name, what="metric name")
+            except ConfigurationError as exc:
+                self.dropped_values += 1
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.warning("dvclive metric refused, dropped", reason=str(exc))
+                continue
+            live.log_metric(name, value)
+
+    def _log_artifact(self, live: Any, event: Artifact) -> None:
+        try:
+            confine(event.path, output_root(self.run_dir), what="artifact path")
+        except ConfigurationError as exc:
+            log.warning("dvclive artifact refused, skipped", reason=str(exc))
+            return
+        name = event.name or Path(event.path).name
+        live.log_artifact(event.path, type="model", name=_artifact_name(name))
 
     def _wants(self, event: Artifact) -> bool:
         if self.log_model == "all":

@@ -44,6 +44,7 @@ import structlog
 from trainbus.bus._env import env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._paths import confined_files, output_root, safe_relative_name
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
 from trainbus.sinks._mlflow_api import (
@@ -419,14 +420,24 @@ class MLflowSink(Sink):
         if errors:
             raise _most_telling(errors)
 
+    def _artifact_root(self) -> Path:
+        """Where an ``Artifact`` event's files must lie: the run's output directory."""
+        return output_root(self.run_dir)
+
     async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
         source = Path(event.path)
         base = event.name or source.name
         uploaded: list[str] = self._state.setdefault("artifacts", [])
-        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
         if not source.exists():
             log.warning("mlflow artifact missing, skipped", path=str(source))
             return
+        try:
+            files = confined_files(source, self._artifact_root(), what="artifact path")
+            safe_relative_name(base, what="artifact name")
+        except ConfigurationError as exc:
+            log.warning("mlflow artifact refused, skipped", reason=str(exc))
+            return
+        source = source.resolve()
         for file in files:
             rel = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
             stat = file.stat()

@@ -10,7 +10,8 @@ By default events go through the minimal writer in ``trainbus.sinks._tfrecord`` 
 instead of ~130 µs), flushed once per batch rather than once per event. An injected writer (HF's
 ``tb_writer``: anything with ``add_scalar``, ``add_text`` and ``flush``) is used as is instead.
 The highest event written is remembered in ``<run_dir>/tensorboard.json``, so a replay after a
-crash does not write points twice.
+crash does not write points twice. Directories read from run data (that file's ``log_dir``,
+``RunStarted.output_dir``) must lie inside the run's output directory, else the sink refuses them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any, Final, Protocol
 import structlog
 
 from trainbus.bus._env import env_str
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError
 from trainbus.bus._events import Event, Log, RunFinished, RunStarted
+from trainbus.bus._paths import confine, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
@@ -92,10 +95,12 @@ class TensorBoardSink(Sink):
         return self._writer.path.parent if self._writer is not None else self.logging_dir
 
     async def open(self) -> None:
+        """Resume from ``tensorboard.json``; a ``log_dir`` there that leads out of the run's
+        output directory is refused (the file is data, and data never picks where we write)."""
         state = load_state(self.run_dir / STATE_FILE)
         self._written_seq = int(state.get("written_seq", -1))
         if self.logging_dir is None and state.get("log_dir"):
-            self.logging_dir = Path(state["log_dir"])
+            self.logging_dir = self._confined(state["log_dir"], f"{STATE_FILE} log_dir")
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Encode the batch, append it to the event file and flush once."""
@@ -128,10 +133,16 @@ class TensorBoardSink(Sink):
         if self._writer is None:
             directory = self.logging_dir
             if directory is None:
-                directory = _default_dir(started, self.run_dir)
+                directory = self._confined(_default_dir(started, self.run_dir), "output_dir")
             self._writer = EventFileWriter(directory)
             log.info("tensorboard writing", log_dir=str(directory))
         return self._writer
+
+    def _confined(self, path: str | Path, what: str) -> Path:
+        try:
+            return confine(path, output_root(self.run_dir), what=what)
+        except ConfigurationError as exc:
+            raise PermanentSinkError(str(exc)) from None
 
     def _started(self, event: RunStarted) -> None:
         texts = []
@@ -179,11 +190,18 @@ class TensorBoardSink(Sink):
 
 
 def _default_dir(started: RunStarted | None, run_dir: Path) -> Path:
-    """HF's ``<output_dir>/runs/<Mon DD_HH-MM-SS>_<host>``, stamped with the run's start."""
+    """HF's ``<output_dir>/runs/<Mon DD_HH-MM-SS>_<host>``, stamped with the run's start.
+
+    ``output_dir`` is the one holding the run directory (``<output_dir>/trainbus/<run>``) when
+    there is one: a replay from another working directory then finds the live run's folder even
+    when ``RunStarted.output_dir`` was relative.
+    """
     if started is None or not started.output_dir:
         return run_dir / "tensorboard"
     stamp = datetime.fromtimestamp(started.time).strftime("%b%d_%H-%M-%S")
-    return Path(started.output_dir) / "runs" / f"{stamp}_{socket.gethostname()}"
+    root = output_root(run_dir)
+    output_dir = root if root != run_dir.resolve() else Path(started.output_dir)
+    return output_dir / "runs" / f"{stamp}_{socket.gethostname()}"
 
 
 def _json(data: Mapping[str, Any]) -> str:

@@ -47,6 +47,7 @@ from trainbus.bus._errors import (
     SinkError,
 )
 from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
@@ -261,6 +262,12 @@ class WandbSink(Sink):
         if not source.exists():
             log.warning("wandb artifact missing, skipped", path=str(source))
             return
+        try:
+            confined_files(source, output_root(self.run_dir), what="artifact path")
+        except ConfigurationError as exc:
+            log.warning("wandb artifact refused, skipped", reason=str(exc))
+            return
+        source = source.resolve()
         artifact = self._wandb.Artifact(name=f"model-{run.id}", type="model")
         if source.is_dir():
             artifact.add_dir(str(source))

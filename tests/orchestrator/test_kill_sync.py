@@ -89,10 +89,13 @@ def kill_when(proc: Any, tmp_path: Path, sink: str, *, logs: int, timeout: float
         proc.wait(timeout=30)
 
 
-def sync(run_dir: RunDir, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``trainbus sync RUN_DIR`` in a fresh process."""
+def sync(run_dir: RunDir, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
+    """``trainbus sync RUN_DIR [OPTIONS]`` in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync", str(run_dir.path)],
+        [
+            *(sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync"),
+            *(str(run_dir.path), *options),
+        ],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -115,7 +118,9 @@ def test_sync_delivers_the_rest_after_sigkill_without_duplicates(tmp_path: Path)
     assert run_dir.read_record().status == "running"  # the process never got to close the run
     before = len(dest.read_text().splitlines())
 
-    result = sync(run_dir, env={"TRAINBUS_JSONL": str(dest)})
+    # A user sink named in run.json is imported only when the command line names it.
+    user_sink = ("--sink-class", "tests.orchestrator._sinks:SlowJsonLines", "--app-dir", str(ROOT))
+    result = sync(run_dir, {"TRAINBUS_JSONL": str(dest)}, *user_sink)
     assert result.returncode == 0, result.stderr
 
     expected = [
@@ -126,7 +131,7 @@ def test_sync_delivers_the_rest_after_sigkill_without_duplicates(tmp_path: Path)
     delivered = [json.loads(line)["seq"] for line in dest.read_text().splitlines()]
     assert before < len(expected)  # the sink really was behind when the process died
     assert delivered == expected  # everything, in order, once
-    assert sync(run_dir, env={"TRAINBUS_JSONL": str(dest)}).returncode == 0
+    assert sync(run_dir, {"TRAINBUS_JSONL": str(dest)}, *user_sink).returncode == 0
     assert len(dest.read_text().splitlines()) == len(expected)  # a second sync adds nothing
 
 

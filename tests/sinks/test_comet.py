@@ -43,11 +43,13 @@ async def test_online_run_logs_metrics_params_status_and_assets(tmp_path: Path) 
     checkpoint.mkdir()
     (checkpoint / "weights.bin").write_bytes(b"w" * 100)
     events = scripted_run(10, eval_every=5, checkpoint=checkpoint)
+    run_dir = tmp_path / "trainbus" / "run"
     with FakeComet() as comet:
         env = _env(comet, COMET_LOG_ASSETS="true")
-        sink = CometSink.from_env(env, run_dir=tmp_path / "run", run_name="fallback")
+        # the layout: the checkpoint is in the run's output_dir
+        sink = CometSink.from_env(env, run_dir=run_dir, run_name="fallback")
         with anyio.fail_after(30):
-            report = await deliver_through_bus(events, [sink], tmp_path / "run")
+            report = await deliver_through_bus(events, [sink], run_dir)
     assert report["comet_ml"].undelivered == 0 and report["comet_ml"].skipped == 0
     assert comet.rejected == []
     experiment = comet.experiments[sink.experiment_key or ""]

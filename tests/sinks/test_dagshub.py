@@ -76,7 +76,7 @@ async def test_run_reaches_the_repository_server_with_token_auth(
         HF_MLFLOW_LOG_ARTIFACTS="0",
         BRANCH="dev",
     )
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "trainbus" / "run"  # the layout: the checkpoint is in its output_dir
     sink = DagsHubSink.from_env(env, run_dir=run_dir, run_name="tiny-run")
     transport = RepoPathTransport()
     sink._transport = transport  # from_env takes no transport; route through the repo path

@@ -132,7 +132,7 @@ async def test_final_model_is_tracked_by_dvc(tmp_path: Path, _cwd: Path) -> None
         )
     events.append(msgspec.structs.replace(finished, seq=finished.seq + 2))
     sink = DVCLiveSink.from_env(
-        {"HF_DVCLIVE_LOG_MODEL": "1"}, run_dir=tmp_path / "run", run_name="r"
+        {"HF_DVCLIVE_LOG_MODEL": "1"}, run_dir=_cwd / "out" / "trainbus" / "run", run_name="r"
     )
     with anyio.fail_after(60):
         await sink.open()

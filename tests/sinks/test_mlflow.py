@@ -61,15 +61,16 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     checkpoint artifacts and the final status."""
     events = scripted_run(30, eval_every=10, checkpoint=_checkpoint(tmp_path))
     name = _experiment()
+    run_dir = tmp_path / "trainbus" / "run"  # the layout: the checkpoint is in its output_dir
     sink = MLflowSink(
         mlflow_server.url,
-        run_dir=tmp_path / "run",
+        run_dir=run_dir,
         experiment_name=name,
         tags={"team": "search"},
         log_artifacts=True,
     )
     with anyio.fail_after(60):
-        report = await deliver_through_bus(events, [sink], tmp_path / "run")
+        report = await deliver_through_bus(events, [sink], run_dir)
     assert report["mlflow"].undelivered == 0 and report["mlflow"].skipped == 0
     client = _client(mlflow_server)
     run = client.get_run(sink.run_id)
@@ -94,7 +95,7 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
     nested = client.list_artifacts(run.info.run_id, "checkpoint-30/sub")
     assert [a.path for a in nested] == ["checkpoint-30/sub/trainer_state.json"]
-    saved = json.loads((tmp_path / "run" / "mlflow.json").read_text())
+    saved = json.loads((run_dir / "mlflow.json").read_text())
     assert saved["run_id"] == run.info.run_id
 
 

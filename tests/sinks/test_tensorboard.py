@@ -89,7 +89,7 @@ async def test_replay_after_restart_writes_nothing_twice(tmp_path: Path) -> None
         run_id="run-1", seq=0, time=T0, run_name="x", output_dir=str(tmp_path / "out")
     )
     for _ in range(2):
-        sink = TensorBoardSink(run_dir=tmp_path / "run")
+        sink = TensorBoardSink(run_dir=tmp_path / "out" / "trainbus" / "run-1")
         with anyio.fail_after(10):
             await sink.open()
             await sink.write(events[:6])

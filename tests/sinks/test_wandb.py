@@ -131,7 +131,7 @@ async def test_offline_run_records_every_metric_at_its_step(
     checkpoint = tmp_path / "checkpoint-20"
     checkpoint.mkdir()
     (checkpoint / "model.safetensors").write_bytes(b"\x02" * 256)
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "trainbus" / "run"  # the layout: the checkpoint is in its output_dir
     env = {**offline, "WANDB_LOG_MODEL": "checkpoint"}
     sink = WandbSink.from_env(env, run_dir=run_dir, run_name="fallback-name")
     with anyio.fail_after(120):
