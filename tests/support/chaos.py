@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Literal
@@ -52,6 +52,7 @@ __all__ = [
     "FAULT_KINDS",
     "ChaosOutcome",
     "ChaosPlan",
+    "End",
     "Fault",
     "compare_points",
     "make_plan",
@@ -403,7 +404,7 @@ def _compare_all(
         "jsonlines": Counter((k, e.global_step) for e in logs for k in e.logs),
     }
     outcome.journal_points = sum(expected["jsonlines"].values())
-    readers = {
+    readers: dict[str, Callable[[], Counter[Point]]] = {
         "mlflow": lambda: _mlflow_points(run_dir, mlflow_url, expected["mlflow"], outcome),
         "tensorboard": lambda: _tensorboard_points(workdir / "tb"),
         "jsonlines": lambda: _jsonl_points(workdir / "metrics.jsonl"),
