@@ -6,8 +6,8 @@ behind ``tests.support.fault_proxy.FaultProxy``, to TensorBoard and to a user si
 (``examples.custom_sink:JsonLines``). A seed per run draws one to three faults at random steps
 (tracker outage: connections dropped for 1.5-3 s; 5xx: the next 1-5 requests get 500/502/503;
 429 with ``Retry-After`` 1.5-3 s; latency: 1.5-3 s per request over a stretch of steps) and how
-the run ends (runs to the end, SIGKILL at a random step, and with ``--sigterm`` SIGTERM at a
-random step). Then ``trainbus sync`` runs against the server directly, and every numeric point
+the run ends (runs to the end, SIGKILL or SIGTERM at a random step; ``--no-sigterm`` leaves
+SIGTERM out). Then ``trainbus sync`` runs against the server directly, and every numeric point
 of every journal ``Log`` event is looked up, key and step, in MLflow's own metric history, in
 TensorBoard's scalars (TensorBoard's ``EventAccumulator``) and in the user sink's lines
 (``tests/support/chaos.py``).
@@ -20,7 +20,7 @@ dropped). SIGTERM runs also report whether the process stopped gracefully (exit 
 and MLflow marked killed). Every failing run is printed with its seed; ``make_plan(seed,
 steps=150)`` in ``tests/support/chaos.py`` reproduces it.
 
-Run alone with ``python -m benchmarks.bench_chaos [--quick] [--sigterm]``; writes
+Run alone with ``python -m benchmarks.bench_chaos [--quick] [--no-sigterm]``; writes
 ``results/chaos.json``.
 """
 
@@ -142,13 +142,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = bench_parser(__doc__, f"{RUNS['quick']} runs instead of {RUNS['full']}")
     parser.add_argument("--runs", type=int, help="how many runs (overrides the mode's count)")
     parser.add_argument("--seed", type=int, default=1000, help="the first run's seed")
-    parser.add_argument("--sigterm", action="store_true", help="end some runs with SIGTERM")
+    parser.add_argument(
+        "--no-sigterm", action="store_true", help="end no run with SIGTERM (only SIGKILL and clean)"
+    )
     options = parser.parse_args(argv)
     mode = bench_mode(options.quick)
     runs = options.runs or RUNS[mode]
-    ends: tuple[End, ...] = ("complete", "sigkill")
-    if options.sigterm:
-        ends = (*ends, "sigterm")
+    ends: tuple[End, ...] = ("complete", "sigkill", "sigterm")
+    if options.no_sigterm:
+        ends = ("complete", "sigkill")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-chaos-") as tmp:
         root = Path(tmp)
@@ -186,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "first_seed": options.seed,
             "steps_per_run": STEPS,
             "stall_s": STALL_S,
-            "sigterm": options.sigterm,
+            "sigterm": not options.no_sigterm,
             "baseline": _row(baseline),
             "failures": failures,
         },

@@ -2,17 +2,15 @@
 
 Each seed is one run of ``trainbus train`` (tiny regression model, 150 steps) reporting to a real
 MLflow server behind a fault proxy, to TensorBoard and to a user sink, with outages, 5xx, 429 and
-latency injected at seeded steps, and a SIGKILL or a clean end; then ``trainbus sync``. Every
-journal point is looked up in each destination (``tests/support/chaos.py``). The longer run of
-the same harness is ``benchmarks/bench_chaos.py``. A failing seed reproduces with
+latency injected at seeded steps, and a SIGKILL or a clean end (and SIGTERM runs of their own); then
+``trainbus sync``. Every journal point is looked up in each destination, and the run must end with
+the status its ending calls for, in ``run.json`` and MLflow (``tests/support/chaos.py``). The longer
+run of the same harness is ``benchmarks/bench_chaos.py``. A failing seed reproduces with
 ``make_plan(seed, steps=STEPS, fault_s=FAULT_S)``.
-
-SIGTERM runs are behind ``TRAINBUS_CHAOS_SIGTERM=1`` while graceful stop is being built.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -61,10 +59,6 @@ def test_faults_then_sync_lose_and_repeat_no_point(
 
 @pytest.mark.mlflow
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("TRAINBUS_CHAOS_SIGTERM") != "1",
-    reason="set TRAINBUS_CHAOS_SIGTERM=1 to run the SIGTERM fault runs",
-)
 @pytest.mark.parametrize("seed", SIGTERM_SEEDS)
 def test_sigterm_mid_run_stops_gracefully_and_loses_nothing(
     seed: int, tmp_path: Path, mlflow_server: Any

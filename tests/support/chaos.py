@@ -63,6 +63,14 @@ __all__ = [
 ROOT: Final = Path(__file__).resolve().parents[2]
 FAULT_KINDS: Final = ("outage", "5xx", "429", "latency")
 END_KINDS: Final = ("complete", "sigkill", "sigterm")
+USER_SINK: Final = "examples.custom_sink:JsonLines"
+"""The user sink; ``trainbus sync`` rebuilds it only when named (reading a run executes nothing)."""
+FINAL_STATUS: Final = {
+    "complete": ("completed", "FINISHED"),
+    "sigkill": ("killed", "KILLED"),  # sync closes a run whose process died
+    "sigterm": ("killed", "KILLED"),  # graceful stop marks it itself
+}
+"""``run.json`` and MLflow status after training and ``trainbus sync``, by how the run ended."""
 End = Literal["complete", "sigkill", "sigterm"]
 Point = tuple[str, int]
 
@@ -248,9 +256,11 @@ def run_plan(
     except ValueError as exc:
         outcome.errors.append(f"no run directory: {exc}")
         return outcome
-    outcome.run_status = run_dir.read_record().status
     sync = subprocess.run(
-        [sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync", str(run_dir.path)],
+        [
+            *(sys.executable, "-m", "trainbus", "--log-level", "WARNING", "sync"),
+            *(str(run_dir.path), "--sink-class", USER_SINK, "--app-dir", str(ROOT)),
+        ],
         cwd=ROOT,
         env={**env, "MLFLOW_TRACKING_URI": mlflow_url},
         capture_output=True,
@@ -261,7 +271,14 @@ def run_plan(
     outcome.sync_exit_code = sync.returncode
     if sync.returncode != 0:
         outcome.errors.append(f"sync exited {sync.returncode}: {sync.stderr.strip()[-500:]}")
+    outcome.run_status = run_dir.read_record().status
     _compare_all(run_dir, workdir, mlflow_url, outcome, stall_s)
+    wanted = FINAL_STATUS[plan.end]
+    if (outcome.run_status, outcome.mlflow_status) != wanted:
+        outcome.errors.append(
+            f"after sync run.json says {outcome.run_status!r} and MLflow {outcome.mlflow_status!r}"
+            f", expected {wanted}"
+        )
     return outcome
 
 
@@ -312,8 +329,8 @@ def _train(
             proc.kill()
             code = proc.wait()
         proc.stdout.close()
-    expected = {"complete": 0, "sigkill": -signal.SIGKILL, "sigterm": None}[plan.end]
-    if expected is not None and code != expected:
+    expected = {"complete": 0, "sigkill": -signal.SIGKILL, "sigterm": 143}[plan.end]
+    if code != expected:
         tail = (workdir / "train.stderr").read_text()[-500:]
         outcome.errors.append(f"training exited {code}, expected {expected}: {tail}")
     return code
