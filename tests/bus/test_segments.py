@@ -81,11 +81,11 @@ def test_offsets_are_positions_a_reader_starts_from_across_segments(tmp_path: Pa
 
 
 def test_acknowledged_segments_are_compressed_and_read_back(tmp_path: Path) -> None:
-    """Finished segments every sink acknowledged are gzipped; the live one stays plain."""
+    """Segments every sink acknowledged are gzipped, the last one too once the writer closed."""
     path = tmp_path / "journal"
     _write(path, 500, acked=499)
     names = _names(path)
-    assert all(n.endswith(".tbj.gz") for n in names[:-1]) and names[-1].endswith(".tbj")
+    assert all(n.endswith(".tbj.gz") for n in names)
     assert [e.seq for e in JournalReader(path).read_from(0)] == list(range(500))
     assert [e.seq for e in JournalReader(path).read_from(321)] == list(range(321, 500))
     plain = tmp_path / "plain"
@@ -144,8 +144,9 @@ def test_a_torn_tail_on_the_live_segment_is_truncated_and_appending_goes_on(
 ) -> None:
     """A crash mid-write leaves a torn live segment: readers stop before it, reopening repairs."""
     path = tmp_path / "journal"
-    _write(path, 300, acked=299)
+    _write(path, 300, acked=298)  # the last event unacknowledged: the live segment stays plain
     live = path / _names(path)[-1]
+    assert live.suffix == ".tbj"
     live.write_bytes(live.read_bytes() + b"\xe7\xb5\x00\x00\x40")  # half a header
     reader = JournalReader(path)
     assert [e.seq for e in reader.read_from()] == list(range(300))
@@ -218,9 +219,7 @@ async def test_a_sink_that_fell_behind_catches_up_across_segments(make_bus: Make
                 behind.release()
             await behind.wait_for(600)
     assert [e.seq for e in behind.received] == list(range(600))
-    names = _names(journal)
-    assert all(n.endswith(".tbj.gz") for n in names[:-1])  # both acknowledged by the close
-    assert names[-1].endswith(".tbj")
+    assert all(n.endswith(".tbj.gz") for n in _names(journal))  # both acknowledged by the close
 
 
 async def test_replay_delivers_a_journal_of_plain_and_compressed_segments(tmp_path: Path) -> None:
@@ -249,3 +248,24 @@ async def test_a_bus_appends_to_a_single_file_journal_of_an_older_run(tmp_path: 
             await sink.wait_for(201)
     assert path.is_file()
     assert [e.seq for e in JournalReader(path).read_from()] == list(range(201))
+
+
+def test_a_journal_compressed_whole_at_close_continues_in_a_new_segment(tmp_path: Path) -> None:
+    """Reopening a delivered run's fully compressed journal continues its seq in a new segment."""
+    path = tmp_path / "journal"
+    _write(path, 100, acked=99)
+    assert all(n.endswith(".gz") for n in _names(path))
+    writer = SegmentedJournalWriter.open(path, settings=SMALL, acknowledged=lambda: -1)
+    assert writer.last_seq == 99
+    writer.append(_events(100, 3))
+    writer.close()
+    assert _names(path)[-1] == "000000000100.tbj"
+    assert [e.seq for e in JournalReader(path).read_from()] == list(range(103))
+
+
+def test_an_empty_journal_is_left_plain_at_close(tmp_path: Path) -> None:
+    """A journal closed without events keeps its one plain, empty segment."""
+    path = tmp_path / "journal"
+    SegmentedJournalWriter.open(path, settings=SMALL).close()
+    assert _names(path) == ["000000000000.tbj"]
+    assert JournalReader(path).last_seq() == -1
