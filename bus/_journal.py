@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import Any, BinaryIO, Final, NamedTuple, cast
 
 import msgspec
 import structlog
@@ -135,11 +135,19 @@ class JournalReader:
         offsets. A segmented journal is read across its plain and compressed segments; only its
         last (live) segment may end in a torn tail, damage anywhere else is corruption.
         """
+        return cast("Generator[Record, None, None]", self._scan(start_offset, None))
+
+    def _scan(self, start_offset: int, decode_from: int | None) -> Generator[Any, None, None]:
+        """Records from ``start_offset``, or with ``decode_from`` the events with a seq from it
+        on, decoded where they are read (``show`` and ``plot`` read millions: each layer of
+        generators and tuples per record costs a second there)."""
         self.torn_tail = None
         if not self.path.is_dir():
             if not self.path.exists():
                 raise JournalError(f"The journal {self.path} does not exist.")
-            yield from self._segment_records(Segment(0, self.path, False), start_offset)
+            yield from self._segment_records(
+                Segment(0, self.path, False), start_offset, decode_from
+            )
             return
         segments = list_segments(self.path)
         first_seq, offset = split_position(start_offset)
@@ -147,7 +155,7 @@ class JournalReader:
         if not segments or segments[start].first_seq != first_seq:
             offset = 0  # a position in a segment retention removed: start at the oldest kept
         for i, segment in enumerate(segments[start:], start):
-            yield from self._segment_records(segment, offset)
+            yield from self._segment_records(segment, offset, decode_from)
             offset = 0
             if self.torn_tail is not None and i < len(segments) - 1:
                 raise JournalCorruptError(
@@ -156,8 +164,8 @@ class JournalReader:
                 )
 
     def _segment_records(
-        self, segment: Segment, start_offset: int
-    ) -> Generator[Record, None, None]:
+        self, segment: Segment, start_offset: int, decode_from: int | None
+    ) -> Generator[Any, None, None]:
         """The intact records of one segment from ``start_offset`` (its own offset)."""
         shift = segment.base
         try:
@@ -180,11 +188,12 @@ class JournalReader:
             base = start_offset
             pos = 0
             eof = False
-            unpack_from, header_size, crc32, pack_len_seq = (
+            unpack_from, header_size, crc32, pack_len_seq, decode = (
                 _HEADER.unpack_from,
                 _HEADER.size,
                 zlib.crc32,
                 _LEN_SEQ.pack,
+                decode_msgpack,
             )
             while True:
                 # The fast path for an intact record; anything unusual goes to _parse_at below.
@@ -194,7 +203,17 @@ class JournalReader:
                     if marker == _MARKER and flags == 0 and end <= len(buf):
                         payload = buf[pos + header_size : end]
                         if crc32(payload, crc32(pack_len_seq(length, seq))) == crc:
-                            yield Record(shift + base + pos, shift + base + end, seq, payload)
+                            if decode_from is None:
+                                yield Record(shift + base + pos, shift + base + end, seq, payload)
+                            elif seq >= decode_from:
+                                try:
+                                    event = decode(payload)
+                                except msgspec.ValidationError as exc:
+                                    at = Record(
+                                        shift + base + pos, shift + base + end, seq, payload
+                                    )
+                                    raise _not_an_event(segment.path, at, exc) from exc
+                                yield event
                             pos = end
                             continue
                 record, reason = _parse_at(buf, pos)
@@ -245,9 +264,7 @@ class JournalReader:
 
     def read_from(self, seq: int = 0, *, start_offset: int = len(FILE_MAGIC)) -> Iterator[Event]:
         """Events with ``event.seq >= seq`` in journal order; records before it are not decoded."""
-        for record in self.records(start_offset):
-            if record.seq >= seq:
-                yield _decode(self.path, record)
+        return cast("Iterator[Event]", self._scan(start_offset, seq))
 
     def last_seq(self) -> int:
         """The seq of the last intact record, or -1 for an empty journal.
@@ -271,10 +288,14 @@ def _decode(path: Path, record: Record) -> Event:
     try:
         return decode_msgpack(record.payload)
     except msgspec.ValidationError as exc:
-        raise JournalError(
-            f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
-            f"checksum but is not an event this version understands: {exc}"
-        ) from exc
+        raise _not_an_event(path, record, exc) from exc
+
+
+def _not_an_event(path: Path, record: Record, exc: Exception) -> JournalError:
+    return JournalError(
+        f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
+        f"checksum but is not an event this version understands: {exc}"
+    )
 
 
 def read_appended(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import anyio
@@ -12,6 +13,7 @@ from trainbus.bus import (
     Bus,
     ConfigurationError,
     JournalCorruptError,
+    JournalError,
     JournalReader,
     JournalSettings,
     JournalWriter,
@@ -21,6 +23,7 @@ from trainbus.bus import (
     replay,
 )
 from trainbus.bus._follow import LiveJournal
+from trainbus.bus._journal import _HEADER, _LEN_SEQ, _MARKER
 from trainbus.bus._segmented import SegmentedJournalWriter, compact_segments
 from trainbus.bus.testing import RecordingSink
 
@@ -269,3 +272,17 @@ def test_an_empty_journal_is_left_plain_at_close(tmp_path: Path) -> None:
     SegmentedJournalWriter.open(path, settings=SMALL).close()
     assert _names(path) == ["000000000000.tbj"]
     assert JournalReader(path).last_seq() == -1
+
+
+def test_a_checksummed_record_that_is_no_event_is_named_when_read(tmp_path: Path) -> None:
+    """Reading events stops at an intact record this version cannot decode, naming its seq."""
+    path = tmp_path / "journal"
+    _write(path, 20)
+    payload = b"\x81\xa4type\xa4nope"
+    crc = zlib.crc32(payload, zlib.crc32(_LEN_SEQ.pack(len(payload), 20)))
+    live = path / _names(path)[-1]
+    with open(live, "ab") as f:
+        f.write(_HEADER.pack(_MARKER, 0, len(payload), crc, 20) + payload)
+    assert [r.seq for r in JournalReader(path).records()][-1] == 20
+    with pytest.raises(JournalError, match=r"seq 20 .* not an event this version understands"):
+        list(JournalReader(path).read_from(15))
