@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import structlog
 
@@ -32,6 +32,7 @@ from trainbus.bus._cursor import CursorStore
 from trainbus.bus._env import env_flag, env_int
 from trainbus.bus._errors import ConfigurationError, JournalError
 from trainbus.bus._events import Event
+from trainbus.bus._files import replace_file
 from trainbus.bus._journal import JournalWriter, repair_journal
 from trainbus.bus._segments import list_segments, position, segment_name
 
@@ -144,15 +145,14 @@ def compact_segments(
 
 
 def _compress(plain: Path, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
-    with open(plain, "rb") as src, open(tmp, "wb") as dst:
-        while chunk := src.read(_COPY_CHUNK):
-            dst.write(compressor.compress(chunk))
+    def deflate(dst: BinaryIO) -> None:
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip
+        with open(plain, "rb") as src:
+            while chunk := src.read(_COPY_CHUNK):
+                dst.write(compressor.compress(chunk))
         dst.write(compressor.flush())
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, target)
+
+    replace_file(target, deflate, fsync=True, mode=0o644)
     plain.unlink()
     log.info("journal_segment_compressed", path=str(target), bytes=target.stat().st_size)
 
