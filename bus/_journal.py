@@ -515,8 +515,10 @@ class JournalWriter:
         return self._offset
 
     def fsync(self) -> None:
-        """Make every appended record durable on disk."""
-        os.fsync(self._fd)
+        """Make every appended record durable on disk (nothing to do once closed: close fsyncs)."""
+        fd = self._fd
+        if fd >= 0:
+            os.fsync(fd)
 
     def close(self) -> None:
         """Fsync and close; idempotent."""

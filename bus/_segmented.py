@@ -248,7 +248,11 @@ class SegmentedJournalWriter:
         return position(older[-1], 0) if older else 0
 
     def fsync(self) -> None:
-        """Make every appended record durable on disk."""
+        """Make every appended record durable on disk.
+
+        Called from a worker thread (``Bus.fsync``) while the loop may rotate: a segment that
+        rotation closed meanwhile was fsynced by its close, and its ``fsync`` does nothing.
+        """
         self._live.fsync()
 
     def close(self) -> None:

@@ -286,3 +286,36 @@ def test_a_checksummed_record_that_is_no_event_is_named_when_read(tmp_path: Path
     assert [r.seq for r in JournalReader(path).records()][-1] == 20
     with pytest.raises(JournalError, match=r"seq 20 .* not an event this version understands"):
         list(JournalReader(path).read_from(15))
+
+
+async def test_cursor_files_of_sinks_elsewhere_hold_compression_back(
+    make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """A bus without sinks of its own (they run in a sink process) compresses only what the
+    cursor files in its cursor directory have acknowledged."""
+    cursors = tmp_path / "cursors"
+    cursors.mkdir()
+    (cursors / "elsewhere.cursor").write_text("-1\n")
+    with anyio.fail_after(30):
+        async with make_bus([], journal_settings=SMALL) as bus:
+            for _ in range(6):
+                await _publish_from_thread(bus, 50)
+                await bus.drain()
+    journal = tmp_path / "journal.tbj"
+    assert len(_names(journal)) > 3 and not any(n.endswith(".gz") for n in _names(journal))
+    (cursors / "elsewhere.cursor").write_text("299\n")
+    async with make_bus([], journal_settings=SMALL):
+        pass
+    assert all(n.endswith(".tbj.gz") for n in _names(journal))
+
+
+def test_fsync_racing_a_rotation_is_not_an_error(tmp_path: Path) -> None:
+    """``Bus.fsync`` runs in a worker thread while the loop may rotate: fsyncing a segment that
+    the rotation closed (and fsynced) meanwhile succeeds."""
+    writer = SegmentedJournalWriter.open(tmp_path / "journal", settings=SMALL)
+    writer.append(_events(0, 100))
+    live = writer._live
+    writer.append(_events(100, 1))  # rotates: the segment looked up above is closed
+    assert live is not writer._live
+    live.fsync()
+    writer.close()
