@@ -15,6 +15,11 @@ checksum covers it. A process killed mid-write leaves a *torn tail*: a partial o
 record. Readers stop before it and report it; ``repair_journal`` (and the writer, when it reopens a
 journal) truncates it. Damage followed by intact records is not a torn tail but corruption, and
 raises ``JournalCorruptError`` instead of dropping the records after it.
+
+The bus writes a journal as a directory of such files, segments (``trainbus.bus._segments``,
+``trainbus.bus._segmented``); ``JournalReader``, ``read_appended`` and ``repair_journal`` take
+either that directory or a single-file journal of an older run, and speak of positions, which
+in a single file are its offsets.
 """
 
 from __future__ import annotations
