@@ -61,6 +61,8 @@ TARGETS: Final = (
         "<= 1.03",
         ("hand-written", "hand loop"),
     ),
+    Target("journal on disk per 1,000,000 steps, compressed", "<= 100 MB", ("compressed",)),
+    Target("trainbus show over a 1,000,000-step journal", "<= 10 s", ("trainbus show",)),
 )
 GPU_TOPIC: Final = "gpu"
 """The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""

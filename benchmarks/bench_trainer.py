@@ -204,7 +204,7 @@ def train_journaled(
     trainer = Trainer(Classifier(work), args, data_collator=unwrap, train_dataset=BatchList(work))
     began = _now()
     trainer.train()
-    (journal,) = output_dir.glob("trainbus/*/journal.tbj")
+    (journal,) = output_dir.glob("trainbus/*/journal")
     return trainer, JournalReader(journal).read_from(), began
 
 

@@ -52,6 +52,7 @@ from trainbus.bus._journal import (
 )
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import replay
+from trainbus.bus._segmented import JournalSettings
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import QuarantinedPoint, SinkMode, SinkReport, SinkStats
 from trainbus.bus._stream import Subscription
@@ -74,6 +75,7 @@ __all__ = [
     "JournalCorruptError",
     "JournalError",
     "JournalReader",
+    "JournalSettings",
     "JournalWriter",
     "Log",
     "MetricValue",

@@ -44,6 +44,12 @@ from trainbus.bus._journal import JournalWriter
 from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, Mark, Outbox
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
+from trainbus.bus._segmented import (
+    JournalSettings,
+    SegmentedJournalWriter,
+    acknowledged_by_all,
+    open_journal,
+)
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport, SinkStats
 from trainbus.bus._stream import Subscription
@@ -67,7 +73,10 @@ class Bus:
     ``journal_path=None`` with sinks keeps the journal in a temporary directory removed at
     close (sinks still never drop events, but nothing is left for ``trainbus sync``); with
     neither a journal nor sinks the bus only serves barriers and live streams, and keeps at most
-    the newest 65,536 events while no loop is running.
+    the newest 65,536 events while no loop is running. ``journal_path`` names a directory of
+    segments (an existing single-file journal is appended to as it is); ``journal_settings``
+    (default: ``TRAINBUS_JOURNAL_*``) says when segments rotate and what happens to those every
+    sink has acknowledged (``trainbus.bus._segmented``).
     """
 
     def __init__(
@@ -82,6 +91,7 @@ class Bus:
         close_deadline: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
+        journal_settings: JournalSettings | None = None,
     ) -> None:
         if not run_id:
             raise ConfigurationError("Bus(run_id=...) must be a non-empty string.")
@@ -109,6 +119,7 @@ class Bus:
         self.report: dict[str, SinkReport] | None = None
         """Per sink, how the run ended for it; set when the bus closes."""
         self._queue_size = queue_size
+        self._journal_settings = journal_settings
         self._policy = retry_policy
         self._outbox = Outbox(
             run_id=run_id,
@@ -125,7 +136,7 @@ class Bus:
         self.publish = self._outbox.publish  # type: ignore[method-assign]  # as above
         self.publish_marks = self._outbox.publish_marks  # type: ignore[method-assign]  # as above
         self._token: anyio.lowlevel.EventLoopToken | None = None
-        self._journal: JournalWriter | None = None
+        self._journal: JournalWriter | SegmentedJournalWriter | None = None
         self._tmpdir: str | None = None
         self._runners: list[SinkRunner] = []
         self._subscriptions: list[Subscription] = []
@@ -349,12 +360,20 @@ class Bus:
             path = Path(self._tmpdir) / "journal.tbj"
         if path is None:
             return
-        self._journal = JournalWriter.open(path)
+        self._journal = open_journal(
+            path, settings=self._journal_settings, acknowledged=self._acknowledged
+        )
         try:
             self._outbox.continue_after(self._journal.last_seq, path)
         except BaseException:
             self._discard_journal()
             raise
+
+    def _acknowledged(self) -> int:
+        """The last seq every sink (here or in a sink process) acknowledged: journal segments up
+        to it may be compressed."""
+        last = self._journal.last_seq if self._journal is not None else -1
+        return acknowledged_by_all((r.acked for r in self._runners), self.cursor_dir, last)
 
     async def __aexit__(
         self,

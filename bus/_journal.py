@@ -15,6 +15,11 @@ checksum covers it. A process killed mid-write leaves a *torn tail*: a partial o
 record. Readers stop before it and report it; ``repair_journal`` (and the writer, when it reopens a
 journal) truncates it. Damage followed by intact records is not a torn tail but corruption, and
 raises ``JournalCorruptError`` instead of dropping the records after it.
+
+The bus writes a journal as a directory of such files, segments (``trainbus.bus._segments``,
+``trainbus.bus._segmented``); ``JournalReader``, ``read_appended`` and ``repair_journal`` take
+either that directory or a single-file journal of an older run, and speak of positions, which
+in a single file are its offsets.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, NamedTuple
+from typing import Any, BinaryIO, Final, NamedTuple, cast
 
 import msgspec
 import structlog
 
 from trainbus.bus._errors import JournalCorruptError, JournalError
 from trainbus.bus._events import Event, decode_msgpack
+from trainbus.bus._segments import Segment, list_segments, open_segment, split_position
 
 __all__ = [
     "FILE_MAGIC",
@@ -128,12 +134,49 @@ class JournalReader:
         self.torn_tail: TornTail | None = None
 
     def records(self, start_offset: int = len(FILE_MAGIC)) -> Generator[Record, None, None]:
-        """Every intact record from ``start_offset`` (a record boundary) to the end or torn tail."""
+        """Every intact record from ``start_offset`` (a record boundary) to the end or torn tail.
+
+        Offsets are positions (``trainbus.bus._segments``): in a single-file journal the file
+        offsets. A segmented journal is read across its plain and compressed segments; only its
+        last (live) segment may end in a torn tail, damage anywhere else is corruption.
+        """
+        return cast("Generator[Record, None, None]", self._scan(start_offset, None))
+
+    def _scan(self, start_offset: int, decode_from: int | None) -> Generator[Any, None, None]:
+        """Records from ``start_offset``, or with ``decode_from`` the events with a seq from it
+        on, decoded where they are read (``show`` and ``plot`` read millions: each layer of
+        generators and tuples per record costs a second there)."""
         self.torn_tail = None
+        if not self.path.is_dir():
+            if not self.path.exists():
+                raise JournalError(f"The journal {self.path} does not exist.")
+            yield from self._segment_records(
+                Segment(0, self.path, False), start_offset, decode_from
+            )
+            return
+        segments = list_segments(self.path)
+        first_seq, offset = split_position(start_offset)
+        start = max(0, bisect.bisect_right([s.first_seq for s in segments], first_seq) - 1)
+        if not segments or segments[start].first_seq != first_seq:
+            offset = 0  # a position in a segment retention removed: start at the oldest kept
+        for i, segment in enumerate(segments[start:], start):
+            yield from self._segment_records(segment, offset, decode_from)
+            offset = 0
+            if self.torn_tail is not None and i < len(segments) - 1:
+                raise JournalCorruptError(
+                    f"The journal segment {segment.path} ends in a damaged record "
+                    f"({self.torn_tail.reason}) but is not the last segment; refusing to skip it."
+                )
+
+    def _segment_records(
+        self, segment: Segment, start_offset: int, decode_from: int | None
+    ) -> Generator[Any, None, None]:
+        """The intact records of one segment from ``start_offset`` (its own offset)."""
+        shift = segment.base
         try:
-            f = open(self.path, "rb")  # noqa: SIM115 -- closed in the finally below; a generator
+            f = open_segment(segment)
         except FileNotFoundError as exc:
-            raise JournalError(f"The journal {self.path} does not exist.") from exc
+            raise JournalError(f"The journal segment {segment.path} does not exist.") from exc
         try:
             if start_offset <= len(FILE_MAGIC):
                 magic = f.read(len(FILE_MAGIC))
@@ -141,18 +184,21 @@ class JournalReader:
                     if FILE_MAGIC.startswith(magic):
                         self.torn_tail = TornTail(0, len(magic), "incomplete file header")
                         return
-                    raise JournalError(f"{self.path} is not a trainbus journal (bad file header).")
+                    raise JournalError(
+                        f"{segment.path} is not a trainbus journal (bad file header)."
+                    )
                 start_offset = len(FILE_MAGIC)
             f.seek(start_offset)
             buf = b""
             base = start_offset
             pos = 0
             eof = False
-            unpack_from, header_size, crc32, pack_len_seq = (
+            unpack_from, header_size, crc32, pack_len_seq, decode = (
                 _HEADER.unpack_from,
                 _HEADER.size,
                 zlib.crc32,
                 _LEN_SEQ.pack,
+                decode_msgpack,
             )
             while True:
                 # The fast path for an intact record; anything unusual goes to _parse_at below.
@@ -162,7 +208,17 @@ class JournalReader:
                     if marker == _MARKER and flags == 0 and end <= len(buf):
                         payload = buf[pos + header_size : end]
                         if crc32(payload, crc32(pack_len_seq(length, seq))) == crc:
-                            yield Record(base + pos, base + end, seq, payload)
+                            if decode_from is None:
+                                yield Record(shift + base + pos, shift + base + end, seq, payload)
+                            elif seq >= decode_from:
+                                try:
+                                    event = decode(payload)
+                                except msgspec.ValidationError as exc:
+                                    at = Record(
+                                        shift + base + pos, shift + base + end, seq, payload
+                                    )
+                                    raise _not_an_event(segment.path, at, exc) from exc
+                                yield event
                             pos = end
                             continue
                 record, reason = _parse_at(buf, pos)
@@ -178,13 +234,20 @@ class JournalReader:
                 if pos == len(buf):
                     return
                 self._damaged(
-                    f, buf, base, pos, "truncated record" if reason == "short" else reason
+                    f,
+                    segment.path,
+                    buf,
+                    base,
+                    pos,
+                    "truncated record" if reason == "short" else reason,
                 )
                 return
         finally:
             f.close()
 
-    def _damaged(self, f: BinaryIO, buf: bytes, base: int, pos: int, reason: str) -> None:
+    def _damaged(
+        self, f: BinaryIO, path: Path, buf: bytes, base: int, pos: int, reason: str
+    ) -> None:
         """Tell a torn tail (nothing intact after the damage) from corruption, and record it.
 
         A torn tail is the remains of one interrupted write, so at most a burst of records; the
@@ -198,25 +261,31 @@ class JournalReader:
                 "more data" if found is None else f"intact records at offset {base + pos + found}"
             )
             raise JournalCorruptError(
-                f"The journal {self.path} has a damaged record at offset {base + pos} ({reason}) "
+                f"The journal {path} has a damaged record at offset {base + pos} ({reason}) "
                 f"followed by {where}; refusing to skip them."
             )
         self.torn_tail = TornTail(base + pos, len(rest), reason)
-        log.warning(
-            "journal_torn_tail", path=str(self.path), offset=base + pos, dropped_bytes=len(rest)
-        )
+        log.warning("journal_torn_tail", path=str(path), offset=base + pos, dropped_bytes=len(rest))
 
     def read_from(self, seq: int = 0, *, start_offset: int = len(FILE_MAGIC)) -> Iterator[Event]:
         """Events with ``event.seq >= seq`` in journal order; records before it are not decoded."""
-        for record in self.records(start_offset):
-            if record.seq >= seq:
-                yield _decode(self.path, record)
+        return cast("Iterator[Event]", self._scan(start_offset, seq))
 
     def last_seq(self) -> int:
-        """The seq of the last intact record, or -1 for an empty journal."""
+        """The seq of the last intact record, or -1 for an empty journal.
+
+        Of a segmented journal only the last segment holding records is read.
+        """
         last = -1
-        for record in self.records():
-            last = record.seq
+        if not self.path.is_dir():
+            for record in self.records():
+                last = record.seq
+            return last
+        for segment in reversed(list_segments(self.path)):
+            for record in self.records(segment.base):
+                last = record.seq
+            if last >= 0:
+                break
         return last
 
 
@@ -224,26 +293,56 @@ def _decode(path: Path, record: Record) -> Event:
     try:
         return decode_msgpack(record.payload)
     except msgspec.ValidationError as exc:
-        raise JournalError(
-            f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
-            f"checksum but is not an event this version understands: {exc}"
-        ) from exc
+        raise _not_an_event(path, record, exc) from exc
+
+
+def _not_an_event(path: Path, record: Record, exc: Exception) -> JournalError:
+    return JournalError(
+        f"The record with seq {record.seq} at offset {record.offset} of {path} passed its "
+        f"checksum but is not an event this version understands: {exc}"
+    )
 
 
 def read_appended(
     path: str | os.PathLike[str], offset: int, *, max_bytes: int = 8 << 20
 ) -> tuple[list[Record], int]:
     """The whole records from ``offset`` (a record boundary) of a journal that another process
-    may be appending to, and the offset after the last of them; about ``max_bytes`` at a time.
+    may be appending to, and the position after the last of them; about ``max_bytes`` at a time.
 
     A record the writer has only partly written yet is left for the next call, without the torn
     tail warning a finished journal's reader gives; damage anywhere else is corruption. Offsets in
-    the records are the file's.
+    the records are positions (``trainbus.bus._segments``). A segment is left for the next one
+    only once it has nothing more to read and a later segment existed before it was read (the
+    writer starts a segment only after finishing the one before).
     """
-    with open(path, "rb") as f:
+    path = Path(path)
+    segments = list_segments(path)
+    if not segments:
+        return [], offset
+    first_seq, at = split_position(offset)
+    i = max(0, bisect.bisect_right([s.first_seq for s in segments], first_seq) - 1)
+    if segments[i].first_seq != first_seq:
+        at = 0
+    found: list[Record] = []
+    while True:
+        segment = segments[i]
+        records, end, finished = _read_appended_segment(segment, at, max_bytes)
+        found += records
+        max_bytes -= end - at
+        if not finished or max_bytes <= 0 or i == len(segments) - 1:
+            return found, segment.base + end
+        i += 1
+        at = 0
+
+
+def _read_appended_segment(
+    segment: Segment, offset: int, max_bytes: int
+) -> tuple[list[Record], int, bool]:
+    """The records read, the offset after them, and whether the segment was read to its end."""
+    with open_segment(segment) as f:
         if offset < len(FILE_MAGIC):
             if f.read(len(FILE_MAGIC)) != FILE_MAGIC:
-                return [], 0  # the header is not even written yet (or not a journal: ask later)
+                return [], 0, False  # the header is not written yet (or not a journal: ask later)
             offset = len(FILE_MAGIC)
         f.seek(offset)
         data = f.read(max_bytes)
@@ -253,18 +352,19 @@ def read_appended(
                 data += f.read(_HEADER.size + length - len(data))
     records: list[Record] = []
     pos = 0
+    shift = segment.base + offset
     while pos < len(data):
         record, reason = _parse_at(data, pos)
         if record is None:
             if reason == "short":
                 break
             raise JournalCorruptError(
-                f"The journal {path} has a damaged record at offset {offset + pos} ({reason}) "
-                "while its writer is still appending."
+                f"The journal {segment.path} has a damaged record at offset {offset + pos} "
+                f"({reason}) while its writer is still appending."
             )
-        records.append(record._replace(offset=offset + record.offset, end=offset + record.end))
+        records.append(record._replace(offset=shift + record.offset, end=shift + record.end))
         pos = record.end
-    return records, offset + pos
+    return records, offset + pos, pos == len(data) < max_bytes
 
 
 def decode_record(path: str | os.PathLike[str], record: Record) -> Event:
@@ -273,7 +373,23 @@ def decode_record(path: str | os.PathLike[str], record: Record) -> Event:
 
 
 def repair_journal(path: str | os.PathLike[str]) -> RepairReport:
-    """Truncate a torn tail so the journal can be appended to again; corruption still raises."""
+    """Truncate a torn tail so the journal can be appended to again; corruption still raises.
+
+    Of a segmented journal only the live (last) segment can have a torn tail, and only it is
+    read; ``records`` then counts that segment's records.
+    """
+    path = Path(path)
+    if path.is_dir():
+        segments = list_segments(path)
+        if not segments or segments[-1].compressed:
+            return RepairReport(path, 0, JournalReader(path).last_seq(), None)
+        report = _repair_file(segments[-1].path)
+        last = report.last_seq if report.records else JournalReader(path).last_seq()
+        return RepairReport(path, report.records, last, report.torn_tail)
+    return _repair_file(path)
+
+
+def _repair_file(path: Path) -> RepairReport:
     reader = JournalReader(path)
     count = 0
     last = -1
@@ -398,9 +514,16 @@ class JournalWriter:
         """A record boundary at or before the record carrying ``seq``: where a reader starts."""
         return self._index.offset_for(seq)
 
+    @property
+    def size(self) -> int:
+        """The file's length: the header and every record appended."""
+        return self._offset
+
     def fsync(self) -> None:
-        """Make every appended record durable on disk."""
-        os.fsync(self._fd)
+        """Make every appended record durable on disk (nothing to do once closed: close fsyncs)."""
+        fd = self._fd
+        if fd >= 0:
+            os.fsync(fd)
 
     def close(self) -> None:
         """Fsync and close; idempotent."""

@@ -49,7 +49,7 @@ def collect_curves(events: Iterable[Event]) -> tuple[Curves, Curves]:
 
 def plot_run(run_dir: RunDir, output: Path) -> Path:
     """Draw ``run_dir``'s curves into ``output`` (PNG), written atomically; returns the path."""
-    if not run_dir.journal_path.is_file():
+    if not run_dir.journal_path.exists():
         raise ConfigurationError(f"{str(run_dir.path)!r} has no journal to plot")
     losses, metrics = collect_curves(JournalReader(run_dir.journal_path).read_from(0))
     if not losses and not metrics:

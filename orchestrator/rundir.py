@@ -7,7 +7,8 @@
         runs/                        TensorBoard event files (unless TENSORBOARD_LOGGING_DIR is set)
         trainbus/<run_id>/           one per run (and per rank when world_size > 1: ``-rank<k>``)
             run.json                 the run record below: identity, sinks, status
-            journal.tbj              every event, append-only, length-framed, checksummed
+            journal/                 every event, append-only, length-framed, checksummed,
+                                     in segments (``journal.tbj``, one file, in older runs)
             cursors/<sink>.cursor    the last seq each sink acknowledged
 
 ``run.json`` is replaced atomically (write a temporary file, then rename), so a crash leaves either
@@ -40,7 +41,8 @@ __all__ = [
 ]
 
 RUN_RECORD_NAME: Final = "run.json"
-JOURNAL_NAME: Final = "journal.tbj"
+JOURNAL_NAME: Final = "journal"
+LEGACY_JOURNAL_NAME: Final = "journal.tbj"
 
 RecordStatus = Literal["running", "completed", "stopped", "failed", "killed"]
 
@@ -114,7 +116,9 @@ class RunDir:
 
     @property
     def journal_path(self) -> Path:
-        return self.path / JOURNAL_NAME
+        """The segmented journal, or the single-file journal of a run written before segments."""
+        legacy = self.path / LEGACY_JOURNAL_NAME
+        return legacy if legacy.is_file() else self.path / JOURNAL_NAME
 
     @property
     def cursor_dir(self) -> Path:

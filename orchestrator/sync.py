@@ -171,7 +171,7 @@ async def sync_run(
             f"run {record.run_id} is still open by process {record.pid} on {record.host}; its "
             "sinks are delivering. Wait for it to finish, or pass --force if that process is gone"
         )
-    if not run_dir.journal_path.is_file():
+    if not run_dir.journal_path.exists():
         raise ConfigurationError(f"{str(run_dir.path)!r} has no journal to sync")
     chosen = (
         list(sinks)

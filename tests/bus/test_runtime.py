@@ -307,7 +307,8 @@ async def test_a_sink_that_cannot_read_the_journal_is_disabled_alone(
         async with make_bus([behind, live], queue_size=10) as bus:
             await _publish_from_thread(bus, 400)
             await live.wait_for(400)
-            with open(tmp_path / "journal.tbj", "r+b") as f:  # damage a record in the middle
+            (segment,) = (tmp_path / "journal.tbj").glob("*.tbj")
+            with open(segment, "r+b") as f:  # damage a record in the middle
                 f.seek(20_000)
                 f.write(b"\xff" * 8)
             behind.release()
