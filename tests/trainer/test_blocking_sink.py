@@ -13,6 +13,7 @@ import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -21,7 +22,7 @@ from tests.trainer.recording import time_limit  # noqa: F401  (autouse)
 from trainbus.bus import Bus, JournalReader, Sink
 from trainbus.bus._events import Event, Save, StepEnd
 from trainbus.bus.testing import RecordingSink
-from trainbus.trainer import Trainer, TrainingArguments
+from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 STEPS = 12
@@ -40,6 +41,7 @@ class BlockingSink(Sink):
         self.block_in = block_in
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.seqs: list[int] = []
 
     def _block(self) -> None:
         self.entered.set()
@@ -48,6 +50,7 @@ class BlockingSink(Sink):
     async def write(self, batch: Sequence[Event]) -> None:
         if self.block_in == "write":
             self._block()
+        self.seqs.extend(event.seq for event in batch)
 
     async def close(self) -> None:
         if self.block_in == "close":
@@ -57,9 +60,10 @@ class BlockingSink(Sink):
 class JournalLauncher:
     """Opens a bus with a journal and a short watchdog, and keeps it for the test to inspect."""
 
-    def __init__(self, journal: Path, sinks: Sequence[Sink]) -> None:
+    def __init__(self, journal: Path, sinks: Sequence[Sink], *, queue_size: int = 8192) -> None:
         self.journal = journal
         self.sinks = sinks
+        self.queue_size = queue_size
         self.bus: Bus | None = None
 
     def open_run(self, trainer: Trainer) -> Bus:
@@ -70,11 +74,28 @@ class JournalLauncher:
             sinks=self.sinks,
             close_deadline=1.0,
             stall_after=0.5,
+            queue_size=self.queue_size,
         )
         return self.bus
 
 
-def _trainer(tmp_path: Path, launcher: JournalLauncher) -> Trainer:
+class ReleaseAtEnd(TrainerCallback):
+    """Holds step 1 until the sink blocks the loop, and releases the sink when training ends."""
+
+    def __init__(self, sink: BlockingSink) -> None:
+        self.sink = sink
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == 1:
+            assert self.sink.entered.wait(GATE_LIMIT_S), "the sink never wrote"
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.sink.gate.set()
+
+
+def _trainer(
+    tmp_path: Path, launcher: JournalLauncher, callbacks: Sequence[TrainerCallback] = ()
+) -> Trainer:
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
@@ -86,7 +107,13 @@ def _trainer(tmp_path: Path, launcher: JournalLauncher) -> Trainer:
         report_to="none",
         use_cpu=True,
     )
-    return Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(16), launcher=launcher)
+    return Trainer(
+        TinyRegressor(),
+        args,
+        train_dataset=RegressionDataset(16),
+        callbacks=list(callbacks),
+        launcher=launcher,
+    )
 
 
 def _journaled(path: Path) -> list[Event]:
@@ -132,6 +159,23 @@ def test_blocking_write_stops_neither_training_nor_journal_nor_shutdown(
     assert report.acknowledged_seq + report.undelivered <= events[-1].seq + 1
     abandoned = [entry for entry in logs if entry["event"] == "bus_close_abandoned"]
     assert abandoned and abandoned[0]["sink"] == "blocking"
+
+
+def test_a_sink_released_before_the_close_gets_every_event_once(tmp_path: Path) -> None:
+    """Events journaled while the loop was blocked (more than the bus keeps in memory) reach
+    every sink exactly once after the loop is back, from memory or from the journal."""
+    blocking = BlockingSink(block_in="write")
+    other = RecordingSink(max_batch_latency=0.0)
+    launcher = JournalLauncher(tmp_path / "journal.tbj", [blocking, other], queue_size=8)
+    trainer = _trainer(tmp_path, launcher, [ReleaseAtEnd(blocking)])
+    with capture_logs() as logs:
+        trainer.train()
+    journaled = [e.seq for e in _journaled(launcher.journal)]
+    assert sorted(blocking.seqs) == journaled
+    assert sorted(e.seq for e in other.received) == journaled
+    assert launcher.bus is not None and launcher.bus.report is not None
+    assert {r.undelivered for r in launcher.bus.report.values()} == {0}
+    assert any(entry["event"] == "bus_offers_from_journal" for entry in logs)
 
 
 def test_blocking_close_is_bounded_and_the_journal_complete(
