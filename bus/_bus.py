@@ -228,6 +228,10 @@ class Bus:
         hooks run inline on the calling thread; ``async def`` hooks are awaited on the bus's
         loop while the caller waits, after the loop drained what was published before them.
         Exceptions propagate, as in Hugging Face. (The loop is ``trainbus.bus._dispatch``.)
+
+        An ``async def`` hook needs the loop: while a sink blocks it, the barrier waits until the
+        sink lets go (the watchdog names that sink); the journal keeps being written meanwhile.
+        Plain hooks never wait for the loop.
         """
         return dispatch(hooks, args, state, control, kwargs, self.settle)
 

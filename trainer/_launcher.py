@@ -175,7 +175,10 @@ async def launch_async(launcher: Launcher, trainer: Trainer, work: Callable[[Bus
 
     The host application's loop stays responsive. Cancelling the caller asks the training to stop
     after its current step (``trainer.request_stop()``) and waits for the thread, so the run never
-    closes under a live training loop.
+    closes under a live training loop. A sink that blocks the loop blocks the host's loop too:
+    training and the journal go on (the bus's watchdog journals and names the sink), but the
+    close, which runs on that loop, waits for the sink; only ``launch_blocking`` owns its loop and
+    can leave it behind.
     """
     async with launcher.open_run(trainer) as bus:
         return await run_in_worker_thread(
