@@ -15,15 +15,30 @@ wait for that (it would cost the training thread a round trip per event point); 
 published before it. ``flush()`` waits for the drain from the training thread, and ``fsync()``
 (checkpoints) and closing the bus also make the journal durable on disk.
 
-The loop may run in a background thread (``trainer.train()`` in a plain script, through a
-blocking portal) or be the host application's loop while training runs in a worker thread
-(``train_async``); the training side works the same in both.
+The loop may run in a background thread (``trainer.train()`` in a plain script) or be the host
+application's loop while training runs in a worker thread (``train_async``); the training side
+works the same in both.
+
+A sink that blocks the loop (a ``time.sleep`` or a synchronous client in ``write`` or ``close``)
+stops everything on it, so the journal does not depend on the loop: appending a burst happens
+under the outbox's delivery lock, by whichever thread gets there. Normally that is the loop; a
+``flush()`` or ``fsync()`` (checkpoints) writes from the training thread itself; and when the loop
+has not answered for ``stall_after`` seconds, the watchdog (``trainbus.bus._watchdog``) names the
+sink in one warning and journals from its own thread every ``wake_interval`` until the loop is
+back. Bursts journaled off the loop are offered to the sinks by the loop, in ``seq`` order, when
+it next runs (at most one queue's worth kept in memory; past that the sinks read the journal).
+Runners see the journal only up to the last event offered, so nothing reaches a sink twice.
+What still needs the loop waits for it: barriers with ``async def`` hooks and the close itself;
+``abandon()`` ends a close that a blocked loop cannot (``trainbus.trainer._launcher``).
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +56,7 @@ from trainbus.bus._dispatch import Hook, adispatch, dispatch
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Event, EventBase
 from trainbus.bus._journal import JournalWriter
-from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, Mark, Outbox
+from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, CallSoon, Mark, Outbox, loop_call_soon
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
 from trainbus.bus._segmented import (
@@ -53,6 +68,7 @@ from trainbus.bus._segmented import (
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport, SinkStats
 from trainbus.bus._stream import Subscription
+from trainbus.bus._watchdog import LoopWatchdog, sink_call_on_thread
 
 __all__ = ["Bus", "Hook", "Mark"]
 
@@ -63,8 +79,33 @@ C = TypeVar("C")
 B = TypeVar("B", bound="Bus")
 
 
+DEFAULT_STALL_AFTER = 5.0
+"""Seconds the loop may leave the watchdog's ping unanswered before it counts as blocked."""
+
+
 async def _await(coro: Coroutine[Any, Any, Any]) -> Any:
     return await coro
+
+
+class _Offered:
+    """The journal as the sink runners see it: up to the last event the bus offered them.
+
+    Bursts journaled off the loop wait to be offered; a runner catching up must not read them
+    from the journal first and then be offered them again.
+    """
+
+    def __init__(self, bus: Bus, journal: JournalWriter | SegmentedJournalWriter) -> None:
+        self._bus = bus
+        self._journal = journal
+        self.path = journal.path
+
+    @property
+    def last_seq(self) -> int:
+        return self._bus._offered_seq
+
+    def offset_for(self, seq: int) -> int:
+        with self._bus._outbox.delivering:  # the index grows under this lock, maybe off the loop
+            return self._journal.offset_for(seq)
 
 
 class Bus:
@@ -92,7 +133,10 @@ class Bus:
         retry_policy: RetryPolicy | None = None,
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
         journal_settings: JournalSettings | None = None,
+        stall_after: float = DEFAULT_STALL_AFTER,
     ) -> None:
+        """``stall_after``: seconds the loop may not answer before the watchdog journals for it
+        and names the sink that blocks it (see the module docstring)."""
         if not run_id:
             raise ConfigurationError("Bus(run_id=...) must be a non-empty string.")
         if queue_size < 1:
@@ -105,6 +149,10 @@ class Bus:
             raise ConfigurationError(
                 f"Bus(close_deadline=...) must be >= 0 seconds, got {close_deadline}."
             )
+        if not (math.isfinite(stall_after) and stall_after > 0):
+            raise ConfigurationError(
+                f"Bus(stall_after=...) must be a finite number of seconds > 0, got {stall_after}."
+            )
         names = [s.sink_name for s in sinks]
         if len(set(names)) != len(names):
             raise ConfigurationError(
@@ -116,10 +164,12 @@ class Bus:
         self.cursor_dir = Path(cursor_dir) if cursor_dir is not None else None
         self.sinks = [s for s in sinks if rank == 0 or not s.world_rank_zero_only]
         self.close_deadline = close_deadline
+        self.stall_after = stall_after
         self.report: dict[str, SinkReport] | None = None
         """Per sink, how the run ended for it; set when the bus closes."""
         self._queue_size = queue_size
         self._journal_settings = journal_settings
+        self._outbox_interval = wake_interval
         self._policy = retry_policy
         self._outbox = Outbox(
             run_id=run_id,
@@ -141,6 +191,16 @@ class Bus:
         self._runners: list[SinkRunner] = []
         self._subscriptions: list[Subscription] = []
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._watchdog: LoopWatchdog | None = None
+        self._loop_thread: int | None = None
+        self._call_soon: CallSoon | None = None
+        # Journaled off the loop, not yet offered (under the outbox's delivery lock):
+        self._unoffered: deque[list[Event]] = deque()
+        self._unoffered_count = 0
+        self._gap: int | None = None  # first seq journaled but no longer kept for offering
+        self._offer_scheduled = False
+        self._offered_seq = -1
+        self._abandoned = False
 
     # --- training side: any thread ------------------------------------------------------------
 
@@ -179,6 +239,10 @@ class Bus:
         hooks run inline on the calling thread; ``async def`` hooks are awaited on the bus's
         loop while the caller waits, after the loop drained what was published before them.
         Exceptions propagate, as in Hugging Face. (The loop is ``trainbus.bus._dispatch``.)
+
+        An ``async def`` hook needs the loop: while a sink blocks it, the barrier waits until the
+        sink lets go (the watchdog names that sink); the journal keeps being written meanwhile.
+        Plain hooks never wait for the loop.
         """
         return dispatch(hooks, args, state, control, kwargs, self.settle)
 
@@ -233,7 +297,10 @@ class Bus:
             return
         if self._outbox.on_loop_thread():
             raise RuntimeError("Bus.flush() blocks; on the bus's loop use `await bus.drain()`.")
-        anyio.from_thread.run(self.drain, token=token)
+        if self._journal is not None:  # written from here: a blocked loop cannot hold this up
+            self._outbox.deliver_now()
+        else:
+            anyio.from_thread.run(self.drain, token=token)
 
     def fsync(self) -> None:
         """Block until every event published so far is in the journal and durable on disk."""
@@ -242,7 +309,12 @@ class Bus:
             return
         if self._outbox.on_loop_thread():
             raise RuntimeError("Bus.fsync() blocks; on the bus's loop use `await bus.afsync()`.")
-        anyio.from_thread.run(self.afsync, token=token)
+        journal = self._journal
+        if journal is None:
+            anyio.from_thread.run(self.afsync, token=token)
+            return
+        self._outbox.deliver_now()  # from here: a blocked loop cannot hold a checkpoint up
+        journal.fsync()
 
     def stats(self) -> dict[str, SinkStats]:
         """Per sink: counts, lag and mode. Safe to call from any thread (a best-effort snapshot)."""
@@ -259,6 +331,8 @@ class Bus:
     async def drain(self) -> None:
         """Journal and fan out every event published so far (tests and checkpoints use it)."""
         await self._outbox.drain()
+        with self._outbox.delivering:
+            self._offer_journaled()
 
     def stream(self, *event_types: type[EventBase], max_buffer: int = 1024) -> Subscription:
         """Subscribe to events (all, or ``event_types``) as they are published; call on the loop.
@@ -273,8 +347,8 @@ class Bus:
     def _fan_out(self, batch: list[Event]) -> None:
         """Journal a burst in one write, then offer it to every sink runner and subscription.
 
-        Runners rely on nothing running in between: the journal's last seq and the last event
-        offered are the same number whenever they look.
+        Called with the outbox's delivery lock held, on any thread. Off the loop the burst is
+        kept for the loop to offer (``_keep_for_loop``); on it, what was kept goes first.
         """
         journal = self._journal
         if journal is not None:
@@ -291,10 +365,62 @@ class Bus:
                     "in memory.",
                 )
                 raise
+        if not self._outbox.on_loop_thread():
+            self._keep_for_loop(batch)
+            return
+        if self._unoffered or self._gap is not None:
+            self._offer_journaled()
+        self._offer(batch)
+
+    def _offer(self, batch: list[Event]) -> None:
+        self._offered_seq = batch[-1].seq
         for runner in self._runners:
             runner.offer(batch)
         for subscription in self._subscriptions:
             subscription.offer(batch)
+
+    def _keep_for_loop(self, batch: list[Event]) -> None:
+        """Keep a burst journaled off the loop until the loop offers it (delivery lock held).
+
+        At most one queue's worth (``queue_size`` events) is kept: past that the runners are
+        told to read the rest from the journal, and live subscriptions miss it.
+        """
+        if self._gap is None and self._unoffered_count + len(batch) <= self._queue_size:
+            self._unoffered.append(batch)
+            self._unoffered_count += len(batch)
+        elif self._gap is None:
+            self._gap = batch[0].seq
+        call_soon = self._call_soon
+        if not self._offer_scheduled and call_soon is not None:
+            self._offer_scheduled = True
+            try:
+                call_soon(self._offer_kept)
+            except RuntimeError:  # the loop has closed; the close offers nothing more
+                self._offer_scheduled = False
+
+    def _offer_kept(self) -> None:  # on the loop
+        with self._outbox.delivering:
+            self._offer_scheduled = False
+            self._offer_journaled()
+
+    def _offer_journaled(self) -> None:
+        """Offer what was journaled off the loop, oldest first (on the loop, delivery lock held)."""
+        while self._unoffered:
+            self._offer(self._unoffered.popleft())
+        self._unoffered_count = 0
+        gap, self._gap = self._gap, None
+        if gap is not None and self._journal is not None:
+            self._offered_seq = self._journal.last_seq
+            for runner in self._runners:
+                runner.missed(gap)
+            log.warning(
+                "bus_offers_from_journal",
+                run_id=self.run_id,
+                first_seq=gap,
+                last_seq=self._offered_seq,
+                note="journaled while the loop was blocked; sinks read them from the journal, "
+                "live subscriptions miss them",
+            )
 
     def _refill(self) -> None:
         """Fan out what is pending now, for a sink that ran dry before the next poll.
@@ -304,10 +430,9 @@ class Bus:
         """
         if self._outbox.failure is not None:
             return
-        batch = self._outbox.take()
-        if batch:
+        if len(self._outbox):
             try:
-                self._fan_out(batch)
+                self._outbox.deliver_now(bursts=1)
             except Exception as exc:  # _fan_out made the outbox refuse from now on
                 log.error("bus_refill_failed", run_id=self.run_id, exc_info=exc)
 
@@ -318,10 +443,12 @@ class Bus:
         try:
             cursors = CursorStore(self.cursor_dir)
             if self._journal is not None:
+                self._offered_seq = self._journal.last_seq
+                source = _Offered(self, self._journal)
                 self._runners = [
                     SinkRunner(
                         s,
-                        self._journal,
+                        source,
                         cursors,
                         policy=self._policy,
                         queue_size=self._queue_size,
@@ -334,12 +461,24 @@ class Bus:
             self._discard_journal()
             raise
         self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         await task_group.start(self._outbox.serve)
+        self._call_soon = loop_call_soon()
         for runner in self._runners:
             task_group.start_soon(runner.run, name=f"trainbus sink {runner.name}")
+        if self._runners:
+            self._watchdog = LoopWatchdog(
+                call_soon=self._call_soon,
+                loop_thread=self._loop_thread,
+                stall_after=self.stall_after,
+                stalled_period=self._outbox_interval,
+                on_stall=self._outbox.deliver_now,
+                run_id=self.run_id,
+            )
+            self._watchdog.start()
         log.info(
             "bus_started", run_id=self.run_id, rank=self.rank, sinks=[r.name for r in self._runners]
         )
@@ -396,8 +535,59 @@ class Bus:
             try:
                 await task_group.__aexit__(None, None, None)
             finally:
-                self._journal_late_events()
-                self._close_journal()
+                self._call_soon = None
+                if self._watchdog is not None:
+                    self._watchdog.stop()
+                if not self._abandoned:  # else abandon() closed the journal and reported
+                    with self._outbox.delivering:
+                        self._journal_late_events()
+                    self._close_journal()
+
+    @property
+    def loop_stalled(self) -> bool:
+        """Whether the watchdog finds the loop blocked now (by a sink; see the module docstring)."""
+        return self._watchdog is not None and self._watchdog.stalled
+
+    def abandon(self, reason: str) -> dict[str, SinkReport]:
+        """Close the journal from this thread while a blocked loop cannot close the bus.
+
+        For the code that waits for the close on another thread (``launch_blocking``) once the
+        close deadline has passed and ``loop_stalled`` says the loop does not answer: every event
+        published so far is journaled and made durable, each sink's report counts what it has not
+        acknowledged as undelivered (kept in the journal for ``trainbus sync``), and later
+        publishes are refused. The loop's own close, should the sink ever return, then leaves the
+        journal and the report alone. The loop's thread and the sink are left as they are.
+        """
+        outbox = self._outbox
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        with outbox.delivering:  # a burst the loop was delivering is complete in the journal
+            self._abandoned = True
+            self._call_soon = None
+            late = outbox.take_all()
+            if self._journal is not None and late and outbox.failure is None:
+                self._journal.append(late)
+            outbox.refuse(
+                RuntimeError(reason), f"The bus of run {self.run_id} was closed: {reason}."
+            )
+            if self._journal is not None:
+                self._journal.close()  # fsynced; the loop appends nothing more (refused)
+            self._offered_seq = self._journal.last_seq if self._journal is not None else -1
+        self.report = {runner.name: runner.abandon(reason) for runner in self._runners}
+        blocked = sink_call_on_thread(self._loop_thread)
+        left = {name: r.undelivered for name, r in self.report.items() if r.undelivered}
+        log.warning(
+            "bus_close_abandoned",
+            run_id=self.run_id,
+            reason=reason,
+            sink=blocked[0] if blocked else None,
+            call=blocked[1] if blocked else None,
+            undelivered=left,
+            note="kept in the journal for trainbus sync"
+            if not self._tmpdir
+            else "lost with the temporary journal",
+        )
+        return self.report
 
     def _journal_late_events(self) -> None:
         """Keep what was published after the final drain (a thread racing the close).

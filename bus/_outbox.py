@@ -8,8 +8,12 @@ that publishes steadily never pays for a wake-up (a system call and a GIL hand-o
 
 On the loop, ``serve`` takes what is pending in bursts and hands each burst to ``deliver`` (the
 bus's fan-out: journal, sinks, live streams); ``drain`` does the same at once, for whoever must
-know that everything published so far was delivered. The outbox knows nothing of journals or
-sinks: after a failed journal write the bus tells it to ``refuse`` further events.
+know that everything published so far was delivered. ``deliver_now`` does it from any other
+thread, for when the loop cannot: a sink blocked it, or the training thread needs the journal on
+disk (a checkpoint) without a round trip through the loop. Taking a burst and delivering it
+happen under one lock (never taken by publishers), so bursts reach ``deliver`` in ``seq`` order
+whoever delivers them. The outbox knows nothing of journals or sinks: after a failed journal write
+the bus tells it to ``refuse`` further events.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ import structlog
 from trainbus.bus._errors import ConfigurationError, JournalError
 from trainbus.bus._events import ALL_EVENT_TYPES, Event, EventBase
 
-__all__ = ["DEFAULT_WAKE_INTERVAL", "Mark", "Outbox"]
+__all__ = ["DEFAULT_WAKE_INTERVAL", "CallSoon", "Mark", "Outbox", "loop_call_soon"]
 
 log = structlog.get_logger(__name__)
 
 E = TypeVar("E", bound=EventBase)
 Mark = tuple[type[EventBase], float, int, float]
 """An envelope-only event stamped by its publisher: ``(event_type, time, global_step, epoch)``."""
+CallSoon = Callable[[Callable[[], None]], object]
+"""Schedules a callback on a loop from any thread, without waiting for the loop."""
 
 DEFAULT_WAKE_INTERVAL: Final = 0.1
 """Seconds the loop lets a burst gather after its first event before draining it.
@@ -63,6 +69,19 @@ _IDLE_POLLS: Final = 10
 _KNOWN_TYPES: Final = frozenset(ALL_EVENT_TYPES)
 _now: Final = time.time
 _thread_id: Final = threading.get_ident
+
+
+def loop_call_soon() -> CallSoon:
+    """The running loop's thread-safe ``call_soon`` (asyncio or trio); call on the loop.
+
+    Unlike ``anyio.from_thread``, it never waits for the loop to answer, so a thread can hand the
+    loop work even while something blocks it.
+    """
+    token = anyio.lowlevel.current_token().native_token
+    if isinstance(token, asyncio.AbstractEventLoop):
+        return token.call_soon_threadsafe
+    call_soon: CallSoon = token.run_sync_soon  # type: ignore[attr-defined]  # a TrioToken
+    return call_soon
 
 
 def _unknown_type(event_type: type) -> ConfigurationError:
@@ -102,7 +121,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._next_seq = 0
         self._wake_scheduled = False
-        self._call_soon: Callable[[Callable[[], None]], object] | None = None
+        self._call_soon: CallSoon | None = None
+        self.delivering = threading.Lock()
+        """Held while a burst is taken and delivered (by the loop, ``deliver_now`` or the bus)."""
         self._loop_thread: int | None = None
         self._wakeup = anyio.Event()
         self._nudge = anyio.Event()
@@ -266,11 +287,7 @@ class Outbox:
         """
         self._wakeup = anyio.Event()
         self._nudge = anyio.Event()
-        token = anyio.lowlevel.current_token().native_token
-        if isinstance(token, asyncio.AbstractEventLoop):
-            self._call_soon = token.call_soon_threadsafe
-        else:
-            self._call_soon = token.run_sync_soon  # type: ignore[attr-defined]  # a TrioToken
+        self._call_soon = loop_call_soon()
         self._loop_thread = _thread_id()
         with anyio.CancelScope() as self._scope:
             task_status.started()
@@ -308,7 +325,7 @@ class Outbox:
         A publisher on the loop's own thread (an async service) nudges the poll instead: it
         costs no GIL hand-over there, and its events need not wait for the timer.
         """
-        pending, deliver = self._pending, self._deliver
+        pending = self._pending
         idle = 0
         while idle < _IDLE_POLLS:
             with anyio.move_on_after(self._wake_interval):
@@ -317,26 +334,42 @@ class Outbox:
             if pending:
                 idle = 0
                 while pending:
-                    deliver([pending.popleft() for _ in range(min(len(pending), _BURST))])
+                    self._deliver_burst()
                     await anyio.lowlevel.checkpoint()
             else:
                 idle += 1
 
     async def drain(self) -> None:
         """Deliver every event published so far; the next publish wakes the loop again."""
-        pending, deliver = self._pending, self._deliver
+        pending = self._pending
         while True:
             while pending:
-                deliver([pending.popleft() for _ in range(min(len(pending), _BURST))])
+                self._deliver_burst()
                 await anyio.lowlevel.checkpoint()
             self._wake_scheduled = False
             if not pending:  # re-check: a publisher may have seen the flag still set
                 return
 
-    def take(self) -> list[Event]:
-        """Up to one burst of what is pending, oldest first, for a caller that delivers it now."""
+    def _deliver_burst(self) -> None:
         pending = self._pending
-        return [pending.popleft() for _ in range(min(len(pending), _BURST))]
+        with self.delivering:
+            burst = [pending.popleft() for _ in range(min(len(pending), _BURST))]
+            if burst:
+                self._deliver(burst)
+
+    def deliver_now(self, *, bursts: int | None = None) -> None:
+        """Deliver what is pending from the calling thread (any thread), ``bursts`` at most.
+
+        For when the loop cannot or need not do it: the bus's watchdog while a sink blocks the
+        loop, the training thread before an ``fsync``, a sink runner that ran dry. ``deliver``
+        then runs on the calling thread; what it raises propagates.
+        """
+        pending = self._pending
+        left = bursts
+        while pending and (left is None or left > 0):
+            self._deliver_burst()
+            if left is not None:
+                left -= 1
 
     def take_all(self) -> list[Event]:
         """Everything pending, oldest first (the close's last look)."""

@@ -136,6 +136,12 @@ class SinkRunner:
             self._first_queued_at = time.monotonic()
         self._wake.set()
 
+    def missed(self, first_seq: int) -> None:
+        """Events from ``first_seq`` on were journaled but will not be offered: read them there."""
+        if self._mode == "live":
+            self._start_catch_up(first_seq)
+            self._wake.set()
+
     def begin_close(self, deadline: float) -> None:
         """Deliver what is left, giving up ``deadline`` seconds from now."""
         self._closing = True
@@ -453,6 +459,24 @@ class SinkRunner:
                 named=[_label(p) for p in self.report.quarantined_points[:10]],
                 file=str(self._quarantine.path) if self._quarantine.path else None,
             )
+
+    def abandon(self, reason: str) -> SinkReport:
+        """The report of a runner left running because its sink blocks the loop (from any thread).
+
+        Everything after the last acknowledged ``seq`` counts as undelivered: it stays in the
+        journal for ``trainbus sync``. A report the runner already left is returned as it is.
+        """
+        if self.report is None:
+            self.report = SinkReport(
+                name=self.name,
+                delivered=self._delivered,
+                skipped=self._skipped,
+                undelivered=self._count_after(self.acked),
+                acknowledged_seq=self.acked,
+                disabled=True,
+                last_error=reason,
+            )
+        return self.report
 
     def _count_after(self, seq: int) -> int:
         """Events after ``seq`` this sink would accept: what a later sync still has to send."""

@@ -34,7 +34,9 @@ Pass it to the bus (``Bus(..., sinks=[CsvLosses(path)])``) or, through the orche
 ``report_to``. ``write`` is never called concurrently with itself, and always in ``seq`` order.
 The close deadline cancels a ``write`` that hangs; one that blocks in a worker thread should use
 ``anyio.to_thread.run_sync(..., abandon_on_cancel=True)`` or its client's own timeout, since a
-thread cannot be cancelled.
+thread cannot be cancelled. A ``write`` or ``close`` that blocks the loop itself (``time.sleep``,
+a synchronous client) cannot be cancelled either: the bus's watchdog names it in a warning, the
+journal goes on without the loop, and ``train()`` stops waiting for it at the close deadline.
 
 ``write`` must be idempotent where the destination allows it: after a crash between the remote
 accepting a batch and the cursor being written, the runtime delivers that batch again

@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from trainbus.bus._events import Event, RunFinished, RunStarted
-from trainbus.bus._journal import JournalReader, JournalWriter
+from trainbus.bus._journal import JournalReader
+from trainbus.bus._segmented import open_journal
 from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["DEAD_RUN_ERROR", "close_dead_run"]
@@ -40,9 +41,9 @@ def close_dead_run(run_dir: RunDir) -> bool:
     ``run.json`` brought in line with it.
     """
     record = run_dir.read_record()
-    if record.status != "running" or record.is_live() or not run_dir.journal_path.is_file():
+    if record.status != "running" or record.is_live() or not run_dir.journal_path.exists():
         return False
-    writer = JournalWriter.open(run_dir.journal_path)  # cuts a torn tail first
+    writer = open_journal(run_dir.journal_path)  # cuts a torn tail first
     try:
         last, finished = _ending(run_dir)
         if last is None:

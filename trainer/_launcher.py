@@ -3,8 +3,8 @@
 The seam is one method: a ``Launcher`` opens the bus of one run of a trainer, as an async context
 manager (journal, sinks and run directory on entry; flushed and closed on exit). Everything else
 is the trainer's and written once here: ``launch_blocking`` (``train()``: the bus's loop in a
-blocking-portal thread, training on the caller's thread) and ``launch_async`` (``train_async()``:
-the bus on the caller's loop, training in a worker thread).
+daemon thread of its own, training on the caller's thread) and ``launch_async``
+(``train_async()``: the bus on the caller's loop, training in a worker thread).
 
 Which launcher a call uses, first match wins:
 
@@ -24,18 +24,24 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import entry_points
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
-import anyio.from_thread
+import anyio
 import structlog
 
 from trainbus.bus._bus import Bus
 from trainbus.bus._errors import ConfigurationError
+from trainbus.bus._outbox import CallSoon, loop_call_soon
 from trainbus.bus._sink import Sink
 from trainbus.bus._worker import run_in_worker_thread
 
@@ -73,17 +79,95 @@ class Launcher(Protocol):
         ...
 
 
+_CLOSE_CHECK: Final = 0.2
+"""Seconds between two looks at a close that takes longer than the close deadline."""
+
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+class _RunLoop:
+    """A run's bus, open on an event loop in a daemon thread; closed from the caller's thread.
+
+    Why not anyio's blocking portal: its calls wait for the loop to answer, and its thread is
+    joined at exit, so a sink that blocks the loop would hang the close and the process. Here the
+    close is asked with the loop's thread-safe ``call_soon`` (which never waits), it is bounded
+    by the bus's close deadline once the bus's watchdog finds the loop blocked
+    (``Bus.abandon``), and the daemon thread never keeps the process alive.
+    """
+
+    def __init__(self, launcher: Launcher, trainer: Trainer) -> None:
+        self._open_run = functools.partial(launcher.open_run, trainer)
+        self._entered: Future[tuple[Bus, CallSoon, anyio.Event]] = Future()
+        self._closed: Future[bool | None] = Future()
+        self._exc_info: ExcInfo = (None, None, None)
+        self._thread = threading.Thread(
+            target=self._run_loop, name="trainbus bus loop", daemon=True
+        )
+
+    def open(self) -> Bus:
+        """Start the loop's thread and return the run's bus once it is open."""
+        self._thread.start()
+        return self._entered.result()[0]
+
+    def close(self, exc_info: ExcInfo) -> bool | None:
+        """Close the run (``exc_info`` as ``__exit__`` got it); whether to suppress the error."""
+        bus, call_soon, release = self._entered.result()
+        self._exc_info = exc_info
+        call_soon(release.set)
+        asked = time.monotonic()
+        while True:
+            try:
+                suppress = self._closed.result(timeout=_CLOSE_CHECK)
+            except FutureTimeout:
+                if bus.loop_stalled and time.monotonic() - asked >= bus.close_deadline:
+                    bus.abandon(
+                        f"the close deadline ({bus.close_deadline:g} s) passed while a sink "
+                        "blocked the event loop"
+                    )
+                    return None
+                continue
+            self._thread.join()
+            return suppress
+
+    def _run_loop(self) -> None:
+        try:
+            self._closed.set_result(anyio.run(self._serve))
+        except BaseException as exc:  # the caller's thread re-raises it
+            if not self._entered.done():
+                self._entered.set_exception(exc)
+            self._closed.set_exception(exc)
+
+    async def _serve(self) -> bool | None:
+        release = anyio.Event()
+        run = self._open_run()
+        bus = await run.__aenter__()  # the same task enters and exits (the bus's task group)
+        self._entered.set_result((bus, loop_call_soon(), release))
+        try:
+            await release.wait()
+        finally:
+            suppress = await run.__aexit__(*self._exc_info)
+        return suppress
+
+
 def launch_blocking(launcher: Launcher, trainer: Trainer, work: Callable[[Bus], T]) -> T:
-    """Run ``work(bus)`` on this thread while the bus's loop runs in a blocking-portal thread.
+    """Run ``work(bus)`` on this thread while the bus's loop runs in a daemon thread.
 
     Training keeps the caller's thread (signals, debuggers and the CUDA context stay where users
-    expect them); the journal and the sinks run on the portal's loop.
+    expect them); the journal and the sinks run on the loop's thread. Closing is bounded even
+    when a sink blocks that loop: past the bus's close deadline the journal is closed from here,
+    what the sinks did not acknowledge is reported as undelivered (it stays in the journal for
+    ``trainbus sync``), and the loop's thread is left behind without keeping the process alive.
     """
-    with (
-        anyio.from_thread.start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(launcher.open_run(trainer)) as bus,
-    ):
-        return work(bus)
+    run = _RunLoop(launcher, trainer)
+    bus = run.open()
+    try:
+        result = work(bus)
+    except BaseException as exc:
+        if not run.close((type(exc), exc, exc.__traceback__)):
+            raise
+        return None  # type: ignore[return-value]  # suppressed, as a ``with`` block would
+    run.close((None, None, None))
+    return result
 
 
 async def launch_async(launcher: Launcher, trainer: Trainer, work: Callable[[Bus], T]) -> T:
@@ -91,7 +175,10 @@ async def launch_async(launcher: Launcher, trainer: Trainer, work: Callable[[Bus
 
     The host application's loop stays responsive. Cancelling the caller asks the training to stop
     after its current step (``trainer.request_stop()``) and waits for the thread, so the run never
-    closes under a live training loop.
+    closes under a live training loop. A sink that blocks the loop blocks the host's loop too:
+    training and the journal go on (the bus's watchdog journals and names the sink), but the
+    close, which runs on that loop, waits for the sink; only ``launch_blocking`` owns its loop and
+    can leave it behind.
     """
     async with launcher.open_run(trainer) as bus:
         return await run_in_worker_thread(
