@@ -41,6 +41,7 @@ from trainbus.bus._dispatch import Hook, adispatch, dispatch
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Event, EventBase
 from trainbus.bus._journal import JournalWriter
+from trainbus.bus._numbers import check_seconds
 from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, Mark, Outbox
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
@@ -91,10 +92,7 @@ class Bus:
             raise ConfigurationError(
                 f"Bus(wake_interval=...) must be >= 0 seconds, got {wake_interval}."
             )
-        if close_deadline < 0:
-            raise ConfigurationError(
-                f"Bus(close_deadline=...) must be >= 0 seconds, got {close_deadline}."
-            )
+        close_deadline = check_seconds("Bus(close_deadline=...)", close_deadline)
         names = [s.sink_name for s in sinks]
         if len(set(names)) != len(names):
             raise ConfigurationError(

@@ -74,6 +74,7 @@ from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._optim import create_optimizer, create_scheduler
+from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
 from trainbus.trainer._run_info import check_arguments, run_config
@@ -163,6 +164,7 @@ class Trainer:
         ``launcher`` opens this call's run instead of the trainer's own (see
         ``trainbus.trainer._launcher``).
         """
+        check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
         return self._run_blocking(body, launcher)
 
@@ -177,6 +179,7 @@ class Trainer:
         ``launcher`` opens this call's run instead of the trainer's own; ``Orchestrator.train``
         passes itself, so training joins its open run.
         """
+        check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
         return await launch_async(
             self._launcher(launcher), self, functools.partial(self._work, body)
