@@ -244,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainbusError as exc:
         _error(ns.command, exc)
         return 1
+    except Exception as exc:
+        from trainbus.trainer._handler import callback_failure
+
+        failure = callback_failure(exc)  # a user callback raised: name it in one line
+        if failure is None:
+            raise
+        print(f"trainbus {ns.command}: error: {' '.join(failure.split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"trainbus {ns.command}: interrupted", file=sys.stderr)
         return 130
