@@ -72,6 +72,7 @@ from trainbus.trainer._evaluation import (
 from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
+from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._optim import create_optimizer, create_scheduler
 from trainbus.trainer._preflight import check_before_training
@@ -166,7 +167,8 @@ class Trainer:
         """
         check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
-        return self._run_blocking(body, launcher)
+        with hold_output_dir(self.args.output_dir):
+            return self._run_blocking(body, launcher)
 
     async def train_async(
         self,
@@ -181,9 +183,10 @@ class Trainer:
         """
         check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
-        return await launch_async(
-            self._launcher(launcher), self, functools.partial(self._work, body)
-        )
+        with hold_output_dir(self.args.output_dir):
+            return await launch_async(
+                self._launcher(launcher), self, functools.partial(self._work, body)
+            )
 
     def evaluate(
         self,
