@@ -9,6 +9,7 @@ on stderr, before anything is written.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainbusError as exc:
         _error(ns.command, exc)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _error(ns.command, exc)  # a full disk: the file is named, the traceback says no more
         return 1
     except Exception as exc:
         from trainbus.trainer._handler import callback_failure
