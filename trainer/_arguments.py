@@ -1,10 +1,12 @@
 """`TrainingArguments`: the run's configuration, under Hugging Face's names and defaults.
 
 Users' Hugging Face callbacks read ``args.<field>`` directly, so field names, defaults and the
-derived values filled in by ``__post_init__`` follow ``transformers`` 5.x. Two deliberate
+derived values filled in by ``__post_init__`` follow ``transformers`` 5.x. Three deliberate
 differences: ``report_to`` defaults to ``"all"`` and is kept raw (the orchestrator resolves the
-names), and every bad value raises a `ConfigurationError` (a `ValueError`) whose message names the
-field, where Hugging Face sometimes asserts or fails later.
+names); every bad value (a NaN or an infinity included) raises a `ConfigurationError` (a
+`ValueError`) whose message names the field, where Hugging Face sometimes asserts or fails later;
+and one field of our own, ``resume_only_model``, says that resuming from a checkpoint without its
+optimizer, scheduler or RNG files is meant (Hugging Face skips them silently; we refuse without it).
 """
 
 from __future__ import annotations

@@ -68,19 +68,34 @@ def hold_output_dir(output_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold ``output_dir``'s lock for the block, or raise a `ConfigurationError` naming the holder.
 
     Args:
-        output_dir: the training's output directory; created if missing (it is about to be
-            written anyway).
+        output_dir: the training's output directory; created if missing, and removed again on
+            the way out if the block left it empty (a run refused before it wrote anything).
     """
     if fcntl is None:
         yield
         return
     path = Path(output_dir).resolve() / LOCK_NAME
+    created = _missing_dirs(path.parent)
     owned = _acquire(path)
     try:
         yield
     finally:
         if owned:
             _release(path)
+            for directory in created:  # deepest first; stops at the first one holding anything
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+
+
+def _missing_dirs(directory: Path) -> list[Path]:
+    """``directory`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
 
 
 def _acquire(path: Path) -> bool:

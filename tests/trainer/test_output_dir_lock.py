@@ -93,3 +93,14 @@ def test_one_process_may_hold_a_lock_twice(tmp_path: Path) -> None:
     with hold_output_dir(tmp_path):
         assert (tmp_path / LOCK_NAME).read_bytes().startswith(b'{"pid": ')
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_directory_created_for_the_lock_goes_when_left_empty(tmp_path: Path) -> None:
+    """An output_dir the lock created is removed again when nothing else was written into it."""
+    out = tmp_path / "a" / "b"
+    with hold_output_dir(out):
+        assert (out / LOCK_NAME).is_file()
+    assert not (tmp_path / "a").exists()
+    with hold_output_dir(out):
+        (out / "checkpoint-1").mkdir(parents=True)
+    assert (out / "checkpoint-1").is_dir() and not (out / LOCK_NAME).exists()
