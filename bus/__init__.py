@@ -11,6 +11,7 @@ from trainbus.bus._errors import (
     PermanentSinkError,
     RetryableSinkError,
     SinkError,
+    StateFileError,
     TrainbusError,
 )
 from trainbus.bus._events import (
@@ -99,6 +100,7 @@ __all__ = [
     "SinkMode",
     "SinkReport",
     "SinkStats",
+    "StateFileError",
     "StepBegin",
     "StepEnd",
     "Subscription",

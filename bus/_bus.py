@@ -56,6 +56,7 @@ from trainbus.bus._dispatch import Hook, adispatch, dispatch
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Event, EventBase
 from trainbus.bus._journal import JournalWriter
+from trainbus.bus._numbers import check_seconds
 from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, CallSoon, Mark, Outbox, loop_call_soon
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
@@ -145,10 +146,7 @@ class Bus:
             raise ConfigurationError(
                 f"Bus(wake_interval=...) must be >= 0 seconds, got {wake_interval}."
             )
-        if close_deadline < 0:
-            raise ConfigurationError(
-                f"Bus(close_deadline=...) must be >= 0 seconds, got {close_deadline}."
-            )
+        close_deadline = check_seconds("Bus(close_deadline=...)", close_deadline)
         if not (math.isfinite(stall_after) and stall_after > 0):
             raise ConfigurationError(
                 f"Bus(stall_after=...) must be a finite number of seconds > 0, got {stall_after}."

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from trainbus.bus._errors import JournalError
+from trainbus.bus._errors import StateFileError
 from trainbus.bus._files import replace_file
 
 __all__ = ["CursorStore"]
@@ -34,21 +34,36 @@ class CursorStore:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sink_name)
         return self.directory / f"{safe}{_SUFFIX}"
 
-    def read(self, sink_name: str) -> int:
-        """The acknowledged seq, or -1 when the sink has acknowledged nothing yet."""
+    def read(self, sink_name: str, *, journal_last_seq: int | None = None) -> int:
+        """The acknowledged seq, or -1 when the sink has acknowledged nothing yet.
+
+        Args:
+            sink_name: whose cursor.
+            journal_last_seq: the last seq the journal holds; a cursor beyond it belongs to
+                another journal (one deleted or replaced), and trusting it would skip every
+                event up to it without a word, so it raises a `StateFileError` instead.
+        """
         path = self.path(sink_name)
         if path is None:
             return self._memory.get(sink_name, -1)
         try:
-            text = path.read_text(encoding="ascii").strip()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return -1
+        text = raw.decode("ascii", errors="replace").strip()
         try:
-            return int(text)
+            seq = int(text)
         except ValueError as exc:
-            raise JournalError(
+            raise StateFileError(
                 f"The cursor file {path} should hold one integer seq, found {text[:40]!r}."
             ) from exc
+        if seq < -1 or (journal_last_seq is not None and seq > journal_last_seq):
+            last = "is empty" if journal_last_seq == -1 else f"ends at seq {journal_last_seq}"
+            raise StateFileError(
+                f"The cursor file {path} says seq {seq} was delivered, but the journal {last}: "
+                "the cursor belongs to another journal; delete it to deliver this journal anew."
+            )
+        return seq
 
     def write(self, sink_name: str, seq: int, *, durable: bool = False) -> None:
         """Record ``seq`` as acknowledged; ``durable`` also fsyncs (used at close)."""

@@ -4,6 +4,8 @@
 
     TrainbusError
     ├── ConfigurationError          (also a ValueError) bad user input, raised before training
+    │   └── StateFileError          (also a JournalError) a file read back (trainer_state.json, a
+    │                               cursor) is truncated, corrupt or does not fit the run
     ├── JournalError                the run journal cannot be read or written
     │   └── JournalCorruptError     a record failed its checksum or framing (not a torn tail)
     └── SinkError                   a sink could not deliver a batch
@@ -25,6 +27,7 @@ __all__ = [
     "PermanentSinkError",
     "RetryableSinkError",
     "SinkError",
+    "StateFileError",
     "TrainbusError",
 ]
 
@@ -39,6 +42,15 @@ class ConfigurationError(TrainbusError, ValueError):
 
 class JournalError(TrainbusError):
     """The run journal cannot be read or written."""
+
+
+class StateFileError(ConfigurationError, JournalError):
+    """A file trainbus reads back cannot be used; the message names the file and what is wrong.
+
+    A `ConfigurationError` because the user handed it in (``resume_from_checkpoint``, a run
+    directory to sync), so the CLI exits 2 with one line; a `JournalError` because a cursor is
+    part of the journal's bookkeeping, and code that catches journal problems should see it.
+    """
 
 
 class JournalCorruptError(JournalError):

@@ -9,16 +9,24 @@ globs skip it. It is removed when the write fails.
 
 ``fsync`` is the caller's choice: it makes the new content durable before the rename, at the cost
 of a disk flush, which a cursor written per acknowledged batch cannot pay every time.
+
+A full disk (``ENOSPC``, or a quota's ``EDQUOT``) raises an `OSError` with that errno naming the
+target, not the temporary file. A status that must get out even then (``run.json`` saying
+"failed") may ask for ``in_place_when_full``: the existing file is overwritten where it lies,
+which needs no new blocks for a file of a few hundred bytes, at the price of atomicity.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 __all__ = ["replace_file"]
+
+_DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def replace_file(
@@ -27,6 +35,7 @@ def replace_file(
     *,
     fsync: bool = False,
     mode: int = 0o666,
+    in_place_when_full: bool = False,
 ) -> None:
     """Replace ``path`` atomically with ``content``.
 
@@ -36,8 +45,34 @@ def replace_file(
             writers such as matplotlib's ``savefig`` that want a file object).
         fsync: flush the new content to disk before the rename.
         mode: permission bits of the new file before the umask (``0o600``: owner only).
+        in_place_when_full: on a full disk, overwrite an existing ``path`` in place (bytes
+            ``content`` only) instead of failing.
     """
     target = os.fspath(path)
+    try:
+        _replace(target, content, fsync=fsync, mode=mode)
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        if in_place_when_full and isinstance(content, bytes) and os.path.isfile(target):
+            _overwrite(target, content)
+            return
+        raise OSError(exc.errno, f"{exc.strerror} (writing {target})", target) from exc
+
+
+def _overwrite(target: str, content: bytes) -> None:
+    """Write ``content`` over ``target``'s bytes and cut what is left: not atomic (see above)."""
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        _write_all(fd, content)
+        os.ftruncate(fd, len(content))
+    finally:
+        os.close(fd)
+
+
+def _replace(
+    target: str, content: bytes | Callable[[BinaryIO], object], *, fsync: bool, mode: int
+) -> None:
     directory, name = os.path.split(target)
     tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

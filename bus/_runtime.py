@@ -96,7 +96,7 @@ class SinkRunner:
         self._deadline = math.inf
         self._closing = False
         self._mode: SinkMode = "starting"
-        self.acked = cursors.read(self.name)
+        self.acked = cursors.read(self.name, journal_last_seq=source.last_seq)
         self._next_seq = self.acked + 1
         self._records: Generator[Record, None, None] | None = None
         self._opened = False

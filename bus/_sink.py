@@ -85,6 +85,11 @@ class Sink:
     world_rank_zero_only: bool = True
     """Run this sink on global rank zero only (remote trackers); ``False`` for per-rank files."""
 
+    sdk_module: str | None = None
+    """The vendor SDK the sink imports in ``open()`` (``"wandb"``), or ``None``. Choosing the
+    sink by ``report_to`` imports it first, so an SDK that is installed but does not import is
+    one error before training (named explicitly) or one warning (under ``"all"``)."""
+
     @property
     def sink_name(self) -> str:
         """The name used for cursors and logs."""

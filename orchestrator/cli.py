@@ -14,6 +14,7 @@ rebuilds registered integrations by name, and user sink classes only with ``--si
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import NoReturn
 import anyio
 
 from trainbus.bus._errors import ConfigurationError, TrainbusError
+from trainbus.bus._numbers import check_seconds
 from trainbus.orchestrator.logging import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +36,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type for timeouts: NaN and negative numbers are a usage error, not a hang."""
+    try:
+        return check_seconds("the value", float(text))
+    except ValueError as exc:  # float("x") and ConfigurationError alike: one usage line
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds >= 0 (inf for no limit), got {text!r}"
+        ) from exc
 
 
 def _add_app_dir(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--flush-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         help="seconds the sinks get to deliver at the end; the rest waits for sync (default: 30)",
     )
@@ -104,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="deliver what the journal holds beyond each sink's cursor")
     sync.add_argument("run_dir", type=Path, help="a run directory, or an output_dir (newest run)")
     sync.add_argument("--sink", action="append", dest="sinks", help="only this sink (repeatable)")
-    sync.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    sync.add_argument(
+        "--timeout", type=_seconds, default=None, help="give up after this many seconds"
+    )
     sync.add_argument(
         "--force", action="store_true", help="sync even if run.json says its process is alive"
     )
@@ -268,6 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainbusError as exc:
         _error(ns.command, exc)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _error(ns.command, exc)  # a full disk: the file is named, the traceback says no more
+        return 1
+    except Exception as exc:
+        from trainbus.trainer._handler import callback_failure
+
+        failure = callback_failure(exc)  # a user callback raised: name it in one line
+        if failure is None:
+            raise
+        print(f"trainbus {ns.command}: error: {' '.join(failure.split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"trainbus {ns.command}: interrupted", file=sys.stderr)

@@ -6,7 +6,9 @@ is chosen (or probed for ``"all"``), so a vendor SDK is never imported unless it
 
 A sink class may offer two class methods: ``is_available(env)`` (may ``"all"`` pick it here?) and
 ``from_env(env, *, run_dir, run_name)`` (build it from the environment); without them it is always
-available and built with no arguments.
+available and built with no arguments. A sink whose ``sdk_module`` is set has that SDK imported
+when it is chosen: one that is installed but does not import is an error for a name given
+explicitly, and one warning (the integration is skipped) under ``"all"``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "INTEGRATIONS",
     "available_integrations",
     "build_sinks",
+    "check_sdk",
     "import_object",
     "load_sink_class",
     "resolve_report_to",
@@ -111,7 +114,31 @@ def _is_available(name: str, env: Mapping[str, str]) -> bool:
         log.debug("integration_unavailable", integration=name, reason=str(exc))
         return False
     probe = getattr(cls, "is_available", None)
-    return bool(probe(env)) if callable(probe) else True
+    if callable(probe) and not probe(env):
+        return False
+    try:
+        check_sdk(name, cls)
+    except ConfigurationError as exc:  # installed but broken: "all" goes on without it
+        log.warning("integration_skipped", integration=name, reason=str(exc))
+        return False
+    return True
+
+
+def check_sdk(name: str, cls: type[Sink]) -> None:
+    """Import the sink's vendor SDK now, so a half-installed one fails here and not in ``open()``.
+
+    Only for a sink that is being chosen: the import is the one ``open()`` would do anyway.
+    """
+    if cls.sdk_module is None or importlib.util.find_spec(cls.sdk_module) is None:
+        return  # no SDK, or not installed at all: ``is_available``/``from_env`` say so themselves
+    try:
+        importlib.import_module(cls.sdk_module)
+    except Exception as exc:  # an SDK's import can fail with anything, not only ImportError
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigurationError(
+            f"report_to integration {name!r} needs the {cls.sdk_module!r} package, which is "
+            f"installed but does not import ({detail}); repair it or drop {name!r} from report_to"
+        ) from exc
 
 
 _EXPLICIT_ONLY: Final = frozenset({"flyte"})
@@ -148,7 +175,8 @@ def resolve_report_to(report_to: str | Sequence[str] | None, env: Mapping[str, s
         )
     resolved: list[str] = []
     for name in names:
-        load_sink_class(name)  # unknown or unimplemented names fail here, before training
+        # Unknown or unimplemented names, and SDKs that do not import, fail here, before training.
+        check_sdk(name, load_sink_class(name))
         if name not in resolved:
             resolved.append(name)
     return resolved

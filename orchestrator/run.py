@@ -40,6 +40,7 @@ from trainbus.bus._bus import Bus
 from trainbus.bus._env import env_flag
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import EventBase, RunFinished
+from trainbus.bus._numbers import check_seconds
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
 from trainbus.bus._stream import Subscription
@@ -102,7 +103,7 @@ class Orchestrator:
         flush_timeout: float = 30.0,
         sink_process: bool | None = None,
     ) -> None:
-        self.flush_timeout = flush_timeout
+        self.flush_timeout = check_seconds("flush_timeout", flush_timeout)
         """Seconds the sinks get at close; what they have not delivered by then waits for sync."""
         self.output_dir = Path(output_dir)
         self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()

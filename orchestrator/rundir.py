@@ -129,9 +129,10 @@ class RunDir:
         self.cursor_dir.mkdir(parents=True, exist_ok=True)
 
     def write_record(self, record: RunRecord) -> None:
-        """Replace ``run.json`` atomically."""
+        """Replace ``run.json`` atomically; in place when the disk is full (the final status
+        must get out: a full disk must not leave a failed run saying "running")."""
         data = msgspec.json.format(msgspec.json.encode(record), indent=2) + b"\n"
-        replace_file(self.record_path, data)
+        replace_file(self.record_path, data, in_place_when_full=True)
 
     def read_record(self) -> RunRecord:
         """Load ``run.json``; a missing or unreadable one is a ``ConfigurationError``."""

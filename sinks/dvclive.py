@@ -67,6 +67,7 @@ class DVCLiveSink(Sink):
     """Write a run through DVCLive; see the module docstring."""
 
     name = "dvclive"
+    sdk_module = "dvclive"
     events = (RunStarted, Log, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0

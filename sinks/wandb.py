@@ -84,6 +84,7 @@ class WandbSink(Sink):
     """Deliver a run to Weights & Biases; see the module docstring."""
 
     name = "wandb"
+    sdk_module = "wandb"
     events = (RunStarted, Log, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0

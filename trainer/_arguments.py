@@ -1,10 +1,12 @@
 """`TrainingArguments`: the run's configuration, under Hugging Face's names and defaults.
 
 Users' Hugging Face callbacks read ``args.<field>`` directly, so field names, defaults and the
-derived values filled in by ``__post_init__`` follow ``transformers`` 5.x. Two deliberate
+derived values filled in by ``__post_init__`` follow ``transformers`` 5.x. Three deliberate
 differences: ``report_to`` defaults to ``"all"`` and is kept raw (the orchestrator resolves the
-names), and every bad value raises a `ConfigurationError` (a `ValueError`) whose message names the
-field, where Hugging Face sometimes asserts or fails later.
+names); every bad value (a NaN or an infinity included) raises a `ConfigurationError` (a
+`ValueError`) whose message names the field, where Hugging Face sometimes asserts or fails later;
+and one field of our own, ``resume_only_model``, says that resuming from a checkpoint without its
+optimizer, scheduler or RNG files is meant (Hugging Face skips them silently; we refuse without it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ class TrainingArguments:
     dataloader_drop_last: bool = False
     restore_callback_states_from_checkpoint: bool = False
     resume_from_checkpoint: str | None = None
+    resume_only_model: bool = False
+    """Resume from a checkpoint that lacks the optimizer, scheduler or RNG files (one written
+    with ``save_only_model``): load the weights and ``trainer_state.json`` only, and start the
+    optimizer and learning-rate schedule afresh. Without it such a resume is an error, since the
+    run would silently diverge from the one that wrote the checkpoint. Not a Hugging Face field
+    (Hugging Face skips the missing files without a word); named after ``save_only_model``."""
     include_num_input_tokens_seen: str | bool = "no"
     skip_memory_metrics: bool = True
     use_cpu: bool = False
@@ -271,8 +279,14 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_number(name: str, value: object, minimum: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
-        raise ConfigurationError(f"{name} must be a number >= {minimum}, got {value!r}.")
+    """A finite number: ``inf`` would train NaNs (a learning rate) or never end (epochs)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value >= minimum
+    ):
+        raise ConfigurationError(f"{name} must be a finite number >= {minimum}, got {value!r}.")
 
 
 def _check_sizes(args: TrainingArguments) -> None:
@@ -326,8 +340,13 @@ def _check_warmup(args: TrainingArguments) -> None:
 
 def _interval(name: str, value: object, *, required: bool) -> float:
     """An interval in steps: a ratio of the run below 1, else a whole number of updates."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value >= 0
+    ):
+        raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}.")
     if required and value == 0:
         raise ConfigurationError(
             f"{name} must be > 0 with the 'steps' strategy (a ratio of the run below 1, or a "

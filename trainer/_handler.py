@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from trainbus.trainer._arguments import TrainingArguments
     from trainbus.trainer._state import TrainerControl, TrainerState
 
-__all__ = ["Barrier", "CallbackHandler"]
+__all__ = ["Barrier", "CallbackHandler", "callback_failure"]
 
 _log = structlog.get_logger(__name__)
 _COMMON_KWARGS: Final = (
@@ -254,12 +254,16 @@ class CallbackHandler:
         if common is None:
             common = self._common_kwargs()
         kwargs = {**common, **kwargs} if kwargs else common
-        if event in self._async_events:
-            if self.bus is not None:
-                return self.bus.barrier(hooks, args, state, control, **kwargs)
-            return _run_with_coroutines(event, hooks, args, state, control, kwargs)
-        # Plain hooks run here, as the bus's barrier would run them, without the extra call.
-        return dispatch(hooks, args, state, control, kwargs, self._settle)
+        try:  # free until something raises (zero-cost exceptions since Python 3.11)
+            if event in self._async_events:
+                if self.bus is not None:
+                    return self.bus.barrier(hooks, args, state, control, **kwargs)
+                return _run_with_coroutines(event, hooks, args, state, control, kwargs)
+            # Plain hooks run here, as the bus's barrier would run them, without the extra call.
+            return dispatch(hooks, args, state, control, kwargs, self._settle)
+        except Exception as exc:
+            _name_the_callback(exc, hooks)
+            raise
 
     def _settle(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Await a coroutine a plain hook returned, where an ``async def`` hook would be awaited."""
@@ -411,3 +415,55 @@ def _check_no_running_loop(what: str) -> None:
 
 async def _await(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return await coroutine
+
+
+# --- naming the callback that raised ----------------------------------------------------------
+
+_NOTE_PREFIX: Final = "raised in the callback hook "
+
+
+def callback_failure(exc: BaseException) -> str | None:
+    """``"EarlyStoppingCallback.on_evaluate raised ValueError: ..."`` for an exception a callback
+    hook raised (see `_name_the_callback`), else ``None``; the CLI prints it as its one line."""
+    for note in getattr(exc, "__notes__", ()):
+        if isinstance(note, str) and note.startswith(_NOTE_PREFIX):
+            where = note.removeprefix(_NOTE_PREFIX)
+            return f"{where} raised {type(exc).__name__}: {exc}"
+    return None
+
+
+def _name_the_callback(exc: Exception, hooks: tuple[Hook, ...]) -> None:
+    """Name the hook that raised ``exc``: a note on the exception, one error line, and the
+    traceback at debug level.
+
+    The exception itself propagates unchanged (a note, not a wrapper), so ``except ValueError``
+    around ``train()`` still catches a callback's ``ValueError``. The hook is the outermost frame
+    of the traceback that runs one of ``hooks``' code; an exception from the dispatch itself, or
+    one already named by an inner dispatch (a hook that calls ``evaluate()``), is left alone.
+    """
+    if callback_failure(exc) is not None:
+        return
+    codes = {_code_of(hook): hook for hook in hooks}
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code not in codes:
+        tb = tb.tb_next
+    if tb is None:
+        return
+    where = _hook_name(codes[tb.tb_frame.f_code])
+    exc.add_note(_NOTE_PREFIX + where)
+    _log.error("callback_failed", hook=where, error=f"{type(exc).__name__}: {exc}")
+    _log.debug("callback_failed_traceback", hook=where, exc_info=exc)
+
+
+def _code_of(hook: Hook) -> object:
+    function = getattr(hook, "__func__", hook)
+    return getattr(function, "__code__", None) or getattr(type(hook).__call__, "__code__", None)
+
+
+def _hook_name(hook: Hook) -> str:
+    """``Class.on_event`` for a bound method, the function's qualified name otherwise."""
+    owner = getattr(hook, "__self__", None)
+    name = getattr(hook, "__name__", type(hook).__name__)
+    if owner is not None:
+        return f"{type(owner).__name__}.{name}"
+    return str(getattr(hook, "__qualname__", name))

@@ -110,7 +110,7 @@ class TrainingLoop:
         trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
         if trainer._stop_requested:  # asked before training began: on_train_begin reset the flag
             trainer.control.should_training_stop = True
-        if checkpoint is not None:
+        if checkpoint is not None and not args.resume_only_model:
             restore_rng_state(checkpoint / ckpt.rng_file(self.dist.rank, self.dist.world_size))
         if args.eval_on_start:
             self._evaluate_during_training(track_best=False)
@@ -163,7 +163,7 @@ class TrainingLoop:
                 "unset; an override must set both."
             )
         self.optimizer, self.lr_scheduler = trainer.optimizer, trainer.lr_scheduler
-        if checkpoint is not None:
+        if checkpoint is not None and not args.resume_only_model:
             ckpt.load_optimizer_and_scheduler(
                 checkpoint, self.optimizer, self.lr_scheduler, self.device
             )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from trainbus.bus._errors import StateFileError
 from trainbus.bus._files import replace_file
 
 if TYPE_CHECKING:
@@ -234,10 +235,21 @@ class TrainerState:
 
     @classmethod
     def load_from_json(cls, json_path: str | os.PathLike[str]) -> TrainerState:
-        """Read ``trainer_state.json``; keys from a newer writer are skipped with a warning."""
-        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        """Read ``trainer_state.json``; keys from a newer writer are skipped with a warning.
+
+        A truncated or corrupt file raises one `StateFileError` naming the file and the fault.
+        """
+        try:
+            data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StateFileError(
+                f"{json_path} is not valid JSON (truncated or corrupt?): {exc}."
+            ) from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{json_path} must hold a JSON object, got {type(data).__name__}.")
+            raise StateFileError(f"{json_path} must hold a JSON object, got {type(data).__name__}.")
+        step = data.get("global_step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise StateFileError(f"{json_path}: global_step must be an integer >= 0, got {step!r}.")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

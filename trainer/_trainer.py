@@ -74,8 +74,10 @@ from trainbus.trainer._evaluation import (
 from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
+from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._optim import create_optimizer, create_scheduler
+from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
 from trainbus.trainer._run_info import check_arguments, run_config
@@ -178,9 +180,10 @@ class Trainer:
         with ``128 + trainer.stopped_by_signal`` (``trainbus train`` does: 143 or 130). A second
         signal ends the process at once. See ``trainbus.trainer._signals``.
         """
+        check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
         self._stop_signal = None
-        with stop_on_signals(self._on_stop_signal):
+        with hold_output_dir(self.args.output_dir), stop_on_signals(self._on_stop_signal):
             return self._run_blocking(body, launcher)
 
     async def train_async(
@@ -196,10 +199,12 @@ class Trainer:
         is installed for them, and the host stops the run with ``request_stop()`` (or by
         cancelling this call, which calls it).
         """
+        check_before_training(self.args, resume_from_checkpoint)
         body = functools.partial(self._train, resume_from_checkpoint)
-        return await launch_async(
-            self._launcher(launcher), self, functools.partial(self._work, body)
-        )
+        with hold_output_dir(self.args.output_dir):
+            return await launch_async(
+                self._launcher(launcher), self, functools.partial(self._work, body)
+            )
 
     def evaluate(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 import pytest
@@ -96,12 +97,14 @@ def test_from_dict_round_trips_and_names_unknown_keys() -> None:
 
 
 def test_field_names_and_defaults_match_transformers() -> None:
-    """Every field but warmup_ratio exists in transformers with the same default, bar three."""
+    """Every field but two of ours exists in transformers with the same default, bar three."""
     transformers = pytest.importorskip("transformers")
     theirs = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
     differing = {}
+    # warmup_ratio: kept for old configs, v5 folds it into warmup_steps; resume_only_model: the
+    # explicit way to resume from a checkpoint without optimizer, scheduler or RNG files.
     for field in dataclasses.fields(TrainingArguments):
-        if field.name == "warmup_ratio":  # kept for old configs; v5 folds it into warmup_steps
+        if field.name in ("warmup_ratio", "resume_only_model"):
             assert field.name not in theirs
             continue
         their_default = theirs[field.name].default
@@ -151,18 +154,28 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"per_device_train_batch_size": -2}, r"per_device_train_batch_size must be an integer >= 1"),
     ({"max_steps": 0}, r"max_steps must be a positive number .* or -1"),
     ({"max_steps": -5}, r"max_steps must be a positive"),
-    ({"num_train_epochs": -1}, r"num_train_epochs must be a number >= 0"),
+    ({"num_train_epochs": -1}, r"num_train_epochs must be a finite number >= 0"),
     ({"logging_steps": 0}, r"logging_steps must be > 0 with the 'steps' strategy"),
-    ({"logging_steps": -10}, r"logging_steps must be a number >= 0"),
+    ({"logging_steps": -10}, r"logging_steps must be a finite number >= 0"),
     ({"save_steps": 0}, r"save_steps must be > 0 with the 'steps' strategy"),
     ({"save_steps": 10.5}, r"save_steps must be a whole number when above 1"),
-    ({"eval_strategy": "steps", "eval_steps": -3}, r"eval_steps must be a number >= 0"),
+    ({"eval_strategy": "steps", "eval_steps": -3}, r"eval_steps must be a (finite )?number >= 0"),
     (
         {"eval_strategy": "steps", "logging_strategy": "no", "logging_steps": 0},
         r"eval_strategy 'steps' needs a non-zero eval_steps",
     ),
-    ({"warmup_steps": -1}, r"warmup_steps must be a number >= 0"),
-    ({"learning_rate": -1e-3}, r"learning_rate must be a number >= 0"),
+    ({"warmup_steps": -1}, r"warmup_steps must be a finite number >= 0"),
+    ({"learning_rate": -1e-3}, r"learning_rate must be a finite number >= 0"),
+    ({"learning_rate": math.inf}, r"learning_rate must be a finite number >= 0, got inf"),
+    ({"learning_rate": math.nan}, r"learning_rate must be a finite number >= 0, got nan"),
+    ({"num_train_epochs": math.nan}, r"num_train_epochs must be a finite number >= 0, got nan"),
+    ({"num_train_epochs": math.inf}, r"num_train_epochs must be a finite number >= 0, got inf"),
+    ({"max_grad_norm": math.inf}, r"max_grad_norm must be a finite number >= 0, got inf"),
+    ({"weight_decay": math.nan}, r"weight_decay must be a finite number >= 0, got nan"),
+    ({"logging_steps": math.inf}, r"logging_steps must be a finite number >= 0, got inf"),
+    ({"eval_delay": math.inf}, r"eval_delay must be a finite number >= 0, got inf"),
+    ({"warmup_steps": math.nan}, r"warmup_steps must be a finite number >= 0, got nan"),
+    ({"resume_only_model": "yes"}, r"resume_only_model must be true or false, got 'yes'"),
     ({"adam_beta2": 1.0}, r"adam_beta2 must be in \[0, 1\)"),
     ({"save_total_limit": 0}, r"save_total_limit must be an integer >= 1"),
     (

@@ -15,6 +15,7 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
 from trainbus.trainer import EvalPrediction, TrainerCallback
 from trainbus.trainer._checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
+from trainbus.trainer._lock import LOCK_NAME
 from trainbus.trainer._rng import capture_rng_state
 from trainbus.trainer.testing import TinyRegressor
 
@@ -30,7 +31,8 @@ FILES = {
 
 def _checkpoints(run: Run) -> list[str]:
     out = Path(run.trainer.args.output_dir)
-    return sorted((p.name for p in out.iterdir()), key=lambda name: (len(name), name))
+    names = (p.name for p in out.iterdir() if p.name != LOCK_NAME)  # held while training runs
+    return sorted(names, key=lambda name: (len(name), name))
 
 
 def test_checkpoint_holds_every_file_and_nothing_is_left_half_written(tmp_path: Path) -> None:
