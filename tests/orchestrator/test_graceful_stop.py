@@ -88,8 +88,8 @@ def journal(run_dir: RunDir) -> list[Event]:
 
 
 def hidden_dirs(out: Path) -> list[str]:
-    """Staging or retired checkpoint directories left in ``out``."""
-    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    """Staging or retired checkpoint directories left in ``out`` (the output_dir lock is a file)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.is_dir())
 
 
 def test_sigterm_mid_run_saves_a_resumable_checkpoint_and_exits_143(tmp_path: Path) -> None:
