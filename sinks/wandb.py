@@ -25,6 +25,12 @@ Unlike HF, ``report_to="all"`` picks W&B only when it can start without asking f
 to the SDK is kept there too, so a replay never logs a point twice. Every SDK call blocks, so it
 runs in a worker thread, one at a time. The SDK's background service lives as long as the
 process (``wandb.teardown()`` stops it).
+
+Offline, the service writes the run's ``.wandb`` file late: it keeps the last block in memory
+until the run's stream closes, which ``run.finish()`` requests without waiting for. So once the
+sink has finished a run, ``write`` (for ``RunFinished``) and ``close`` return only when the file
+ends with the run's exit record (``sinks/_wandb_log.py``), within ``flush_timeout`` seconds:
+everything acknowledged is then on disk, and a new sink on the same run directory resumes it.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
 from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._wandb_log import TransactionLog
 
 try:
     from typing import Self
@@ -99,7 +106,15 @@ class WandbSink(Sink):
         mode: str | None = None,
         directory: Path | None = None,
         log_model: LogModel = False,
+        flush_timeout: float = 60.0,
     ) -> None:
+        """Parameters mirror HF's variables (see the module docstring); ``directory`` is where
+        the SDK writes (default ``run_dir``); ``flush_timeout`` bounds the wait, after a run is
+        finished offline, for its file to be complete."""
+        if flush_timeout <= 0:
+            raise ConfigurationError(
+                f"flush_timeout must be a positive number of seconds, got {flush_timeout!r}."
+            )
         mode = _MODE_ALIASES.get(mode, mode) if mode is not None else None
         if mode is not None and mode not in _MODES:
             raise ConfigurationError(
@@ -112,6 +127,7 @@ class WandbSink(Sink):
         self.mode = mode
         self.directory = directory or run_dir
         self.log_model = log_model
+        self.flush_timeout = flush_timeout
         self._limiter = anyio.CapacityLimiter(1)
         self._wandb: Any = None
         self._run: Any = None
@@ -119,6 +135,7 @@ class WandbSink(Sink):
         self._finished = False
         self._state: dict[str, Any] = {}
         self._written_seq = -1
+        self._log_file: TransactionLog | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -178,6 +195,8 @@ class WandbSink(Sink):
         if not fresh:
             return
         await self._call(self._write, fresh)
+        if self._finished:
+            await self._wait_for_log_file()
         self._written_seq = fresh[-1].seq
         self._state["written_seq"] = self._written_seq
         save_state(self.run_dir / STATE_FILE, self._state)
@@ -186,12 +205,39 @@ class WandbSink(Sink):
         """Finish a run this sink started whose ``RunFinished`` never came, as failed."""
         if self._run is not None and self._owns_run and not self._finished:
             await self._call(self._run.finish, 1)
+            self._finished = True
+            await self._wait_for_log_file()
         self._run = None
 
     @property
     def run_id(self) -> str | None:
         """The W&B run id, once the run started."""
         return str(self._run.id) if self._run is not None else self._state.get("wandb_run_id")
+
+    # --- internals (event loop) ---------------------------------------------------------------
+
+    async def _wait_for_log_file(self) -> None:
+        """Wait until the service has written the finished run's offline file in full.
+
+        The service gives no signal when it does, so the file is checked, from where the last
+        check stopped, at growing intervals; past ``flush_timeout`` the run is left to the service
+        and the gap is logged, naming the file.
+        """
+        log_file, self._log_file = self._log_file, None
+        if log_file is None:
+            return
+        delay = 0.005
+        with anyio.move_on_after(self.flush_timeout):
+            while not await anyio.to_thread.run_sync(log_file.ended):
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            return
+        log.warning(
+            "wandb offline file still incomplete after finish; the SDK's service may write it "
+            "later",
+            path=str(log_file.path),
+            timeout_s=self.flush_timeout,
+        )
 
     # --- internals (worker thread) ------------------------------------------------------------
 
@@ -233,6 +279,8 @@ class WandbSink(Sink):
                 config=_config(first) if isinstance(first, RunStarted) else None,
             )
             self._owns_run = True
+            if self._run.offline:
+                self._log_file = TransactionLog(Path(self._run.settings.sync_file))
         run = self._run
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)

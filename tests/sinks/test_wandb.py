@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,36 +17,22 @@ from structlog.testing import capture_logs
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log
+from trainbus.sinks._wandb_log import HEADER, TransactionLog, iter_records
 from trainbus.sinks.wandb import WandbSink, _map_errors
 
 pytest.importorskip("wandb")
 
-HEADER = b":W&B\xe1\xbe\x00"  # magic, 0xBEE1 little-endian, format version 0
-BLOCK = 32 * 1024
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
 
 def read_records(path: Path) -> Iterator[Any]:
-    """The protobuf records of a ``.wandb`` file: LevelDB-log framing (32 KiB blocks, 7-byte
-    chunk headers: CRC-32 of type and data, length, type), decoded with wandb's own schema."""
+    """The protobuf records of a complete ``.wandb`` file, decoded with wandb's own schema."""
     schema: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
     data = path.read_bytes()
     assert data.startswith(HEADER)
-    pos, pending = len(HEADER), b""
-    while pos + 7 <= len(data):
-        if BLOCK - pos % BLOCK < 7:
-            pos += BLOCK - pos % BLOCK  # a block's tail too short for a header is padding
-            continue
-        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
-        chunk = data[pos + 7 : pos + 7 + length]
-        assert zlib.crc32(bytes([kind]) + chunk) == crc, f"corrupt chunk at byte {pos}"
-        pos += 7 + length
-        pending += chunk
-        if kind in (FULL, LAST):
-            yield schema.Record.FromString(pending)
-            pending = b""
+    tail = len(HEADER)
+    for end, payload in iter_records(data):
+        tail = end
+        yield schema.Record.FromString(payload)
+    assert data[tail:].strip(b"\x00") == b"", f"{path} ends in a partial record at byte {tail}"
 
 
 def _items(items: Any) -> dict[str, Any]:
@@ -191,6 +175,48 @@ async def test_restart_resumes_the_run_without_duplicate_points(
     assert [s for s, _ in run.series("train/loss")] == list(range(1, 13))
     assert [s for s, _ in run.series("eval/loss")] == [4, 8, 12]
     assert run.exits == [1, 0]  # the first sink closed without RunFinished: marked failed
+
+
+async def test_close_returns_once_the_offline_file_is_complete(
+    offline: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() returns only when the run's offline file holds every point and the exit record,
+    even when the W&B service writes it late: here the service is frozen from the moment
+    finish() asks it to close the run until the sink first looks at the file."""
+    connection: Any = importlib.import_module("wandb.sdk.lib.service.service_connection")
+    inform_finish = connection.ServiceConnection.inform_finish
+    frozen: list[Any] = []
+
+    def freeze_then_inform_finish(self: Any, run_id: str) -> None:
+        frozen.extend(p for p in psutil.Process().children() if p.name() == "wandb-core")
+        for process in frozen:
+            process.suspend()
+        inform_finish(self, run_id)
+
+    def thaw() -> None:
+        while frozen:
+            frozen.pop().resume()
+
+    ended = TransactionLog.ended
+
+    def thaw_then_check(self: TransactionLog) -> bool:
+        thaw()
+        return ended(self)
+
+    monkeypatch.setattr(connection.ServiceConnection, "inform_finish", freeze_then_inform_finish)
+    monkeypatch.setattr(TransactionLog, "ended", thaw_then_check)
+    events = scripted_run(6, eval_every=3)
+    sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
+    try:
+        with anyio.fail_after(120):
+            await sink.open()
+            await sink.write(events[:-1])
+            await sink.close()
+        run = OfflineRun(tmp_path)  # read before the service may run again
+    finally:
+        thaw()
+    assert [s for s, _ in run.series("train/loss")] == list(range(1, 7))
+    assert run.exits == [1]
 
 
 def test_environment_follows_hf(tmp_path: Path) -> None:
