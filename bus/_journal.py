@@ -25,13 +25,15 @@ in a single file are its offsets.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import os
 import struct
 import zlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final, NamedTuple, cast
+from typing import Any, BinaryIO, Final, NamedTuple, NoReturn, cast
 
 import msgspec
 import structlog
@@ -485,6 +487,7 @@ class JournalWriter:
         offset = self._offset
         index = self._index
         due = index.due
+        noted: list[tuple[int, int]] = []  # index entries, kept only once the write succeeded
         last = self.last_seq
         for event in events:
             seq = event.seq
@@ -496,19 +499,35 @@ class JournalWriter:
             payload = encode(event)
             length = len(payload)
             if seq >= due:
-                index.add(seq, offset)
-                due = index.due
+                noted.append((seq, offset))
+                due = seq + _INDEX_EVERY
             offset += _HEADER.size + length
             add(pack(_MARKER, 0, length, crc32(payload, crc32(pack_len_seq(length, seq))), seq))
             add(payload)
             last = seq
         data = b"".join(parts)
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._undo_partial_write(exc)
+        for seq, at in noted:
+            index.add(seq, at)
         self._offset = offset
         self.last_seq = last
+
+    def _undo_partial_write(self, exc: OSError) -> NoReturn:
+        """Cut what a failed write left (a full disk) so the file ends on a whole record again."""
+        with contextlib.suppress(OSError):  # the reader cuts a torn tail on the next open anyway
+            os.ftruncate(self._fd, self._offset)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise JournalError(
+            f"Could not append to the journal {self.path}: "
+            + ("the disk is full" if full else str(exc))
+            + f"; it ends whole at seq {self.last_seq}."
+        ) from exc
 
     def offset_for(self, seq: int) -> int:
         """A record boundary at or before the record carrying ``seq``: where a reader starts."""

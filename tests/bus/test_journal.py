@@ -137,3 +137,32 @@ def test_damage_before_intact_records_raises(tmp_path: Path) -> None:
         list(JournalReader(path).read_from())
     with pytest.raises(JournalCorruptError):
         repair_journal(path)
+
+
+def test_a_full_disk_leaves_the_journal_whole_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write cut short by ENOSPC is undone: one error naming the file and the full disk,
+    every earlier record still reads back, and appending works again once there is room."""
+    import errno
+    import os
+
+    path = tmp_path / "j.tbj"
+    writer = JournalWriter.open(path)
+    events = _events(30)
+    writer.append(events[:10])
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 8:
+            real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(JournalError, match=r"j\.tbj: the disk is full; it ends whole at seq 9"):
+        writer.append(events[10:20])
+    monkeypatch.setattr(os, "write", real_write)
+    assert [e.seq for e in JournalReader(path).read_from(0)] == list(range(10))
+    writer.append(events[10:30])
+    writer.close()
+    assert [e.seq for e in JournalReader(path).read_from(0)] == list(range(30))
