@@ -34,10 +34,10 @@ Flavour = Literal["transformers", "trainbus"]
 
 _MARKED_IMPORT: Final = re.compile(r"^from transformers import (.*)# trainer-import$", re.M)
 
-WORDS: Final = (
+WORDS: Final = tuple(
     "the a cat dog sat ran on under mat rug good bad film plot was is very not great dull "
-    "story actor scene long short happy sad and but it this that movie"
-).split()
+    "story actor scene long short happy sad and but it this that movie".split(" ")
+)
 """The corpus's words; every one is in the vocabulary, so nothing tokenizes to [UNK]."""
 
 
@@ -95,7 +95,7 @@ def run_script(name: str, flavour: Flavour, workdir: Path, **inputs: Any) -> dic
     }
     _seed_everything(0)
     with _inside(workdir):
-        exec(compile(source, str(SCRIPTS / f"{name}.py"), "exec"), namespace)  # noqa: S102
+        exec(compile(source, str(SCRIPTS / f"{name}.py"), "exec"), namespace)
     result = dict(namespace["RESULT"])
     out = workdir / "out"
     result["files"] = relative_files(out) if out.is_dir() else set()

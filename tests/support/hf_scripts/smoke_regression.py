@@ -24,7 +24,7 @@ rows = [
     for i in range(32)
 ]
 args = TrainingArguments(
-    output_dir=str(WORKDIR / "out"),  # noqa: F821 -- set by the harness
+    output_dir=str(WORKDIR / "out"),  # WORKDIR: set by the harness
     per_device_train_batch_size=8,
     num_train_epochs=2,
     logging_steps=1,
