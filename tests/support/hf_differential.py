@@ -35,7 +35,41 @@ Flavour = Literal["transformers", "trainbus"]
 _MARKED_IMPORT: Final = re.compile(r"^from transformers import (.*)# trainer-import$", re.M)
 
 WORDS: Final = tuple(
-    ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "rug", "good", "bad", "film", "plot", "was", "is", "very", "not", "great", "dull", "story", "actor", "scene", "long", "short", "happy", "sad", "and", "but", "it", "this", "that", "movie"]
+    [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "sat",
+        "ran",
+        "on",
+        "under",
+        "mat",
+        "rug",
+        "good",
+        "bad",
+        "film",
+        "plot",
+        "was",
+        "is",
+        "very",
+        "not",
+        "great",
+        "dull",
+        "story",
+        "actor",
+        "scene",
+        "long",
+        "short",
+        "happy",
+        "sad",
+        "and",
+        "but",
+        "it",
+        "this",
+        "that",
+        "movie",
+    ]
 )
 """The corpus's words; every one is in the vocabulary, so nothing tokenizes to [UNK]."""
 
