@@ -1,106 +1,195 @@
 """`TrainingArguments`: the run's configuration, under Hugging Face's names and defaults.
 
-Users' Hugging Face callbacks read ``args.<field>`` directly, so field names, defaults and the
-derived values filled in by ``__post_init__`` follow ``transformers`` 5.x. Three deliberate
-differences: ``report_to`` defaults to ``"all"`` and is kept raw (the orchestrator resolves the
-names); every bad value (a NaN or an infinity included) raises a `ConfigurationError` (a
-`ValueError`) whose message names the field, where Hugging Face sometimes asserts or fails later;
-and one field of our own, ``resume_only_model``, says that resuming from a checkpoint without its
-optimizer, scheduler or RNG files is meant (Hugging Face skips them silently; we refuse without it).
+Users' Hugging Face callbacks read ``args.<field>`` directly, so every field of ``transformers``
+5.x is here, in its order, with its default, and the values ``__post_init__`` derives follow
+transformers' (``trainbus.trainer._argument_checks`` holds those rules and the validation).
+Whether trainbus honours a field, or refuses any value but the default, is decided in one place,
+``trainbus.trainer._support``; ``docs/compatibility.md`` shows it, field by field.
+
+Deliberate differences: ``report_to`` defaults to ``"all"`` and is kept raw (the orchestrator
+resolves the names); every bad value (a NaN or an infinity included) raises a
+`ConfigurationError` (a `ValueError`) whose message names the field, where Hugging Face sometimes
+fails later or not at all; strategy fields hold plain strings (equal to transformers' string
+enums); and two fields of our own: ``resume_only_model`` says that resuming from a checkpoint
+without its optimizer, scheduler or RNG files is meant (Hugging Face skips them silently; we refuse
+without it), and ``warmup_ratio`` is still read from old configs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
 import json
 import logging
 import math
-import os
-import warnings
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+import sys
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from trainbus.bus import _world
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._secrets import is_secret
+from trainbus.trainer._argument_checks import LOG_LEVELS, SAMPLING_STRATEGIES, START_METHODS, settle
+from trainbus.trainer._support import ARGUMENTS_MEMBERS, RefusesUnsupportedMethods
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "LOGGING_STRATEGIES",
-    "OPTIMIZERS",
-    "SAVE_STRATEGIES",
-    "SCHEDULER_TYPES",
-    "TOKEN_COUNTING",
-    "TrainingArguments",
-]
-
-LOGGING_STRATEGIES: Final = ("no", "steps", "epoch")
-"""Valid values of ``logging_strategy`` and ``eval_strategy``."""
-SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
-SCHEDULER_TYPES: Final = ("linear", "cosine", "constant", "constant_with_warmup")
-OPTIMIZERS: Final = ("adamw_torch_fused", "adamw_torch")
-"""Valid values of ``optim``: torch's AdamW, fused (Hugging Face v5's default) or not."""
-TOKEN_COUNTING: Final = ("all", "non_padding", "no")
-"""Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
+__all__ = ["ParallelMode", "TrainingArguments"]
 
 
-def _plain(value: Any) -> Any:
-    """Turn a `transformers` str-enum (``IntervalStrategy.STEPS``) into its plain string."""
-    return value.value if isinstance(value, enum.Enum) else value
+class ParallelMode(enum.Enum):
+    """How the processes of a run share the work; the values are transformers'."""
+
+    NOT_PARALLEL = "not_parallel"
+    NOT_DISTRIBUTED = "not_distributed"
+    DISTRIBUTED = "distributed"
+    SAGEMAKER_MODEL_PARALLEL = "sagemaker_model_parallel"
+    SAGEMAKER_DATA_PARALLEL = "sagemaker_data_parallel"
+    TPU = "tpu"
+
+
+_SANITIZED_TYPES: Final = (bool, int, float, str)
+
+
+def _cli(value: Any, **options: Any) -> Any:
+    """A field's default with its ``HfArgumentParser`` options (``nargs``, ``const``,
+    ``choices``), as transformers declares them, so ``--activation_checkpointing`` alone parses."""
+    return dataclasses.field(default=value, metadata=options)
 
 
 @dataclasses.dataclass(repr=False)
-class TrainingArguments:
-    """Everything a run is configured with; mutable because Hugging Face callbacks may edit it."""
+class TrainingArguments(RefusesUnsupportedMethods):
+    """Everything a run is configured with; mutable because Hugging Face callbacks may edit it.
+
+    The fields are transformers' (see ``docs/compatibility.md`` for what each does here), one per
+    line in transformers' order, plus ``warmup_ratio`` and ``resume_only_model``. Where a type is a
+    union, its members come in transformers' order: ``HfArgumentParser`` reads a command-line
+    option's type from the union's first members, so scripts parse their flags as before.
+    """
+
+    _transformers_owner: ClassVar[str] = "TrainingArguments"
+    _transformers_members: ClassVar[frozenset[str]] = frozenset(ARGUMENTS_MEMBERS)
 
     output_dir: str = "trainer_output"
-    do_train: bool = False
-    do_eval: bool = False
-    do_predict: bool = False
+    per_device_train_batch_size: int = 8
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-5
+    lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] | str | None = None
+    warmup_steps: float = 0
+    warmup_ratio: float | None = None
+    """Deprecated (transformers 5 dropped it): the ratio moves to ``warmup_steps``, and this
+    field reads ``None`` afterwards, so a copy of the arguments does not set both."""
+    optim: str = "adamw_torch_fused"
+    optim_args: str | None = None
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optim_target_modules: None | str | list[str] = None  # noqa: RUF036 (HfArgumentParser order)
+    gradient_accumulation_steps: int = 1
+    average_tokens_across_devices: bool = True
     max_grad_norm: float = 1.0
-    optim: str = "adamw_torch_fused"
-    lr_scheduler_type: str = "linear"
-    warmup_steps: float = 0
-    warmup_ratio: float | None = None
+    label_smoothing_factor: float = 0.0
+    bf16: bool = False
+    fp16: bool = False
+    bf16_full_eval: bool = False
+    fp16_full_eval: bool = False
+    tf32: bool | None = None
+    activation_checkpointing: bool | None = _cli(None, nargs="?", const=True)
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = None
+    gradient_checkpointing: bool | None = _cli(None, nargs="?", const=True)
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = None
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
+    use_liger_kernel: bool = False
+    liger_kernel_config: dict[str, bool] | None = None
+    use_cache: bool = False
+    neftune_noise_alpha: float | None = None
+    torch_empty_cache_steps: int | None = None
+    auto_find_batch_size: bool = False
     logging_strategy: str = "steps"
     logging_steps: float = 500
     logging_first_step: bool = False
-    logging_nan_inf_filter: bool = True
     log_on_each_node: bool = True
+    logging_nan_inf_filter: bool = True
+    include_num_input_tokens_seen: str | bool = "no"
+    log_level: str = _cli("passive", choices=tuple(LOG_LEVELS))
+    log_level_replica: str = _cli("warning", choices=tuple(LOG_LEVELS))
+    disable_tqdm: bool | None = None
+    # The parser reads ``str | list[str]`` as a list option, which gets no default unless told.
+    report_to: str | list[str] = dataclasses.field(default="all", metadata={"default": "all"})
+    run_name: str | None = None
+    project: str = "huggingface"
+    trackio_space_id: str | None = None
+    trackio_bucket_id: str | None = None
+    trackio_static_space_id: str | None | Literal[False] = None  # noqa: RUF036 (as above)
     eval_strategy: str = "no"
     eval_steps: float | None = None
     eval_delay: float = 0
+    per_device_eval_batch_size: int = 8
+    prediction_loss_only: bool = False
     eval_on_start: bool = False
+    eval_do_concat_batches: bool = True
+    eval_use_gather_object: bool = False
+    eval_accumulation_steps: int | None = None
+    include_for_metrics: list[str] = dataclasses.field(default_factory=list)
+    batch_eval_metrics: bool = False
+    save_only_model: bool = False
     save_strategy: str = "steps"
     save_steps: float = 500
-    save_total_limit: int | None = None
-    save_only_model: bool = False
     save_on_each_node: bool = False
+    save_total_limit: int | None = None
+    enable_jit_checkpoint: bool = False
+    push_to_hub: bool = False
+    hub_token: str | None = None
+    hub_private_repo: bool | None = None
+    hub_model_id: str | None = None
+    hub_strategy: str = "every_save"
+    hub_always_push: bool = False
+    hub_revision: str | None = None
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     greater_is_better: bool | None = None
-    disable_tqdm: bool | None = None
-    report_to: str | list[str] = "all"
-    run_name: str | None = None
-    project: str = "huggingface"
-    seed: int = 42
-    dataloader_num_workers: int = 0
-    dataloader_drop_last: bool = False
+    ignore_data_skip: bool = False
     restore_callback_states_from_checkpoint: bool = False
+    full_determinism: bool = False
+    seed: int = 42
+    data_seed: int | None = None
+    use_cpu: bool = False
+    accelerator_config: dict[str, Any] | str | None = None
+    parallelism_config: object = None
+    dataloader_drop_last: bool = False
+    dataloader_num_workers: int = 0
+    dataloader_pin_memory: bool = True
+    dataloader_persistent_workers: bool = False
+    dataloader_prefetch_factor: int | None = None
+    dataloader_multiprocessing_context: str | None = _cli(None, choices=START_METHODS)
+    dataloader_in_order: bool = True
+    remove_unused_columns: bool = True
+    label_names: list[str] | None = None
+    train_sampling_strategy: str = _cli("random", choices=SAMPLING_STRATEGIES)
+    length_column_name: str = "length"
+    ddp_find_unused_parameters: bool | None = None
+    ddp_bucket_cap_mb: int | None = None
+    ddp_broadcast_buffers: bool | None = None
+    ddp_static_graph: bool | None = None
+    ddp_backend: str | None = None
+    ddp_timeout: int = 1800
+    fsdp: str | None = _cli(None, nargs="?", const=True)
+    fsdp_config: dict[str, Any] | str | None = None
+    deepspeed: dict[str, Any] | str | None = None
+    debug: str | list[str] = ""
+    skip_memory_metrics: bool = True
+    do_train: bool = False
+    do_eval: bool = False
+    do_predict: bool = False
     resume_from_checkpoint: str | None = None
     resume_only_model: bool = False
     """Resume from a checkpoint that lacks the optimizer, scheduler or RNG files (one written
@@ -108,34 +197,10 @@ class TrainingArguments:
     optimizer and learning-rate schedule afresh. Without it such a resume is an error, since the
     run would silently diverge from the one that wrote the checkpoint. Not a Hugging Face field
     (Hugging Face skips the missing files without a word); named after ``save_only_model``."""
-    include_num_input_tokens_seen: str | bool = "no"
-    skip_memory_metrics: bool = True
-    use_cpu: bool = False
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_token: str | None = None
+    local_rank: int = -1
 
     def __post_init__(self) -> None:
-        raw_dir: object = self.output_dir
-        if raw_dir is None:  # Hugging Face's own default spelling
-            raw_dir = "trainer_output"
-        if not isinstance(raw_dir, str | os.PathLike) or not os.fspath(raw_dir):
-            raise ConfigurationError(f"output_dir must be a non-empty path, got {raw_dir!r}.")
-        self.output_dir = os.path.expanduser(os.fspath(raw_dir))
-        self.logging_strategy = _plain(self.logging_strategy)
-        self.eval_strategy = _plain(self.eval_strategy)
-        self.save_strategy = _plain(self.save_strategy)
-        self.lr_scheduler_type = _plain(self.lr_scheduler_type)
-        self.optim = _plain(self.optim)
-        self.report_to = _plain(self.report_to)
-        if isinstance(self.include_num_input_tokens_seen, bool):
-            self.include_num_input_tokens_seen = (
-                "all" if self.include_num_input_tokens_seen else "no"
-            )
-        if self.disable_tqdm is None:
-            # Same rule as Hugging Face: a logger quieter than WARNING means "no progress bars".
-            self.disable_tqdm = logging.getLogger("trainer").getEffectiveLevel() > logging.WARNING
-        _validate(self)
+        settle(self)
 
     def __repr__(self) -> str:
         # Arguments end up in logs and tracebacks: never show a secret there.
@@ -151,14 +216,23 @@ class TrainingArguments:
             value = getattr(self, field.name)
             if is_secret(field.name) and value is not None:
                 value = f"<{field.name.upper()}>"
-            elif isinstance(value, list):
-                value = list(value)
+            elif isinstance(value, list | dict):
+                value = json.loads(json.dumps(value, default=str))  # a copy, plain all the way
             out[field.name] = value
         return out
 
     def to_json_string(self) -> str:
         """The arguments as indented JSON, as Hugging Face writes ``training_args`` text."""
         return json.dumps(self.to_dict(), indent=2)
+
+    def to_sanitized_dict(self) -> dict[str, Any]:
+        """Flat scalars for hyperparameter views (TensorBoard's hparams): others as text."""
+        data = {
+            **self.to_dict(),
+            "train_batch_size": self.train_batch_size,
+            "eval_batch_size": self.eval_batch_size,
+        }
+        return {k: v if type(v) in _SANITIZED_TYPES else str(v) for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingArguments:
@@ -203,6 +277,18 @@ class TrainingArguments:
         return _world.local_rank()
 
     @property
+    def parallel_mode(self) -> enum.Enum:
+        """``DISTRIBUTED`` under ``torchrun`` with several processes, else ``NOT_PARALLEL``.
+
+        transformers' ``ParallelMode`` is a plain enum, equal only to its own members; a callback
+        comparing with it gets transformers' member when transformers is loaded (nothing is
+        imported for it), ours otherwise.
+        """
+        mode = ParallelMode.DISTRIBUTED if self.world_size > 1 else ParallelMode.NOT_PARALLEL
+        theirs = getattr(sys.modules.get("transformers.training_args"), "ParallelMode", None)
+        return getattr(theirs, mode.name, mode)
+
+    @property
     def should_log(self) -> bool:
         """Whether this process writes logs: local zero per node, or only world zero."""
         if self.log_on_each_node:
@@ -225,213 +311,50 @@ class TrainingArguments:
             return torch.device("cpu")
         return torch.device("cuda", self.local_process_index)
 
+    @property
+    def place_model_on_device(self) -> bool | None:
+        """``None``: the Trainer decides (transformers' hook for integrations that place it)."""
+        return None
+
+    @property
+    def ddp_timeout_delta(self) -> timedelta:
+        """``ddp_timeout`` as the ``timedelta`` torch's process group takes."""
+        return timedelta(seconds=self.ddp_timeout)
+
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """Warm-up length in updates: ``warmup_steps`` when >= 1, else that ratio of the run."""
         if self.warmup_steps >= 1:
             return int(self.warmup_steps)
         return math.ceil(num_training_steps * self.warmup_steps)
 
+    def get_process_log_level(self) -> int:
+        """The ``logging`` level for this process: ``log_level`` where ``should_log``, else
+        ``log_level_replica``; ``"passive"`` leaves the level trainbus's logger has."""
+        level = LOG_LEVELS[self.log_level if self.should_log else self.log_level_replica]
+        return logging.getLogger("trainbus").getEffectiveLevel() if level < 0 else level
 
-# --- validation -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def main_process_first(self, local: bool = True, desc: str = "work") -> Iterator[None]:
+        """Run the block on the main process first, then on the others (a cached ``map``).
 
+        Args:
+            local: main process of each node (``True``) or of the whole job only.
+            desc: what the block does; kept for transformers' signature.
+        """
+        del desc  # transformers only logs it
+        if self.world_size <= 1:
+            yield
+            return
+        import torch.distributed as dist
 
-def _validate(args: TrainingArguments) -> None:
-    """Check every field once, filling in Hugging Face's derived defaults along the way."""
-    _check_flags(args)
-    _check_choice("logging_strategy", args.logging_strategy, LOGGING_STRATEGIES)
-    _check_choice("eval_strategy", args.eval_strategy, LOGGING_STRATEGIES)
-    _check_choice("save_strategy", args.save_strategy, SAVE_STRATEGIES)
-    _check_choice("lr_scheduler_type", args.lr_scheduler_type, SCHEDULER_TYPES)
-    _check_choice("optim", args.optim, OPTIMIZERS)
-    _check_choice(
-        "include_num_input_tokens_seen", args.include_num_input_tokens_seen, TOKEN_COUNTING
-    )
-    _check_sizes(args)
-    _check_optimizer(args)
-    _check_warmup(args)
-    _check_intervals(args)
-    _check_best_model(args)
-    _check_report_to(args.report_to)
-    if args.eval_strategy != "no":
-        args.do_eval = True
+        from trainbus.trainer._distributed import Distributed
 
-
-def _check_flags(args: TrainingArguments) -> None:
-    """Yes/no fields must be real booleans: a TOML string "false" would otherwise read as true."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        optional = field.type == "bool | None"
-        if (field.type == "bool" or optional) and not isinstance(value, bool):
-            if optional and value is None:
-                continue
-            raise ConfigurationError(f"{field.name} must be true or false, got {value!r}.")
-
-
-def _check_choice(name: str, value: object, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        choices = ", ".join(repr(v) for v in valid)
-        raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}.")
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
-def _check_number(name: str, value: object, minimum: float) -> None:
-    """A finite number: ``inf`` would train NaNs (a learning rate) or never end (epochs)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not value >= minimum
-    ):
-        raise ConfigurationError(f"{name} must be a finite number >= {minimum}, got {value!r}.")
-
-
-def _check_sizes(args: TrainingArguments) -> None:
-    _check_int("per_device_train_batch_size", args.per_device_train_batch_size, 1)
-    _check_int("per_device_eval_batch_size", args.per_device_eval_batch_size, 1)
-    _check_int("gradient_accumulation_steps", args.gradient_accumulation_steps, 1)
-    _check_int("dataloader_num_workers", args.dataloader_num_workers, 0)
-    _check_int("seed", args.seed, 0)
-    _check_number("num_train_epochs", args.num_train_epochs, 0)
-    if isinstance(args.max_steps, bool) or not isinstance(args.max_steps, int):
-        raise ConfigurationError(f"max_steps must be an integer, got {args.max_steps!r}.")
-    if args.max_steps == 0 or args.max_steps < -1:
-        raise ConfigurationError(
-            "max_steps must be a positive number of optimizer updates, or -1 to train for "
-            f"num_train_epochs, got {args.max_steps}."
-        )
-    if args.save_total_limit is not None:
-        _check_int("save_total_limit", args.save_total_limit, 1)
-
-
-def _check_optimizer(args: TrainingArguments) -> None:
-    _check_number("learning_rate", args.learning_rate, 0)
-    _check_number("weight_decay", args.weight_decay, 0)
-    _check_number("adam_epsilon", args.adam_epsilon, 0)
-    _check_number("max_grad_norm", args.max_grad_norm, 0)
-    for name in ("adam_beta1", "adam_beta2"):
-        value = getattr(args, name)
-        _check_number(name, value, 0)
-        if value >= 1:
-            raise ConfigurationError(f"{name} must be in [0, 1), got {value!r}.")
-
-
-def _check_warmup(args: TrainingArguments) -> None:
-    if args.warmup_ratio is not None:
-        _check_number("warmup_ratio", args.warmup_ratio, 0)
-        if args.warmup_ratio > 1:
-            raise ConfigurationError(f"warmup_ratio must be in [0, 1], got {args.warmup_ratio}.")
-        if args.warmup_steps:
-            raise ConfigurationError(
-                "Set either warmup_steps or warmup_ratio, not both "
-                f"(got warmup_steps={args.warmup_steps}, warmup_ratio={args.warmup_ratio})."
-            )
-        warnings.warn(
-            "warmup_ratio is deprecated; pass the ratio as warmup_steps (a float below 1).",
-            FutureWarning,
-            stacklevel=4,
-        )
-        args.warmup_steps = args.warmup_ratio
-    args.warmup_steps = _interval("warmup_steps", args.warmup_steps, required=False)
-
-
-def _interval(name: str, value: object, *, required: bool) -> float:
-    """An interval in steps: a ratio of the run below 1, else a whole number of updates."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not value >= 0
-    ):
-        raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}.")
-    if required and value == 0:
-        raise ConfigurationError(
-            f"{name} must be > 0 with the 'steps' strategy (a ratio of the run below 1, or a "
-            "whole number of updates), got 0."
-        )
-    if value > 1:
-        if value != int(value):
-            raise ConfigurationError(f"{name} must be a whole number when above 1, got {value}.")
-        return int(value)
-    return value
-
-
-def _check_intervals(args: TrainingArguments) -> None:
-    steps = "steps"
-    args.logging_steps = _interval(
-        "logging_steps", args.logging_steps, required=args.logging_strategy == steps
-    )
-    args.save_steps = _interval("save_steps", args.save_steps, required=args.save_strategy == steps)
-    _check_number("eval_delay", args.eval_delay, 0)
-    if args.eval_strategy == steps and not args.eval_steps:
-        if args.eval_steps is not None and args.eval_steps < 0:
-            raise ConfigurationError(f"eval_steps must be a number >= 0, got {args.eval_steps}.")
-        if not args.logging_steps:
-            raise ConfigurationError(
-                "eval_strategy 'steps' needs a non-zero eval_steps, or a non-zero logging_steps "
-                "to copy it from."
-            )
-        args.eval_steps = args.logging_steps
-    if args.eval_steps is not None:
-        args.eval_steps = _interval(
-            "eval_steps", args.eval_steps, required=args.eval_strategy == steps
-        )
-
-
-def _check_best_model(args: TrainingArguments) -> None:
-    if args.load_best_model_at_end:
-        _check_best_model_strategies(args)
-    if args.save_strategy == "best" and args.eval_strategy == "no":
-        raise ConfigurationError(
-            "save_strategy 'best' saves after evaluations, so eval_strategy must be 'steps' or "
-            "'epoch', got 'no'."
-        )
-    if (args.load_best_model_at_end or args.save_strategy == "best") and (
-        args.metric_for_best_model is None
-    ):
-        args.metric_for_best_model = "loss"
-    if args.metric_for_best_model is not None and args.greater_is_better is None:
-        args.greater_is_better = not args.metric_for_best_model.endswith("loss")
-
-
-def _check_best_model_strategies(args: TrainingArguments) -> None:
-    if args.save_strategy == "best":
-        return
-    if args.eval_strategy != args.save_strategy:
-        raise ConfigurationError(
-            "load_best_model_at_end needs save_strategy to equal eval_strategy (or to be 'best'), "
-            f"got save_strategy={args.save_strategy!r} and eval_strategy={args.eval_strategy!r}."
-        )
-    if args.eval_strategy == "no":
-        raise ConfigurationError(
-            "load_best_model_at_end needs evaluations: set eval_strategy and save_strategy to "
-            "'steps' or 'epoch' (or save_strategy to 'best'), got 'no'."
-        )
-    if args.eval_strategy != "steps":
-        return
-    save, every = args.save_steps, args.eval_steps or 0
-    if (save < 1) != (every < 1):
-        raise ConfigurationError(
-            "load_best_model_at_end needs save_steps to be a multiple of eval_steps, which cannot "
-            f"be guaranteed when one is a ratio and the other is not (save_steps={save}, "
-            f"eval_steps={every})."
-        )
-    scale = 1 if save >= 1 else 1_000_000  # ratios: compare in millionths, not in floats
-    if round(save * scale) % max(1, round(every * scale)) != 0:
-        raise ConfigurationError(
-            "load_best_model_at_end needs save_steps to be a multiple of eval_steps, got "
-            f"save_steps={save} and eval_steps={every}."
-        )
-
-
-def _check_report_to(value: object) -> None:
-    if isinstance(value, str):
-        return
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return
-    raise ConfigurationError(
-        f"report_to must be 'all', 'none', an integration name, or a list of names, got {value!r}."
-    )
+        Distributed(self.world_size, self.process_index, self.device).setup()
+        is_main = (self.local_process_index if local else self.process_index) == 0
+        if not is_main:
+            dist.barrier()  # wait until the main process has done the work
+        try:
+            yield
+        finally:
+            if is_main:
+                dist.barrier()  # release the others

@@ -83,6 +83,7 @@ from trainbus.trainer._rng import set_seed
 from trainbus.trainer._run_info import check_arguments, run_config
 from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
+from trainbus.trainer._support import RefusesUnsupportedMethods
 
 __all__ = ["Trainer"]
 
@@ -92,7 +93,7 @@ T = TypeVar("T")
 Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
 
 
-class Trainer:
+class Trainer(RefusesUnsupportedMethods):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
     Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs instead of the one

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import warnings
 from typing import Any
 
 import pytest
 
 from trainbus.bus._errors import ConfigurationError
-from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._arguments import ParallelMode, TrainingArguments
+from trainbus.trainer._support import DEFAULT_EXCEPTIONS, FIELDS
 
 
 def test_defaults_follow_hugging_face() -> None:
@@ -61,6 +64,9 @@ def test_warmup_steps_or_ratio() -> None:
     with pytest.warns(FutureWarning):
         legacy = TrainingArguments(warmup_ratio=0.1)
     assert legacy.get_warmup_steps(95) == 10
+    # Folded into warmup_steps, so a copy (from_dict, dataclasses.replace) does not set both.
+    assert (legacy.warmup_steps, legacy.warmup_ratio) == (0.1, None)
+    assert TrainingArguments.from_dict(legacy.to_dict()) == legacy
 
 
 def test_to_dict_is_json_ready_and_redacts_secrets() -> None:
@@ -232,3 +238,378 @@ def test_valid_best_model_combinations() -> None:
         load_best_model_at_end=True, eval_strategy="epoch", save_strategy="best"
     )
     assert best.metric_for_best_model == "loss"
+
+
+# --- against the installed transformers -------------------------------------------------------
+
+TO_DICT_EXCEPTIONS = {
+    # report_to: our default is "all", kept raw (transformers resolves "none" to []).
+    "report_to": ("all", []),
+    # A secret is masked only when set (transformers writes "<HUB_TOKEN>" for None).
+    "hub_token": (None, "<HUB_TOKEN>"),
+    # Refused (no Accelerate): transformers turns None into Accelerate's defaults.
+    "accelerator_config": (
+        None,
+        {
+            "split_batches": False,
+            "dispatch_batches": None,
+            "even_batches": True,
+            "use_seedable_sampler": True,
+            "non_blocking": False,
+            "gradient_accumulation_kwargs": None,
+        },
+    ),
+}
+"""The documented differences of ``to_dict()`` with default arguments (docs/compatibility.md)."""
+
+
+def _both(**kwargs: Any) -> tuple[Any, TrainingArguments]:
+    transformers = pytest.importorskip("transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return transformers.TrainingArguments(**kwargs), TrainingArguments(**kwargs)
+
+
+def _differences(theirs: Any, ours: TrainingArguments) -> dict[str, tuple[Any, Any]]:
+    """Fields whose ``to_dict()`` values differ, as (ours, theirs)."""
+    mine, their = ours.to_dict(), theirs.to_dict()
+    assert set(mine) - set(their) == {"warmup_ratio", "resume_only_model"}
+    return {k: (mine[k], v) for k, v in their.items() if mine[k] != v}
+
+
+def test_default_arguments_equal_transformers() -> None:
+    """With no arguments, every field and derived value is transformers', bar the documented."""
+    theirs, ours = _both()
+    assert _differences(theirs, ours) == TO_DICT_EXCEPTIONS
+    assert ours.output_dir == theirs.output_dir == "trainer_output"
+    for name in (
+        "train_batch_size",
+        "eval_batch_size",
+        "n_gpu",
+        "world_size",
+        "process_index",
+        "local_process_index",
+        "should_log",
+        "should_save",
+        "parallel_mode",
+        "place_model_on_device",
+        "ddp_timeout_delta",
+        "device",
+    ):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.get_process_log_level() == theirs.get_process_log_level()
+    assert [ours.get_warmup_steps(n) for n in (0, 7, 100)] == [
+        theirs.get_warmup_steps(n) for n in (0, 7, 100)
+    ]
+    assert set(ours.to_sanitized_dict()) - set(theirs.to_sanitized_dict()) == {
+        "warmup_ratio",
+        "resume_only_model",
+    }
+
+
+def test_defaults_declared_in_the_table_are_transformers_own() -> None:
+    """The table's "transformers default" column (ours, or DEFAULT_EXCEPTIONS) is transformers'."""
+    transformers = pytest.importorskip("transformers")
+    theirs = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments)}
+    ours = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+    for name in FIELDS:
+        mine = DEFAULT_EXCEPTIONS.get(name, ours[name].default)
+        assert mine == theirs[name].default, name
+    assert ours["include_for_metrics"].default_factory() == []  # type: ignore[misc]
+
+
+DERIVED_CASES: list[dict[str, Any]] = [
+    {"eval_strategy": "steps", "logging_steps": 25},
+    {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True},
+    {"metric_for_best_model": "accuracy", "eval_strategy": "steps", "eval_steps": 0.25},
+    {"lr_scheduler_type": "reduce_lr_on_plateau", "eval_strategy": "epoch"},
+    {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": '{"use_reentrant": false}'},
+    {"activation_checkpointing": True, "gradient_checkpointing": False},
+    {"torch_compile_mode": "reduce-overhead", "use_cpu": True},
+    {"use_cpu": True, "dataloader_num_workers": 2, "dataloader_prefetch_factor": 4},
+    {"include_num_input_tokens_seen": True, "include_for_metrics": ["inputs", "loss"]},
+    {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": '{"min_lr": 1e-6}'},
+    {"warmup_steps": 0.1, "logging_steps": 20.0, "save_steps": 40.0, "output_dir": "~/runs/x"},
+    {"optim": "sgd", "seed": 7, "data_seed": 3, "label_names": ["y"], "full_determinism": True},
+    {"fsdp": "", "debug": ""},
+]
+
+
+@pytest.mark.parametrize("kwargs", DERIVED_CASES)
+def test_derived_values_equal_transformers(kwargs: dict[str, Any]) -> None:
+    """What __post_init__ derives (eval_steps, metric, aliases, compile backend ...) matches."""
+    theirs, ours = _both(**kwargs)
+    assert _differences(theirs, ours) == TO_DICT_EXCEPTIONS
+
+
+SAME_FAILURES: list[tuple[dict[str, Any], str]] = [
+    ({"fp16": True, "bf16": True, "use_cpu": True}, "fp16 and bf16"),
+    ({"fp16_full_eval": True, "bf16_full_eval": True, "use_cpu": True}, "fp16_full_eval"),
+    ({"load_best_model_at_end": True, "eval_strategy": "steps", "save_strategy": "epoch"}, "load"),
+    (
+        {"load_best_model_at_end": True, "eval_strategy": "steps", "eval_steps": 30},
+        "save_steps to be a multiple of eval_steps",
+    ),
+    ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "lr_scheduler_type 'reduce_lr_on_plateau'"),
+    ({"lr_scheduler_type": "greedy"}, "lr_scheduler_type 'greedy'"),
+    ({"eval_strategy": "step"}, "eval_strategy must be one of"),
+    ({"save_strategy": "always"}, "save_strategy must be one of"),
+    ({"logging_strategy": "often"}, "logging_strategy must be one of"),
+    ({"lr_scheduler_type": "cosine_restarts"}, "lr_scheduler_type must be one of"),
+    ({"optim": "adam"}, "optim must be one of"),
+    ({"hub_strategy": "never"}, "hub_strategy must be one of"),
+    ({"logging_steps": 0}, "logging_steps must be > 0"),
+    ({"save_steps": 10.5}, "save_steps must be a whole number"),
+    ({"eval_strategy": "steps", "eval_steps": 7.5}, "eval_steps must be a whole number"),
+    (
+        {"eval_strategy": "steps", "logging_strategy": "no", "logging_steps": 0},
+        "eval_strategy 'steps' needs a non-zero eval_steps",
+    ),
+    ({"warmup_steps": -1}, "warmup_steps must be a finite number >= 0"),
+    ({"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor applies to worker"),
+    ({"torch_empty_cache_steps": 0}, "torch_empty_cache_steps"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), SAME_FAILURES)
+def test_transformers_refusals_are_ours(kwargs: dict[str, Any], message: str) -> None:
+    """Inputs transformers refuses are refused here too, with one line naming the field."""
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises(ValueError):
+        transformers.TrainingArguments(**kwargs)
+    with pytest.raises(ConfigurationError, match=message) as info:
+        TrainingArguments(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_bf16_and_tf32_need_the_hardware_transformers_asks_for() -> None:
+    """bf16 without bfloat16 hardware (and without use_cpu) or tf32 without Ampere is refused."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    utils = transformers.utils.import_utils
+    if not utils.is_torch_bf16_gpu_available():
+        with pytest.raises(ValueError):
+            transformers.TrainingArguments(bf16=True)
+        with pytest.raises(ConfigurationError, match=r"bf16=True needs a GPU .* use_cpu=True"):
+            TrainingArguments(bf16=True)
+    assert TrainingArguments(bf16=True, use_cpu=True).bf16
+    if not utils.is_torch_tf32_available():
+        with pytest.raises(ValueError):
+            transformers.TrainingArguments(tf32=True)
+        with pytest.raises(ConfigurationError, match=r"tf32=True needs an Ampere"):
+            TrainingArguments(tf32=True)
+    assert TrainingArguments(tf32=False).tf32 is False
+    assert torch.cuda.is_available() or TrainingArguments(bf16_full_eval=True, use_cpu=True)
+
+
+def test_transformers_string_enums_are_accepted_as_plain_strings() -> None:
+    """Every transformers str-enum field takes its enum members and stores their values."""
+    transformers = pytest.importorskip("transformers")
+    utils = transformers.trainer_utils
+    args = TrainingArguments(
+        lr_scheduler_type=utils.SchedulerType.COSINE_WITH_RESTARTS,
+        optim=transformers.training_args.OptimizerNames.ADAFACTOR,
+        hub_strategy=utils.HubStrategy.END,
+        logging_strategy=utils.IntervalStrategy.EPOCH,
+    )
+    assert (args.lr_scheduler_type, args.optim, args.hub_strategy) == (
+        "cosine_with_restarts",
+        "adafactor",
+        "end",
+    )
+    assert args.logging_strategy == utils.IntervalStrategy.EPOCH  # equal both ways
+    assert type(args.optim) is str
+
+
+def test_parallel_mode_compares_equal_to_transformers_member() -> None:
+    """A callback comparing args.parallel_mode with transformers' ParallelMode gets equality."""
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.training_args.ParallelMode
+    assert TrainingArguments().parallel_mode == theirs.NOT_PARALLEL
+    assert [m.value for m in ParallelMode] == [m.value for m in theirs]
+
+
+def test_scripts_parse_their_command_line_as_with_transformers() -> None:
+    """HfArgumentParser reads our dataclass from the same argv into the same values."""
+    transformers = pytest.importorskip("transformers")
+    argv = [
+        "--output_dir=out",
+        "--learning_rate=1e-3",
+        "--eval_strategy=steps",
+        "--eval_steps=5",
+        "--bf16",
+        "--use_cpu",
+        "--gradient_checkpointing",
+        '--lr_scheduler_kwargs={"num_cycles": 2}',
+        "--include_for_metrics",
+        "inputs",
+        "loss",
+        "--label_names=labels",
+        "--optim=sgd",
+        "--include_num_input_tokens_seen=true",
+        "--no_remove_unused_columns",
+        "--tf32=false",
+        "--log_level=info",
+        "--fsdp=",
+    ]
+    parsed = []
+    for cls in (transformers.TrainingArguments, TrainingArguments):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            (args,) = transformers.HfArgumentParser(cls).parse_args_into_dataclasses(argv)
+        parsed.append(args)
+    assert _differences(*parsed) == TO_DICT_EXCEPTIONS
+    # The parser rewrote the dataclass fields' types in place; our checks do not depend on them.
+    assert TrainingArguments(include_num_input_tokens_seen="all").include_num_input_tokens_seen
+    with pytest.raises(ConfigurationError, match=r"bf16 must be true or false, got 'true'"):
+        TrainingArguments(bf16="true")
+
+
+# --- new fields: checks and derived values -----------------------------------------------------
+
+
+def test_dict_fields_take_json_text_and_name_bad_text() -> None:
+    """lr_scheduler_kwargs (and the checkpointing kwargs) parse JSON text; bad text is named."""
+    args = TrainingArguments(lr_scheduler_kwargs='{"num_cycles": 3}')
+    assert args.lr_scheduler_kwargs == {"num_cycles": 3}
+    with pytest.raises(ConfigurationError, match=r"lr_scheduler_kwargs is not valid JSON"):
+        TrainingArguments(lr_scheduler_kwargs="{num_cycles: 3}")
+    with pytest.raises(ConfigurationError, match=r"activation_checkpointing_kwargs must be a dict"):
+        TrainingArguments(activation_checkpointing_kwargs="use_reentrant")
+
+
+def test_gradient_checkpointing_mirrors_activation_checkpointing() -> None:
+    """The deprecated names warn, feed the new ones, and then read the same value."""
+    with pytest.warns(FutureWarning, match="gradient_checkpointing is deprecated"):
+        old = TrainingArguments(gradient_checkpointing=True)
+    assert old.activation_checkpointing is True and old.gradient_checkpointing is True
+    new = TrainingArguments(activation_checkpointing=True, activation_checkpointing_kwargs={})
+    assert (new.gradient_checkpointing, new.gradient_checkpointing_kwargs) == (True, {})
+    assert TrainingArguments().gradient_checkpointing is False
+    assert TrainingArguments.from_dict(old.to_dict()) == old
+
+
+def test_process_log_level_follows_log_level_and_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_process_log_level: log_level where should_log, log_level_replica elsewhere."""
+    args = TrainingArguments(log_level="info", log_level_replica="error")
+    assert args.get_process_log_level() == logging.INFO
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert args.get_process_log_level() == logging.ERROR
+    with pytest.raises(ConfigurationError, match=r"log_level must be one of .*'passive'"):
+        TrainingArguments(log_level="loud")
+
+
+def test_to_sanitized_dict_holds_scalars_only() -> None:
+    """Hyperparameter views get scalars: lists and None as text, batch sizes added."""
+    data = TrainingArguments(label_names=["y"], use_cpu=True).to_sanitized_dict()
+    assert data["label_names"] == "['y']" and data["eval_steps"] == "None"
+    assert data["train_batch_size"] == 8
+    assert all(type(value) in (bool, int, float, str) for value in data.values())
+
+
+def test_main_process_first_runs_the_block_alone() -> None:
+    """In a single process main_process_first just runs the block."""
+    ran = []
+    with TrainingArguments().main_process_first(desc="tokenize"):
+        ran.append(True)
+    assert ran == [True]
+
+
+NEW_BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
+    ({"eval_accumulation_steps": 0}, r"eval_accumulation_steps must be an integer >= 1 or None"),
+    ({"data_seed": -1}, r"data_seed must be an integer >= 0 or None"),
+    ({"include_for_metrics": ["logits"]}, r"include_for_metrics entry must be one of 'inputs'"),
+    ({"label_names": "labels"}, r"label_names must be a list of strings"),
+    ({"train_sampling_strategy": "shuffled"}, r"train_sampling_strategy must be one of"),
+    ({"dataloader_multiprocessing_context": "thread"}, r"dataloader_multiprocessing_context"),
+    ({"optim_args": 3}, r"optim_args must be a string or None"),
+    ({"torch_compile": "yes"}, r"torch_compile must be true or false"),
+    ({"average_tokens_across_devices": None}, r"average_tokens_across_devices must be true"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), NEW_BAD_INPUTS)
+def test_new_fields_refuse_bad_values(kwargs: dict[str, Any], message: str) -> None:
+    """The fields added for transformers 5 parity name themselves when given a bad value."""
+    with pytest.raises(ConfigurationError, match=message):
+        TrainingArguments(**kwargs)
+
+
+# --- refused fields ---------------------------------------------------------------------------
+
+REFUSED_SAMPLES: dict[str, Any] = {
+    "optim_target_modules": ["attn"],
+    "label_smoothing_factor": 0.1,
+    "use_liger_kernel": True,
+    "liger_kernel_config": {"rope": True},
+    "use_cache": True,
+    "neftune_noise_alpha": 5.0,
+    "torch_empty_cache_steps": 10,
+    "auto_find_batch_size": True,
+    "trackio_space_id": "me/space",
+    "trackio_bucket_id": "me/bucket",
+    "trackio_static_space_id": False,
+    "eval_use_gather_object": True,
+    "enable_jit_checkpoint": True,
+    "push_to_hub": True,
+    "ignore_data_skip": True,
+    "accelerator_config": {"split_batches": True},
+    "parallelism_config": object(),
+    "ddp_find_unused_parameters": False,
+    "ddp_bucket_cap_mb": 25,
+    "ddp_broadcast_buffers": False,
+    "ddp_static_graph": True,
+    "ddp_backend": "gloo",
+    "ddp_timeout": 60,
+    "fsdp": "full_shard",
+    "fsdp_config": {"min_num_params": 1},
+    "deepspeed": "ds_config.json",
+    "debug": "underflow_overflow",
+    "skip_memory_metrics": False,
+}
+"""A non-default value for every field the registry refuses."""
+
+
+def test_every_refused_field_has_a_sample() -> None:
+    """REFUSED_SAMPLES covers exactly the refused fields, so each is tested below."""
+    refused = {name for name, support in FIELDS.items() if support.status == "refused"}
+    assert set(REFUSED_SAMPLES) == refused
+
+
+@pytest.mark.parametrize(("name", "value"), REFUSED_SAMPLES.items(), ids=list(REFUSED_SAMPLES))
+def test_refused_field_raises_one_line_naming_it(name: str, value: Any) -> None:
+    """A refused field set away from its default raises one line naming it and the table."""
+    with pytest.raises(ConfigurationError) as info:
+        TrainingArguments(**{name: value})
+    message = str(info.value)
+    assert message.startswith(
+        f"{name} is not supported by trainbus yet; see docs/compatibility.md (got {value!r}"
+    )
+    assert "\n" not in message and isinstance(info.value, ValueError)
+
+
+def test_refused_fields_at_their_default_are_accepted() -> None:
+    """Passing a refused field's default (or, for fsdp/debug, an empty value) is fine."""
+    args = TrainingArguments(
+        push_to_hub=False, ddp_timeout=1800, skip_memory_metrics=True, fsdp="", debug=[]
+    )
+    assert args.debug == [] and args.fsdp == ""
+
+
+def test_push_to_hub_says_it_is_planned() -> None:
+    """push_to_hub=True is refused until the push destination exists, and says so."""
+    with pytest.raises(ConfigurationError, match=r"push_to_hub is not supported .* operations"):
+        TrainingArguments(push_to_hub=True, hub_model_id="me/model")
+    assert TrainingArguments(hub_model_id="me/model").hub_model_id == "me/model"
+
+
+def test_optimizers_beyond_torch_are_refused_naming_the_value() -> None:
+    """A transformers optimizer name trainbus does not build is refused naming it."""
+    for name in ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop"):
+        assert TrainingArguments(optim=name).optim == name
+    with pytest.raises(ConfigurationError) as info:
+        TrainingArguments(optim="adamw_bnb_8bit")
+    assert str(info.value).startswith(
+        "optim='adamw_bnb_8bit' is not supported by trainbus yet; see docs/compatibility.md "
+        "(supported: 'adamw_torch'"
+    )

@@ -33,7 +33,7 @@ def test_default_is_fused_adamw_and_plain_adamw_on_request(tmp_path: Path) -> No
 def test_an_unknown_optimizer_names_the_field(tmp_path: Path) -> None:
     """Anything else is refused before training, with the accepted names."""
     with pytest.raises(ConfigurationError, match=r"optim.*adamw_torch_fused"):
-        TrainingArguments(output_dir=str(tmp_path), optim="sgd")
+        TrainingArguments(output_dir=str(tmp_path), optim="adamw_bnb_8bit")
 
 
 def test_without_a_fused_kernel_it_falls_back_to_plain_adamw(
