@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -613,3 +614,41 @@ def test_optimizers_beyond_torch_are_refused_naming_the_value() -> None:
         "optim='adamw_bnb_8bit' is not supported by trainbus yet; see docs/compatibility.md "
         "(supported: 'adamw_torch'"
     )
+
+
+# --- a whole script, both Trainers --------------------------------------------------------------
+
+
+def test_a_command_line_script_trains_the_same_on_both_trainers(tmp_path: Path) -> None:
+    """HfArgumentParser + main_process_first + get_process_log_level: same arguments, same run."""
+    pytest.importorskip("transformers")
+    from tests.support.hf_differential import run_script
+
+    argv = [
+        f"--output_dir={tmp_path / 'out'}",
+        "--learning_rate=1e-3",
+        "--per_device_train_batch_size=8",
+        "--gradient_accumulation_steps=1",
+        "--num_train_epochs=2",
+        "--lr_scheduler_type=cosine",
+        "--warmup_steps=0.25",
+        "--logging_steps=1",
+        "--eval_strategy=steps",
+        "--eval_steps=2",
+        "--save_strategy=no",
+        "--seed=3",
+        "--use_cpu",
+        "--disable_tqdm=true",
+        "--log_level=info",
+        "--report_to=none",
+    ]
+    theirs = run_script("cli_arguments", "transformers", tmp_path / "hf", ARGV=argv)
+    ours = run_script("cli_arguments", "trainbus", tmp_path / "tb", ARGV=argv)
+    assert ours["global_step"] == theirs["global_step"] == 12
+    assert ours["losses"] == pytest.approx(theirs["losses"], rel=1e-5)
+    assert ours["eval_losses"] == pytest.approx(theirs["eval_losses"], rel=1e-5)
+    assert ours["learning_rates"] == pytest.approx(theirs["learning_rates"], rel=1e-5)
+    mine, their = ours["arguments"], theirs["arguments"]
+    differing = {k: (mine[k], v) for k, v in their.items() if mine[k] != v}
+    assert differing == {k: TO_DICT_EXCEPTIONS[k] for k in ("hub_token", "accelerator_config")}
+    assert ours["log_level"] == theirs["log_level"] == logging.INFO
