@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Final
 from trainbus.bus import _world
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._secrets import is_secret
+from trainbus.trainer._optim_arguments import IMPLEMENTED_OPTIMIZERS as OPTIMIZERS
+from trainbus.trainer._optim_arguments import SCHEDULER_TYPES, check_optimization_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -41,9 +43,6 @@ __all__ = [
 LOGGING_STRATEGIES: Final = ("no", "steps", "epoch")
 """Valid values of ``logging_strategy`` and ``eval_strategy``."""
 SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
-SCHEDULER_TYPES: Final = ("linear", "cosine", "constant", "constant_with_warmup")
-OPTIMIZERS: Final = ("adamw_torch_fused", "adamw_torch")
-"""Valid values of ``optim``: torch's AdamW, fused (Hugging Face v5's default) or not."""
 TOKEN_COUNTING: Final = ("all", "non_padding", "no")
 """Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
 
@@ -73,7 +72,9 @@ class TrainingArguments:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch_fused"
+    optim_args: str | None = None
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] | str | None = None
     warmup_steps: float = 0
     warmup_ratio: float | None = None
     logging_strategy: str = "steps"
@@ -243,6 +244,7 @@ def _validate(args: TrainingArguments) -> None:
     _check_choice("save_strategy", args.save_strategy, SAVE_STRATEGIES)
     _check_choice("lr_scheduler_type", args.lr_scheduler_type, SCHEDULER_TYPES)
     _check_choice("optim", args.optim, OPTIMIZERS)
+    check_optimization_arguments(args)
     _check_choice(
         "include_num_input_tokens_seen", args.include_num_input_tokens_seen, TOKEN_COUNTING
     )
