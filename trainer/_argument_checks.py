@@ -24,6 +24,11 @@ import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._optim_arguments import (
+    METRIC_SCHEDULERS,
+    SCHEDULER_TYPES,
+    check_optimization_arguments,
+)
 from trainbus.trainer._support import FIELDS, refusal
 
 if TYPE_CHECKING:
@@ -46,23 +51,6 @@ __all__ = [
 LOGGING_STRATEGIES: Final = ("no", "steps", "epoch")
 """Valid values of ``logging_strategy`` and ``eval_strategy``."""
 SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
-SCHEDULER_TYPES: Final = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "reduce_lr_on_plateau",
-    "cosine_with_min_lr",
-    "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
-    "greedy",
-)
-"""transformers' ``SchedulerType`` values, all valid for ``lr_scheduler_type``."""
-_NEEDS_EVALUATION: Final = ("reduce_lr_on_plateau", "greedy")
-"""Schedules that follow an evaluation metric."""
 OPTIMIZER_NAMES: Final = (
     "adamw_torch",
     "adamw_torch_fused",
@@ -126,11 +114,11 @@ SAMPLING_STRATEGIES: Final = ("random", "sequential", "group_by_length", "batch_
 START_METHODS: Final = ("fork", "spawn", "forkserver")
 _METRICS_INPUTS: Final = ("inputs", "loss")
 _DICT_FIELDS: Final = (
-    "lr_scheduler_kwargs",
     "activation_checkpointing_kwargs",
     "gradient_checkpointing_kwargs",
 )
-"""Implemented fields that take a dict, or its JSON text (from a command line)."""
+"""Implemented fields that take a dict, or its JSON text (from a command line);
+``lr_scheduler_kwargs`` is read with the schedules' own rules (``_optim_arguments``)."""
 _ENUM_FIELDS: Final = (
     "logging_strategy",
     "eval_strategy",
@@ -404,12 +392,7 @@ def _check_optimizer(args: TrainingArguments) -> None:
         _check_number(name, value, 0)
         if value >= 1:
             raise ConfigurationError(f"{name} must be in [0, 1), got {value!r}.")
-    _check_text("optim_args", args.optim_args)
-    if args.lr_scheduler_type in _NEEDS_EVALUATION and args.eval_strategy == "no":
-        raise ConfigurationError(
-            f"lr_scheduler_type {args.lr_scheduler_type!r} follows an evaluation metric, so "
-            "eval_strategy must be 'steps' or 'epoch', got 'no'."
-        )
+    check_optimization_arguments(args)
 
 
 def _check_warmup(args: TrainingArguments) -> None:
@@ -467,7 +450,7 @@ def _check_best_model(args: TrainingArguments) -> None:
             "save_strategy 'best' saves after evaluations, so eval_strategy must be 'steps' or "
             "'epoch', got 'no'."
         )
-    follows_metric = args.save_strategy == "best" or args.lr_scheduler_type in _NEEDS_EVALUATION
+    follows_metric = args.save_strategy == "best" or args.lr_scheduler_type in METRIC_SCHEDULERS
     if (args.load_best_model_at_end or follows_metric) and args.metric_for_best_model is None:
         args.metric_for_best_model = "loss"
     if args.metric_for_best_model is not None and args.greater_is_better is None:

@@ -27,7 +27,7 @@ returned control the trainer keeps.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
 from trainbus.trainer._resume import exportable_objects, load_state, warn_overridden_arguments
 from trainbus.trainer._rng import capture_rng_state, restore_rng_state
 from trainbus.trainer._run_info import record_best
+from trainbus.trainer._schedules import step_on_metric, steps_on_metric
 from trainbus.trainer._state import TrainerState, restore_callback_states
 
 if TYPE_CHECKING:
@@ -90,6 +91,11 @@ class TrainingLoop:
         self.count_flos = getattr(self.model, "floating_point_ops", None)
         self.optimizer: torch.optim.Optimizer
         self.lr_scheduler: LRScheduler
+        self.schedule_on_metric = False
+        """Whether the schedule steps after evaluations (on the metric), not after updates."""
+        self.step_schedule: Callable[[], object] = _no_step
+        """What runs after each update: ``lr_scheduler.step``, or nothing when the schedule
+        steps on the metric (chosen once in ``_prepare``, so no per-step test)."""
         self.saved_step = -1
         """``global_step`` of the last checkpoint this run wrote (a stop signal saves once)."""
 
@@ -163,6 +169,8 @@ class TrainingLoop:
                 "unset; an override must set both."
             )
         self.optimizer, self.lr_scheduler = trainer.optimizer, trainer.lr_scheduler
+        self.schedule_on_metric = steps_on_metric(self.lr_scheduler)
+        self.step_schedule = _no_step if self.schedule_on_metric else self.lr_scheduler.step
         if checkpoint is not None and not args.resume_only_model:
             ckpt.load_optimizer_and_scheduler(
                 checkpoint, self.optimizer, self.lr_scheduler, self.device
@@ -275,7 +283,7 @@ class TrainingLoop:
         trainer._mark(OptimizerStep)
         trainer.control = handler.on_optimizer_step(args, trainer.state, trainer.control)
         self.learning_rate = float(self.lr_scheduler.get_last_lr()[0])
-        self.lr_scheduler.step()
+        self.step_schedule()
         _clear_grads(self.model, params)
         state = trainer.state
         state.global_step += 1
@@ -339,7 +347,11 @@ class TrainingLoop:
     def _evaluate_during_training(self, *, track_best: bool) -> bool:
         """Evaluate every eval set; returns whether the tracked metric reached a new best."""
         trainer = self.trainer
-        return record_best(self.args, trainer.state, trainer.evaluate(), update=track_best)
+        metrics = trainer.evaluate()
+        is_new_best = record_best(self.args, trainer.state, metrics, update=track_best)
+        if track_best and self.schedule_on_metric:  # as in HF: not after eval_on_start
+            step_on_metric(self.lr_scheduler, self.args, metrics)
+        return is_new_best
 
     def _save_checkpoint(self) -> None:
         """Write ``checkpoint-<step>``, rotate old ones, publish ``Save`` and ``Artifact``."""
@@ -396,6 +408,10 @@ class TrainingLoop:
         trainer._publish(TrainEnd)
         trainer.control = self.handler.on_train_end(args, state, trainer.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)
+
+
+def _no_step() -> None:
+    """The per-update step of a schedule that steps on the evaluation metric instead."""
 
 
 def _clear_grads(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from trainbus.bus._errors import TrainbusError
+from trainbus.trainer._optim_arguments import IMPLEMENTED_OPTIMIZERS
 
 __all__ = [
     "ARGUMENTS_MEMBERS",
@@ -83,15 +84,8 @@ _HUB: Final = "read only when pushing to the Hub (push_to_hub is refused)"
 _DDP: Final = "a DistributedDataParallel option; torchrun runs use torch's defaults"
 _TRACKIO: Final = "no Trackio sink"
 
-OPTIMIZERS_IMPLEMENTED: Final = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adafactor",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-)
-"""The ``optim`` names trainbus builds: the ones torch itself provides an optimizer for."""
+OPTIMIZERS_IMPLEMENTED: Final = IMPLEMENTED_OPTIMIZERS
+"""The ``optim`` names trainbus builds (defined with the optimizers' own argument rules)."""
 
 FIELDS: Final[Mapping[str, Support]] = {
     "output_dir": _yes("None becomes 'trainer_output', as in transformers"),

@@ -16,11 +16,11 @@ control callbacks (the barrier) and keep the control they return. In order::
 Features live in their own modules: the training algorithm itself (``trainbus.trainer._loop``,
 one ``TrainingLoop`` per ``train()``, which calls back the overridable methods here), data
 loading (``trainbus.trainer._data``), run length and resume position (``trainbus.trainer._plan``),
-optimizer and schedules (``trainbus.trainer._optim``), files (``trainbus.trainer._checkpoint``),
-callback states (``trainbus.trainer._resume``), the prediction loop
-(``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The loss is
-summed on the device and read back only when a log entry is written, so steps that do not log
-never wait for the device.
+optimizers and schedules (``trainbus.trainer._optimizers``, ``_schedules``), files
+(``trainbus.trainer._checkpoint``), callback states (``trainbus.trainer._resume``), the prediction
+loop (``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The
+loss is summed on the device and read back only when a log entry is written, so steps that do
+not log never wait for the device.
 """
 
 from __future__ import annotations
@@ -76,11 +76,17 @@ from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
 from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
-from trainbus.trainer._optim import create_optimizer, create_scheduler
+from trainbus.trainer._optimizers import (
+    build_optimizer,
+    decay_parameter_names,
+    optimizer_cls_and_kwargs,
+    weight_groups,
+)
 from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
 from trainbus.trainer._run_info import check_arguments, run_config
+from trainbus.trainer._schedules import create_scheduler
 from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
 from trainbus.trainer._support import RefusesUnsupportedMethods
@@ -91,10 +97,15 @@ _now: Final = time.time
 
 T = TypeVar("T")
 Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
+OptimizerClsAndKwargs = tuple[Any, dict[str, Any]]
 
 
 class Trainer(RefusesUnsupportedMethods):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
+
+    ``optimizers`` hands in a built optimizer and/or schedule; ``optimizer_cls_and_kwargs`` an
+    optimizer class (or factory) and its keyword arguments, built over the weight-decay groups
+    instead of the one ``args.optim`` names. Not both: the second would be ignored.
 
     Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs instead of the one
     found by entry point (see ``trainbus.trainer._launcher``), and ``sinks`` adds sinks of the
@@ -112,6 +123,7 @@ class Trainer(RefusesUnsupportedMethods):
         compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None = None,
         callbacks: list[Any] | None = None,
         optimizers: Optimizers = (None, None),
+        optimizer_cls_and_kwargs: OptimizerClsAndKwargs | None = None,
         *,
         launcher: Launcher | None = None,
         sinks: Sequence[Sink] = (),
@@ -130,6 +142,12 @@ class Trainer(RefusesUnsupportedMethods):
         self.processing_class = processing_class
         self.compute_metrics = compute_metrics
         self.optimizer, self.lr_scheduler = optimizers
+        if optimizer_cls_and_kwargs is not None and self.optimizer is not None:
+            raise ConfigurationError(
+                "Trainer got both optimizers=(optimizer, ...) and optimizer_cls_and_kwargs; pass "
+                "one: the built optimizer would make the class and kwargs unused."
+            )
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.launcher = launcher
         self.sinks = list(sinks)
         """Extra sinks for this trainer's runs (besides ``report_to``), e.g. a user's own."""
@@ -314,24 +332,84 @@ class Trainer(RefusesUnsupportedMethods):
         )
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
-        """AdamW and the configured schedule, unless given through ``optimizers=``."""
+        """The optimizer, then the schedule over ``num_training_steps`` (each unless given).
+
+        Override this, or ``create_optimizer`` / ``create_scheduler``, for other ones; the loop
+        calls it once per ``train()``, before ``on_train_begin``.
+        """
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Build ``self.optimizer`` unless it exists, and return it.
+
+        Args:
+            model: whose parameters to optimise; ``self.model`` by default.
+
+        The parameters form two groups (``get_decay_parameter_names`` get ``weight_decay``,
+        the others none); the class and its keyword arguments come from
+        ``optimizer_cls_and_kwargs`` (constructor argument) when given, else from
+        ``get_optimizer_cls_and_kwargs(args)``.
+        """
         if self.optimizer is None:
-            self.optimizer = create_optimizer(
-                self.model,
-                learning_rate=self.args.learning_rate,
-                weight_decay=self.args.weight_decay,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
-                fused=self.args.optim == "adamw_torch_fused",
+            target = self.model if model is None else model
+            groups = weight_groups(
+                target, self.get_decay_parameter_names(target), self.args.weight_decay
             )
+            optimizer_cls, kwargs = (
+                self.optimizer_cls_and_kwargs
+                if self.optimizer_cls_and_kwargs is not None
+                else self.get_optimizer_cls_and_kwargs(self.args, target)
+            )
+            self.optimizer = build_optimizer(target, optimizer_cls, kwargs, groups)
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> LRScheduler:
+        """Build ``self.lr_scheduler`` unless it exists, and return it.
+
+        Args:
+            num_training_steps: the run's length in optimizer steps (warm-up ratios apply to it).
+            optimizer: the optimizer to schedule; ``self.optimizer`` by default.
+        """
         if self.lr_scheduler is None:
+            target = optimizer if optimizer is not None else self.optimizer
+            if target is None:
+                raise RuntimeError(
+                    "create_scheduler() needs an optimizer: call create_optimizer() first or "
+                    "pass optimizer=."
+                )
             self.lr_scheduler = create_scheduler(
                 self.args.lr_scheduler_type,
-                self.optimizer,
+                target,
                 num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 num_training_steps=num_training_steps,
+                scheduler_kwargs=self.args.lr_scheduler_kwargs,
             )
             self._created_scheduler = True
+        return self.lr_scheduler
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(
+        args: TrainingArguments, model: nn.Module | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """The optimizer class ``args.optim`` names and its keyword arguments (``optim_args``
+        parsed), without the parameters.
+
+        Args:
+            args: the training arguments.
+            model: the model (Hugging Face's optimizers that need one are not implemented).
+        """
+        return optimizer_cls_and_kwargs(args)
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Names of ``model``'s parameters that get weight decay: all but biases and norms.
+
+        Args:
+            model: the model whose ``named_parameters()`` names are returned.
+        """
+        return decay_parameter_names(model)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         """The loss of one micro-batch under the Hugging Face model contract."""

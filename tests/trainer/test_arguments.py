@@ -351,8 +351,11 @@ SAME_FAILURES: list[tuple[dict[str, Any], str]] = [
         {"load_best_model_at_end": True, "eval_strategy": "steps", "eval_steps": 30},
         "save_steps to be a multiple of eval_steps",
     ),
-    ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "lr_scheduler_type 'reduce_lr_on_plateau'"),
-    ({"lr_scheduler_type": "greedy"}, "lr_scheduler_type 'greedy'"),
+    (
+        {"lr_scheduler_type": "reduce_lr_on_plateau"},
+        "lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation",
+    ),
+    ({"lr_scheduler_type": "greedy"}, "lr_scheduler_type='greedy' steps on an evaluation"),
     ({"eval_strategy": "step"}, "eval_strategy must be one of"),
     ({"save_strategy": "always"}, "save_strategy must be one of"),
     ({"logging_strategy": "often"}, "logging_strategy must be one of"),
@@ -441,6 +444,7 @@ def test_scripts_parse_their_command_line_as_with_transformers() -> None:
         "--bf16",
         "--use_cpu",
         "--gradient_checkpointing",
+        "--lr_scheduler_type=cosine_with_restarts",
         '--lr_scheduler_kwargs={"num_cycles": 2}',
         "--include_for_metrics",
         "inputs",
@@ -471,10 +475,11 @@ def test_scripts_parse_their_command_line_as_with_transformers() -> None:
 
 def test_dict_fields_take_json_text_and_name_bad_text() -> None:
     """lr_scheduler_kwargs (and the checkpointing kwargs) parse JSON text; bad text is named."""
-    args = TrainingArguments(lr_scheduler_kwargs='{"num_cycles": 3}')
+    restarts = "cosine_with_restarts"
+    args = TrainingArguments(lr_scheduler_type=restarts, lr_scheduler_kwargs='{"num_cycles": 3}')
     assert args.lr_scheduler_kwargs == {"num_cycles": 3}
     with pytest.raises(ConfigurationError, match=r"lr_scheduler_kwargs is not valid JSON"):
-        TrainingArguments(lr_scheduler_kwargs="{num_cycles: 3}")
+        TrainingArguments(lr_scheduler_type=restarts, lr_scheduler_kwargs="{num_cycles: 3}")
     with pytest.raises(ConfigurationError, match=r"activation_checkpointing_kwargs must be a dict"):
         TrainingArguments(activation_checkpointing_kwargs="use_reentrant")
 
@@ -612,7 +617,7 @@ def test_optimizers_beyond_torch_are_refused_naming_the_value() -> None:
         TrainingArguments(optim="adamw_bnb_8bit")
     assert str(info.value).startswith(
         "optim='adamw_bnb_8bit' is not supported by trainbus yet; see docs/compatibility.md "
-        "(supported: 'adamw_torch'"
+        "(supported: 'adamw_torch_fused'"
     )
 
 

@@ -16,8 +16,8 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
 from trainbus.trainer._data import EpochSampler, move_to_device
 from trainbus.trainer._launcher import LocalLauncher
-from trainbus.trainer._optim import create_scheduler
 from trainbus.trainer._plan import plan_run, resume_point
+from trainbus.trainer._schedules import create_scheduler
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 
@@ -42,10 +42,10 @@ def test_schedules_follow_hf_formulas() -> None:
 
 
 def test_unknown_schedule_is_a_configuration_error() -> None:
-    """A schedule name outside the four is refused with the valid names."""
+    """A schedule name outside Hugging Face's is refused with the valid names."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    with pytest.raises(ConfigurationError, match="linear, cosine"):
-        create_scheduler("polynomial", optimizer, num_warmup_steps=0, num_training_steps=2)
+    with pytest.raises(ConfigurationError, match="'linear', 'cosine'"):
+        create_scheduler("exponential", optimizer, num_warmup_steps=0, num_training_steps=2)
 
 
 def test_run_length_from_epochs_max_steps_and_iterables() -> None:
