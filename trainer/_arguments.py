@@ -114,6 +114,22 @@ class TrainingArguments:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_token: str | None = None
+    # Precision, activation checkpointing and compilation (see trainbus.trainer._precision and
+    # trainbus.trainer._model_setup for what each does).
+    bf16: bool = False
+    fp16: bool = False
+    bf16_full_eval: bool = False
+    fp16_full_eval: bool = False
+    tf32: bool | None = None
+    activation_checkpointing: bool | None = None
+    activation_checkpointing_kwargs: dict[str, Any] | None = None
+    gradient_checkpointing: bool | None = None
+    """Deprecated alias of ``activation_checkpointing`` (as in transformers 5); mirrors it."""
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    """Deprecated alias of ``activation_checkpointing_kwargs``; mirrors it."""
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
 
     def __post_init__(self) -> None:
         raw_dir: object = self.output_dir
@@ -252,6 +268,7 @@ def _validate(args: TrainingArguments) -> None:
     _check_intervals(args)
     _check_best_model(args)
     _check_report_to(args.report_to)
+    _check_precision(args)
     if args.eval_strategy != "no":
         args.do_eval = True
 
@@ -435,3 +452,36 @@ def _check_report_to(value: object) -> None:
     raise ConfigurationError(
         f"report_to must be 'all', 'none', an integration name, or a list of names, got {value!r}."
     )
+
+
+def _check_precision(args: TrainingArguments) -> None:
+    """Resolve the checkpointing aliases and the compile defaults as transformers does."""
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
+        if getattr(args, new) is None and getattr(args, old) is not None:
+            warnings.warn(
+                f"{old} is deprecated (as in transformers 5); use {new}.",
+                FutureWarning,
+                stacklevel=5,  # the caller of TrainingArguments(...)
+            )
+            setattr(args, new, getattr(args, old))
+        setattr(args, old, getattr(args, new))
+    if args.activation_checkpointing is None:
+        args.activation_checkpointing = args.gradient_checkpointing = False
+    for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        value = getattr(args, name)
+        if isinstance(value, str) and value.startswith("{"):  # from a command line or TOML
+            value = json.loads(value)
+            setattr(args, name, value)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigurationError(f"{name} must be a dict of keyword arguments, got {value!r}.")
+    for name in ("torch_compile_backend", "torch_compile_mode"):
+        value = getattr(args, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigurationError(f"{name} must be a non-empty name, got {value!r}.")
+    if args.torch_compile_backend is not None or args.torch_compile_mode is not None:
+        args.torch_compile = True
+    if args.torch_compile and args.torch_compile_backend is None:
+        args.torch_compile_backend = "inductor"
