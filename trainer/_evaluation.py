@@ -6,9 +6,11 @@ The contract is Hugging Face's: ``model(**batch)`` returns the loss as ``out["lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Final, NamedTuple
 
 import numpy as np
@@ -100,6 +102,12 @@ def _logits(outputs: Any, has_loss: bool) -> tuple[torch.Tensor, ...]:
     return tuple(value for value in values if isinstance(value, torch.Tensor))
 
 
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy; bfloat16 becomes float32, which NumPy can hold (as in transformers)."""
+    tensor = tensor.detach().cpu()
+    return tensor.float() if tensor.dtype == torch.bfloat16 else tensor
+
+
 def _concat(chunks: list[tuple[torch.Tensor, ...]]) -> Any:
     if not chunks or not chunks[0]:
         return None
@@ -117,8 +125,12 @@ def prediction_loop(
     compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None,
     nan_inf_filter: bool,
     after_batch: Callable[[], None],
+    forward_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> EvalLoopOutput:
-    """Run ``model`` over ``batches`` without gradients; ``after_batch`` fires the step event."""
+    """Run ``model`` over ``batches`` without gradients; ``after_batch`` fires the step event.
+
+    Each forward pass runs inside ``forward_context()`` (the trainer's autocast under bf16/fp16).
+    """
     model.eval()
     losses: list[torch.Tensor] = []
     logits: list[tuple[torch.Tensor, ...]] = []
@@ -128,13 +140,14 @@ def prediction_loop(
         for raw in batches:
             batch = move_to_device(raw, device)
             has_labels = all(batch.get(name) is not None for name in label_names)
-            outputs = model(**batch)
+            with forward_context():
+                outputs = model(**batch)
             size = len(batch[label_names[0]]) if has_labels else 0
             if has_labels:
                 losses.append(extract_loss(outputs, batch).detach().float().reshape(1).cpu())
                 losses[-1] = losses[-1].repeat(size)
                 labels.append(batch[label_names[0]].detach().cpu())
-            logits.append(tuple(t.detach().cpu() for t in _logits(outputs, has_labels)))
+            logits.append(tuple(_to_host(t) for t in _logits(outputs, has_labels)))
             num_samples += size or (len(logits[-1][0]) if logits[-1] else 0)
             num_batches += 1
             after_batch()

@@ -54,7 +54,9 @@ from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches, move_to_device
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
 from trainbus.trainer._loss import LossSum
+from trainbus.trainer._model_setup import compile_model, enable_activation_checkpointing
 from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
+from trainbus.trainer._precision import Steppers
 from trainbus.trainer._resume import exportable_objects, load_state, warn_overridden_arguments
 from trainbus.trainer._rng import capture_rng_state, restore_rng_state
 from trainbus.trainer._run_info import record_best
@@ -93,9 +95,8 @@ class TrainingLoop:
         self.lr_scheduler: LRScheduler
         self.schedule_on_metric = False
         """Whether the schedule steps after evaluations (on the metric), not after updates."""
-        self.step_schedule: Callable[[], object] = _no_step
-        """What runs after each update: ``lr_scheduler.step``, or nothing when the schedule
-        steps on the metric (chosen once in ``_prepare``, so no per-step test)."""
+        self.steppers: Steppers
+        """Clip, optimizer step and schedule, through the scaler under ``fp16`` (``_prepare``)."""
         self.saved_step = -1
         """``global_step`` of the last checkpoint this run wrote (a stop signal saves once)."""
 
@@ -151,7 +152,10 @@ class TrainingLoop:
         if checkpoint is not None:
             ckpt.load_weights(self.model, checkpoint)
         self.dist.setup()
-        self.model_wrapped = trainer.model_wrapped = self.dist.wrap(self.model)
+        if args.activation_checkpointing:  # before the optimizer is built, as transformers does
+            enable_activation_checkpointing(self.model, args.activation_checkpointing_kwargs)
+        wrapped = compile_model(self.dist.wrap(self.model), args)  # compiled last, as accelerate
+        self.model_wrapped = trainer.model_wrapped = wrapped
         loader = trainer.get_train_dataloader()
         plan = plan_run(
             batches_per_epoch=len(loader) if has_length(trainer.train_dataset) else None,
@@ -170,7 +174,9 @@ class TrainingLoop:
             )
         self.optimizer, self.lr_scheduler = trainer.optimizer, trainer.lr_scheduler
         self.schedule_on_metric = steps_on_metric(self.lr_scheduler)
-        self.step_schedule = _no_step if self.schedule_on_metric else self.lr_scheduler.step
+        self.steppers = trainer.precision.steppers(self.optimizer, self.lr_scheduler)
+        if self.schedule_on_metric:  # chosen once: no per-step test
+            self.steppers = self.steppers._replace(schedule=_no_step)
         if checkpoint is not None and not args.resume_only_model:
             ckpt.load_optimizer_and_scheduler(
                 checkpoint, self.optimizer, self.lr_scheduler, self.device
@@ -262,10 +268,12 @@ class TrainingLoop:
         return self._forward_backward(inputs, window)
 
     def _forward_backward(self, inputs: dict[str, Any], window: int) -> torch.Tensor:
-        loss = self.trainer.compute_loss(self.model_wrapped, inputs)
+        trainer = self.trainer
+        with trainer.compute_loss_context_manager():  # autocast under bf16/fp16
+            loss = trainer.compute_loss(self.model_wrapped, inputs)
         if window > 1:
             loss = loss / window
-        loss.backward()  # type: ignore[no-untyped-call]  # torch's stub is untyped
+        trainer._backward(loss)  # scaled under fp16
         return loss.detach()
 
     def _optimizer_step(self, epoch: float) -> None:
@@ -276,14 +284,17 @@ class TrainingLoop:
         # walk it once and let clipping and zeroing share the list. A parameter a callback adds
         # in between has no gradient yet (it was not in this step's backward pass).
         params = list(self.model.parameters())
-        self.grad_norm = nn.utils.clip_grad_norm_(params, max_norm)
+        # Under fp16 these unscale before clipping, and a step the scaler skips (inf/NaN
+        # gradients) leaves the schedule where it was; global_step and the events go on.
+        clip, step, schedule = self.steppers
+        self.grad_norm = clip(params, max_norm)
         trainer._mark(PreOptimizerStep)
         trainer.control = handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
-        self.optimizer.step()
+        step()
         trainer._mark(OptimizerStep)
         trainer.control = handler.on_optimizer_step(args, trainer.state, trainer.control)
         self.learning_rate = float(self.lr_scheduler.get_last_lr()[0])
-        self.step_schedule()
+        schedule()
         _clear_grads(self.model, params)
         state = trainer.state
         state.global_step += 1

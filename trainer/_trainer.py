@@ -18,9 +18,10 @@ one ``TrainingLoop`` per ``train()``, which calls back the overridable methods h
 loading (``trainbus.trainer._data``), run length and resume position (``trainbus.trainer._plan``),
 optimizers and schedules (``trainbus.trainer._optimizers``, ``_schedules``), files
 (``trainbus.trainer._checkpoint``), callback states (``trainbus.trainer._resume``), the prediction
-loop (``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``). The
-loss is summed on the device and read back only when a log entry is written, so steps that do
-not log never wait for the device.
+loop (``trainbus.trainer._evaluation``), several ranks (``trainbus.trainer._distributed``), mixed
+precision (``trainbus.trainer._precision``), checkpointing, TF32 and compilation of the model
+(``trainbus.trainer._model_setup``). The loss is summed on the device and read back only when a
+log entry is written, so steps that do not log never wait for the device.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import functools
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -82,6 +84,8 @@ from trainbus.trainer._optimizers import (
     optimizer_cls_and_kwargs,
     weight_groups,
 )
+from trainbus.trainer._model_setup import check_model_setup, configure_tf32
+from trainbus.trainer._precision import Precision
 from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
@@ -132,6 +136,13 @@ class Trainer(RefusesUnsupportedMethods):
         check_arguments(self.args, eval_dataset)
         set_seed(self.args.seed)
         self.device: torch.device = self.args.device
+        # precision: switches and checks once, before anything runs (trainer/_precision.py)
+        configure_tf32(self.args)
+        check_model_setup(self.args, model)
+        self.precision = Precision.from_arguments(self.args, self.device)
+        """Autocast, (scaled) backward and the optimizer step for ``bf16``/``fp16``."""
+        self.is_in_train = False
+        """Whether ``train()`` is running (an ``evaluate()`` from a callback sees ``True``)."""
         self.model = model.to(self.device)
         self.model_wrapped: nn.Module = self.model
         """What forward/backward run through: ``self.model``, or its DDP wrapper in a group."""
@@ -415,11 +426,27 @@ class Trainer(RefusesUnsupportedMethods):
         """The loss of one micro-batch under the Hugging Face model contract."""
         return extract_loss(model(**inputs), inputs)
 
+    def compute_loss_context_manager(self) -> AbstractContextManager[Any]:
+        """The context a forward pass and its loss run in: autocast under ``bf16``/``fp16``.
+
+        Entered around ``compute_loss`` in training and around the model in evaluation; override
+        it to add a context of your own (transformers' seam of the same name).
+        """
+        return self.precision.autocast()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss; scaled by the ``GradScaler`` under ``fp16``."""
+        self.precision.backward(loss)
+
     # --- the run around the work ----------------------------------------------------------------
 
     def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         """What ``train()`` runs inside a run: one ``TrainingLoop`` (``trainbus.trainer._loop``)."""
-        return TrainingLoop(self).run(resume_from_checkpoint)
+        self.is_in_train = True
+        try:
+            return TrainingLoop(self).run(resume_from_checkpoint)
+        finally:
+            self.is_in_train = False
 
     def _launcher(self, launcher: Launcher | None) -> Launcher:
         """The call's launcher, else the trainer's, else the one installed (or the local one)."""
@@ -535,6 +562,7 @@ class Trainer(RefusesUnsupportedMethods):
         loader = self.get_eval_dataloader(dataset)
         self.callback_handler.eval_dataloader = loader
         start_time = time.time()
+        self.precision.prepare_evaluation(self.model, in_train=self.is_in_train)
         output = prediction_loop(
             self.model,
             loader,
@@ -544,6 +572,7 @@ class Trainer(RefusesUnsupportedMethods):
             compute_metrics=self.compute_metrics,
             nan_inf_filter=self.args.logging_nan_inf_filter,
             after_batch=self._prediction_step,
+            forward_context=self.compute_loss_context_manager,
         )
         metrics = output.metrics
         metrics.update(
