@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOGGING_STRATEGIES",
+    "METRICS_EXTRAS",
     "OPTIMIZERS",
+    "SAMPLING_STRATEGIES",
     "SAVE_STRATEGIES",
     "SCHEDULER_TYPES",
     "TOKEN_COUNTING",
@@ -44,6 +46,11 @@ SAVE_STRATEGIES: Final = ("no", "steps", "epoch", "best")
 SCHEDULER_TYPES: Final = ("linear", "cosine", "constant", "constant_with_warmup")
 OPTIMIZERS: Final = ("adamw_torch_fused", "adamw_torch")
 """Valid values of ``optim``: torch's AdamW, fused (Hugging Face v5's default) or not."""
+SAMPLING_STRATEGIES: Final = ("random", "sequential", "group_by_length")
+"""Valid values of ``train_sampling_strategy`` (Hugging Face's ``"batch_rebalance"`` is not
+supported)."""
+METRICS_EXTRAS: Final = ("inputs", "loss")
+"""Valid entries of ``include_for_metrics``."""
 TOKEN_COUNTING: Final = ("all", "non_padding", "no")
 """Valid values of ``include_num_input_tokens_seen`` (``True``/``False`` mean "all"/"no")."""
 
@@ -85,6 +92,13 @@ class TrainingArguments:
     eval_steps: float | None = None
     eval_delay: float = 0
     eval_on_start: bool = False
+    prediction_loss_only: bool = False
+    eval_do_concat_batches: bool = True
+    eval_accumulation_steps: int | None = None
+    include_for_metrics: list[str] = dataclasses.field(default_factory=list)
+    """Extra data for ``compute_metrics``: ``"inputs"`` (the model's main input) and/or
+    ``"loss"`` (the per-sample losses), as ``EvalPrediction.inputs`` / ``.losses``."""
+    batch_eval_metrics: bool = False
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: int | None = None
@@ -98,8 +112,19 @@ class TrainingArguments:
     run_name: str | None = None
     project: str = "huggingface"
     seed: int = 42
+    data_seed: int | None = None
+    """Seed of the training order (``seed`` when unset)."""
     dataloader_num_workers: int = 0
     dataloader_drop_last: bool = False
+    dataloader_pin_memory: bool = True
+    dataloader_persistent_workers: bool = False
+    dataloader_prefetch_factor: int | None = None
+    dataloader_multiprocessing_context: str | None = None
+    dataloader_in_order: bool = True
+    remove_unused_columns: bool = True
+    label_names: list[str] | None = None
+    train_sampling_strategy: str = "random"
+    length_column_name: str = "length"
     restore_callback_states_from_checkpoint: bool = False
     resume_from_checkpoint: str | None = None
     resume_only_model: bool = False
@@ -246,7 +271,9 @@ def _validate(args: TrainingArguments) -> None:
     _check_choice(
         "include_num_input_tokens_seen", args.include_num_input_tokens_seen, TOKEN_COUNTING
     )
+    _check_choice("train_sampling_strategy", args.train_sampling_strategy, SAMPLING_STRATEGIES)
     _check_sizes(args)
+    _check_data(args)
     _check_optimizer(args)
     _check_warmup(args)
     _check_intervals(args)
@@ -305,6 +332,40 @@ def _check_sizes(args: TrainingArguments) -> None:
         )
     if args.save_total_limit is not None:
         _check_int("save_total_limit", args.save_total_limit, 1)
+
+
+def _check_data(args: TrainingArguments) -> None:
+    """Loader and evaluation fields (the same rules Hugging Face, or torch later, applies)."""
+    if args.use_cpu:  # nothing to pin for
+        args.dataloader_pin_memory = False
+    if args.data_seed is not None:
+        _check_int("data_seed", args.data_seed, 0)
+    if args.eval_accumulation_steps is not None:
+        _check_int("eval_accumulation_steps", args.eval_accumulation_steps, 1)
+    if args.dataloader_prefetch_factor is not None:
+        _check_int("dataloader_prefetch_factor", args.dataloader_prefetch_factor, 1)
+    workers = args.dataloader_num_workers
+    for name in ("dataloader_prefetch_factor", "dataloader_persistent_workers"):
+        if getattr(args, name) not in (None, False) and workers == 0:
+            raise ConfigurationError(
+                f"{name} applies to worker processes only: set dataloader_num_workers > 0 "
+                f"(got {workers}), or leave {name} unset."
+            )
+    _check_names("include_for_metrics", args.include_for_metrics, allowed=METRICS_EXTRAS)
+    if args.label_names is not None:
+        _check_names("label_names", args.label_names, allowed=None)
+
+
+def _check_names(name: str, value: object, *, allowed: tuple[str, ...] | None) -> None:
+    """A list of strings (each one of ``allowed``, when given)."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        bad = [item for item in value if allowed is not None and item not in allowed]
+        if not bad:
+            return
+    expected = (
+        "a list of names" if allowed is None else f"a list of {', '.join(map(repr, allowed))}"
+    )
+    raise ConfigurationError(f"{name} must be {expected}, got {value!r}.")
 
 
 def _check_optimizer(args: TrainingArguments) -> None:

@@ -109,9 +109,7 @@ def test_the_trainers_own_loader_gives_the_same_batches_and_generator_draws() ->
     loaders: list[DataLoader[Any]] = []
 
     def make() -> DataLoader[Any]:
-        loader = train_dataloader(
-            Numbers(), batch_size=4, collator=_stack, seed=3, drop_last=False, num_workers=0
-        )
+        loader = train_dataloader(Numbers(), batch_size=4, collator=_stack, seed=3)
         assert isinstance(loader.generator, torch.Generator)
         loader.generator.manual_seed(5)
         loaders.append(loader)
