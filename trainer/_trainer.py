@@ -56,20 +56,8 @@ from trainbus.bus._sink import Sink
 from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._collators import DataCollator, default_collator_for
-from trainbus.trainer._columns import (
-    ColumnFilter,
-    can_return_loss,
-    default_label_names,
-    signature_columns,
-)
-from trainbus.trainer._data import (
-    LoaderOptions,
-    eval_dataloader,
-    eval_sampler,
-    move_to_device,
-    train_dataloader,
-    train_sampler,
-)
+from trainbus.trainer._columns import can_return_loss, default_label_names
+from trainbus.trainer._data import move_to_device
 from trainbus.trainer._distributed import Distributed
 from trainbus.trainer._evaluation import (
     EvalLoopOutput,
@@ -87,6 +75,7 @@ from trainbus.trainer._flow import DefaultFlowCallback
 from trainbus.trainer._gather import nested_detach
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
+from trainbus.trainer._loaders import evaluation_loader, training_loader
 from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._optim import create_optimizer, create_scheduler
@@ -259,8 +248,11 @@ class Trainer:
         """
         if eval_dataset is None and self.eval_dataset is None:
             raise ConfigurationError("evaluate() needs an eval_dataset (argument or Trainer(...))")
-        if self._bus is None:  # outside a run (and its bus): open one around this call
-            body = functools.partial(self.evaluate, eval_dataset, ignore_keys, metric_key_prefix)
+        if self._bus is None:  # outside a run: open one around this call (an override of
+            # evaluate() has run its own part already; only this one runs again inside)
+            body = functools.partial(
+                Trainer.evaluate, self, eval_dataset, ignore_keys, metric_key_prefix
+            )
             return self._run_blocking(body)
         if isinstance(eval_dataset, Mapping) or (
             eval_dataset is None and isinstance(self.eval_dataset, Mapping)
@@ -304,8 +296,10 @@ class Trainer:
         longest and concatenated. ``ignore_keys`` and ``metric_key_prefix`` are as in
         ``evaluate()``.
         """
-        if self._bus is None:
-            body = functools.partial(self.predict, test_dataset, ignore_keys, metric_key_prefix)
+        if self._bus is None:  # outside a run: open one around this call, as evaluate() does
+            body = functools.partial(
+                Trainer.predict, self, test_dataset, ignore_keys, metric_key_prefix
+            )
             return self._run_blocking(body)
         output = self._prediction_pass(
             self.get_test_dataloader(test_dataset),
@@ -451,26 +445,7 @@ class Trainer:
             raise ConfigurationError(
                 "train() needs a train_dataset; pass Trainer(train_dataset=...)"
             )
-        args = self.args
-        seed = args.seed if args.data_seed is None else args.data_seed
-        sampler = train_sampler(
-            self.train_dataset,
-            strategy=args.train_sampling_strategy,
-            seed=seed,
-            batch_size=args.train_batch_size * args.gradient_accumulation_steps,
-            input_name=self._main_input_name(),
-            length_column=args.length_column_name,
-            rank=self._dist.rank,
-            world_size=self._dist.world_size,
-        )
-        return train_dataloader(
-            self.train_dataset,
-            batch_size=args.per_device_train_batch_size,
-            collator=self._collator_for("training"),
-            seed=args.seed,
-            sampler=sampler,
-            options=LoaderOptions.from_args(args, self.device),
-        )
+        return training_loader(self, self.train_dataset)
 
     def get_eval_dataloader(
         self, eval_dataset: Dataset[Any] | str | None = None
@@ -490,14 +465,14 @@ class Trainer:
             dataset = self._named_eval_dataset(eval_dataset)
         else:
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        loader = self._eval_loader(dataset, "evaluation")
+        loader = evaluation_loader(self, dataset, "evaluation")
         if self.args.dataloader_persistent_workers:
             self._eval_dataloaders[key] = loader
         return loader
 
     def get_test_dataloader(self, test_dataset: Dataset[Any]) -> DataLoader[Any]:
         """A sequential loader over ``test_dataset``, for ``predict()``."""
-        return self._eval_loader(test_dataset, "test")
+        return evaluation_loader(self, test_dataset, "test")
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         """AdamW and the configured schedule, unless given through ``optimizers=``."""
@@ -646,40 +621,3 @@ class Trainer:
                 f"a dict of data sets with that key (has {known})."
             )
         return self.eval_dataset[name]
-
-    def _eval_loader(self, dataset: Any, description: str) -> DataLoader[Any]:
-        args = self.args
-        seed = args.seed if args.data_seed is None else args.data_seed
-        sampler = eval_sampler(
-            dataset,
-            strategy=args.train_sampling_strategy,
-            seed=seed,
-            batch_size=args.eval_batch_size,
-            input_name=self._main_input_name(),
-            length_column=args.length_column_name,
-        )
-        return eval_dataloader(
-            dataset,
-            batch_size=args.eval_batch_size,
-            collator=self._collator_for(description),
-            sampler=sampler,
-            options=LoaderOptions.from_args(args, self.device),
-        )
-
-    def _collator_for(self, description: str) -> DataCollator:
-        """The collator, behind a filter of unused columns (``remove_unused_columns``)."""
-        if not self.args.remove_unused_columns:
-            return self.data_collator
-        if self._signature_columns is None:
-            self._signature_columns = signature_columns(self.model, self.label_names)
-        return ColumnFilter(
-            self.data_collator,
-            self._signature_columns,
-            model_name=type(self.model).__name__,
-            description=description,
-        )
-
-    def _main_input_name(self) -> str:
-        """What length grouping measures: the processing class's first model input."""
-        names = getattr(self.processing_class, "model_input_names", None)
-        return str(names[0]) if names else "input_ids"

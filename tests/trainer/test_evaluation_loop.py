@@ -274,3 +274,20 @@ def test_nested_outputs_are_joined_structure_by_structure() -> None:
     assert joined["b"][0].shape == (3,) and joined["b"][1].shape == (3, 1)
     with pytest.raises(TypeError, match="changed structure"):
         nested_concat(first, [torch.zeros(1)])
+
+
+def test_an_overridden_evaluate_runs_once_per_call(tmp_path: Path) -> None:
+    """Opening the run around ``evaluate()`` does not call the override a second time."""
+    calls: list[str] = []
+
+    class Counting(Trainer):
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            calls.append("evaluate")
+            return super().evaluate(*args, **kwargs)
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = Counting(
+        Tagger(), args, data_collator=pad, eval_dataset=rows(), launcher=LocalLauncher()
+    )
+    assert "eval_loss" in trainer.evaluate()
+    assert calls == ["evaluate"]
