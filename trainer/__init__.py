@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._callbacks import TrainerCallback
-from trainbus.trainer._data import default_data_collator
+from trainbus.trainer._collators import default_data_collator
 from trainbus.trainer._early_stopping import EarlyStoppingCallback
 from trainbus.trainer._evaluation import EvalPrediction, PredictionOutput, TrainOutput
 from trainbus.trainer._flow import DefaultFlowCallback

@@ -321,6 +321,13 @@ def _check_choices(args: TrainingArguments) -> None:
     _check_choice("log_level", args.log_level, tuple(LOG_LEVELS))
     _check_choice("log_level_replica", args.log_level_replica, tuple(LOG_LEVELS))
     _check_choice("train_sampling_strategy", args.train_sampling_strategy, SAMPLING_STRATEGIES)
+    if args.train_sampling_strategy == "batch_rebalance":
+        raise ConfigurationError(
+            refusal(
+                "train_sampling_strategy='batch_rebalance'",
+                "supported: 'random', 'sequential', 'group_by_length'",
+            )
+        )
     if args.dataloader_multiprocessing_context is not None:
         _check_choice(
             "dataloader_multiprocessing_context",
@@ -521,11 +528,12 @@ def _check_precision(args: TrainingArguments) -> None:
 def _check_data(args: TrainingArguments) -> None:
     _check_int("dataloader_num_workers", args.dataloader_num_workers, 0)
     _check_int("dataloader_prefetch_factor", args.dataloader_prefetch_factor, 1, optional=True)
-    if args.dataloader_prefetch_factor is not None and args.dataloader_num_workers == 0:
-        raise ConfigurationError(
-            "dataloader_prefetch_factor applies to worker processes only: set "
-            "dataloader_num_workers > 0, or leave dataloader_prefetch_factor unset."
-        )
+    for name in ("dataloader_prefetch_factor", "dataloader_persistent_workers"):
+        if getattr(args, name) not in (None, False) and args.dataloader_num_workers == 0:
+            raise ConfigurationError(
+                f"{name} applies to worker processes only: set dataloader_num_workers > 0, or "
+                f"leave {name} unset."
+            )
     if (
         args.dataloader_multiprocessing_context is None
         and args.dataloader_num_workers > 1

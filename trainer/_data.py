@@ -1,33 +1,47 @@
-"""Batches for the loop: the default collator and data loaders whose order a resume can replay.
+"""Data loaders built from the ``dataloader_*`` arguments, and the loop's way of reading them.
 
-The training order of epoch ``e`` is a permutation drawn from its own generator seeded with
-``seed + e``; it never touches the global RNG. A resumed run therefore sees the same batches in the
-same order, and skipping the batches already trained costs nothing (the sampler starts later in the
-permutation instead of loading and dropping them). The loop reads a single-process loader's
-batches through ``iter_batches``: the same batches, without the ``DataLoader`` iterator's
-per-batch machinery.
+The training order comes from an ``EpochSampler`` (``trainbus.trainer._samplers``): drawn from a
+generator of its own seeded with ``seed + epoch``, it never touches the global RNG, so a resumed
+run sees the same batches in the same order, and skipping the batches already trained costs
+nothing. The loop reads a single-process loader's batches through ``iter_batches``: the same
+batches, without the ``DataLoader`` iterator's per-batch machinery. Collators live in
+``trainbus.trainer._collators``, the removal of unused columns in ``trainbus.trainer._columns``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
-from typing import Any, Final
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sized
+from typing import TYPE_CHECKING, Any, Final
 
+import structlog
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from trainbus.trainer._collators import DataCollator
+from trainbus.trainer._samplers import (
+    EpochSampler,
+    LengthGroupedSampler,
+    SequentialEpochSampler,
+    sample_lengths,
+)
+
+if TYPE_CHECKING:
+    from trainbus.trainer._arguments import TrainingArguments
+
 __all__ = [
-    "DataCollator",
     "EpochSampler",
-    "default_data_collator",
+    "LoaderOptions",
     "eval_dataloader",
+    "eval_sampler",
     "has_length",
     "iter_batches",
     "move_to_device",
     "train_dataloader",
+    "train_sampler",
 ]
 
-DataCollator = Callable[[list[Any]], dict[str, Any]]
+logger = structlog.get_logger(__name__)
 
 _PROFILE_NAME: Final = "enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__"
 """The range torch's single-process iterator records around each batch."""
@@ -38,36 +52,6 @@ try:  # where torch's DataLoader imports them from; deprecated, so they may go o
     _DATA_PIPES: tuple[type, ...] = (IterDataPipe, MapDataPipe)
 except ImportError:  # pragma: no cover -- a torch without data pipes
     _DATA_PIPES = ()
-
-
-def default_data_collator(features: list[Any]) -> dict[str, Any]:
-    """Stack a list of dict samples into one dict of tensors (numbers become tensors too)."""
-    if not features:
-        raise ValueError(
-            "default_data_collator got an empty list of samples; expected at least one"
-        )
-    first = features[0]
-    if not isinstance(first, Mapping):
-        raise ValueError(
-            "default_data_collator expects each sample to be a dict of tensors or numbers, got "
-            f"{type(first).__name__}; pass data_collator= to the Trainer for other shapes"
-        )
-    batch: dict[str, Any] = {}
-    for key, value in first.items():
-        if value is None:
-            continue
-        values = [feature[key] for feature in features]
-        if isinstance(value, torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(value, bool | int):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        elif isinstance(value, float):
-            batch[key] = torch.tensor(values, dtype=torch.float32)
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            batch[key] = torch.tensor(values)
-        else:
-            batch[key] = values
-    return batch
 
 
 def has_length(dataset: object) -> bool:
@@ -81,40 +65,50 @@ def has_length(dataset: object) -> bool:
     return True
 
 
-class EpochSampler(Sampler[int]):
-    """Shuffles with an order that depends only on ``seed + epoch``; can start mid-permutation.
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """The ``dataloader_*`` arguments, as every loader of a trainer passes them to torch.
 
-    With several ranks, the permutation is padded (by repeating its start) to a multiple of
-    ``world_size`` and rank ``r`` takes every ``world_size``-th index from position ``r``, so
-    every rank gets as many samples and together they cover the whole data set.
+    ``pin_memory`` pins only for a CUDA device: on a CPU there is nothing to pin for (torch would
+    warn and ignore it), and an unpinned single-process loader keeps ``iter_batches``'s direct
+    path. ``drop_last`` applies to map-style data sets only, as in Hugging Face.
     """
 
-    def __init__(self, length: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
-        self.length = length
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start = 0
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    multiprocessing_context: str | None = None
+    in_order: bool = True
+    drop_last: bool = False
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the permutation of ``epoch`` and begin ``start`` samples into this rank's part."""
-        self.epoch = epoch
-        self.start = start
+    @classmethod
+    def from_args(cls, args: TrainingArguments, device: torch.device) -> LoaderOptions:
+        """The options ``args`` set, for loaders feeding ``device``."""
+        return cls(
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and device.type == "cuda",
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            in_order=args.dataloader_in_order,
+            drop_last=args.dataloader_drop_last,
+        )
 
-    def _shard_length(self) -> int:
-        return -(-self.length // self.world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.length, generator=generator)
-        if self.world_size > 1:
-            padding = self._shard_length() * self.world_size - self.length
-            order = torch.cat([order, order[:padding]])[self.rank :: self.world_size]
-        return iter(order[self.start :].tolist())
-
-    def __len__(self) -> int:
-        return max(self._shard_length() - self.start, 0)
+    def loader_kwargs(self, dataset: object) -> dict[str, Any]:
+        """Keyword arguments for ``DataLoader`` over ``dataset``."""
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+            "prefetch_factor": self.prefetch_factor,
+            "multiprocessing_context": self.multiprocessing_context,
+        }
+        if not self.in_order:  # torch >= 2.6 only; the default is left unsaid for older ones
+            kwargs["in_order"] = False
+        if not isinstance(dataset, IterableDataset):
+            kwargs["drop_last"] = self.drop_last
+        return kwargs
 
 
 def _private_generator(seed: int) -> torch.Generator:
@@ -131,27 +125,21 @@ def train_dataloader(
     batch_size: int,
     collator: DataCollator,
     seed: int,
-    drop_last: bool,
-    num_workers: int,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
+    sampler: Sampler[int] | None = None,
+    options: LoaderOptions = LoaderOptions(),
 ) -> DataLoader[Any]:
-    """The training loader: shuffled by an ``EpochSampler`` when the data set has a length."""
-    sampler = None
-    if has_length(dataset):
+    """The training loader: in ``sampler``'s order, by default an ``EpochSampler`` of ``seed``
+    when the data set has a length (an iterable data set keeps its own order)."""
+    if sampler is None and has_length(dataset):
         # has_length() checked len() works; Dataset itself declares no __len__.
-        length = len(dataset)  # type: ignore[arg-type]
-        sampler = EpochSampler(length, seed, rank=rank, world_size=world_size)
+        sampler = EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collator,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
         generator=_private_generator(seed),
+        **options.loader_kwargs(dataset),
     )
 
 
@@ -160,19 +148,63 @@ def eval_dataloader(
     *,
     batch_size: int,
     collator: DataCollator,
-    num_workers: int,
-    pin_memory: bool = False,
+    sampler: Sampler[int] | None = None,
+    options: LoaderOptions = LoaderOptions(),
 ) -> DataLoader[Any]:
-    """The evaluation loader: sequential, every sample kept."""
+    """The evaluation loader: in the data set's order unless ``sampler`` says otherwise."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        sampler=sampler,
         shuffle=False,
         collate_fn=collator,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
         generator=_private_generator(0),
+        **options.loader_kwargs(dataset),
     )
+
+
+def train_sampler(
+    dataset: object,
+    *,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    input_name: str,
+    length_column: str,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EpochSampler | None:
+    """The training sampler ``train_sampling_strategy`` names; ``None`` for an iterable data
+    set, which is read in its own order (length grouping then does not apply, as in Hugging
+    Face, and a warning says so). ``batch_size`` is the samples of one optimizer update."""
+    if not has_length(dataset):
+        if strategy == "group_by_length":
+            logger.warning("group_by_length needs a data set with a length; its order is kept")
+        return None
+    length = len(dataset)  # type: ignore[arg-type]  # has_length() checked it works
+    if strategy == "sequential":
+        return SequentialEpochSampler(length, seed, rank=rank, world_size=world_size)
+    if strategy == "group_by_length":
+        lengths = sample_lengths(dataset, input_name=input_name, length_column=length_column)
+        return LengthGroupedSampler(lengths, batch_size, seed, rank=rank, world_size=world_size)
+    return EpochSampler(length, seed, rank=rank, world_size=world_size)
+
+
+def eval_sampler(
+    dataset: object,
+    *,
+    strategy: str,
+    seed: int,
+    batch_size: int,
+    input_name: str,
+    length_column: str,
+) -> Sampler[int] | None:
+    """The evaluation order: the data set's own, or grouped by length (the same order at every
+    evaluation, from ``seed``) when training groups by length, as in Hugging Face."""
+    if strategy != "group_by_length" or not has_length(dataset):
+        return None
+    lengths = sample_lengths(dataset, input_name=input_name, length_column=length_column)
+    return LengthGroupedSampler(lengths, batch_size, seed)
 
 
 def iter_batches(loader: DataLoader[Any]) -> Iterator[Any]:

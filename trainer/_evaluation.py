@@ -2,60 +2,97 @@
 
 The contract is Hugging Face's: ``model(**batch)`` returns the loss as ``out["loss"]``,
 ``out.loss`` or ``out[0]`` when the batch holds labels; the remaining outputs are the logits.
+
+The prediction loop, in Hugging Face's order::
+
+    model.eval()
+    for batch (one read ahead, so the last one is known):
+        loss, logits, labels = trainer.prediction_step(model, batch, loss_only, ignore_keys)
+        loss repeated eval_batch_size times; the last batch cut to what the data set holds
+        logits = preprocess_logits_for_metrics(logits, labels)    # when given
+        collect losses, logits, labels (and inputs: include_for_metrics)
+        PredictionStep
+        batch_eval_metrics:    compute_metrics(this batch, compute_result=last)
+        eval_accumulation_steps: every n batches, move what was collected to NumPy
+    compute_metrics(everything), {prefix}_loss = mean of the finite losses, keys prefixed
+
+Batches of different sequence lengths are joined by padding with -100
+(``trainbus.trainer._gather``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
-from typing import Any, Final, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import MetricValue
 from trainbus.trainer._data import move_to_device
+from trainbus.trainer._gather import BatchStore, batch_size_of, nested_detach, nested_truncate
+
+if TYPE_CHECKING:
+    from trainbus.trainer._trainer import Trainer
 
 __all__ = [
     "EvalLoopOutput",
     "EvalPrediction",
     "PredictionOutput",
     "TrainOutput",
+    "default_ignore_keys",
+    "evaluation_loop",
     "extract_loss",
     "metric_value",
+    "output_logits",
     "plain_metrics",
-    "prediction_loop",
     "speed_metrics",
 ]
 
+Arrays = np.ndarray[Any, Any] | tuple[np.ndarray[Any, Any], ...]
 
-class EvalPrediction(NamedTuple):
-    """What ``compute_metrics`` receives; unpacks as ``predictions, label_ids`` like HF's."""
 
-    predictions: np.ndarray[Any, Any] | tuple[np.ndarray[Any, Any], ...]
-    label_ids: np.ndarray[Any, Any] | None
+class EvalPrediction:
+    """What ``compute_metrics`` receives; unpacks as ``predictions, label_ids`` like HF's, with
+    ``inputs`` and then ``losses`` after them when ``include_for_metrics`` asks for them."""
+
+    def __init__(
+        self, predictions: Any, label_ids: Any, inputs: Any = None, losses: Any = None
+    ) -> None:
+        self.predictions = predictions
+        self.label_ids = label_ids
+        self.inputs = inputs
+        self.losses = losses
+        extras = tuple(value for value in (inputs, losses) if value is not None)
+        self._elements: tuple[Any, ...] = (predictions, label_ids, *extras)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._elements)
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self._elements):
+            raise IndexError("tuple index out of range")
+        return self._elements[index]
 
 
 class EvalLoopOutput(NamedTuple):
     """Everything one pass over an evaluation set produced."""
 
-    predictions: np.ndarray[Any, Any] | tuple[np.ndarray[Any, Any], ...] | None
-    label_ids: np.ndarray[Any, Any] | None
+    predictions: Any
+    label_ids: Any
     metrics: dict[str, Any]
     num_samples: int
-    num_batches: int
 
 
 class PredictionOutput(NamedTuple):
     """What ``Trainer.predict`` returns."""
 
-    predictions: np.ndarray[Any, Any] | tuple[np.ndarray[Any, Any], ...] | None
-    label_ids: np.ndarray[Any, Any] | None
+    predictions: Any
+    label_ids: Any
     metrics: dict[str, Any]
 
 
@@ -89,81 +126,205 @@ def extract_loss(outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     return loss
 
 
-def _logits(outputs: Any, has_loss: bool) -> tuple[torch.Tensor, ...]:
+def default_ignore_keys(model: nn.Module) -> list[str]:
+    """Outputs left out of the predictions unless ``ignore_keys`` is given: the model config's
+    ``keys_to_ignore_at_inference`` (a cache, say), as in Hugging Face."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return []
+    return list(getattr(config, "keys_to_ignore_at_inference", ["cache"]))
+
+
+def output_logits(outputs: Any, *, has_loss: bool, ignore_keys: Iterable[str]) -> Any:
+    """The predictions among a forward pass's ``outputs``: every output but the loss and the
+    ignored keys, detached; a single one on its own, several as a tuple, none as ``None``."""
     if isinstance(outputs, torch.Tensor):
-        return (outputs,)
+        return outputs.detach()
     if isinstance(outputs, Mapping):
-        values = [value for key, value in outputs.items() if key != "loss"]
+        skipped = {*ignore_keys, "loss"} if has_loss else set(ignore_keys)
+        logits: Any = tuple(value for key, value in outputs.items() if key not in skipped)
     elif isinstance(outputs, tuple | list):
-        values = list(outputs[1:] if has_loss else outputs)
-    else:
-        logits = getattr(outputs, "logits", None)
-        values = [logits] if logits is not None else []
-    return tuple(value for value in values if isinstance(value, torch.Tensor))
-
-
-def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A detached CPU copy; bfloat16 becomes float32, which NumPy can hold (as in transformers)."""
-    tensor = tensor.detach().cpu()
-    return tensor.float() if tensor.dtype == torch.bfloat16 else tensor
-
-
-def _concat(chunks: list[tuple[torch.Tensor, ...]]) -> Any:
-    if not chunks or not chunks[0]:
+        logits = tuple(outputs[1:] if has_loss else outputs)
+    else:  # an output object of the user's own
+        found = getattr(outputs, "logits", None)
+        logits = () if found is None else (found,)
+    logits = nested_detach(logits)
+    if not logits:
         return None
-    columns = [torch.cat([chunk[i] for chunk in chunks]).numpy() for i in range(len(chunks[0]))]
-    return columns[0] if len(columns) == 1 else tuple(columns)
+    return logits[0] if len(logits) == 1 else logits
 
 
-def prediction_loop(
-    model: nn.Module,
-    batches: Iterable[Any],
-    *,
-    device: torch.device,
-    label_names: list[str],
-    prefix: str,
-    compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None,
-    nan_inf_filter: bool,
-    after_batch: Callable[[], None],
-    forward_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> EvalLoopOutput:
-    """Run ``model`` over ``batches`` without gradients; ``after_batch`` fires the step event.
+def _with_last(batches: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """Each batch with whether it is the last; the next batch is read before one is handed out,
+    as Hugging Face's loader does."""
+    iterator = iter(batches)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for upcoming in iterator:
+        yield current, False
+        current = upcoming
+    yield current, True
 
-    Each forward pass runs inside ``forward_context()`` (the trainer's autocast under bf16/fp16).
+
+def _length(value: object) -> int | None:
+    try:
+        return len(value)  # type: ignore[arg-type]  # whatever has one
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def _last_batch_cut(loader: DataLoader[Any]) -> int:
+    """How many samples the last batch really holds when the data set does not fill it, else 0.
+
+    Hugging Face repeats each batch's loss ``eval_batch_size`` times and cuts the last batch's
+    results to the data set's remainder, so the mean loss weighs every sample once.
     """
+    size, length = loader.batch_size, _length(loader.dataset)
+    if size is None or length is None or loader.drop_last:
+        return 0
+    return length % size
+
+
+class _Collected:
+    """The four kinds of results one evaluation collects."""
+
+    def __init__(self, concat: bool) -> None:
+        self.losses = BatchStore(concat)
+        self.predictions = BatchStore(concat)
+        self.labels = BatchStore(concat)
+        self.inputs = BatchStore(concat)
+
+    def to_numpy(self) -> None:
+        for store in (self.losses, self.predictions, self.labels, self.inputs):
+            store.to_numpy()
+
+
+def evaluation_loop(
+    trainer: Trainer,
+    dataloader: DataLoader[Any],
+    *,
+    description: str,
+    prediction_loss_only: bool | None,
+    ignore_keys: list[str] | None,
+    prefix: str,
+) -> EvalLoopOutput:
+    """One pass of ``trainer.model`` over ``dataloader`` (see the module docstring)."""
+    args, model = trainer.args, trainer.model
+    loss_only = args.prediction_loss_only if prediction_loss_only is None else prediction_loss_only
     model.eval()
-    losses: list[torch.Tensor] = []
-    logits: list[tuple[torch.Tensor, ...]] = []
-    labels: list[torch.Tensor] = []
-    num_samples = num_batches = 0
-    with torch.no_grad():
-        for raw in batches:
-            batch = move_to_device(raw, device)
-            has_labels = all(batch.get(name) is not None for name in label_names)
-            with forward_context():
-                outputs = model(**batch)
-            size = len(batch[label_names[0]]) if has_labels else 0
-            if has_labels:
-                losses.append(extract_loss(outputs, batch).detach().float().reshape(1).cpu())
-                losses[-1] = losses[-1].repeat(size)
-                labels.append(batch[label_names[0]].detach().cpu())
-            logits.append(tuple(_to_host(t) for t in _logits(outputs, has_labels)))
-            num_samples += size or (len(logits[-1][0]) if logits[-1] else 0)
-            num_batches += 1
-            after_batch()
-    predictions = _concat(logits)
-    label_ids = torch.cat(labels).numpy() if labels else None
-    metrics: dict[str, Any] = {}
-    if compute_metrics is not None and predictions is not None and label_ids is not None:
-        metrics.update(compute_metrics(EvalPrediction(predictions, label_ids)))
-    if losses:
-        all_losses = torch.cat(losses)
-        if nan_inf_filter:
-            all_losses = all_losses[torch.isfinite(all_losses)]
-        metrics[f"{prefix}_loss"] = float(all_losses.mean()) if len(all_losses) else math.nan
-    return EvalLoopOutput(
-        predictions, label_ids, _prefixed(metrics, prefix), num_samples, num_batches
-    )
+    optimizer_eval = getattr(trainer.optimizer, "eval", None)  # schedule-free optimizers
+    if callable(optimizer_eval):
+        optimizer_eval()
+    trainer.callback_handler.eval_dataloader = dataloader
+    collected = _Collected(args.eval_do_concat_batches)
+    keep = not args.batch_eval_metrics or description == "Prediction"
+    include, cut = args.include_for_metrics, _last_batch_cut(dataloader)
+    input_name = getattr(model, "main_input_name", "input_ids")
+    metrics: Mapping[str, Any] | None = None
+    observed = 0
+    for step, (inputs, last) in enumerate(_with_last(dataloader)):
+        observed += batch_size_of(inputs) or 0
+        losses, logits, labels = trainer.prediction_step(
+            model, inputs, loss_only, ignore_keys=ignore_keys
+        )
+
+        def fit(value: Any, last: bool = last) -> Any:
+            return nested_truncate(value, cut) if last and cut else value
+
+        if losses is not None:
+            losses = fit(losses.repeat(args.eval_batch_size))
+            collected.losses.add(losses)
+        if "inputs" in include:
+            decoded = fit(move_to_device(_main_input(inputs, input_name), trainer.device))
+            if keep:
+                collected.inputs.add(decoded)
+        if logits is not None:
+            if trainer.preprocess_logits_for_metrics is not None:
+                logits = trainer.preprocess_logits_for_metrics(logits, labels)
+            logits = fit(logits)
+            if keep:
+                collected.predictions.add(logits)
+        if labels is not None:
+            labels = fit(labels)
+            if keep:
+                collected.labels.add(labels)
+        trainer._prediction_step()
+        if args.batch_eval_metrics:
+            if trainer.compute_metrics is not None and logits is not None and labels is not None:
+                batch = EvalPrediction(
+                    logits,
+                    labels,
+                    inputs=inputs if "inputs" in include else None,
+                    losses=losses if "loss" in include else None,
+                )
+                metrics = trainer.compute_metrics(batch, compute_result=last)  # type: ignore[call-arg]
+        elif args.eval_accumulation_steps and (step + 1) % args.eval_accumulation_steps == 0:
+            collected.to_numpy()
+    return _finish(trainer, collected, metrics, prefix, _num_samples(dataloader, observed))
+
+
+def _main_input(inputs: Any, name: str) -> Any:
+    if not isinstance(inputs, Mapping) or name not in inputs:
+        keys = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+        raise ConfigurationError(
+            f"include_for_metrics 'inputs' needs batches holding the model's main input {name!r}, "
+            f"got {keys}."
+        )
+    return inputs[name]
+
+
+def _num_samples(loader: DataLoader[Any], observed: int) -> int:
+    """The data set's length when it has one (else the samples seen), as Hugging Face counts."""
+    length = _length(loader.dataset)
+    if length is None:
+        return observed
+    return observed if length == 0 and observed > 0 else length
+
+
+def _finish(
+    trainer: Trainer,
+    collected: _Collected,
+    metrics: Mapping[str, Any] | None,
+    prefix: str,
+    num_samples: int,
+) -> EvalLoopOutput:
+    """Metrics over everything collected, then ``{prefix}_loss``, then the prefix on every key."""
+    args = trainer.args
+    losses = collected.losses.arrays()
+    predictions = collected.predictions.arrays()
+    labels = collected.labels.arrays()
+    inputs = collected.inputs.arrays()
+    if (
+        trainer.compute_metrics is not None
+        and predictions is not None
+        and labels is not None
+        and not args.batch_eval_metrics
+    ):
+        extras = {
+            "inputs": inputs if "inputs" in args.include_for_metrics else None,
+            "losses": losses if "loss" in args.include_for_metrics else None,
+        }
+        metrics = trainer.compute_metrics(EvalPrediction(predictions, labels, **extras))
+    result: dict[str, Any] = _plain_numbers(dict(metrics or {}))
+    if isinstance(losses, list):
+        losses = np.concatenate(losses) if losses else None
+    if isinstance(losses, np.ndarray):
+        finite = np.isfinite(losses)
+        if args.logging_nan_inf_filter and finite.any():
+            losses = losses[finite]
+        result[f"{prefix}_loss"] = losses.mean().item()
+    return EvalLoopOutput(predictions, labels, _prefixed(result, prefix), num_samples)
+
+
+def _plain_numbers(value: Any) -> Any:
+    """NumPy and one-element tensor values (nested too) as Python numbers, for JSON."""
+    if isinstance(value, list | tuple):
+        return type(value)(_plain_numbers(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _plain_numbers(item) for key, item in value.items()}
+    return metric_value(value)
 
 
 def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:

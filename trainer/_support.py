@@ -193,7 +193,7 @@ FIELDS: Final[Mapping[str, Support]] = {
     "dataloader_in_order": _yes(),
     "remove_unused_columns": _yes(),
     "label_names": _yes(),
-    "train_sampling_strategy": _yes(),
+    "train_sampling_strategy": _yes("'batch_rebalance' is refused"),
     "length_column_name": _yes(),
     "ddp_find_unused_parameters": _no(_DDP),
     "ddp_bucket_cap_mb": _no(_DDP),

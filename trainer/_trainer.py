@@ -27,6 +27,7 @@ log entry is written, so steps that do not log never wait for the device.
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,26 +57,27 @@ from trainbus.bus._events import (
 from trainbus.bus._sink import Sink
 from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._arguments import TrainingArguments
-from trainbus.trainer._data import (
-    DataCollator,
-    default_data_collator,
-    eval_dataloader,
-    train_dataloader,
-)
+from trainbus.trainer._collators import DataCollator, default_collator_for
+from trainbus.trainer._columns import can_return_loss, default_label_names
+from trainbus.trainer._data import move_to_device
 from trainbus.trainer._distributed import Distributed
 from trainbus.trainer._evaluation import (
     EvalLoopOutput,
     EvalPrediction,
     PredictionOutput,
     TrainOutput,
+    default_ignore_keys,
+    evaluation_loop,
     extract_loss,
+    output_logits,
     plain_metrics,
-    prediction_loop,
     speed_metrics,
 )
 from trainbus.trainer._flow import DefaultFlowCallback
+from trainbus.trainer._gather import nested_detach
 from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, resolve_launcher
+from trainbus.trainer._loaders import evaluation_loader, training_loader
 from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
 from trainbus.trainer._optimizers import (
@@ -102,6 +104,9 @@ _now: Final = time.time
 T = TypeVar("T")
 Optimizers = tuple[torch.optim.Optimizer | None, LRScheduler | None]
 OptimizerClsAndKwargs = tuple[Any, dict[str, Any]]
+LogitsPreprocessor = Callable[[Any, Any], Any]
+"""``preprocess_logits_for_metrics(logits, labels)``: what to keep of each batch's logits."""
+EvalData = Dataset[Any] | Mapping[str, Dataset[Any]]
 
 
 class Trainer(RefusesUnsupportedMethods):
@@ -111,9 +116,13 @@ class Trainer(RefusesUnsupportedMethods):
     optimizer class (or factory) and its keyword arguments, built over the weight-decay groups
     instead of the one ``args.optim`` names. Not both: the second would be ignored.
 
-    Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs instead of the one
-    found by entry point (see ``trainbus.trainer._launcher``), and ``sinks`` adds sinks of the
-    caller's own to every run.
+    Without ``data_collator``, a tokenizer (or sequence feature extractor) as
+    ``processing_class`` gets transformers' ``DataCollatorWithPadding``, anything else
+    `default_data_collator`. ``preprocess_logits_for_metrics(logits, labels)`` reduces each
+    evaluation batch's logits (to their argmax, say) before they are kept for
+    ``compute_metrics``. Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs
+    instead of the one found by entry point (see ``trainbus.trainer._launcher``), and ``sinks``
+    adds sinks of the caller's own to every run.
     """
 
     def __init__(
@@ -128,6 +137,7 @@ class Trainer(RefusesUnsupportedMethods):
         callbacks: list[Any] | None = None,
         optimizers: Optimizers = (None, None),
         optimizer_cls_and_kwargs: OptimizerClsAndKwargs | None = None,
+        preprocess_logits_for_metrics: LogitsPreprocessor | None = None,
         *,
         launcher: Launcher | None = None,
         sinks: Sequence[Sink] = (),
@@ -147,11 +157,25 @@ class Trainer(RefusesUnsupportedMethods):
         self.model_wrapped: nn.Module = self.model
         """What forward/backward run through: ``self.model``, or its DDP wrapper in a group."""
         self._dist = Distributed(self.args.world_size, self.args.process_index, self.device)
-        self.data_collator = data_collator or default_data_collator
+        self.label_names = (
+            default_label_names(self.model)
+            if self.args.label_names is None
+            else list(self.args.label_names)
+        )
+        """The batch keys holding labels: ``args.label_names``, else ``forward``'s (HF's rule)."""
+        self.can_return_loss = can_return_loss(self.model)
+        self._signature_columns: frozenset[str] | None = None
+        """The columns batches keep (``remove_unused_columns``), worked out at the first loader."""
+        self._eval_dataloaders: dict[str, DataLoader[Any]] = {}
+        """Evaluation loaders kept for reuse when their workers persist."""
+        self.data_collator = (
+            data_collator if data_collator is not None else default_collator_for(processing_class)
+        )
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.processing_class = processing_class
         self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
         if optimizer_cls_and_kwargs is not None and self.optimizer is not None:
             raise ConfigurationError(
@@ -238,15 +262,57 @@ class Trainer(RefusesUnsupportedMethods):
 
     def evaluate(
         self,
-        eval_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None,
+        eval_dataset: EvalData | str | None = None,
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, Any]:
-        """Evaluate, log the metrics and fire ``on_evaluate``; a dict of data sets runs each."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
+        """Evaluate, log the metrics and fire ``on_evaluate``; returns the metrics.
+
+        Parameters:
+            eval_dataset: the data set to evaluate instead of the trainer's; a dict of them (or a
+                trainer's dict, when none is given) evaluates each, with ``eval_<name>_`` keys;
+                a string names one data set of the trainer's dict.
+            ignore_keys: model outputs (of a dict output) left out of the predictions; the
+                default is the model config's ``keys_to_ignore_at_inference``.
+            metric_key_prefix: the prefix of every metric key (``eval_loss``).
+        """
+        if eval_dataset is None and self.eval_dataset is None:
             raise ConfigurationError("evaluate() needs an eval_dataset (argument or Trainer(...))")
-        return self._run_blocking(functools.partial(self._evaluate, dataset, metric_key_prefix))
+        if self._bus is None:  # outside a run: open one around this call (an override of
+            # evaluate() has run its own part already; only this one runs again inside)
+            body = functools.partial(
+                Trainer.evaluate, self, eval_dataset, ignore_keys, metric_key_prefix
+            )
+            return self._run_blocking(body)
+        if isinstance(eval_dataset, Mapping) or (
+            eval_dataset is None and isinstance(self.eval_dataset, Mapping)
+        ):
+            override = eval_dataset is not None
+            datasets = eval_dataset if isinstance(eval_dataset, Mapping) else self.eval_dataset
+            assert isinstance(datasets, Mapping)  # the condition above
+            metrics: dict[str, Any] = {}
+            for name, part in datasets.items():
+                metrics.update(
+                    self.evaluate(
+                        part if override else name, ignore_keys, f"{metric_key_prefix}_{name}"
+                    )
+                )
+            return metrics
+        loader = self.get_eval_dataloader(eval_dataset)
+        output = self._prediction_pass(
+            loader,
+            "Evaluation",
+            # without compute_metrics there is nothing to gather predictions for
+            prediction_loss_only=True if self.compute_metrics is None else None,
+            ignore_keys=ignore_keys,
+            prefix=metric_key_prefix,
+        )
+        self.log(output.metrics)
+        self._publish(Evaluate, metrics=plain_metrics(output.metrics))
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, output.metrics
+        )
+        return output.metrics
 
     def predict(
         self,
@@ -254,8 +320,96 @@ class Trainer(RefusesUnsupportedMethods):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "test",
     ) -> PredictionOutput:
-        """Predictions, labels and metrics over ``test_dataset``; fires ``on_predict``, no log."""
-        return self._run_blocking(functools.partial(self._predict, test_dataset, metric_key_prefix))
+        """Predictions, labels and metrics over ``test_dataset``; fires ``on_predict``, no log.
+
+        Predictions of batches with different sequence lengths are padded with -100 to the
+        longest and concatenated. ``ignore_keys`` and ``metric_key_prefix`` are as in
+        ``evaluate()``.
+        """
+        if self._bus is None:  # outside a run: open one around this call, as evaluate() does
+            body = functools.partial(
+                Trainer.predict, self, test_dataset, ignore_keys, metric_key_prefix
+            )
+            return self._run_blocking(body)
+        output = self._prediction_pass(
+            self.get_test_dataloader(test_dataset),
+            "Prediction",
+            prediction_loss_only=None,
+            ignore_keys=ignore_keys,
+            prefix=metric_key_prefix,
+        )
+        self._publish(Predict, metrics=plain_metrics(output.metrics))
+        self.control = self.callback_handler.on_predict(
+            self.args, self.state, self.control, output.metrics
+        )
+        return PredictionOutput(output.predictions, output.label_ids, output.metrics)
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader[Any],
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """One pass over ``dataloader``, shared by ``evaluate()`` and ``predict()``.
+
+        Parameters:
+            dataloader: the batches.
+            description: ``"Evaluation"`` or ``"Prediction"`` (with ``batch_eval_metrics``,
+                prediction still keeps every batch's predictions).
+            prediction_loss_only: collect only losses; ``None`` means
+                ``args.prediction_loss_only``.
+            ignore_keys: as in ``evaluate()``.
+            metric_key_prefix: as in ``evaluate()``.
+        """
+        return evaluation_loop(
+            self,
+            dataloader,
+            description=description,
+            prediction_loss_only=prediction_loss_only,
+            ignore_keys=ignore_keys,
+            prefix=metric_key_prefix,
+        )
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, Any, Any]:
+        """The loss, logits and labels of one evaluation batch (each may be ``None``).
+
+        Parameters:
+            model: the model to run (``self.model``).
+            inputs: the batch, as the collator made it; moved to the device here.
+            prediction_loss_only: return the loss alone.
+            ignore_keys: model outputs left out of the logits (see ``evaluate()``).
+
+        A loss is computed when the batch holds every label name (or the model has no labels
+        and returns a loss by default, ``return_loss=True``); labels are read before the
+        forward pass, in case it consumes them.
+        """
+        names = self.label_names
+        has_labels = bool(names) and all(inputs.get(name) is not None for name in names)
+        return_loss = inputs.get("return_loss")
+        if return_loss is None:
+            return_loss = self.can_return_loss
+        with_loss = has_labels or (not names and bool(return_loss))
+        inputs = move_to_device(inputs, self.device)
+        if ignore_keys is None:
+            ignore_keys = default_ignore_keys(self.model)
+        labels: Any = None
+        if with_loss and names:
+            found = nested_detach(tuple(inputs.get(name) for name in names))
+            labels = found[0] if len(found) == 1 else found
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs)  # the one forward pass of evaluation, autocast as training
+            loss = extract_loss(outputs, inputs).detach().mean() if with_loss else None
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, output_logits(outputs, has_loss=with_loss, ignore_keys=ignore_keys), labels
 
     def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
         """Add ``epoch``, append to ``log_history``, publish ``Log`` and fire ``on_log``."""
@@ -315,32 +469,40 @@ class Trainer(RefusesUnsupportedMethods):
         return self.args.process_index == 0
 
     def get_train_dataloader(self) -> DataLoader[Any]:
-        """The training loader (shuffled per epoch with a seed a resume can replay)."""
+        """The training loader, in the order of ``train_sampling_strategy``: shuffled per epoch
+        with a seed a resume can replay (see ``trainbus.trainer._samplers``)."""
         if self.train_dataset is None:
             raise ConfigurationError(
                 "train() needs a train_dataset; pass Trainer(train_dataset=...)"
             )
-        return train_dataloader(
-            self.train_dataset,
-            batch_size=self.args.per_device_train_batch_size,
-            collator=self.data_collator,
-            seed=self.args.seed,
-            drop_last=self.args.dataloader_drop_last,
-            num_workers=self.args.dataloader_num_workers,
-            rank=self._dist.rank,
-            world_size=self._dist.world_size,
-            pin_memory=self.device.type == "cuda",
-        )
+        return training_loader(self, self.train_dataset)
 
-    def get_eval_dataloader(self, dataset: Dataset[Any]) -> DataLoader[Any]:
-        """A sequential loader over ``dataset``."""
-        return eval_dataloader(
-            dataset,
-            batch_size=self.args.per_device_eval_batch_size,
-            collator=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
+    def get_eval_dataloader(
+        self, eval_dataset: Dataset[Any] | str | None = None
+    ) -> DataLoader[Any]:
+        """A sequential loader over ``eval_dataset`` (default: the trainer's).
+
+        Parameters:
+            eval_dataset: a data set, or the name of one in the trainer's dict of them. With
+                ``dataloader_persistent_workers`` the loader is built once per name and reused.
+        """
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ConfigurationError("evaluation needs an eval_dataset (argument or Trainer(...))")
+        key = eval_dataset if isinstance(eval_dataset, str) else "eval"
+        if self.args.dataloader_persistent_workers and key in self._eval_dataloaders:
+            return self._eval_dataloaders[key]
+        if isinstance(eval_dataset, str):
+            dataset = self._named_eval_dataset(eval_dataset)
+        else:
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        loader = evaluation_loader(self, dataset, "evaluation")
+        if self.args.dataloader_persistent_workers:
+            self._eval_dataloaders[key] = loader
+        return loader
+
+    def get_test_dataloader(self, test_dataset: Dataset[Any]) -> DataLoader[Any]:
+        """A sequential loader over ``test_dataset``, for ``predict()``."""
+        return evaluation_loader(self, test_dataset, "test")
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         """The optimizer, then the schedule over ``num_training_steps`` (each unless given).
@@ -531,60 +693,38 @@ class Trainer(RefusesUnsupportedMethods):
 
     # --- evaluation and prediction --------------------------------------------------------------
 
-    def _evaluate(
-        self, dataset: Dataset[Any] | Mapping[str, Dataset[Any]], prefix: str
-    ) -> dict[str, Any]:
-        """One ``Log`` and one ``Evaluate`` per data set (``eval_<name>_`` for a dict of them)."""
-        if isinstance(dataset, Mapping):
-            results: dict[str, Any] = {}
-            for name, part in dataset.items():
-                results.update(self._evaluate(part, f"{prefix}_{name}"))
-            return results
-        _, metrics = self._prediction_pass(dataset, prefix)
-        self.log(metrics)
-        self._publish(Evaluate, metrics=plain_metrics(metrics))
-        self.control = self.callback_handler.on_evaluate(
-            self.args, self.state, self.control, metrics
-        )
-        return metrics
-
-    def _predict(self, dataset: Dataset[Any], prefix: str) -> PredictionOutput:
-        output, metrics = self._prediction_pass(dataset, prefix)
-        self._publish(Predict, metrics=plain_metrics(metrics))
-        self.control = self.callback_handler.on_predict(
-            self.args, self.state, self.control, metrics
-        )
-        return PredictionOutput(output.predictions, output.label_ids, metrics)
-
     def _prediction_pass(
-        self, dataset: Dataset[Any], prefix: str
-    ) -> tuple[EvalLoopOutput, dict[str, Any]]:
-        loader = self.get_eval_dataloader(dataset)
-        self.callback_handler.eval_dataloader = loader
+        self,
+        loader: DataLoader[Any],
+        description: str,
+        *,
+        prediction_loss_only: bool | None,
+        ignore_keys: list[str] | None,
+        prefix: str,
+    ) -> EvalLoopOutput:
+        """``evaluation_loop``, then the speed metrics (steps of ``eval_batch_size`` per rank)."""
         start_time = time.time()
         self.precision.prepare_evaluation(self.model, in_train=self.is_in_train)
-        output = prediction_loop(
-            self.model,
-            loader,
-            device=self.device,
-            label_names=self._label_names(),
-            prefix=prefix,
-            compute_metrics=self.compute_metrics,
-            nan_inf_filter=self.args.logging_nan_inf_filter,
-            after_batch=self._prediction_step,
-            forward_context=self.compute_loss_context_manager,
+        output = self.evaluation_loop(
+            loader, description, prediction_loss_only, ignore_keys, prefix
         )
-        metrics = output.metrics
-        metrics.update(
-            speed_metrics(
-                prefix, start_time, num_samples=output.num_samples, num_steps=output.num_batches
-            )
+        steps = math.ceil(output.num_samples / (self.args.eval_batch_size * self.args.world_size))
+        output.metrics.update(
+            speed_metrics(prefix, start_time, num_samples=output.num_samples, num_steps=steps)
         )
-        return output, metrics
+        return output
 
     def _prediction_step(self) -> None:
         self._publish(PredictionStep)
         self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
 
-    def _label_names(self) -> list[str]:
-        return list(getattr(self.args, "label_names", None) or ["labels"])
+    # --- data ---------------------------------------------------------------------------------
+
+    def _named_eval_dataset(self, name: str) -> Any:
+        if not isinstance(self.eval_dataset, Mapping) or name not in self.eval_dataset:
+            known = sorted(self.eval_dataset) if isinstance(self.eval_dataset, Mapping) else []
+            raise ConfigurationError(
+                f"eval_dataset {name!r} names no data set of Trainer(eval_dataset=...): it needs "
+                f"a dict of data sets with that key (has {known})."
+            )
+        return self.eval_dataset[name]

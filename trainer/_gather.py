@@ -1,0 +1,163 @@
+"""Collecting per-batch predictions into arrays, padding where batches differ in length.
+
+Evaluation batches of text rarely share a sequence length (each is padded to its own longest
+row), so their logits, labels and inputs cannot simply be stacked. As in Hugging Face, two
+arrays are joined along the first axis, and when their second axes differ, the shorter is padded
+at the end with ``padding_index`` (-100, the label value every loss ignores). Outputs may nest
+(tuples, lists, dicts of tensors); the structure is kept. `BatchStore` holds what one evaluation
+collected: on the device until ``to_numpy()`` (every ``eval_accumulation_steps`` batches, or at
+the end) moves it to NumPy, and as a list of batches when concatenation is off
+(``eval_do_concat_batches=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, cast
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PADDING_INDEX",
+    "BatchStore",
+    "batch_size_of",
+    "nested_concat",
+    "nested_detach",
+    "nested_numpy",
+    "nested_truncate",
+]
+
+PADDING_INDEX: Final = -100
+
+
+def _pad_concat_tensors(first: torch.Tensor, second: torch.Tensor, pad: int) -> torch.Tensor:
+    first, second = (
+        first.reshape(-1) if first.dim() == 0 else first,
+        second.reshape(-1) if second.dim() == 0 else second,
+    )
+    if first.dim() == 1 or first.shape[1] == second.shape[1]:
+        return torch.cat((first, second), dim=0)
+    shape = (len(first) + len(second), max(first.shape[1], second.shape[1]), *first.shape[2:])
+    joined = first.new_full(shape, pad)
+    joined[: len(first), : first.shape[1]] = first
+    joined[len(first) :, : second.shape[1]] = second
+    return joined
+
+
+def _pad_concat_arrays(first: Any, second: Any, pad: int) -> np.ndarray[Any, Any]:
+    first, second = np.atleast_1d(first), np.atleast_1d(second)
+    if first.ndim == 1 or first.shape[1] == second.shape[1]:
+        return np.concatenate((first, second), axis=0)
+    shape = (len(first) + len(second), max(first.shape[1], second.shape[1]), *first.shape[2:])
+    joined = np.full_like(first, pad, shape=shape)
+    joined[: len(first), : first.shape[1]] = first
+    joined[len(first) :, : second.shape[1]] = second
+    return joined
+
+
+def _like(mapping: Mapping[str, Any], items: dict[str, Any]) -> Any:
+    """``items`` as a mapping of ``mapping``'s own type (a model output class, say)."""
+    return cast(Any, type(mapping))(items)
+
+
+def nested_concat(first: Any, second: Any, pad: int = PADDING_INDEX) -> Any:
+    """``first`` and ``second`` (tensors, arrays, or the same nesting of them) joined on axis 0."""
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return _pad_concat_tensors(first, second, pad)
+    if type(first) is not type(second):
+        raise TypeError(
+            "evaluation outputs changed structure between batches: "
+            f"{type(first).__name__} then {type(second).__name__}"
+        )
+    if isinstance(first, list | tuple):
+        return type(first)(nested_concat(a, b, pad) for a, b in zip(first, second, strict=False))
+    if isinstance(first, Mapping):
+        return _like(first, {key: nested_concat(a, second[key], pad) for key, a in first.items()})
+    if isinstance(first, np.ndarray):
+        return _pad_concat_arrays(first, second, pad)
+    raise TypeError(f"cannot concatenate evaluation outputs of type {type(first).__name__}")
+
+
+def nested_detach(value: Any) -> Any:
+    """``value`` with every tensor detached; the nesting is kept."""
+    if isinstance(value, list | tuple):
+        return type(value)(nested_detach(item) for item in value)
+    if isinstance(value, Mapping):
+        return _like(value, {key: nested_detach(item) for key, item in value.items()})
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def nested_numpy(value: Any) -> Any:
+    """``value`` with every tensor as a NumPy array on the CPU (bfloat16 becomes float32)."""
+    if isinstance(value, list | tuple):
+        return type(value)(nested_numpy(item) for item in value)
+    if isinstance(value, Mapping):
+        return _like(value, {key: nested_numpy(item) for key, item in value.items()})
+    tensor = value.cpu()
+    if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def nested_truncate(value: Any, limit: int) -> Any:
+    """The first ``limit`` rows of every tensor in ``value``."""
+    if isinstance(value, list | tuple):
+        return type(value)(nested_truncate(item, limit) for item in value)
+    if isinstance(value, Mapping):
+        return _like(value, {key: nested_truncate(item, limit) for key, item in value.items()})
+    return value[:limit]
+
+
+def batch_size_of(value: Any) -> int | None:
+    """The first dimension of the first tensor (or array) found in ``value``, if any."""
+    if isinstance(value, list | tuple):
+        items: Any = value
+    elif isinstance(value, Mapping):
+        items = value.values()
+    elif isinstance(value, torch.Tensor | np.ndarray):
+        return int(value.shape[0]) if value.ndim >= 1 else None
+    else:
+        return None
+    for item in items:
+        size = batch_size_of(item)
+        if size is not None:
+            return size
+    return None
+
+
+class BatchStore:
+    """What one evaluation collected of one kind (losses, predictions, labels or inputs)."""
+
+    def __init__(self, concat: bool, pad: int = PADDING_INDEX) -> None:
+        self.concat = concat
+        self.pad = pad
+        self._on_device: Any = None
+        self._arrays: Any = None
+
+    def add(self, value: Any) -> None:
+        """Append one batch's ``value`` (tensors on the device)."""
+        if self._on_device is None:
+            self._on_device = value if self.concat else [value]
+        elif self.concat:
+            self._on_device = nested_concat(self._on_device, value, self.pad)
+        else:
+            self._on_device.append(value)
+
+    def to_numpy(self) -> None:
+        """Move what the device holds to NumPy, after what was moved before."""
+        if self._on_device is None:
+            return
+        arrays = nested_numpy(self._on_device)
+        self._on_device = None
+        if self._arrays is None:
+            self._arrays = arrays
+        elif self.concat:
+            self._arrays = nested_concat(self._arrays, arrays, self.pad)
+        else:
+            self._arrays.extend(arrays)
+
+    def arrays(self) -> Any:
+        """Everything collected, as NumPy (``None`` when nothing was added)."""
+        self.to_numpy()
+        return self._arrays

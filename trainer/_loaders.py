@@ -1,0 +1,97 @@
+"""How a ``Trainer`` builds its loaders from its arguments, model and processing class.
+
+One place for what Hugging Face spreads over ``_get_dataloader`` and the sampler methods: the
+sampler ``train_sampling_strategy`` names (seeded by ``data_seed``, else ``seed``), the collator
+behind the filter of unused columns, and the ``dataloader_*`` options. The ``Trainer``'s
+overridable ``get_*_dataloader`` methods call these.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from trainbus.trainer._collators import DataCollator
+from trainbus.trainer._columns import ColumnFilter, signature_columns
+from trainbus.trainer._data import (
+    LoaderOptions,
+    eval_dataloader,
+    eval_sampler,
+    train_dataloader,
+    train_sampler,
+)
+
+if TYPE_CHECKING:
+    from trainbus.trainer._trainer import Trainer
+
+__all__ = ["collator_for", "evaluation_loader", "training_loader"]
+
+
+def training_loader(trainer: Trainer, dataset: Dataset[Any]) -> DataLoader[Any]:
+    """The training loader over ``dataset``, in the order of ``train_sampling_strategy``."""
+    args = trainer.args
+    sampler = train_sampler(
+        dataset,
+        strategy=args.train_sampling_strategy,
+        seed=_order_seed(trainer),
+        batch_size=args.train_batch_size * args.gradient_accumulation_steps,
+        input_name=_main_input_name(trainer.processing_class),
+        length_column=args.length_column_name,
+        rank=trainer._dist.rank,
+        world_size=trainer._dist.world_size,
+    )
+    return train_dataloader(
+        dataset,
+        batch_size=args.per_device_train_batch_size,
+        collator=collator_for(trainer, "training"),
+        seed=args.seed,
+        sampler=sampler,
+        options=LoaderOptions.from_args(args, trainer.device),
+    )
+
+
+def evaluation_loader(trainer: Trainer, dataset: Any, description: str) -> DataLoader[Any]:
+    """A loader over an evaluation (or test) set: in order, or grouped by length."""
+    args = trainer.args
+    sampler = eval_sampler(
+        dataset,
+        strategy=args.train_sampling_strategy,
+        seed=_order_seed(trainer),
+        batch_size=args.eval_batch_size,
+        input_name=_main_input_name(trainer.processing_class),
+        length_column=args.length_column_name,
+    )
+    return eval_dataloader(
+        dataset,
+        batch_size=args.eval_batch_size,
+        collator=collator_for(trainer, description),
+        sampler=sampler,
+        options=LoaderOptions.from_args(args, trainer.device),
+    )
+
+
+def collator_for(trainer: Trainer, description: str) -> DataCollator:
+    """The trainer's collator, behind a filter of unused columns (``remove_unused_columns``);
+    the kept columns are worked out once per trainer."""
+    if not trainer.args.remove_unused_columns:
+        return trainer.data_collator
+    if trainer._signature_columns is None:
+        trainer._signature_columns = signature_columns(trainer.model, trainer.label_names)
+    return ColumnFilter(
+        trainer.data_collator,
+        trainer._signature_columns,
+        model_name=type(trainer.model).__name__,
+        description=description,
+    )
+
+
+def _order_seed(trainer: Trainer) -> int:
+    args = trainer.args
+    return args.seed if args.data_seed is None else args.data_seed
+
+
+def _main_input_name(processing_class: Any) -> str:
+    """What length grouping measures: the processing class's first model input."""
+    names = getattr(processing_class, "model_input_names", None)
+    return str(names[0]) if names else "input_ids"
