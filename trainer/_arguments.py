@@ -109,6 +109,9 @@ class TrainingArguments:
     run would silently diverge from the one that wrote the checkpoint. Not a Hugging Face field
     (Hugging Face skips the missing files without a word); named after ``save_only_model``."""
     include_num_input_tokens_seen: str | bool = "no"
+    average_tokens_across_devices: bool = True
+    """With several ranks, divide each loss by the label tokens of every rank's micro-batches
+    (one all-reduce per update), not by this rank's alone."""
     skip_memory_metrics: bool = True
     use_cpu: bool = False
     push_to_hub: bool = False

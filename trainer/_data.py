@@ -1,11 +1,16 @@
 """Batches for the loop: the default collator and data loaders whose order a resume can replay.
 
 The training order of epoch ``e`` is a permutation drawn from its own generator seeded with
-``seed + e``; it never touches the global RNG. A resumed run therefore sees the same batches in the
-same order, and skipping the batches already trained costs nothing (the sampler starts later in the
-permutation instead of loading and dropping them). The loop reads a single-process loader's
-batches through ``iter_batches``: the same batches, without the ``DataLoader`` iterator's
-per-batch machinery.
+``seed + e`` (as accelerate's seedable sampler orders Hugging Face's); it never touches the global
+RNG. A resumed run therefore sees the same batches in the same order, and skipping the batches
+already trained costs nothing (the sampler starts later in the permutation instead of loading and
+dropping them). The loop reads a single-process loader's batches through ``iter_batches``: the
+same batches, without the ``DataLoader`` iterator's per-batch machinery.
+
+The loaders have no generator of their own, as Hugging Face's have none: every ``iter()`` draws
+its workers' base seed from the global RNG, so the dropout noise of the steps that follow is the
+one a transformers script gets. A resumed run restores the global RNG state after that draw
+(``trainbus.trainer._loop``), so it still follows the uninterrupted run's curve.
 """
 
 from __future__ import annotations
@@ -117,14 +122,6 @@ class EpochSampler(Sampler[int]):
         return max(self._shard_length() - self.start, 0)
 
 
-def _private_generator(seed: int) -> torch.Generator:
-    """A loader draws its workers' base seed at every ``iter()``; without a generator of its own
-    that draw comes from the global RNG, so starting an epoch (or an evaluation) would shift the
-    dropout noise of the following steps and a resumed run would drift off the original curve.
-    The loop reseeds it per epoch, so workers' seeds do not depend on where a run resumed."""
-    return torch.Generator().manual_seed(seed)
-
-
 def train_dataloader(
     dataset: Dataset[Any],
     *,
@@ -151,7 +148,6 @@ def train_dataloader(
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=_private_generator(seed),
     )
 
 
@@ -171,7 +167,6 @@ def eval_dataloader(
         collate_fn=collator,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=_private_generator(0),
     )
 
 

@@ -57,6 +57,10 @@ class PredictionOutput(NamedTuple):
     metrics: dict[str, Any]
 
 
+EvalForward = Callable[[dict[str, Any], bool], tuple[torch.Tensor | None, Any]]
+"""``(batch, has_labels) -> (loss, outputs)``: one evaluation batch through the trainer's loss."""
+
+
 class TrainOutput(NamedTuple):
     """What ``Trainer.train`` returns."""
 
@@ -117,8 +121,13 @@ def prediction_loop(
     compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None,
     nan_inf_filter: bool,
     after_batch: Callable[[], None],
+    forward: EvalForward | None = None,
 ) -> EvalLoopOutput:
-    """Run ``model`` over ``batches`` without gradients; ``after_batch`` fires the step event."""
+    """Run ``model`` over ``batches`` without gradients; ``after_batch`` fires the step event.
+
+    ``forward(batch, has_labels)`` returns ``(loss, outputs)`` of one batch (the loss ``None``
+    without labels); without it the model's own outputs and loss are used.
+    """
     model.eval()
     losses: list[torch.Tensor] = []
     logits: list[tuple[torch.Tensor, ...]] = []
@@ -128,10 +137,14 @@ def prediction_loop(
         for raw in batches:
             batch = move_to_device(raw, device)
             has_labels = all(batch.get(name) is not None for name in label_names)
-            outputs = model(**batch)
+            if forward is None:
+                outputs = model(**batch)
+                loss = extract_loss(outputs, batch) if has_labels else None
+            else:
+                loss, outputs = forward(batch, has_labels)
             size = len(batch[label_names[0]]) if has_labels else 0
-            if has_labels:
-                losses.append(extract_loss(outputs, batch).detach().float().reshape(1).cpu())
+            if has_labels and loss is not None:
+                losses.append(loss.detach().float().mean().reshape(1).cpu())
                 losses[-1] = losses[-1].repeat(size)
                 labels.append(batch[label_names[0]].detach().cpu())
             logits.append(tuple(t.detach().cpu() for t in _logits(outputs, has_labels)))
@@ -167,7 +180,12 @@ def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def speed_metrics(
-    prefix: str, start_time: float, *, num_samples: int | None = None, num_steps: int | None = None
+    prefix: str,
+    start_time: float,
+    *,
+    num_samples: float | None = None,
+    num_steps: int | None = None,
+    num_tokens: int | None = None,
 ) -> dict[str, float]:
     """Runtime (4 decimals) and rates (3 decimals); rates are left out for a zero runtime."""
     runtime = time.time() - start_time
@@ -178,6 +196,8 @@ def speed_metrics(
         result[f"{prefix}_samples_per_second"] = round(num_samples / runtime, 3)
     if num_steps is not None:
         result[f"{prefix}_steps_per_second"] = round(num_steps / runtime, 3)
+    if num_tokens is not None:
+        result[f"{prefix}_tokens_per_second"] = round(num_tokens / runtime, 3)
     return result
 
 
