@@ -290,16 +290,11 @@ class TrainingLoop:
         if self.count_flos is not None:
             self.flos += self.count_flos(batch)
         if self.count_tokens is not None:
-            trainer.state.num_input_tokens_seen += self._tokens_of(batch)
+            tokens = self.count_tokens(batch)
+            if self.dist.enabled:  # every rank counts every micro-batch: all take the all-reduce
+                tokens = int(self.dist.sum(torch.tensor(tokens, dtype=torch.int64)).item())
+            trainer.state.num_input_tokens_seen += tokens
         return loss
-
-    def _tokens_of(self, batch: Any) -> int:
-        """The input tokens of ``batch``, summed over ranks (every rank counts every batch)."""
-        assert self.count_tokens is not None  # checked by the caller
-        count = self.count_tokens(batch)
-        if not self.dist.enabled:
-            return count
-        return int(self.dist.sum(torch.tensor(count, dtype=torch.int64)).item())
 
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""
