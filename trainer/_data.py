@@ -6,6 +6,11 @@ run sees the same batches in the same order, and skipping the batches already tr
 nothing. The loop reads a single-process loader's batches through ``iter_batches``: the same
 batches, without the ``DataLoader`` iterator's per-batch machinery. Collators live in
 ``trainbus.trainer._collators``, the removal of unused columns in ``trainbus.trainer._columns``.
+
+The loaders have no generator of their own, as Hugging Face's have none: every ``iter()`` draws
+its workers' base seed from the global RNG, so the dropout noise of the steps that follow is the
+one a transformers script gets. A resumed run restores the global RNG state after that draw
+(``trainbus.trainer._loop``), so it still follows the uninterrupted run's curve.
 """
 
 from __future__ import annotations
@@ -111,14 +116,6 @@ class LoaderOptions:
         return kwargs
 
 
-def _private_generator(seed: int) -> torch.Generator:
-    """A loader draws its workers' base seed at every ``iter()``; without a generator of its own
-    that draw comes from the global RNG, so starting an epoch (or an evaluation) would shift the
-    dropout noise of the following steps and a resumed run would drift off the original curve.
-    The loop reseeds it per epoch, so workers' seeds do not depend on where a run resumed."""
-    return torch.Generator().manual_seed(seed)
-
-
 def train_dataloader(
     dataset: Dataset[Any],
     *,
@@ -138,7 +135,6 @@ def train_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collator,
-        generator=_private_generator(seed),
         **options.loader_kwargs(dataset),
     )
 
@@ -158,7 +154,6 @@ def eval_dataloader(
         sampler=sampler,
         shuffle=False,
         collate_fn=collator,
-        generator=_private_generator(0),
         **options.loader_kwargs(dataset),
     )
 

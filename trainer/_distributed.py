@@ -85,6 +85,14 @@ class Distributed:
         dist.all_reduce(total)
         return total / self.world_size
 
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of ``value`` over ranks, on this rank's device (``value`` alone)."""
+        if not self.enabled:
+            return value
+        total = value.detach().clone().to(self._comm_device())
+        dist.all_reduce(total)
+        return total.to(value.device)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order (``[obj]`` alone)."""
         if not self.enabled:

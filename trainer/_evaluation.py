@@ -341,7 +341,12 @@ def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def speed_metrics(
-    prefix: str, start_time: float, *, num_samples: int | None = None, num_steps: int | None = None
+    prefix: str,
+    start_time: float,
+    *,
+    num_samples: float | None = None,
+    num_steps: int | None = None,
+    num_tokens: int | None = None,
 ) -> dict[str, float]:
     """Runtime (4 decimals) and rates (3 decimals); rates are left out for a zero runtime."""
     runtime = time.time() - start_time
@@ -352,6 +357,8 @@ def speed_metrics(
         result[f"{prefix}_samples_per_second"] = round(num_samples / runtime, 3)
     if num_steps is not None:
         result[f"{prefix}_steps_per_second"] = round(num_steps / runtime, 3)
+    if num_tokens is not None:
+        result[f"{prefix}_tokens_per_second"] = round(num_tokens / runtime, 3)
     return result
 
 

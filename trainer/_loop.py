@@ -2,7 +2,8 @@
 
 ``TrainingLoop`` is one ``train()`` run. It receives the ``Trainer`` and works through it: the
 trainer's overridable methods (``get_train_dataloader``, ``create_optimizer_and_scheduler``,
-``compute_loss``, ``log``, ``evaluate``) are the ones it calls, the trainer's ``state`` and
+``training_step`` and the ``compute_loss`` it calls, ``floating_point_ops``, ``log``,
+``evaluate``) are the ones it calls, the trainer's ``state`` and
 ``control`` are the ones it advances (callbacks and users read them there), and the trainer
 publishes its events (``_publish``, or ``_mark`` and ``_flush_marks`` for the per-step ones). What
 only the run needs (loss accumulators, gradient norm, learning rate, flops, the optimizer and
@@ -12,8 +13,9 @@ schedule in use) is this object's own state, set in ``__init__`` and ``_prepare`
     run():       prepare; TrainBegin; [evaluate on start]
       for epoch:   EpochBegin; _train_epoch; EpochEnd; _maybe_log_save_evaluate
       _finish:     Log(summary); [load best model]; TrainEnd
-    _train_epoch, per window of GA micro-batches:
-                 StepBegin; (_training_step, SubstepEnd)*; _training_step; _optimizer_step
+    _train_epoch, per window of GA micro-batches (read whole first, their label tokens counted):
+                 StepBegin; (_micro_step, SubstepEnd)*; _micro_step; _optimizer_step
+    _micro_step: trainer.training_step (forward, backward); count flops and tokens
     _optimizer_step:
                  clip; PreOptimizerStep; optimizer.step(); OptimizerStep; scheduler.step();
                  zero_grad; global_step += 1; StepEnd; _maybe_log_save_evaluate
@@ -22,14 +24,21 @@ schedule in use) is this object's own state, set in ``__init__`` and ``_prepare`
 
 Each event point is two lines: publish (or stamp) the event, then the handler's barrier, whose
 returned control the trainer keeps.
+
+The global RNG is drawn from exactly where Hugging Face's loop draws from it, so a script gives
+the same dropout noise on both: the loaders draw their workers' base seed from it at every
+``iter()`` (once per epoch, once per evaluation), batches are read one ahead of the one trained
+(as accelerate's loader does, which matters to a collator that draws, such as masked-LM masking),
+and a resumed run restores the checkpoint's RNG state where Hugging Face does: before the epoch's
+``iter()`` when it resumes at an epoch boundary, else once the first window has been read.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import torch
@@ -51,7 +60,8 @@ from trainbus.bus._events import (
     TrainEnd,
 )
 from trainbus.trainer import _checkpoint as ckpt
-from trainbus.trainer._data import EpochSampler, has_length, iter_batches, move_to_device
+from trainbus.trainer._accounting import token_counter
+from trainbus.trainer._data import EpochSampler, has_length, iter_batches
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
 from trainbus.trainer._loss import LossSum
 from trainbus.trainer._model_setup import compile_model, enable_activation_checkpointing
@@ -90,7 +100,18 @@ class TrainingLoop:
         self.grad_norm: torch.Tensor | None = None
         self.learning_rate = 0.0
         self.flos = 0.0
-        self.count_flos = getattr(self.model, "floating_point_ops", None)
+        """Flops counted since they were last added to ``state.total_flos``."""
+        self.count_flos = trainer._flops_per_batch()
+        self.count_tokens = token_counter(
+            str(self.args.include_num_input_tokens_seen),  # a str once the arguments are made
+            self.model,
+            getattr(trainer.processing_class, "pad_token_id", None),
+        )
+        self.count_items = trainer._counts_items()
+        """Whether each window's label tokens are counted (``num_items_in_batch``)."""
+        self.start_time = 0.0
+        self.rng_to_restore: Path | None = None
+        """The checkpoint RNG file a resumed run still has to load (see the module docstring)."""
         self.optimizer: torch.optim.Optimizer
         self.lr_scheduler: LRScheduler
         self.schedule_on_metric = False
@@ -110,6 +131,8 @@ class TrainingLoop:
         checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
         loader, plan, start = self._prepare(checkpoint)
         start_step, start_time = trainer.state.global_step, time.time()
+        self.start_time = start_time
+        trainer._initial_num_input_tokens_seen = trainer.state.num_input_tokens_seen
 
         trainer._publish(
             TrainBegin, max_steps=plan.max_steps, num_train_epochs=plan.num_train_epochs
@@ -118,7 +141,7 @@ class TrainingLoop:
         if trainer._stop_requested:  # asked before training began: on_train_begin reset the flag
             trainer.control.should_training_stop = True
         if checkpoint is not None and not args.resume_only_model:
-            restore_rng_state(checkpoint / ckpt.rng_file(self.dist.rank, self.dist.world_size))
+            self.rng_to_restore = checkpoint / ckpt.rng_file(self.dist.rank, self.dist.world_size)
         if args.eval_on_start:
             self._evaluate_during_training(track_best=False)
         for epoch in range(start.epoch, plan.num_train_epochs):
@@ -153,7 +176,9 @@ class TrainingLoop:
             ckpt.load_weights(self.model, checkpoint)
         self.dist.setup()
         if args.activation_checkpointing:  # before the optimizer is built, as transformers does
-            enable_activation_checkpointing(self.model, args.activation_checkpointing_kwargs)
+            kwargs = args.activation_checkpointing_kwargs  # JSON text was read into a dict
+            kwargs = kwargs if isinstance(kwargs, dict) else None
+            enable_activation_checkpointing(self.model, kwargs)
         wrapped = compile_model(self.dist.wrap(self.model), args)  # compiled last, as accelerate
         self.model_wrapped = trainer.model_wrapped = wrapped
         loader = trainer.get_train_dataloader()
@@ -191,6 +216,7 @@ class TrainingLoop:
         """A new ``TrainerState`` for this run, or the checkpoint's; returns where to start."""
         trainer, args = self.trainer, self.args
         trainer.state = TrainerState(train_batch_size=args.train_batch_size)
+        trainer.state.is_hyper_param_search = trainer._trial is not None
         trainer.state.record_callback_states(exportable_objects(self.handler, trainer.control))
         trainer.state.compute_steps(args, plan.max_steps)
         start = ResumePoint(0, 0)
@@ -203,7 +229,9 @@ class TrainingLoop:
                 )
             trainer.state = loaded
             start = resume_point(loaded.global_step, plan)
-        trainer.state.init_training_references(trainer, plan.max_steps, plan.num_train_epochs)
+        trainer.state.init_training_references(
+            trainer, plan.max_steps, plan.num_train_epochs, trainer._trial
+        )
         return start
 
     def _train_epoch(self, loader: DataLoader[Any], epoch: int, plan: RunPlan, skip: int) -> bool:
@@ -216,12 +244,18 @@ class TrainingLoop:
             loader.generator.manual_seed(args.seed + epoch)
         steps_in_epoch = plan.batches_per_epoch or plan.updates_per_epoch * ga
         step = skip * ga - 1
-        batches = iter_batches(loader)
+        if not skip:
+            self._restore_rng()  # before the loader's draw, which the checkpoint did not see
+        batches = _read_ahead(iter_batches(loader))
         if skip and not isinstance(loader.sampler, EpochSampler):
             for _ in range(skip * ga):  # no sampler to start later in: read and drop them
                 next(batches, None)
         windows = ((batch,) for batch in batches) if ga == 1 else _windows(batches, ga)
         for window in windows:
+            trainer.current_gradient_accumulation_steps = len(window)
+            num_items = trainer._num_items_in_batch(window) if self.count_items else None
+            if self.rng_to_restore is not None:  # resumed mid-epoch: the window is read now
+                self._restore_rng()
             for index, batch in enumerate(window):
                 step += 1
                 if step % ga == 0:
@@ -229,7 +263,7 @@ class TrainingLoop:
                     trainer._flush_marks()
                     trainer.control = handler.on_step_begin(args, trainer.state, trainer.control)
                 last = index == len(window) - 1
-                loss = self._training_step(batch, len(window), last)
+                loss = self._micro_step(batch, num_items, last)
                 self.loss.add(loss, 1 + trainer.state.global_step - self.last_logged)
                 if last:
                     self._optimizer_step(epoch + (step + 1) / steps_in_epoch)
@@ -252,29 +286,31 @@ class TrainingLoop:
                 break
         return step >= skip * ga
 
-    def _training_step(self, batch: Any, window: int, last: bool) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns its detached, scaled loss.
+    def _restore_rng(self) -> None:
+        """Load the resumed checkpoint's RNG state, once per run."""
+        path, self.rng_to_restore = self.rng_to_restore, None
+        if path is not None:
+            restore_rng_state(path)
+
+    def _micro_step(self, batch: Any, num_items: torch.Tensor | None, last: bool) -> torch.Tensor:
+        """``trainer.training_step`` on one micro-batch, then its flops and tokens counted.
 
         Gradients are synchronised across ranks on the ``last`` micro-batch of a window only.
         """
-        if not self.model.training:  # evaluation switched it; train() walks every module
-            self.model.train()
-        inputs = move_to_device(batch, self.device)
-        if self.count_flos is not None:
-            self.flos += float(self.count_flos(inputs))
+        trainer = self.trainer
         if self.dist.enabled and not last:
             with self.dist.no_sync(self.model_wrapped, skip=True):
-                return self._forward_backward(inputs, window)
-        return self._forward_backward(inputs, window)
-
-    def _forward_backward(self, inputs: dict[str, Any], window: int) -> torch.Tensor:
-        trainer = self.trainer
-        with trainer.compute_loss_context_manager():  # autocast under bf16/fp16
-            loss = trainer.compute_loss(self.model_wrapped, inputs)
-        if window > 1:
-            loss = loss / window
-        trainer._backward(loss)  # scaled under fp16
-        return loss.detach()
+                loss = trainer.training_step(self.model_wrapped, batch, num_items)
+        else:
+            loss = trainer.training_step(self.model_wrapped, batch, num_items)
+        if self.count_flos is not None:
+            self.flos += self.count_flos(batch)
+        if self.count_tokens is not None:
+            tokens = self.count_tokens(batch)
+            if self.dist.enabled:  # every rank counts every micro-batch: all take the all-reduce
+                tokens = int(self.dist.sum(torch.tensor(tokens, dtype=torch.int64)).item())
+            trainer.state.num_input_tokens_seen += tokens
+        return loss
 
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""
@@ -325,7 +361,7 @@ class TrainingLoop:
         """Log, then evaluate, then save, as the control flags say (HF spec §2.5)."""
         trainer = self.trainer
         if trainer.control.should_log and trainer.state.global_step > self.last_logged:
-            trainer.log(self._training_logs())
+            trainer.log(self._training_logs(), self.start_time)
         if trainer.control.should_evaluate:
             is_new_best = self._evaluate_during_training(track_best=True)
             if self.args.save_strategy == "best":
@@ -351,14 +387,21 @@ class TrainingLoop:
             logs["grad_norm"] = float(self.grad_norm.item())
         logs["learning_rate"] = self.learning_rate
         self.last_logged = state.global_step
-        state.total_flos += self.flos
-        self.flos = 0.0
+        self._store_flos()
         return logs
+
+    def _store_flos(self) -> None:
+        """Add the flops counted since the last call (of every rank) to ``state.total_flos``."""
+        flos = self.flos
+        if self.dist.enabled:
+            flos = float(self.dist.sum(torch.tensor(flos, dtype=torch.float64)).item())
+        self.trainer.state.total_flos += flos
+        self.flos = 0.0
 
     def _evaluate_during_training(self, *, track_best: bool) -> bool:
         """Evaluate every eval set; returns whether the tracked metric reached a new best."""
         trainer = self.trainer
-        metrics = trainer.evaluate()
+        metrics = trainer.evaluate(ignore_keys=trainer._ignore_keys_for_eval)
         is_new_best = record_best(self.args, trainer.state, metrics, update=track_best)
         if track_best and self.schedule_on_metric:  # as in HF: not after eval_on_start
             step_on_metric(self.lr_scheduler, self.args, metrics)
@@ -400,8 +443,7 @@ class TrainingLoop:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""
         trainer, args, state = self.trainer, self.args, self.trainer.state
         self.total_loss += self._take_loss()
-        state.total_flos += self.flos
-        self.flos = 0.0
+        self._store_flos()
         steps = max(state.global_step - start_step, 1)
         samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
         metrics: dict[str, Any] = speed_metrics(
@@ -437,6 +479,26 @@ def _clear_grads(model: nn.Module, params: list[nn.Parameter]) -> None:
     for param in params:
         if param.grad is not None:
             param.grad = None
+
+
+def _read_ahead(batches: Iterator[Any]) -> Iterator[Any]:
+    """The same batches, each one yielded only once the next has been read (or the end seen).
+
+    accelerate's loader, which Hugging Face's ``Trainer`` trains from, reads one batch ahead
+    to know which is last; a collator that draws from the global RNG (masked-LM masking) thus
+    draws for batch ``n + 1`` before the forward pass of batch ``n`` draws its dropout, and this
+    order is kept so both loops give the same numbers.
+    """
+    current = next(batches, _END)
+    if current is _END:
+        return
+    for following in batches:
+        yield current
+        current = following
+    yield current
+
+
+_END: Final = object()
 
 
 def _windows(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -43,9 +43,10 @@ def tf32_available() -> bool:
 def configure_tf32(args: TrainingArguments) -> None:
     """Switch TF32 on or off for the process, as transformers does when it reads its arguments.
 
-    ``tf32=True`` without a GPU that has TF32 was refused with the arguments (``_argument_checks``);
-    ``tf32=False`` turns it off where it exists; left unset, ``torch_compile`` turns it on (unless ``fp16`` without ``bf16``), since
-    compiled kernels gain most from it.
+    ``tf32=True`` without a GPU that has TF32 was refused with the arguments
+    (``_argument_checks``); ``tf32=False`` turns it off where it exists; left unset,
+    ``torch_compile`` turns it on (unless ``fp16`` without ``bf16``), since compiled kernels gain
+    most from it.
     """
     wanted = args.tf32
     if wanted is None and args.torch_compile and (not args.fp16 or args.bf16):

@@ -8,7 +8,7 @@ from the printed copy only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -46,15 +46,13 @@ class PrinterCallback(TrainerCallback):
         logs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if isinstance(logs, MutableMapping):
+            # Hugging Face's printer removes it from the logged dict itself, on every rank: the
+            # metrics train() returns (and save_metrics writes) then lack it, and so do ours.
+            logs.pop("total_flos", None)
         if logs is None or not state.is_local_process_zero:
             return
-        print(
-            {
-                k: f"{v:.4g}" if isinstance(v, float) else v
-                for k, v in logs.items()
-                if k != "total_flos"
-            }
-        )
+        print({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items()})
 
 
 class ProgressCallback(TrainerCallback):

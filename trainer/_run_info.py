@@ -20,6 +20,7 @@ from trainbus.trainer._state import TrainerState
 __all__ = [
     "best_metric_key",
     "check_arguments",
+    "check_model_source",
     "improved",
     "json_safe",
     "record_best",
@@ -41,6 +42,33 @@ def check_arguments(args: object, eval_dataset: object) -> None:
     if args.eval_on_start and eval_dataset is None:
         raise ConfigurationError(
             "eval_on_start=True needs an eval_dataset: pass Trainer(eval_dataset=...)"
+        )
+
+
+def check_model_source(model: object, model_init: object, optimizers: object) -> None:
+    """One source of weights: ``model`` or ``model_init`` (which a ``train()`` calls again, so
+    an optimizer made for the first model's parameters cannot be passed with it)."""
+    if model is None and model_init is None:
+        raise ConfigurationError("Trainer needs a model: pass model=... or model_init=...")
+    if model is not None and model_init is not None:
+        raise ConfigurationError(
+            "Trainer takes model or model_init, not both: model_init builds the model itself"
+        )
+    if model_init is not None and not callable(model_init):
+        raise ConfigurationError(
+            f"model_init must be a callable returning the model, got {type(model_init).__name__}"
+        )
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if (
+        model_init is not None
+        and isinstance(optimizers, tuple)
+        and any(part is not None for part in optimizers)
+    ):
+        raise ConfigurationError(
+            "optimizers=(...) cannot be used with model_init: every train() builds a new model, "
+            "and the optimizer would still update the old one's parameters; leave optimizers out "
+            "(or override create_optimizer_and_scheduler)"
         )
 
 

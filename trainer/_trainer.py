@@ -27,13 +27,14 @@ log entry is written, so steps that do not log never wait for the device.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, Literal, TypeVar, overload
 
 import torch
 from torch import nn
@@ -56,6 +57,12 @@ from trainbus.bus._events import (
 )
 from trainbus.bus._sink import Sink
 from trainbus.trainer import _checkpoint as ckpt
+from trainbus.trainer._accounting import (
+    accepts_loss_kwargs,
+    count_label_items,
+    flops_counter,
+    loss_shifts_labels,
+)
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._collators import DataCollator, default_collator_for
 from trainbus.trainer._columns import can_return_loss, default_label_names
@@ -80,18 +87,19 @@ from trainbus.trainer._launcher import Launcher, launch_async, launch_blocking, 
 from trainbus.trainer._loaders import evaluation_loader, training_loader
 from trainbus.trainer._lock import hold_output_dir
 from trainbus.trainer._loop import TrainingLoop
+from trainbus.trainer._model_setup import check_model_setup, configure_tf32
 from trainbus.trainer._optimizers import (
     build_optimizer,
     decay_parameter_names,
     optimizer_cls_and_kwargs,
     weight_groups,
 )
-from trainbus.trainer._model_setup import check_model_setup, configure_tf32
 from trainbus.trainer._precision import Precision
 from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
+from trainbus.trainer._results import metrics_table, save_results
 from trainbus.trainer._rng import set_seed
-from trainbus.trainer._run_info import check_arguments, run_config
+from trainbus.trainer._run_info import check_arguments, check_model_source, run_config
 from trainbus.trainer._schedules import create_scheduler
 from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
@@ -107,32 +115,59 @@ OptimizerClsAndKwargs = tuple[Any, dict[str, Any]]
 LogitsPreprocessor = Callable[[Any, Any], Any]
 """``preprocess_logits_for_metrics(logits, labels)``: what to keep of each batch's logits."""
 EvalData = Dataset[Any] | Mapping[str, Dataset[Any]]
+LossFunction = Callable[..., torch.Tensor]
+"""``compute_loss_func(outputs, labels, num_items_in_batch=...)``: the loss of one micro-batch."""
 
 
 class Trainer(RefusesUnsupportedMethods):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
 
-    ``optimizers`` hands in a built optimizer and/or schedule; ``optimizer_cls_and_kwargs`` an
-    optimizer class (or factory) and its keyword arguments, built over the weight-decay groups
-    instead of the one ``args.optim`` names. Not both: the second would be ignored.
-
-    Without ``data_collator``, a tokenizer (or sequence feature extractor) as
-    ``processing_class`` gets transformers' ``DataCollatorWithPadding``, anything else
-    `default_data_collator`. ``preprocess_logits_for_metrics(logits, labels)`` reduces each
-    evaluation batch's logits (to their argmax, say) before they are kept for
-    ``compute_metrics``. Beyond Hugging Face's arguments: ``launcher`` opens this trainer's runs
-    instead of the one found by entry point (see ``trainbus.trainer._launcher``), and ``sinks``
-    adds sinks of the caller's own to every run.
+    Args:
+        model: the model to train; may be ``None`` when ``model_init`` is given.
+        args: the run's arguments (``TrainingArguments()`` when ``None``).
+        data_collator: turns a list of samples into a batch; without it, a tokenizer (or
+            sequence feature extractor) as ``processing_class`` gets transformers'
+            ``DataCollatorWithPadding``, anything else ``default_data_collator``.
+        train_dataset: the training samples.
+        eval_dataset: the evaluation samples, or a dict of named evaluation sets.
+        processing_class: the tokenizer or processor, saved with the model.
+        model_init: builds a fresh model (no argument, or the hyper-parameter ``trial``); called
+            under ``args.seed`` here and again at every ``train()``, which then starts from new
+            weights and a new optimizer. Not together with ``model`` or ``optimizers``.
+        compute_loss_func: ``(outputs, labels, num_items_in_batch=...) -> loss``, used instead of
+            the model's own loss; it receives the label-token count of the whole update (see
+            ``trainbus.trainer._accounting``) and must return a loss already scaled for it.
+        compute_metrics: turns an ``EvalPrediction`` into metrics.
+        callbacks: callbacks (classes or instances) after the default ones.
+        optimizers: an optimizer and a schedule to use instead of the default ones.
+        optimizer_cls_and_kwargs: an optimizer class (or factory) and its keyword arguments,
+            built over the weight-decay groups instead of the one ``args.optim`` names; not
+            together with ``optimizers``.
+        preprocess_logits_for_metrics: ``(logits, labels) -> logits`` reduces each evaluation
+            batch's logits (to their argmax, say) before they are kept for ``compute_metrics``.
+        launcher: opens this trainer's runs instead of the one found by entry point (see
+            ``trainbus.trainer._launcher``).
+        sinks: sinks of the caller's own, added to every run.
     """
+
+    loss_is_scaled_for_ga: ClassVar[bool | None] = None
+    """Whether ``compute_loss`` returns a loss already scaled for gradient accumulation: ``True``
+    means ``training_step`` uses it as is, ``False`` that it divides it by the number of
+    micro-batches of the update. ``None`` (the default) decides per step as Hugging Face does: the
+    loss counts as scaled when it was divided by ``num_items_in_batch`` (by the model, which
+    takes loss keyword arguments, or by ``compute_loss_func``). A subclass computing its own loss
+    sets it."""
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | None = None,
         args: TrainingArguments | None = None,
         data_collator: DataCollator | None = None,
         train_dataset: Dataset[Any] | None = None,
         eval_dataset: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None,
         processing_class: Any = None,
+        model_init: Callable[..., nn.Module] | None = None,
+        compute_loss_func: LossFunction | None = None,
         compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None = None,
         callbacks: list[Any] | None = None,
         optimizers: Optimizers = (None, None),
@@ -144,7 +179,11 @@ class Trainer(RefusesUnsupportedMethods):
     ) -> None:
         self.args = args if args is not None else TrainingArguments()
         check_arguments(self.args, eval_dataset)
-        set_seed(self.args.seed)
+        check_model_source(model, model_init, optimizers)
+        self.model_init = model_init
+        set_seed(self.args.seed)  # before model_init: its weights come from this seed
+        if model is None:
+            model = self.call_model_init()
         self.device: torch.device = self.args.device
         # precision: switches and checks once, before anything runs (trainer/_precision.py)
         configure_tf32(self.args)
@@ -156,6 +195,12 @@ class Trainer(RefusesUnsupportedMethods):
         self.model = model.to(self.device)
         self.model_wrapped: nn.Module = self.model
         """What forward/backward run through: ``self.model``, or its DDP wrapper in a group."""
+        self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
+        """Whether the model's ``forward`` takes ``num_items_in_batch`` (decided here, once)."""
+        self._loss_shifts_labels = loss_shifts_labels(self.model)
+        self.compute_loss_func = compute_loss_func
+        self.current_gradient_accumulation_steps = 1
+        """Micro-batches in the update being trained (the last one of an epoch may be short)."""
         self._dist = Distributed(self.args.world_size, self.args.process_index, self.device)
         self.label_names = (
             default_label_names(self.model)
@@ -209,6 +254,10 @@ class Trainer(RefusesUnsupportedMethods):
         """The SIGTERM/SIGINT that stopped (or is stopping) the last ``train()``, if any."""
         self._created_scheduler = False
         """Whether ``lr_scheduler`` is ours (a second ``train()`` then gets a fresh one)."""
+        self._trial: Any = None
+        self._ignore_keys_for_eval: list[str] | None = None
+        self._initial_num_input_tokens_seen = 0
+        """``state.num_input_tokens_seen`` when the current ``train()`` began (tokens/s)."""
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # --- public API -----------------------------------------------------------------------------
@@ -216,13 +265,24 @@ class Trainer(RefusesUnsupportedMethods):
     def train(
         self,
         resume_from_checkpoint: bool | str | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
         *,
         launcher: Launcher | None = None,
     ) -> TrainOutput:
         """Train in this thread while the run's bus lives on a background event loop.
 
-        ``launcher`` opens this call's run instead of the trainer's own (see
-        ``trainbus.trainer._launcher``).
+        Args:
+            resume_from_checkpoint: a checkpoint directory, or ``True`` for the last one in
+                ``output_dir``.
+            trial: the hyper-parameter trial (an Optuna trial or a dict), handed to
+                ``model_init`` and recorded in ``state.trial_params``.
+            ignore_keys_for_eval: output keys the evaluations during training leave out.
+            launcher: opens this call's run instead of the trainer's own (see
+                ``trainbus.trainer._launcher``).
+
+        With ``model_init``, the model is built afresh first (under ``args.seed``), with a new
+        optimizer and schedule.
 
         On the main thread, SIGTERM and SIGINT stop the run gracefully while this call lasts (the
         previous handlers come back after it): the current optimizer step finishes, a checkpoint
@@ -235,6 +295,7 @@ class Trainer(RefusesUnsupportedMethods):
         signal ends the process at once. See ``trainbus.trainer._signals``.
         """
         check_before_training(self.args, resume_from_checkpoint)
+        self._begin_training(trial, ignore_keys_for_eval)
         body = functools.partial(self._train, resume_from_checkpoint)
         self._stop_signal = None
         with hold_output_dir(self.args.output_dir), stop_on_signals(self._on_stop_signal):
@@ -243,17 +304,20 @@ class Trainer(RefusesUnsupportedMethods):
     async def train_async(
         self,
         resume_from_checkpoint: bool | str | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
         *,
         launcher: Launcher | None = None,
     ) -> TrainOutput:
         """Train in a worker thread; the running event loop hosts the bus and the sinks.
 
-        ``launcher`` opens this call's run instead of the trainer's own; ``Orchestrator.train``
-        passes itself, so training joins its open run. Signals belong to the host here: nothing
-        is installed for them, and the host stops the run with ``request_stop()`` (or by
-        cancelling this call, which calls it).
+        The arguments are ``train()``'s. ``launcher`` opens this call's run instead of the
+        trainer's own; ``Orchestrator.train`` passes itself, so training joins its open run.
+        Signals belong to the host here: nothing is installed for them, and the host stops the
+        run with ``request_stop()`` (or by cancelling this call, which calls it).
         """
         check_before_training(self.args, resume_from_checkpoint)
+        self._begin_training(trial, ignore_keys_for_eval)
         body = functools.partial(self._train, resume_from_checkpoint)
         with hold_output_dir(self.args.output_dir):
             return await launch_async(
@@ -404,16 +468,29 @@ class Trainer(RefusesUnsupportedMethods):
         if with_loss and names:
             found = nested_detach(tuple(inputs.get(name) for name in names))
             labels = found[0] if len(found) == 1 else found
-        with torch.no_grad(), self.compute_loss_context_manager():
-            outputs = model(**inputs)  # the one forward pass of evaluation, autocast as training
-            loss = extract_loss(outputs, inputs).detach().mean() if with_loss else None
+        with torch.no_grad():  # the one forward pass of evaluation, autocast as training
+            loss, outputs = self._evaluation_forward(model, inputs, with_loss)
+            if loss is not None:
+                loss = loss.detach().mean()
         if prediction_loss_only:
             return loss, None, None
         return loss, output_logits(outputs, has_loss=with_loss, ignore_keys=ignore_keys), labels
 
     def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
-        """Add ``epoch``, append to ``log_history``, publish ``Log`` and fire ``on_log``."""
+        """Add ``epoch``, append to ``log_history``, publish ``Log`` and fire ``on_log``.
+
+        Args:
+            logs: the values to log; ``epoch`` (and, when tokens are counted,
+                ``num_input_tokens_seen``) are added to it in place, as Hugging Face does.
+            start_time: when this ``train()`` began; with ``include_num_input_tokens_seen``
+                the entry also gets ``train_runtime`` and ``train_tokens_per_second`` so far.
+        """
         logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            if start_time is not None:
+                tokens = self.state.num_input_tokens_seen - self._initial_num_input_tokens_seen
+                logs.update(speed_metrics("train", start_time, num_tokens=tokens))
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._flush_marks()
         bus = self._bus
@@ -423,6 +500,36 @@ class Trainer(RefusesUnsupportedMethods):
                 Log, global_step=state.global_step, epoch=state.epoch, logs=plain_metrics(logs)
             )
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    def log_metrics(self, split: str, metrics: Mapping[str, Any]) -> None:
+        """Print ``metrics`` as an aligned table (runtimes as durations, ``total_flos`` in GF);
+        world rank zero only.
+
+        Args:
+            split: the table's title: ``"train"``, ``"eval"``, ``"test"``…
+            metrics: what ``train()``, ``evaluate()`` or ``predict()`` returned.
+        """
+        if self.is_world_process_zero():
+            print(metrics_table(split, metrics))
+
+    def save_metrics(self, split: str, metrics: Mapping[str, Any], combined: bool = True) -> None:
+        """Write ``metrics`` to ``<output_dir>/<split>_results.json``; world rank zero only.
+
+        Args:
+            split: the file's prefix: ``"train"``, ``"eval"``, ``"test"``, ``"all"``…
+            metrics: the raw numbers (not the table's rounded ones).
+            combined: also merge them into ``all_results.json``, which collects every split.
+        """
+        if self.is_world_process_zero():
+            save_results(self.args.output_dir, split, metrics, combined=combined)
+
+    def save_state(self) -> None:
+        """Write ``state`` to ``<output_dir>/trainer_state.json`` (``save_model`` writes only the
+        model); world rank zero only."""
+        if self.is_world_process_zero():
+            directory = Path(self.args.output_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.state.save_to_json(directory / ckpt.STATE_NAME)
 
     def save_model(self, output_dir: str | None = None) -> Path:
         """Write weights, arguments and config to ``output_dir``.
@@ -584,9 +691,124 @@ class Trainer(RefusesUnsupportedMethods):
         """
         return decay_parameter_names(model)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """The loss of one micro-batch under the Hugging Face model contract."""
-        return extract_loss(model(**inputs), inputs)
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its loss, detached, as scaled for the
+        update (what the logged loss sums). Override it to do more around a step.
+
+        Args:
+            model: what to run (``model_wrapped``: the DDP wrapper when distributed).
+            inputs: the micro-batch, as the collator made it; moved to the device here.
+            num_items_in_batch: the label tokens of the whole update, when counted (see
+                ``trainbus.trainer._accounting``); ``compute_loss`` divides by it.
+        """
+        if not (model.training and self.model.training):  # evaluation switched it off
+            model.train()  # (train() walks every module: only when needed)
+        inputs = move_to_device(inputs, self.device)
+        with self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        del inputs
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:
+            scaled = self.compute_loss_func is not None or (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            )
+        if not scaled and self.current_gradient_accumulation_steps > 1:
+            loss = loss / self.current_gradient_accumulation_steps
+        self._backward(loss)
+        return loss.detach()
+
+    @overload
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: Literal[False] = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: Literal[True],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> tuple[torch.Tensor, Any]: ...
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The loss of one micro-batch: the model's own, or ``compute_loss_func``'s.
+
+        Args:
+            model: what to run.
+            inputs: the micro-batch on the device (left unchanged).
+            return_outputs: return ``(loss, outputs)`` instead of the loss alone.
+            num_items_in_batch: the label tokens of the whole update, passed on to a model
+                that takes loss keyword arguments and to ``compute_loss_func``.
+
+        With ``average_tokens_across_devices`` and several ranks, a loss divided by the count
+        of every rank is multiplied by the number of ranks, since the gradient all-reduce
+        averages: the update is then the mean over every rank's tokens.
+        """
+        labels = None
+        if self.compute_loss_func is not None and "labels" in inputs:
+            labels = inputs["labels"]
+            inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        outputs = model(**inputs)
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        else:
+            loss = extract_loss(outputs, inputs)
+        if (
+            self.args.average_tokens_across_devices
+            and self.args.world_size > 1
+            and num_items_in_batch is not None
+            and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+        ):
+            loss = loss * self.args.world_size
+        return (loss, outputs) if return_outputs else loss
+
+    def floating_point_ops(self, inputs: Mapping[str, Any]) -> float:
+        """The flops of one forward and backward pass over ``inputs``, summed into
+        ``state.total_flos``: the model's ``floating_point_ops`` where it has one, else
+        ``6 * tokens * parameters outside the embeddings``, else 0. Override it for other
+        models; the loop then calls the override per micro-batch."""
+        count = flops_counter(self.model)
+        return 0.0 if count is None else count(inputs)
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """A fresh model from ``model_init``: called with ``trial`` when it takes one argument.
+
+        Raises ``ConfigurationError`` when there is no ``model_init``, when it takes more than
+        one argument or when it returns ``None``.
+        """
+        model_init = self.model_init
+        if model_init is None:
+            raise ConfigurationError("call_model_init() needs Trainer(model_init=...)")
+        parameters = inspect.signature(model_init).parameters
+        if len(parameters) == 0:
+            model = model_init()
+        elif len(parameters) == 1:
+            model = model_init(trial)
+        else:
+            raise ConfigurationError(
+                f"model_init must take no argument or one (the trial); it takes {len(parameters)}"
+            )
+        if model is None:
+            raise ConfigurationError("model_init returned None; it must return the model")
+        return model
 
     def compute_loss_context_manager(self) -> AbstractContextManager[Any]:
         """The context a forward pass and its loss run in: autocast under ``bf16``/``fp16``.
@@ -601,6 +823,27 @@ class Trainer(RefusesUnsupportedMethods):
         self.precision.backward(loss)
 
     # --- the run around the work ----------------------------------------------------------------
+
+    def _begin_training(self, trial: Any, ignore_keys_for_eval: list[str] | None) -> None:
+        """Before a ``train()`` opens its run: the trial, and a fresh model from ``model_init``
+        (under ``args.seed``, as Hugging Face does, with a new optimizer and schedule)."""
+        self._trial = trial
+        self._ignore_keys_for_eval = ignore_keys_for_eval
+        if self.model_init is None:
+            return
+        set_seed(self.args.seed)
+        self.model = self.call_model_init(trial).to(self.device)
+        self.model_wrapped = self.model
+        self.optimizer, self.lr_scheduler = None, None
+        self._created_scheduler = False
+
+    def _flops_per_batch(self) -> Callable[[Mapping[str, Any]], float] | None:
+        """What the loop calls per micro-batch to count flops, decided once per run: an
+        overriding ``floating_point_ops``, else the model's rule with its parameter count taken
+        now (``None``: nothing to count)."""
+        if type(self).floating_point_ops is not Trainer.floating_point_ops:
+            return self.floating_point_ops
+        return flops_counter(self.model)
 
     def _train(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         """What ``train()`` runs inside a run: one ``TrainingLoop`` (``trainbus.trainer._loop``)."""
@@ -713,6 +956,39 @@ class Trainer(RefusesUnsupportedMethods):
             speed_metrics(prefix, start_time, num_samples=output.num_samples, num_steps=steps)
         )
         return output
+
+    def _evaluation_forward(
+        self, model: nn.Module, batch: dict[str, Any], has_labels: bool
+    ) -> tuple[torch.Tensor | None, Any]:
+        """One evaluation batch as Hugging Face's ``prediction_step`` runs it: with labels,
+        through ``compute_loss`` (so an override or ``compute_loss_func`` scores evaluation too)
+        with this batch's own ``num_items_in_batch``; without, the model alone."""
+        with self.compute_loss_context_manager():
+            if not has_labels:
+                return None, model(**batch)
+            num_items = self._num_items_in_batch([batch]) if self._counts_items() else None
+            loss, outputs = self.compute_loss(
+                model, batch, return_outputs=True, num_items_in_batch=num_items
+            )
+        return loss, outputs
+
+    def _counts_items(self) -> bool:
+        """Whether losses are divided by ``num_items_in_batch`` (see ``_accounting``)."""
+        return bool(self.model_accepts_loss_kwargs) or self.compute_loss_func is not None
+
+    def _num_items_in_batch(self, batches: Sequence[Any]) -> torch.Tensor | None:
+        """The label tokens of ``batches`` (one update's micro-batches, or one evaluation batch),
+        summed over ranks with ``average_tokens_across_devices``, on the device.
+
+        Whether batches are counted depends only on their keys, which every rank's collator
+        makes alike, so every rank takes the all-reduce or none does.
+        """
+        count = count_label_items(batches, shift=self._loss_shifts_labels)
+        if count is None:
+            return None
+        if self.args.average_tokens_across_devices and self._dist.enabled:
+            count = self._dist.sum(count)
+        return count.to(self.device, non_blocking=True)
 
     def _prediction_step(self) -> None:
         self._publish(PredictionStep)

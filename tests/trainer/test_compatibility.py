@@ -127,9 +127,9 @@ def test_main_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_table_status_follows_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """A method our Trainer gains turns its row to implemented, without editing the registry."""
-    assert "| `save_state` | refused |" in render()
-    monkeypatch.setattr(Trainer, "save_state", lambda self: None, raising=False)
-    assert "| `save_state` | implemented |" in render()
+    assert "| `hyperparameter_search` | refused |" in render()
+    monkeypatch.setattr(Trainer, "hyperparameter_search", lambda self: None, raising=False)
+    assert "| `hyperparameter_search` | implemented |" in render()
     assert "| `push_to_hub` | refused | planned with the operations work" in render()
     assert "| `deepspeed` | `None` | refused | DeepSpeed |" in render()
     assert "| `report_to` | `'none'` | implemented |" in render()
@@ -153,7 +153,7 @@ def test_a_missing_transformers_method_is_refused_in_one_line(tmp_path: Path) ->
     )
     assert isinstance(info.value, AttributeError)
     assert not hasattr(trainer, "hyperparameter_search")
-    assert getattr(trainer, "save_state", "absent") == "absent"
+    assert getattr(trainer, "hyperparameter_search", "absent") == "absent"
 
 
 def test_other_missing_attributes_stay_plain_attribute_errors(tmp_path: Path) -> None:
@@ -173,8 +173,8 @@ def test_subclasses_and_arguments_refuse_the_same_way(tmp_path: Path) -> None:
         pass
 
     trainer = MyTrainer(TinyRegressor(), TrainingArguments(output_dir=str(tmp_path)))
-    with pytest.raises(UnsupportedError, match=r"^Trainer\.training_step is not supported"):
-        trainer.training_step  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(UnsupportedError, match=r"^Trainer\.hyperparameter_search is not"):
+        trainer.hyperparameter_search  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(UnsupportedError, match=r"^TrainingArguments\.set_training is not"):
         TrainingArguments().set_training(learning_rate=1e-3)  # type: ignore[attr-defined]
     with pytest.raises(AttributeError, match=r"'TrainingArguments' object has no attribute 'x'"):

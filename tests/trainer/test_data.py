@@ -114,22 +114,27 @@ def test_shuffled_loader_without_generator_gives_the_same_batches_and_rng_draws(
     assert torch.equal(rng_direct, rng_usual)
 
 
-def test_the_trainers_own_loader_gives_the_same_batches_and_generator_draws() -> None:
-    loaders: list[DataLoader[Any]] = []
+def test_the_trainers_own_loader_draws_its_base_seed_from_the_global_rng() -> None:
+    """As transformers' loader (no generator): one global draw per ``iter()``, both ways, and
+    the shuffle still comes from the sampler's own seed."""
 
     def make() -> DataLoader[Any]:
         loader = train_dataloader(Numbers(), batch_size=4, collator=_stack, seed=3)
-        assert isinstance(loader.generator, torch.Generator)
-        loader.generator.manual_seed(5)
-        loaders.append(loader)
+        assert loader.generator is None
         return loader
 
     direct, usual, rng_direct, rng_usual = _both_ways(make)
     _assert_same_batches(direct, usual)
     assert torch.equal(rng_direct, rng_usual)
-    generators = [loader.generator for loader in loaders]
-    assert all(g is not None for g in generators)
-    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+    torch.manual_seed(7)
+    torch.empty((), dtype=torch.int64).random_()  # the one draw of an iter()
+    expected = torch.get_rng_state()
+    for start in (iter_batches, iter):
+        torch.manual_seed(7)
+        start(make())  # the draw happens when the epoch starts, before any sample is read
+        assert torch.equal(torch.get_rng_state(), expected)
+    torch.manual_seed(8)  # another global state: the same order
+    assert [b["x"].tolist() for b in iter(make())] == [b["x"].tolist() for b in usual]
 
 
 def test_a_batch_sampler_that_draws_when_started_sees_torchs_order_of_draws() -> None:
@@ -374,7 +379,7 @@ def test_loader_options_reach_torch_and_keep_the_direct_path_on_cpu(tmp_path: Pa
         ({"dataloader_prefetch_factor": 2}, "dataloader_prefetch_factor applies to worker"),
         ({"dataloader_persistent_workers": True}, "dataloader_persistent_workers applies"),
         ({"include_for_metrics": ["logits"]}, "include_for_metrics entry must be one of 'inputs'"),
-        ({"train_sampling_strategy": "batch_rebalance"}, "train_sampling_strategy='batch_rebalance' is not supported"),
+        ({"train_sampling_strategy": "batch_rebalance"}, "'batch_rebalance' is not supported"),
         ({"eval_accumulation_steps": 0}, "eval_accumulation_steps must be an integer >= 1"),
         ({"label_names": "labels"}, "label_names must be a list of strings"),
     ],

@@ -51,15 +51,6 @@ def test_bf16_with_checkpointing_and_accumulation_gives_transformers_steps_and_e
     assert ours["checkpointing"] is theirs["checkpointing"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "transformers 5.24 passes num_items_in_batch to a model whose forward takes **kwargs and "
-        "then skips the division by gradient_accumulation_steps, so a BERT classifier logs "
-        "(and backpropagates) the sum of its micro-batch losses; our loop divides. Matching it "
-        "belongs to Trainer.training_step(model, inputs, num_items_in_batch)."
-    ),
-)
 def test_bf16_with_accumulation_gives_transformers_training_losses(
     accumulated: dict[str, dict[str, Any]],
 ) -> None:

@@ -110,9 +110,17 @@ class OverridingTrainer(Trainer):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0)
         super().create_optimizer_and_scheduler(num_training_steps)
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    def compute_loss(  # type: ignore[override]  # a user's override, as written for HF
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         self.calls.append("compute_loss")
-        return super().compute_loss(model, inputs) * 0 + 7.0
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        loss = loss * 0 + 7.0
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
         self.calls.append("log")
@@ -148,7 +156,9 @@ def test_methods_overridden_on_a_trainer_subclass_are_the_ones_training_calls(
         "create_optimizer_and_scheduler",
         "compute_loss",
     ]
-    assert trainer.calls.count("compute_loss") == 2 and "evaluate" in trainer.calls
+    # two training steps, then the evaluation's one batch (scored through compute_loss, as HF)
+    assert trainer.calls.count("compute_loss") == 3 and "evaluate" in trainer.calls
+    assert trainer.state.log_history[-2]["eval_loss"] == pytest.approx(7.0)
     assert output.training_loss == pytest.approx(7.0)  # the overridden loss
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
     assert all(entry["custom"] == 1.0 for entry in trainer.state.log_history)

@@ -11,12 +11,20 @@ from trainbus.trainer._state import TrainerControl, TrainerState
 ARGS = TrainingArguments(disable_tqdm=False)
 
 
-def test_printer_prints_a_copy_without_total_flos(capsys: pytest.CaptureFixture[str]) -> None:
-    """The printer shows floats at 4 significant digits, hides total_flos, keeps logs intact."""
+def test_printer_prints_without_total_flos_and_removes_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The printer shows floats at 4 significant digits and removes total_flos from the logs
+    themselves, on every rank, as Hugging Face's does (train()'s metrics then lack it)."""
     logs = {"loss": 0.123456, "total_flos": 1e12, "epoch": 1}
     PrinterCallback().on_log(ARGS, TrainerState(), TrainerControl(), logs=logs)
     assert capsys.readouterr().out == "{'loss': '0.1235', 'epoch': 1}\n"
-    assert "total_flos" in logs
+    assert "total_flos" not in logs
+    quiet = {"total_flos": 1e12}
+    PrinterCallback().on_log(
+        ARGS, TrainerState(is_local_process_zero=False), TrainerControl(), logs=quiet
+    )
+    assert quiet == {}
 
 
 def test_printer_is_silent_off_the_local_main_process(capsys: pytest.CaptureFixture[str]) -> None:

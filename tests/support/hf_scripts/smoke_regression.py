@@ -13,8 +13,6 @@ config = BertConfig(
     intermediate_size=32,
     max_position_embeddings=16,
     num_labels=2,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
 )
 torch.manual_seed(0)
 model = BertForSequenceClassification(config)
