@@ -1,22 +1,32 @@
 """Checkpoints: written whole or not at all, read back without unpickling arbitrary objects.
 
-Layout of ``<output_dir>/checkpoint-<step>/``::
+Layout of ``<output_dir>/checkpoint-<step>/``, file for file the one transformers writes, so
+either ``Trainer`` resumes from the other's checkpoints and ``from_pretrained`` reads both::
 
-    model.safetensors    weights
-    optimizer.pt         optimizer.state_dict()       (absent with save_only_model)
-    scheduler.pt         lr_scheduler.state_dict()    (absent with save_only_model)
+    config.json          the model's configuration      (models with save_pretrained)
+    model.safetensors    weights                        (see trainbus.trainer._pretrained)
+    tokenizer files      the processing_class, if any   (its own save_pretrained)
+    optimizer.pt         optimizer state                (both in transformers' parameter
+    scheduler.pt         scheduler state                groups: trainbus.trainer._param_groups)
     rng_state.pth        Python, NumPy, torch CPU and CUDA generator states
                          (rng_state_<rank>.pth, one per rank, when distributed)
     trainer_state.json   TrainerState, callback states included
     training_args.json   the arguments, secrets removed
+
+``save_only_model`` leaves out the optimizer, scheduler and RNG files, as transformers does.
+
+One deliberate difference: transformers also writes ``training_args.bin``, a pickle of its
+``TrainingArguments`` object. Reading such a file means unpickling whatever class it names
+(``weights_only=False``), nothing in a resume reads it (transformers' own resume does not), and
+the arguments are worth keeping in a form anyone can read: we write them as JSON only.
 
 Everything is written into a hidden sibling directory, flushed to disk, and renamed into place,
 so a crash leaves either the previous set of checkpoints or the new one, never half a checkpoint
 that a resume would pick up. A process killed mid-save leaves its hidden directories behind;
 ``recover_interrupted_saves`` (run at the start of ``train()``) deletes the half-written ones and
 puts back a checkpoint that was moved aside but never replaced. Every ``.pt``/``.pth`` file is
-read with ``weights_only=True``: the RNG states are stored as tensors and numbers precisely so that
-they load under that restriction.
+read with ``weights_only=True``; the RNG file's NumPy array with torch's allow-list for it
+(``trainbus.trainer._rng``).
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._param_groups import export_states, import_states
+from trainbus.trainer._pretrained import WEIGHTS_NAME, write_model, write_processing_class
 
 __all__ = [
     "ARGS_NAME",
@@ -57,7 +69,6 @@ __all__ = [
 ]
 
 PREFIX: Final = "checkpoint"
-WEIGHTS_NAME: Final = "model.safetensors"
 OPTIMIZER_NAME: Final = "optimizer.pt"
 SCHEDULER_NAME: Final = "scheduler.pt"
 RNG_NAME: Final = "rng_state.pth"
@@ -90,6 +101,12 @@ def rng_file(rank: int, world_size: int) -> str:
     return RNG_NAME if world_size <= 1 else f"rng_state_{rank}.pth"
 
 
+def _write_args(directory: Path, args_dict: dict[str, Any]) -> None:
+    (directory / ARGS_NAME).write_text(
+        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+
+
 def _write_files(
     staging: Path,
     model: nn.Module,
@@ -98,20 +115,22 @@ def _write_files(
     write_state: Callable[[Path], None],
     args_dict: dict[str, Any],
     rng_states: list[dict[str, Any]],
+    processing: tuple[Any, Any],
 ) -> None:
-    safetensors.torch.save_model(model, str(staging / WEIGHTS_NAME))
+    write_model(staging, model)
+    write_processing_class(staging, *processing)
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
-    if scheduler is not None:
-        torch.save(scheduler.state_dict(), staging / SCHEDULER_NAME)
+        optimizer_state, scheduler_state = export_states(model, optimizer, scheduler)
+        torch.save(optimizer_state, staging / OPTIMIZER_NAME)
+        if scheduler_state is not None:
+            torch.save(scheduler_state, staging / SCHEDULER_NAME)
     for rank, rng_state in enumerate(rng_states):
         torch.save(rng_state, staging / rng_file(rank, len(rng_states)))
-    (staging / ARGS_NAME).write_text(
-        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
+    _write_args(staging, args_dict)
     write_state(staging)
-    for child in staging.iterdir():
-        _fsync_file(child)
+    for child in staging.rglob("*"):
+        if child.is_file():
+            _fsync_file(child)
     _fsync_dir(staging)
 
 
@@ -125,12 +144,16 @@ def write_checkpoint(
     write_state: Callable[[Path], None],
     args_dict: dict[str, Any],
     rng_states: list[dict[str, Any]],
+    processing_class: Any = None,
+    data_collator: Any = None,
 ) -> Path:
     """Write a complete checkpoint and rename it into place; returns its final directory.
 
     ``write_state`` writes ``trainer_state.json`` into the directory it is given; it runs last, so
     the state may refer to this checkpoint as the best one. ``optimizer`` and ``scheduler`` are
-    skipped when ``None`` (``save_only_model``). ``rng_states`` holds one entry per rank.
+    skipped when ``None``, and ``rng_states`` is empty, with ``save_only_model``; otherwise it
+    holds one entry per rank. ``processing_class`` (else ``data_collator``'s tokenizer) is saved
+    beside the model.
     """
     final = checkpoint_dir(output_dir, global_step)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +161,16 @@ def write_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _write_files(staging, model, optimizer, scheduler, write_state, args_dict, rng_states)
+        _write_files(
+            staging,
+            model,
+            optimizer,
+            scheduler,
+            write_state,
+            args_dict,
+            rng_states,
+            (processing_class, data_collator),
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -246,22 +278,17 @@ def rotate_checkpoints(
 
 
 def save_model(
-    directory: Path, model: nn.Module, args_dict: dict[str, Any], processing_class: Any
+    directory: Path,
+    model: nn.Module,
+    args_dict: dict[str, Any],
+    processing_class: Any,
+    data_collator: Any = None,
 ) -> None:
-    """The final model: weights, arguments, model config and processor when they can be saved."""
+    """The model as ``from_pretrained`` reads it, its processing class and the arguments."""
     directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_model(model, str(directory / WEIGHTS_NAME))
-    (directory / ARGS_NAME).write_text(
-        json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
-    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
-    if callable(to_dict):
-        (directory / "config.json").write_text(
-            json.dumps(to_dict(), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-        )
-    save_pretrained = getattr(processing_class, "save_pretrained", None)
-    if callable(save_pretrained):
-        save_pretrained(str(directory))
+    write_model(directory, model)
+    write_processing_class(directory, processing_class, data_collator)
+    _write_args(directory, args_dict)
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:
@@ -271,13 +298,23 @@ def load_weights(model: nn.Module, directory: Path) -> None:
 
 def load_optimizer_and_scheduler(
     directory: Path,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: LRScheduler,
     device: torch.device,
 ) -> None:
-    """Restore optimizer and scheduler states when the checkpoint has them."""
-    if (directory / OPTIMIZER_NAME).is_file():
-        state = torch.load(directory / OPTIMIZER_NAME, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state)
+    """Restore optimizer and scheduler states, written by us or by transformers, if present."""
+    if not (directory / OPTIMIZER_NAME).is_file():
+        return
+    saved_optimizer = torch.load(directory / OPTIMIZER_NAME, map_location=device, weights_only=True)
+    saved_scheduler = None
     if (directory / SCHEDULER_NAME).is_file():
-        scheduler.load_state_dict(torch.load(directory / SCHEDULER_NAME, weights_only=True))
+        saved_scheduler = torch.load(directory / SCHEDULER_NAME, weights_only=True)
+    import_states(
+        model,
+        optimizer,
+        scheduler,
+        saved_optimizer,
+        saved_scheduler,
+        file_name=str(directory / OPTIMIZER_NAME),
+    )

@@ -204,7 +204,7 @@ class TrainingLoop:
             self.steppers = self.steppers._replace(schedule=_no_step)
         if checkpoint is not None and not args.resume_only_model:
             ckpt.load_optimizer_and_scheduler(
-                checkpoint, self.optimizer, self.lr_scheduler, self.device
+                checkpoint, self.model, self.optimizer, self.lr_scheduler, self.device
             )
         handler.model, handler.optimizer = self.model, self.optimizer
         handler.lr_scheduler, handler.train_dataloader = self.lr_scheduler, loader
@@ -415,7 +415,7 @@ class TrainingLoop:
             if best.is_dir() or state.best_global_step == state.global_step:
                 state.best_model_checkpoint = str(best)
         state.record_callback_states(exportable_objects(self.handler, trainer.control))
-        rng_states = self.dist.gather(capture_rng_state())
+        rng_states = [] if args.save_only_model else self._gather_rng_states()
         path = ckpt.checkpoint_dir(args.output_dir, state.global_step)
         self.saved_step = state.global_step
         if args.should_save:
@@ -428,6 +428,8 @@ class TrainingLoop:
                 write_state=lambda directory: state.save_to_json(directory / ckpt.STATE_NAME),
                 args_dict=args.to_dict(),
                 rng_states=rng_states,
+                processing_class=trainer.processing_class,
+                data_collator=trainer.data_collator,
             )
             ckpt.rotate_checkpoints(
                 args.output_dir, args.save_total_limit, state.best_model_checkpoint
@@ -438,6 +440,10 @@ class TrainingLoop:
         if trainer._bus is not None:
             trainer._bus.fsync()
         trainer.control = self.handler.on_save(args, state, trainer.control)
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's generator states, in rank order (a collective in a group)."""
+        return self.dist.gather(capture_rng_state(distributed=self.dist.enabled))
 
     def _finish(self, start_time: float, start_step: int) -> TrainOutput:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""

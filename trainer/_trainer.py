@@ -532,15 +532,33 @@ class Trainer(RefusesUnsupportedMethods):
             self.state.save_to_json(directory / ckpt.STATE_NAME)
 
     def save_model(self, output_dir: str | None = None) -> Path:
-        """Write weights, arguments and config to ``output_dir``.
+        """Write the model so that ``from_pretrained(output_dir)`` loads it, as transformers does.
 
-        Inside a run (from a callback, say ``on_train_end``) it also publishes
-        ``Artifact(kind="model")`` so sinks can upload it; after ``train()`` returned, the run and
-        its bus are closed, and only the files are written.
+        A model with ``save_pretrained`` writes its config and safetensors weights through it
+        (any other module: its ``state_dict`` as ``model.safetensors``); the ``processing_class``
+        (else the data collator's tokenizer) is saved beside it, and the arguments as
+        ``training_args.json`` (never a pickle: see ``trainbus.trainer._checkpoint``). Only the
+        process that saves (``args.should_save``) writes. Inside a run (from a callback, say
+        ``on_train_end``) it also publishes ``Artifact(kind="model")`` so sinks can upload it;
+        after ``train()`` returned, the run and its bus are closed, and only the files are
+        written.
+
+        Args:
+            output_dir: where to write; ``args.output_dir`` when ``None``.
+
+        Returns:
+            The directory written to.
         """
         target = Path(output_dir or self.args.output_dir)
-        ckpt.save_model(target, self.model, self.args.to_dict(), self.processing_class)
-        self._publish(Artifact, kind="model", path=str(target), name=target.name)
+        if self.args.should_save:
+            ckpt.save_model(
+                target,
+                self.model,
+                self.args.to_dict(),
+                self.processing_class,
+                self.data_collator,
+            )
+            self._publish(Artifact, kind="model", path=str(target), name=target.name)
         return target
 
     @property
