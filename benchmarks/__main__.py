@@ -1,6 +1,6 @@
 """Run every benchmark, print the headline table, write ``RESULTS.md`` and ``results.png``.
 
-    python -m benchmarks                  # the full suite (about 30 minutes on two cores)
+    python -m benchmarks                  # the full suite (about 35 minutes on two cores)
     python -m benchmarks --quick          # every benchmark in its quick mode (under 3 minutes)
     python -m benchmarks --only peers     # one benchmark (repeatable, or comma-separated)
 

@@ -8,14 +8,17 @@ Nothing here asserts a speed: speed targets live in ``benchmarks/``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.__main__ import SUITE_FILE, load_results
 from benchmarks._common import RESULTS_DIR, SKIPPED_EXIT
 from benchmarks._report import render_markdown, target_rows
+from benchmarks.bench_hf import Run, disagreement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +41,48 @@ def test_smoke_suite_writes_results_markdown_and_plot(tmp_path: Path) -> None:
     assert "## Targets" in markdown
     assert "![" in markdown
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hf_benchmark_trains_the_same_bert_on_both_trainers(tmp_path: Path) -> None:
+    """``bench_hf`` in smoke mode trains the tiny BERT on transformers' Trainer and on ours, finds
+    the same training in both, and writes steps/s and the ratio."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_hf"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRAINBUS_BENCH_RESULTS": str(tmp_path), "TRAINBUS_BENCH_SMOKE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "hf.json").read_text())
+    rows = {row["contender"]: row for row in result["tables"]["time"]}
+    assert set(rows) == {"transformers", "trainbus"}
+    for row in rows.values():
+        assert row["global_step"] == result["steps"]
+        assert row["loss_entries"] == result["steps"]
+        assert row["steps_per_s"] > 0
+    paired = result["headline"][0]
+    assert "median of 1 paired ratios" in paired["name"]
+    assert math.isfinite(paired["value"])
+    assert paired["met"] == (paired["value"] > 1)
+
+
+def test_hf_benchmark_names_runs_that_trained_differently() -> None:
+    """The apples-to-apples check of ``bench_hf`` names a differing step count, number of loss
+    entries, mean loss or single loss entry, and accepts runs within its tolerances."""
+    run = Run((1.0, 1.0, 0.01), global_step=20, training_loss=0.5, losses=(0.7, 0.3))
+    assert disagreement(run, run, 1e-5, 1e-5) is None
+    assert disagreement(run, replace(run, training_loss=0.51), 0.05) is None
+    steps = disagreement(run, replace(run, global_step=19), 0.05)
+    assert steps == "optimizer steps: trainbus 19, transformers 20"
+    entries = disagreement(run, replace(run, losses=(0.7,)), 0.05)
+    assert entries == "loss entries: trainbus 1, transformers 2"
+    mean = disagreement(run, replace(run, training_loss=0.6), 0.05)
+    assert mean is not None and mean.startswith("mean loss: trainbus 0.6,")
+    entry = disagreement(run, replace(run, losses=(0.7, 0.31)), 0.05, 1e-5)
+    assert entry is not None and entry.startswith("loss entry 2: trainbus 0.31,")
+    assert disagreement(run, replace(run, training_loss=math.nan), 0.05) is not None
 
 
 def test_targets_nobody_measured_say_so() -> None:
