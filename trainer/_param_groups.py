@@ -22,7 +22,6 @@ So the files are translated, at save and at load time only (never per step):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -31,37 +30,21 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainbus.bus._errors import ConfigurationError
+from trainbus.trainer._optimizers import decay_parameter_names, weight_groups
 
 __all__ = ["export_states", "import_states", "transformers_groups"]
 
 Groups = list[list[nn.Parameter]]
 
-_NO_DECAY: Final = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-"""transformers' rule for parameters without weight decay, on the lower-cased dotted name."""
 _PER_GROUP: Final = ("base_lrs", "_last_lr", "lr_lambdas")
 """Scheduler state entries that hold one value per parameter group."""
 
 
 def transformers_groups(model: nn.Module) -> Groups:
-    """The trainable parameters in transformers' two groups: decaying first, then the others.
-
-    A parameter does not decay when its name matches ``_NO_DECAY`` or it belongs to a
-    ``LayerNorm`` (at any depth below the model itself).
-    """
-    in_layer_norm = {
-        id(param)
-        for name, module in model.named_modules()
-        if name and isinstance(module, nn.LayerNorm)
-        for param in module.parameters()
-    }
-    decay: list[nn.Parameter] = []
-    other: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        exempt = id(param) in in_layer_norm or _NO_DECAY.search(name.lower()) is not None
-        (other if exempt else decay).append(param)
-    return [decay, other]
+    """The trainable parameters in transformers' two groups: decaying first, then the others
+    (the rule is ``trainbus.trainer._optimizers``'s, which builds the optimizers)."""
+    groups = weight_groups(model, decay_parameter_names(model), 0.0)
+    return [list(group["params"]) for group in groups]
 
 
 def _own_groups(optimizer: Optimizer) -> Groups:

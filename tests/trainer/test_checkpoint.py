@@ -20,9 +20,9 @@ from trainbus.bus._events import Artifact
 from trainbus.trainer import EvalPrediction, TrainerCallback
 from trainbus.trainer._checkpoint import find_checkpoint, rotate_checkpoints, write_checkpoint
 from trainbus.trainer._lock import LOCK_NAME
-from trainbus.trainer._optim import create_optimizer, create_scheduler
 from trainbus.trainer._param_groups import export_states, import_states, transformers_groups
 from trainbus.trainer._rng import capture_rng_state, read_rng_state, restore_rng_state, set_seed
+from trainbus.trainer._schedules import create_scheduler
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
 FILES = {
@@ -283,11 +283,11 @@ def test_transformers_groups_split_decaying_parameters_first() -> None:
 
 
 def test_a_single_group_optimizer_is_written_in_transformers_two_groups() -> None:
-    """Our one-group AdamW (no weight decay) saves as transformers' two groups, and a
+    """A one-group AdamW (a user's own) saves as transformers' two groups, and a
     transformers-grouped optimizer loads that file with the same state for every parameter."""
     torch.manual_seed(0)
     model = TinyRegressor()
-    ours = create_optimizer(model, learning_rate=0.1, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8)
+    ours = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.99), eps=1e-8)
     scheduler = create_scheduler("linear", ours, num_warmup_steps=0, num_training_steps=10)
     _stepped(ours, model)
     scheduler.step()
@@ -311,7 +311,7 @@ def test_a_transformers_grouped_file_loads_into_our_single_group() -> None:
     groups = [{"params": group, "weight_decay": 0.0} for group in transformers_groups(model)]
     theirs = torch.optim.AdamW(groups, lr=0.1)
     _stepped(theirs, model)
-    ours = create_optimizer(model, learning_rate=0.5, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8)
+    ours = torch.optim.AdamW(model.parameters(), lr=0.5, betas=(0.9, 0.99), eps=1e-8)
     import_states(model, ours, None, theirs.state_dict(), None, file_name="optimizer.pt")
     assert len(ours.param_groups) == 1
     _assert_same_by_name(_by_name(ours, model), _by_name(theirs, model))
@@ -343,7 +343,7 @@ def test_an_optimizer_file_of_another_model_is_refused_by_name() -> None:
     """Group sizes that fit neither layout: one error naming the file and the sizes."""
     model = TinyRegressor()
     other = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
-    ours = create_optimizer(model, learning_rate=0.1, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8)
+    ours = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.99), eps=1e-8)
     with pytest.raises(ConfigurationError, match=r"optimizer\.pt holds parameter groups of sizes"):
         import_states(model, ours, None, other.state_dict(), None, file_name="optimizer.pt")
 
