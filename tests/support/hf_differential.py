@@ -75,7 +75,8 @@ WORDS: Final = tuple(
 
 
 def tiny_vocab(directory: Path) -> Path:
-    """A WordPiece ``vocab.txt`` for ``BertTokenizerFast(vocab_file=...)``: specials + words."""
+    """A WordPiece ``vocab.txt``, specials then words, for ``BertTokenizerFast(vocab=...)``
+    (transformers 5 silently ignores ``vocab_file=`` and builds an empty vocabulary)."""
     path = directory / "vocab.txt"
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     path.write_text("\n".join([*specials, *WORDS]) + "\n", encoding="utf-8")

@@ -3,8 +3,7 @@
 Rows are tokenized one by one (no padding), so each evaluation batch has its own length: the
 predictions (argmax'd by ``preprocess_logits_for_metrics``) and labels are padded with -100 to
 the longest batch and concatenated, also when ``eval_accumulation_steps`` moves them to the CPU
-part by part. Dropout is 0 because both Trainers do not yet draw the global RNG in the same order
-during training.
+part by part.
 """
 
 import torch
@@ -40,18 +39,10 @@ config = GPT2Config(
     n_embd=16,
     n_layer=1,
     n_head=2,
-    resid_pdrop=0.0,  # see the module docstring
-    embd_pdrop=0.0,
-    attn_pdrop=0.0,
     pad_token_id=tokenizer.pad_token_id,
 )
 torch.manual_seed(0)
 model = GPT2LMHeadModel(config)
-# transformers.Trainer divides a causal LM's summed loss by the label count it makes itself, and it
-# skips each row's first label (never a target) only for models whose loss type it recognises;
-# GPT-2's class name is not one of them. Naming the type makes its count the model's own, so both
-# Trainers report the model's mean loss; reproducing the other count is compute_loss's business.
-model.loss_type = "ForCausalLM"
 
 
 def argmax_logits(logits, labels):

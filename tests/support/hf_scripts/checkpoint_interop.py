@@ -32,10 +32,6 @@ config = BertConfig(
     intermediate_size=32,
     max_position_embeddings=16,
     num_labels=2,
-    # Dropout 0 until both Trainers draw the same dropout masks; the generators are still
-    # saved and restored (see the callback below).
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
 )
 torch.manual_seed(0)
 model = BertForSequenceClassification(config)

@@ -22,9 +22,6 @@ config = BertConfig(
     intermediate_size=32,
     max_position_embeddings=16,
     num_labels=2,
-    # Dropout off: the two loops draw from the global RNG differently while dropout is on.
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
 )
 torch.manual_seed(training_args.seed)
 model = BertForSequenceClassification(config)

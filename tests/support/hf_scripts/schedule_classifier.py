@@ -15,7 +15,7 @@ from transformers import (
 from transformers import Trainer, TrainingArguments  # trainer-import
 
 WORDS = ["good", "bad", "film", "plot", "was", "very", "not", "great", "dull", "story", "the"]
-tokenizer = BertTokenizerFast(vocab_file=str(VOCAB))  # VOCAB: written by the harness
+tokenizer = BertTokenizerFast(vocab=str(VOCAB))  # VOCAB: written by the harness
 generator = torch.Generator().manual_seed(3)
 
 
@@ -35,9 +35,6 @@ config = BertConfig(
     intermediate_size=32,
     max_position_embeddings=32,
     num_labels=2,
-    # Dropout off: the two Trainers draw from the global RNG at different points for now.
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
 )
 torch.manual_seed(0)
 model = BertForSequenceClassification(config)

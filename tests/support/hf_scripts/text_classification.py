@@ -2,8 +2,7 @@
 
 Each row is tokenized on its own (no padding) and keeps its raw columns (``text``, ``idx``) next
 to ``label``: the Trainer must pick the padding collator for the tokenizer and drop the columns the
-model's ``forward`` does not take. Dropout is 0 because both Trainers do not yet draw the global
-RNG in the same order during training.
+model's ``forward`` does not take.
 """
 
 import numpy as np
@@ -38,8 +37,6 @@ config = BertConfig(
     intermediate_size=32,
     max_position_embeddings=32,
     num_labels=2,
-    hidden_dropout_prob=0.0,  # see the module docstring
-    attention_probs_dropout_prob=0.0,
 )
 torch.manual_seed(0)
 model = BertForSequenceClassification(config)
