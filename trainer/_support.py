@@ -124,7 +124,7 @@ FIELDS: Final[Mapping[str, Support]] = {
     "torch_compile_mode": _yes(),
     "use_liger_kernel": _no("Liger kernels"),
     "liger_kernel_config": _no("Liger kernels"),
-    "use_cache": _no("transformers writes it into the model config when the Trainer is built"),
+    "use_cache": _yes("written into the model's config when the Trainer is built"),
     "neftune_noise_alpha": _no("NEFTune embedding noise"),
     "torch_empty_cache_steps": _no("emptying the device cache every N steps"),
     "auto_find_batch_size": _no("retrying with smaller batches after running out of memory"),

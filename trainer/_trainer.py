@@ -259,6 +259,9 @@ class Trainer(RefusesUnsupportedMethods):
         self._initial_num_input_tokens_seen = 0
         """``state.num_input_tokens_seen`` when the current ``train()`` began (tokens/s)."""
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        config = getattr(self.model, "config", None)
+        if config is not None:  # as transformers: a training forward keeps no key/value cache
+            config.use_cache = self.args.use_cache
 
     # --- public API -----------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ def test_a_causal_lm_with_accumulation_matches_transformers_weighted_by_label_to
 
     assert ours["global_step"] == theirs["global_step"] == 4
     assert ours["losses"] == pytest.approx(theirs["losses"], rel=1e-5)
+    assert ours["learning_rates"] == pytest.approx(theirs["learning_rates"], rel=1e-12)
+    assert len(set(ours["learning_rates"])) > 3  # the cosine restarts really moved the rate
     assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-5)
     assert ours["eval_loss"] == pytest.approx(theirs["eval_loss"], rel=1e-5)
     assert ours["total_flos"] == theirs["total_flos"] > 0

@@ -344,3 +344,16 @@ def test_a_models_own_floating_point_ops_and_an_override_win(tmp_path: Path) -> 
     trainer = _trainer(tmp_path / "plain", model=TinyRegressor())
     trainer.train()
     assert trainer.state.total_flos == 0
+
+
+def test_the_model_config_gets_use_cache_as_transformers_sets_it(tmp_path: Path) -> None:
+    """Building the Trainer writes ``args.use_cache`` into the model's config (False by default:
+    a training forward keeps no key/value cache), for both values, as transformers does."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8)
+    for wanted in (False, True):
+        model = transformers.GPT2LMHeadModel(config)
+        model.config.use_cache = not wanted
+        args = TrainingArguments(output_dir=str(tmp_path), use_cache=wanted, report_to="none")
+        Trainer(model, args)
+        assert model.config.use_cache is wanted

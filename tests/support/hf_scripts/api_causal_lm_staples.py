@@ -4,7 +4,8 @@ Sentences of 2 to 9 words, padded to 16 tokens, batches of 2: every micro-batch 
 number of label tokens, so weighting each by ``num_items_in_batch`` gives another loss than the
 mean of the micro-batches' means. Default dropout (0.1). Tokens seen are counted
 (``TOKENS_SEEN``: set by the test); ``NAIVE=True`` turns the weighting off (the model then says it
-takes no loss keyword arguments). After training: log_metrics, save_metrics, save_model and
+takes no loss keyword arguments). The schedule is cosine with two restarts after one warm-up
+step. After training: log_metrics, save_metrics, save_model and
 save_state, as the transformers examples end.
 """
 
@@ -44,6 +45,9 @@ args = TrainingArguments(
     gradient_accumulation_steps=4,
     num_train_epochs=2,
     learning_rate=1e-3,
+    lr_scheduler_type="cosine_with_restarts",
+    lr_scheduler_kwargs={"num_cycles": 2},
+    warmup_steps=1,
     logging_steps=1,
     save_strategy="no",
     include_num_input_tokens_seen=TOKENS_SEEN,  # TOKENS_SEEN: set by the test
@@ -71,6 +75,7 @@ trainer.save_metrics("eval", eval_metrics)
 RESULT = {
     "global_step": output.global_step,
     "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+    "learning_rates": [e["learning_rate"] for e in trainer.state.log_history if "loss" in e],
     "train_loss": output.training_loss,
     "eval_loss": eval_metrics["eval_loss"],
     "total_flos": trainer.state.total_flos,

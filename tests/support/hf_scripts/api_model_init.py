@@ -2,8 +2,8 @@
 
 Default dropout (0.1), gradient accumulation 2 over 20 rows in batches of 8 (windows of 16 and 4
 labels), trained twice: model_init builds a fresh model under the seed at every train(), so the
-second run repeats the first. preprocess_logits_for_metrics is left out: it is not a constructor
-argument of this Trainer yet.
+second run repeats the first. preprocess_logits_for_metrics keeps only each batch's argmax, so
+compute_metrics receives class ids, not logits.
 """
 
 import torch
@@ -35,8 +35,13 @@ def summed_cross_entropy(outputs, labels, num_items_in_batch=None):
     return loss / num_items_in_batch
 
 
+def argmax(logits, labels):
+    return logits.argmax(-1)
+
+
 def accuracy(prediction):
-    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+    assert prediction.predictions.ndim == 1  # already reduced by argmax()
+    return {"accuracy": float((prediction.predictions == prediction.label_ids).mean())}
 
 
 class StepRecordingTrainer(Trainer):
@@ -72,6 +77,7 @@ trainer = StepRecordingTrainer(
     eval_dataset=rows[:12],
     compute_loss_func=summed_cross_entropy,
     compute_metrics=accuracy,
+    preprocess_logits_for_metrics=argmax,
 )
 first = trainer.train(trial={"run": 1})
 first_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
