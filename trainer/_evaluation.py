@@ -37,7 +37,7 @@ from trainbus.trainer._data import move_to_device
 from trainbus.trainer._gather import BatchStore, batch_size_of, nested_detach, nested_truncate
 
 if TYPE_CHECKING:
-    from trainbus.trainer._trainer import Trainer
+    from trainbus.trainer._trainer_evaluation import EvaluationMixin
 
 __all__ = [
     "EvalLoopOutput",
@@ -202,7 +202,7 @@ class _Collected:
 
 
 def evaluation_loop(
-    trainer: Trainer,
+    trainer: EvaluationMixin,
     dataloader: DataLoader[Any],
     *,
     description: str,
@@ -284,7 +284,7 @@ def _num_samples(loader: DataLoader[Any], observed: int) -> int:
 
 
 def _finish(
-    trainer: Trainer,
+    trainer: EvaluationMixin,
     collected: _Collected,
     metrics: Mapping[str, Any] | None,
     prefix: str,

@@ -23,12 +23,12 @@ from trainbus.trainer._data import (
 )
 
 if TYPE_CHECKING:
-    from trainbus.trainer._trainer import Trainer
+    from trainbus.trainer._trainer_data import DataMixin
 
 __all__ = ["collator_for", "evaluation_loader", "training_loader"]
 
 
-def training_loader(trainer: Trainer, dataset: Dataset[Any]) -> DataLoader[Any]:
+def training_loader(trainer: DataMixin, dataset: Dataset[Any]) -> DataLoader[Any]:
     """The training loader over ``dataset``, in the order of ``train_sampling_strategy``."""
     args = trainer.args
     sampler = train_sampler(
@@ -51,7 +51,7 @@ def training_loader(trainer: Trainer, dataset: Dataset[Any]) -> DataLoader[Any]:
     )
 
 
-def evaluation_loader(trainer: Trainer, dataset: Any, description: str) -> DataLoader[Any]:
+def evaluation_loader(trainer: DataMixin, dataset: Any, description: str) -> DataLoader[Any]:
     """A loader over an evaluation (or test) set: in order, or grouped by length."""
     args = trainer.args
     sampler = eval_sampler(
@@ -71,7 +71,7 @@ def evaluation_loader(trainer: Trainer, dataset: Any, description: str) -> DataL
     )
 
 
-def collator_for(trainer: Trainer, description: str) -> DataCollator:
+def collator_for(trainer: DataMixin, description: str) -> DataCollator:
     """The trainer's collator, behind a filter of unused columns (``remove_unused_columns``);
     the kept columns are worked out once per trainer."""
     if not trainer.args.remove_unused_columns:
@@ -86,7 +86,7 @@ def collator_for(trainer: Trainer, description: str) -> DataCollator:
     )
 
 
-def _order_seed(trainer: Trainer) -> int:
+def _order_seed(trainer: DataMixin) -> int:
     args = trainer.args
     return args.seed if args.data_seed is None else args.data_seed
 
