@@ -101,7 +101,7 @@ FIELDS: Final[Mapping[str, Support]] = {
         values=OPTIMIZERS_IMPLEMENTED,
     ),
     "optim_args": _yes(),
-    "weight_decay": _yes("finite"),
+    "weight_decay": _yes("finite; at 0 one parameter group instead of two alike ones"),
     "adam_beta1": _yes(),
     "adam_beta2": _yes(),
     "adam_epsilon": _yes(),

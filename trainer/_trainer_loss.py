@@ -136,11 +136,11 @@ class LossMixin:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         else:
             loss = extract_loss(outputs, inputs)
-        if (
-            self.args.average_tokens_across_devices
-            and self.args.world_size > 1
-            and num_items_in_batch is not None
+        if (  # cheapest tests first: this runs on every micro-batch
+            num_items_in_batch is not None
             and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)
+            and self.args.average_tokens_across_devices
+            and self._dist.enabled
         ):
             loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss

@@ -548,7 +548,6 @@ REFUSED_SAMPLES: dict[str, Any] = {
     "label_smoothing_factor": 0.1,
     "use_liger_kernel": True,
     "liger_kernel_config": {"rope": True},
-    "use_cache": True,
     "neftune_noise_alpha": 5.0,
     "torch_empty_cache_steps": 10,
     "auto_find_batch_size": True,
