@@ -15,6 +15,7 @@ unpickled: its generators are left as they are, with one warning naming what it 
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +24,14 @@ import numpy as np
 import structlog
 import torch
 
-__all__ = ["capture_rng_state", "read_rng_state", "restore_rng_state", "set_seed"]
+__all__ = [
+    "capture_rng_state",
+    "enable_full_determinism",
+    "read_rng_state",
+    "restore_rng_state",
+    "seed_run",
+    "set_seed",
+]
 
 logger = structlog.get_logger(__name__)
 
@@ -35,6 +43,31 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def enable_full_determinism(seed: int) -> None:
+    """``set_seed``, then deterministic kernels only, as transformers' ``full_determinism`` asks.
+
+    torch then raises on any operation without a deterministic implementation instead of
+    running a nondeterministic one. cuBLAS needs its workspace configured before its first
+    use, and cuDNN its own switches; the same environment variables as transformers are set, so
+    kernels started afterwards (and child processes) see them.
+    """
+    set_seed(seed)
+    os.environ["CUDA_LAUNCH_BLOCKING"] = "1"
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":16:8"
+    os.environ["FLASH_ATTENTION_DETERMINISTIC"] = "1"
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def seed_run(seed: int, *, full_determinism: bool) -> None:
+    """Seed a run as transformers does: ``enable_full_determinism`` or ``set_seed``."""
+    if full_determinism:
+        enable_full_determinism(seed)
+    else:
+        set_seed(seed)
 
 
 def capture_rng_state(*, distributed: bool = False) -> dict[str, Any]:

@@ -176,7 +176,7 @@ FIELDS: Final[Mapping[str, Support]] = {
     "greater_is_better": _yes(),
     "ignore_data_skip": _no("a resume always replays the data order up to the checkpoint"),
     "restore_callback_states_from_checkpoint": _yes(),
-    "full_determinism": _yes(),
+    "full_determinism": _yes("deterministic kernels only (torch.use_deterministic_algorithms)"),
     "seed": _yes(),
     "data_seed": _yes(),
     "use_cpu": _yes(),

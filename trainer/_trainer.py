@@ -66,7 +66,7 @@ from trainbus.trainer._model_setup import check_model_setup, configure_tf32
 from trainbus.trainer._precision import Precision
 from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
-from trainbus.trainer._rng import set_seed
+from trainbus.trainer._rng import seed_run
 from trainbus.trainer._run_info import check_arguments, check_model_source, run_config
 from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
@@ -149,7 +149,8 @@ class Trainer(
         check_arguments(self.args, eval_dataset)
         check_model_source(model, model_init, optimizers)
         self.model_init = model_init
-        set_seed(self.args.seed)  # before model_init: its weights come from this seed
+        # before model_init: its weights come from this seed
+        seed_run(self.args.seed, full_determinism=self.args.full_determinism)
         if model is None:
             model = self.call_model_init()
         self.device: torch.device = self.args.device
@@ -336,7 +337,7 @@ class Trainer(
         self._ignore_keys_for_eval = ignore_keys_for_eval
         if self.model_init is None:
             return
-        set_seed(self.args.seed)
+        seed_run(self.args.seed, full_determinism=self.args.full_determinism)
         self.model = self.call_model_init(trial).to(self.device)
         self.model_wrapped = self.model
         self.optimizer, self.lr_scheduler = None, None

@@ -4,6 +4,7 @@ log_metrics, save_metrics, save_state, the process-zero checks and flops."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,34 @@ def test_the_model_config_gets_use_cache_as_transformers_sets_it(tmp_path: Path)
         args = TrainingArguments(output_dir=str(tmp_path), use_cache=wanted, report_to="none")
         Trainer(model, args)
         assert model.config.use_cache is wanted
+
+
+def test_full_determinism_switches_torch_to_deterministic_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``full_determinism=True`` seeds and turns on torch's deterministic algorithms and cuDNN's
+    switches when the Trainer is built, as transformers does; the default leaves them alone."""
+    for name in (
+        "CUDA_LAUNCH_BLOCKING",
+        "CUBLAS_WORKSPACE_CONFIG",
+        "FLASH_ATTENTION_DETERMINISTIC",
+    ):
+        monkeypatch.setenv(name, "")  # restored after the test: the Trainer sets them
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        Trainer(TinyRegressor(), TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+        assert torch.are_deterministic_algorithms_enabled() is before[0]
+        args = TrainingArguments(output_dir=str(tmp_path), full_determinism=True, report_to="none")
+        torch.manual_seed(123)
+        Trainer(TinyRegressor(), args)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.initial_seed() == args.seed
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
