@@ -46,7 +46,7 @@ class PrinterCallback(TrainerCallback):
         logs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(logs, MutableMapping):
+        if type(logs) is dict or isinstance(logs, MutableMapping):  # a plain dict: no ABC check
             # Hugging Face's printer removes it from the logged dict itself, on every rank: the
             # metrics train() returns (and save_metrics writes) then lack it, and so do ours.
             logs.pop("total_flos", None)
