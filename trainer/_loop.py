@@ -410,6 +410,7 @@ class TrainingLoop:
     def _save_checkpoint(self) -> None:
         """Write ``checkpoint-<step>``, rotate old ones, publish ``Save`` and ``Artifact``."""
         trainer, args, state = self.trainer, self.args, self.trainer.state
+        self._store_flos()  # the state written holds the flops of every step so far (every rank)
         if state.best_global_step is not None:
             best = ckpt.checkpoint_dir(args.output_dir, state.best_global_step)
             if best.is_dir() or state.best_global_step == state.global_step:

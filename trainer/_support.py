@@ -131,10 +131,13 @@ FIELDS: Final[Mapping[str, Support]] = {
     "logging_strategy": _yes(),
     "logging_steps": _yes(),
     "logging_first_step": _yes(),
-    "log_on_each_node": _yes(),
+    "log_on_each_node": _yes("should_log and get_process_log_level() follow it"),
     "logging_nan_inf_filter": _yes(),
     "include_num_input_tokens_seen": _yes("True and False mean 'all' and 'no', as in transformers"),
-    "log_level": _yes("get_process_log_level() follows it; scripts apply it to their loggers"),
+    "log_level": _yes(
+        "get_process_log_level() follows it and scripts apply it to their loggers, as in "
+        "transformers' examples; the Trainer does not yet set trainbus's own log level from it"
+    ),
     "log_level_replica": _yes("get_process_log_level() follows it on replicas"),
     "disable_tqdm": _yes(),
     "report_to": _yes(

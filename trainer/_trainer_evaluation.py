@@ -242,13 +242,15 @@ class EvaluationMixin:
         ignore_keys: list[str] | None,
         prefix: str,
     ) -> EvalLoopOutput:
-        """``evaluation_loop``, then the speed metrics (steps of ``eval_batch_size`` per rank)."""
+        """``evaluation_loop``, then the speed metrics (steps of ``eval_batch_size``). Every rank
+        evaluates the whole set (evaluation is not sharded yet), so the steps are not divided by
+        the number of ranks as transformers, which shards, divides them."""
         start_time = time.time()
         self.precision.prepare_evaluation(self.model, in_train=self.is_in_train)
         output = self.evaluation_loop(
             loader, description, prediction_loss_only, ignore_keys, prefix
         )
-        steps = math.ceil(output.num_samples / (self.args.eval_batch_size * self.args.world_size))
+        steps = math.ceil(output.num_samples / self.args.eval_batch_size)
         output.metrics.update(
             speed_metrics(prefix, start_time, num_samples=output.num_samples, num_steps=steps)
         )

@@ -347,6 +347,29 @@ def test_a_models_own_floating_point_ops_and_an_override_win(tmp_path: Path) -> 
     assert trainer.state.total_flos == 0
 
 
+def test_a_checkpoint_holds_the_flops_of_every_step_before_it(tmp_path: Path) -> None:
+    """Flops counted since the last log entry go into ``total_flos`` before a checkpoint's
+    state is written (as transformers' ``store_flos``), so a resume does not lose them."""
+
+    class OwnCount(TinyRegressor):
+        def floating_point_ops(self, inputs: Mapping[str, Any]) -> int:
+            return 10
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        logging_steps=100,  # no log entry before the save: only the checkpoint stores them
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    _trainer(tmp_path, model=OwnCount(), args=args).train()
+    saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert saved["total_flos"] == 20  # two micro-batches of 10
+
+
 def test_the_model_config_gets_use_cache_as_transformers_sets_it(tmp_path: Path) -> None:
     """Building the Trainer writes ``args.use_cache`` into the model's config (False by default:
     a training forward keeps no key/value cache), for both values, as transformers does."""
