@@ -656,3 +656,20 @@ def test_a_command_line_script_trains_the_same_on_both_trainers(tmp_path: Path) 
     differing = {k: (mine[k], v) for k, v in their.items() if mine[k] != v}
     assert differing == {k: TO_DICT_EXCEPTIONS[k] for k in ("hub_token", "accelerator_config")}
     assert ours["log_level"] == theirs["log_level"] == logging.INFO
+
+
+def test_save_on_each_node_lets_every_nodes_first_process_save(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rank 2 of 4, first on its node: saves only with ``save_on_each_node``, as in
+    transformers; rank 0 always saves, and a second process on a node never does."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert TrainingArguments().should_save is False
+    assert TrainingArguments(save_on_each_node=True).should_save is True
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert TrainingArguments(save_on_each_node=True).should_save is False
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert TrainingArguments().should_save is True

@@ -389,3 +389,14 @@ def test_bad_data_arguments_name_the_field(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         TrainingArguments(output_dir=str(tmp_path), **overrides)
+
+
+def test_loader_options_reach_torch_and_pinning_is_for_cuda_only(tmp_path: Path) -> None:
+    """``dataloader_in_order=False`` reaches the worker loader; ``dataloader_pin_memory`` (on
+    by default, as in transformers) pins nothing on a CPU, so the direct read path stays."""
+    trainer = _trainer(tmp_path, dataloader_num_workers=1, dataloader_in_order=False)
+    assert trainer.get_train_dataloader().in_order is False
+    assert _trainer(tmp_path).get_train_dataloader().in_order is True
+    pinned = _trainer(tmp_path, dataloader_pin_memory=True)
+    assert pinned.args.dataloader_pin_memory is False  # use_cpu: nothing to pin for
+    assert pinned.get_train_dataloader().pin_memory is False
