@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch.distributed
+
+from tests.support.torchrun import run_ranks
 
 pytestmark = [
     pytest.mark.slow,
@@ -65,24 +66,7 @@ def _worker(out: str) -> None:
 
 def test_two_ranks_stop_together_and_stay_identical(tmp_path: Path) -> None:
     """Rank 1 stops at step 3; rank 0 stops there too, with the same mean losses and weights."""
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "TRAINBUS_LAUNCHER": "local",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.trainer.test_loop_distributed",
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    done = run_ranks("tests.trainer.test_loop_distributed", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["global_step"] for r in reports] == [3, 3]

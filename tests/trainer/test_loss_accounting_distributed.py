@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed
+
+from tests.support.torchrun import run_ranks
 
 pytestmark = [
     pytest.mark.slow,
@@ -111,24 +112,7 @@ def _train(out: str, batch_size: int, name: str) -> None:
 def test_two_ranks_count_job_totals_and_train_as_one_process_would(tmp_path: Path) -> None:
     """Both ranks get the job's label count per window; tokens and flops are summed over ranks;
     the weights equal those of one process training the same samples."""
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "TRAINBUS_LAUNCHER": "local",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.trainer.test_loss_accounting_distributed",
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    done = run_ranks("tests.trainer.test_loss_accounting_distributed", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     _train(str(tmp_path / "single"), 4, "single")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,14 @@ from typing import Any
 import pytest
 import torch.distributed
 
+from tests.support.torchrun import run_ranks
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not torch.distributed.is_available(), reason="torch was built without torch.distributed"
     ),
 ]
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 180
 
 
 def _worker(out: str) -> None:
@@ -70,47 +68,9 @@ def _worker(out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
 
 
-def _torchrun(out: Path) -> subprocess.CompletedProcess[str]:
-    """Run the worker on two ranks in its own process group, killed whole on a timeout."""
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "TRAINBUS_LAUNCHER": "local",
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.trainer.test_signals_distributed",
-        str(out),
-    ]
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(
-            f"torchrun did not finish in {TIMEOUT_S} s: {stderr[-4000:]}"
-        ) from None
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-
-
 def test_a_signal_on_one_rank_stops_and_saves_both_at_the_same_step(tmp_path: Path) -> None:
     """SIGTERM to rank 1 at step 3: both ranks stop at 3, one checkpoint holds both RNG states."""
-    done = _torchrun(tmp_path)
+    done = run_ranks("tests.trainer.test_signals_distributed", tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["global_step"] for r in reports] == [3, 3]
