@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from trainbus.bus._bus import Bus
+from trainbus.orchestrator.logging import apply_level, configure_logging
 from trainbus.orchestrator.run import Orchestrator
 
 __all__ = ["LAUNCHER", "OrchestratorLauncher"]
@@ -29,10 +30,21 @@ class OrchestratorLauncher:
     @asynccontextmanager
     async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:
         """Open (or continue) ``trainer``'s run on the running loop and yield its bus."""
+        _apply_log_level(trainer.args)
         orch = Orchestrator.for_trainer(trainer, run_id=self._run_ids.get(trainer))
         self._run_ids[trainer] = orch.run_id
         async with orch.open_run(trainer) as bus:
             yield bus
+
+
+def _apply_log_level(args: Any) -> None:
+    """The trainer's ``log_level`` (``log_level_replica`` where it does not log) for trainbus's
+    own events, as transformers applies it to its library; ``"passive"`` changes nothing."""
+    name = args.log_level if args.should_log else args.log_level_replica
+    if name == "passive":
+        return
+    configure_logging()
+    apply_level(args.get_process_log_level())
 
 
 LAUNCHER: Final = OrchestratorLauncher()

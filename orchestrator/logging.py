@@ -13,9 +13,11 @@ from typing import TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "is_configured"]
+__all__ = ["apply_level", "configure_logging", "is_configured"]
 
 _configured = False
+_threshold: _DropBelow | None = None
+"""The level filter of the configuration trainbus made (``None`` until it made one)."""
 
 
 class _DropBelow:
@@ -74,8 +76,10 @@ def configure_logging(
     if not isinstance(numeric, int):
         raise ValueError(f"log level must be a logging level name such as 'INFO', got {level!r}")
     use_json = not out.isatty() if json is None else json
+    global _threshold
+    _threshold = _DropBelow(numeric)
     processors: list[structlog.typing.Processor] = [
-        _DropBelow(numeric),
+        _threshold,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -98,3 +102,14 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def apply_level(level: int) -> None:
+    """Show trainbus's own events from ``level`` up (a ``logging`` level), as a trainer's
+    ``log_level`` asks; transformers sets its library's verbosity the same way.
+
+    Only a configuration trainbus made is changed: a host application that configured structlog
+    itself keeps its own levels.
+    """
+    if _configured and _threshold is not None:
+        _threshold.level = level

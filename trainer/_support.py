@@ -134,11 +134,8 @@ FIELDS: Final[Mapping[str, Support]] = {
     "log_on_each_node": _yes("should_log and get_process_log_level() follow it"),
     "logging_nan_inf_filter": _yes(),
     "include_num_input_tokens_seen": _yes("True and False mean 'all' and 'no', as in transformers"),
-    "log_level": _yes(
-        "get_process_log_level() follows it and scripts apply it to their loggers, as in "
-        "transformers' examples; the Trainer does not yet set trainbus's own log level from it"
-    ),
-    "log_level_replica": _yes("get_process_log_level() follows it on replicas"),
+    "log_level": _yes("the level of trainbus's own events, as transformers sets its library's"),
+    "log_level_replica": _yes("log_level on the processes that do not log (should_log)"),
     "disable_tqdm": _yes(),
     "report_to": _yes(
         "defaults to 'all' (transformers: 'none'); kept as given, the orchestrator resolves it"

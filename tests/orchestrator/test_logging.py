@@ -92,3 +92,30 @@ def test_capture_logs_sees_every_level_whatever_was_configured() -> None:
         structlog.get_logger("t").debug("quiet_detail")
         structlog.get_logger("t").info("state_change")
     assert [entry["event"] for entry in logs] == ["quiet_detail", "state_change"]
+
+
+@pytest.mark.usefixtures("restore_structlog")
+def test_a_trainers_log_level_filters_trainbus_events(tmp_path: Any) -> None:
+    """``log_level="error"`` hides the run's info events, as transformers' ``log_level`` sets its
+    library's verbosity; ``"passive"`` (the default) leaves the configured level alone."""
+    from trainbus.orchestrator._launcher import OrchestratorLauncher
+    from trainbus.trainer import Trainer, TrainingArguments
+    from trainbus.trainer.testing import RegressionDataset, TinyRegressor
+
+    def run(level: str) -> str:
+        out = io.StringIO()
+        trainbus_logging.configure_logging(stream=out, level="INFO", force=True)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / level),
+            max_steps=1,
+            log_level=level,
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+        )
+        trainer = Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(8))
+        trainer.train(launcher=OrchestratorLauncher())
+        return out.getvalue()
+
+    assert "run_started" in run("passive")
+    assert "run_started" not in run("error")
