@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.support.tiny_bert import tiny_bert
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
 from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import TrainingArguments
@@ -30,26 +31,7 @@ if COUNTING_BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
 
 
 def _bert_rows() -> tuple[Any, list[dict[str, Any]]]:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config)
-    generator = torch.Generator().manual_seed(1)
-    rows = [
-        {"input_ids": torch.randint(5, 32, (8,), generator=generator), "labels": i % 2}
-        for i in range(8)
-    ]
-    return model, rows
+    return tiny_bert(layers=2, dropout=0.0)
 
 
 def _train_bert(tmp_path: Path, **overrides: Any) -> tuple[Any, list[float], list[int]]:

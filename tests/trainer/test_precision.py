@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from tests.support.tiny_bert import tiny_bert
 from tests.trainer.recording import make_run, time_limit  # noqa: F401  (autouse)
 from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import TrainerCallback, TrainingArguments
@@ -185,24 +186,7 @@ def test_compute_loss_context_manager_is_the_trainers_seam(tmp_path: Path) -> No
 
 
 def _bert(tmp_path: Path) -> tuple[Any, list[dict[str, Any]]]:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config)
-    generator = torch.Generator().manual_seed(1)
-    rows = [
-        {"input_ids": torch.randint(5, 32, (8,), generator=generator), "labels": i % 2}
-        for i in range(8)
-    ]
-    return model, rows
+    return tiny_bert()
 
 
 def test_bf16_full_eval_casts_the_model_outside_train(tmp_path: Path) -> None:
