@@ -85,6 +85,12 @@ class Sink:
     world_rank_zero_only: bool = True
     """Run this sink on global rank zero only (remote trackers); ``False`` for per-rank files."""
 
+    wants_final_model: bool = False
+    """Set (on the class, or per instance in ``__init__``) by a sink that uploads the final model,
+    as transformers' integrations do at train end (``WANDB_LOG_MODEL``, ``HF_DVCLIVE_LOG_MODEL``,
+    ...): when any sink of the run sets it, the trainer writes the trained model at the end of
+    training and publishes ``Artifact(kind="model")`` for it before ``RunFinished``."""
+
     sdk_module: str | None = None
     """The vendor SDK the sink imports in ``open()`` (``"wandb"``), or ``None``. Choosing the
     sink by ``report_to`` imports it first, so an SDK that is installed but does not import is
