@@ -43,7 +43,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "wandb": "trainbus.sinks.wandb:WandbSink",
     "azure_ml": None,
     "codecarbon": None,
-    "clearml": None,
+    "clearml": "trainbus.sinks.clearml:ClearMLSink",
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
     "flyte": None,
     "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",

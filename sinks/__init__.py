@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainbus.bus._secrets import redact, redact_url
     from trainbus.sinks._rewrite import rewrite_logs
+    from trainbus.sinks.clearml import ClearMLSink
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
+    "ClearMLSink",
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ClearMLSink": "trainbus.sinks.clearml",
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",

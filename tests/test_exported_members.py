@@ -36,7 +36,7 @@ PUBLIC_MODULES = [
 ]
 """Every module a user may import: the packages and their modules without a leading underscore."""
 
-SDKS = ("mlflow", "comet_ml", "tensorboard", "wandb", "dvclive")
+SDKS = ("mlflow", "comet_ml", "tensorboard", "wandb", "dvclive", "clearml")
 SINK_MODULES = [name for name in PUBLIC_MODULES if name.startswith("trainbus.sinks.")]
 
 LIGHT_IMPORTS = {

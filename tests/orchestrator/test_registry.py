@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -72,8 +73,9 @@ def test_unknown_name_lists_the_valid_ones() -> None:
     assert all(repr(name) in message for name in HF_NAMES)
 
 
-def test_known_but_unimplemented_name_says_so() -> None:
+def test_known_but_unimplemented_name_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Hugging Face name without a trainbus sink yet fails with 'not implemented yet'."""
+    monkeypatch.setitem(cast(dict[str, str | None], INTEGRATIONS), "clearml", None)
     with pytest.raises(ConfigurationError, match="'clearml' is not implemented yet"):
         resolve_report_to("clearml", {})
 
