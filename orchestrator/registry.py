@@ -267,9 +267,9 @@ def explain_report_to(
 ) -> list[IntegrationChoice]:
     """Every integration, in registry order, picked or skipped (with the reason) for ``report_to``.
 
-    Names given explicitly are checked as ``resolve_report_to`` checks them (an unknown name or a
-    missing SDK is an error). Picked integrations come first only in the sense of the registry's
-    order: the picked names, in order, are what ``resolve_report_to`` returns.
+    Names given explicitly are checked as ``resolve_report_to`` checks them (an unknown name, or
+    an SDK that is missing or does not import, is an error); the others are "not named". Under
+    ``"all"`` the picked ones are exactly ``available_integrations(env)``.
     """
     names = _names(report_to)
     if names == ["all"]:

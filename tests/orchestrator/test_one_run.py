@@ -151,3 +151,18 @@ async def test_the_start_up_log_line_names_the_resolved_integrations(
     (line,) = [entry for entry in logs if entry["event"] == "run_started"]
     assert line["report_to"] == registry.resolve_report_to("all", {})
     assert "MLFLOW_TRACKING_URI" in line["skipped"]["mlflow"]
+
+
+@pytest.mark.parametrize("report_to", ["tensorboard", "none", ["tensorboard", "tensorboard"]])
+def test_report_to_is_normalised_as_transformers_does(
+    tmp_path: Path, report_to: str | list[str]
+) -> None:
+    """The published ``report_to`` equals what transformers' ``TrainingArguments`` turns the same
+    value into (a duplicate name is started, and listed, once)."""
+    transformers = pytest.importorskip("transformers")
+    recorder = RecordingSink()
+    trainer = make_trainer(tmp_path, report_to, [recorder])
+    trainer.train()
+    (started,) = [e for e in recorder.received if isinstance(e, RunStarted)]
+    theirs = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), report_to=report_to)
+    assert started.config["report_to"] == list(dict.fromkeys(theirs.report_to))
