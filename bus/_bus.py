@@ -59,6 +59,7 @@ from trainbus.bus._journal import JournalWriter
 from trainbus.bus._numbers import check_seconds
 from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, CallSoon, Mark, Outbox, loop_call_soon
 from trainbus.bus._retry import RetryPolicy
+from trainbus.bus._run_context import RunContext
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
 from trainbus.bus._segmented import (
     JournalSettings,
@@ -135,9 +136,12 @@ class Bus:
         wake_interval: float = DEFAULT_WAKE_INTERVAL,
         journal_settings: JournalSettings | None = None,
         stall_after: float = DEFAULT_STALL_AFTER,
+        context: RunContext | None = None,
     ) -> None:
         """``stall_after``: seconds the loop may not answer before the watchdog journals for it
-        and names the sink that blocks it (see the module docstring)."""
+        and names the sink that blocks it (see the module docstring). ``context``: what the
+        launcher decided about the run (default: no resolved ``report_to``, the final model
+        wanted when one of ``sinks`` wants it)."""
         if not run_id:
             raise ConfigurationError("Bus(run_id=...) must be a non-empty string.")
         if queue_size < 1:
@@ -165,6 +169,11 @@ class Bus:
         self.stall_after = stall_after
         self.report: dict[str, SinkReport] | None = None
         """Per sink, how the run ended for it; set when the bus closes."""
+        self.context = context or RunContext(
+            wants_final_model=any(sink.wants_final_model for sink in self.sinks)
+        )
+        """The launcher's answers about the run, which the trainer reads (see
+        ``trainbus.bus._run_context``); the launcher may replace it between two calls of a run."""
         self._queue_size = queue_size
         self._journal_settings = journal_settings
         self._outbox_interval = wake_interval

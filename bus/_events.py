@@ -2,7 +2,7 @@
 
 The training loop, with each event at the line where it fires (the Hugging Face callback points)::
 
-    RunStarted(config, hparams)                       # the run's identity card, once
+    RunStarted(config, hparams, continued)            # the run's identity card, every call
     InitEnd                                           # end of Trainer.__init__
     TrainBegin
     for epoch in epochs:
@@ -18,10 +18,13 @@ The training loop, with each event at the line where it fires (the Hugging Face 
             [Log(logs)] [PredictionStep * N, Log(eval logs), Evaluate(metrics)] [Save, Artifact]
         EpochEnd
         [Log] [PredictionStep * N, Log, Evaluate] [Save, Artifact]
-    Log(summary); TrainEnd
+    Log(summary); [load best model]
+    [Artifact(kind="model")]                          # the final model, when a sink wants it
+    TrainEnd
     RunFinished(status)                               # completed / stopped / failed / killed
 
-    predict():      PredictionStep * N, Predict(metrics)
+    evaluate():     RunStarted(continued), PredictionStep * N, Log, Evaluate, RunFinished
+    predict():      RunStarted(continued), PredictionStep * N, Predict(metrics), RunFinished
     push_to_hub():  PushBegin
 
 Every event carries the same envelope: ``run_id``, ``seq`` (per-run, strictly increasing, assigned
@@ -182,13 +185,21 @@ class PushBegin(EventBase, frozen=True, kw_only=True, tag="push_begin"):
 
 
 class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
-    """The run's identity card: arguments (secrets removed) and model hyper-parameters."""
+    """The run's identity card: arguments (secrets removed) and model hyper-parameters.
+
+    Published at the start of every trainer call on the run's bus. The first one (``continued``
+    false) starts the run; a later call of the same run (``evaluate()`` or ``predict()`` after
+    ``train()``, which reopen the sinks) publishes it again with ``continued`` true: a sink then
+    goes on logging into the tracker run it already has, and sends neither the parameters nor a
+    start time again.
+    """
 
     run_name: str = ""
     output_dir: str = ""
     world_size: int = 1
     config: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
+    continued: bool = False
 
 
 class Artifact(EventBase, frozen=True, kw_only=True, tag="artifact"):

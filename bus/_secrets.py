@@ -8,9 +8,11 @@ A name is split into lower-case words (``hub_token``, ``MLFLOW_TRACKING_PASSWORD
 is a secret when a word names one (``password``, ``passwd``, ``secret``, ``credential``, ``auth``,
 ``apikey`` ...), when it has ``key`` after a word that makes it a credential (``api_key``,
 ``COMET_API_KEY``, ``aws_access_key_id``, ``private_key``; not ``label_key``, ``cache_key`` or
-``num_key_value_heads``), or when it has the word ``token`` not followed by an id word
-(``hub_token`` yes; ``pad_token_id``, ``max_tokens``, ``tokenizer_name`` no). Masking more than
-needed costs a readable value; masking less leaks a credential, so doubtful words count as secret.
+``num_key_value_heads``), or when it has the word ``token`` neither followed by an id or count
+word nor preceded by a count word (``hub_token`` yes; ``pad_token_id``, ``num_token_seen``,
+``max_token``, ``tokenizer_name`` no; the plural ``tokens``, as in
+``include_num_input_tokens_seen``, always counts text, never a login). Masking more than needed
+costs a readable value; masking less leaks a credential, so doubtful words count as secret.
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ _KEY_QUALIFIERS: Final = frozenset(
         "subscription",
     }
 )
-# ``token`` followed by one of these is a token in the NLP sense (``pad_token_id``), not a login.
+# ``token`` followed by one of these is a token in the NLP sense (``pad_token_id``,
+# ``input_token_seen``, ``token_per_second``), not a login.
 _TOKEN_ID_WORDS: Final = frozenset(
-    {"id", "ids", "index", "indices", "type", "types", "count", "len", "length", "size", "dim"}
+    {
+        *("id", "ids", "index", "indices", "type", "types", "dim"),
+        *("count", "counts", "len", "length", "size", "seen", "per", "budget", "limit"),
+    }
 )
+# ``token`` after one of these counts tokens (``num_token``, ``max_token``), not a login.
+_TOKEN_COUNT_WORDS: Final = frozenset({"num", "n", "max", "min", "total"})
 # Query parameters also carry request signatures and bare keys (``?key=``, ``X-Amz-Signature``).
 _QUERY_SECRET_WORDS: Final = frozenset({"key", "sig", "signature"})
 _WORD: Final = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -86,9 +94,10 @@ def _secret_words(words: list[str]) -> bool:
     if not _SECRET_WORDS.isdisjoint(named):
         return True
     following = [*named[1:], ""]
+    preceding = ["", *named[:-1]]
     if any(
-        word == "token" and after not in _TOKEN_ID_WORDS
-        for word, after in zip(named, following, strict=True)
+        word == "token" and after not in _TOKEN_ID_WORDS and before not in _TOKEN_COUNT_WORDS
+        for before, word, after in zip(preceding, named, following, strict=True)
     ):
         return True
     return any(

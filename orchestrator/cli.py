@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-to", help="override args.report_to: 'all', 'none' or names separated by commas"
     )
     train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the run file and print which integrations report_to picks (and why not the "
+        "others); train nothing, write nothing",
+    )
+    train.add_argument(
         "--flush-timeout",
         type=_seconds,
         default=30.0,
@@ -159,11 +165,15 @@ def _train(ns: argparse.Namespace) -> int:
 
     config = load_train_config(ns.config)
     report_to = ns.report_to.split(",") if ns.report_to else None
-    prepared = prepare_run(
-        config,
-        overrides={"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to},
-        flush_timeout=ns.flush_timeout,
-    )
+    overrides = {"output_dir": ns.output_dir, "run_name": ns.run_name, "report_to": report_to}
+    if ns.dry_run:
+        from trainbus.orchestrator.task import dry_run
+
+        print(f"{ns.config}: valid; --dry-run trains nothing")
+        for line in dry_run(config, overrides=overrides):
+            print(line)
+        return 0
+    prepared = prepare_run(config, overrides=overrides, flush_timeout=ns.flush_timeout)
     from trainbus.orchestrator.show import format_summary, summarize
 
     orch = prepared.orchestrator

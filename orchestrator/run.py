@@ -20,6 +20,7 @@ call and closes it after, so ``evaluate()`` after ``train()`` continues the same
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
@@ -41,13 +42,14 @@ from trainbus.bus._env import env_flag
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import EventBase, RunFinished
 from trainbus.bus._numbers import check_seconds
+from trainbus.bus._run_context import RunContext
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
 from trainbus.bus._stream import Subscription
 from trainbus.bus._worker import run_in_worker_thread
 from trainbus.orchestrator.config import check_writable_dir
 from trainbus.orchestrator.logging import configure_logging
-from trainbus.orchestrator.registry import build_sinks, resolve_report_to
+from trainbus.orchestrator.registry import IntegrationChoice, build_sinks, explain_report_to
 from trainbus.orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
 from trainbus.orchestrator.sink_host import SinkHost
 
@@ -134,6 +136,8 @@ class Orchestrator:
         """Run the ``report_to`` sinks in a child process (see
         ``trainbus.orchestrator.sink_host``)."""
         self._host: SinkHost | None = None
+        self._choices: list[IntegrationChoice] = []
+        """Every integration, picked or skipped and why (``_prepare``)."""
 
     @classmethod
     def for_trainer(cls, trainer: Any, **overrides: Any) -> Orchestrator:
@@ -167,7 +171,8 @@ class Orchestrator:
 
     def _prepare(self) -> tuple[list[Sink], RunRecord]:
         """Validate everything and build the sinks; creates nothing on disk."""
-        names = resolve_report_to(self._report_to, self.env)
+        self._choices = explain_report_to(self._report_to, self.env)
+        names = [choice.name for choice in self._choices if choice.picked]
         check_writable_dir(self.output_dir, field="output_dir")
         built = build_sinks(
             names, self.env, run_dir=self.run_dir.path, run_name=self.run_name, world_rank=self.rank
@@ -201,7 +206,8 @@ class Orchestrator:
     async def __aenter__(self) -> Orchestrator:
         configure_logging()
         sinks, self._record = self._prepare()
-        if self.run_dir.record_path.is_file():
+        continued = self.run_dir.record_path.is_file()
+        if continued:
             # Continuing a run (evaluate() after train() on the same trainer): the journal goes
             # on from its last seq and the run keeps its original start time.
             self._record.created = self.run_dir.read_record().created
@@ -215,6 +221,12 @@ class Orchestrator:
             cursor_dir=self.run_dir.cursor_dir,
             sinks=[sink for sink in sinks if sink.sink_name not in moved],
             close_deadline=self.flush_timeout,
+            context=RunContext(
+                report_to=tuple(c.name for c in self._choices if c.picked),
+                # every sink counts, moved to the sink process or not: the trainer writes the file
+                wants_final_model=any(sink.wants_final_model for sink in sinks),
+                continued=continued,
+            ),
         )
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(bus)
@@ -227,11 +239,14 @@ class Orchestrator:
             self._stack = stack.pop_all()
         self._bus = bus
         self._status_watch = bus.stream(RunFinished, max_buffer=8)
+        skipped = {c.name: c.reason for c in self._choices if not c.picked}
         log.info(
             "run_started",
             run_id=self.run_id,
             run_dir=str(self.run_dir.path),
+            report_to=list(bus.context.report_to or ()),
             sinks=[s.sink_name for s in sinks],
+            **({"skipped": skipped} if self._report_to in ("all", ["all"], None) else {}),
         )
         return self
 
@@ -324,13 +339,17 @@ class Orchestrator:
         not read again: the run was configured when this orchestrator was built.
         """
         if self._bus is not None:
+            bus = self._bus
             try:
-                yield self._bus
+                yield bus
             except anyio.get_cancelled_exc_class():
                 raise  # the caller was cancelled: the training stopped and said so itself
             except BaseException as exc:  # the training's own failure
                 self._mark_error(exc)
                 raise
+            finally:
+                # A second call on this open run (orch.train twice) continues it.
+                bus.context = dataclasses.replace(bus.context, continued=True)
             return
         async with self:
             yield self.bus

@@ -15,11 +15,16 @@ from typing import Any
 
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._sink import Sink
-from trainbus.orchestrator.config import TrainConfig, call_factory, check_writable_dir
-from trainbus.orchestrator.registry import resolve_report_to
+from trainbus.orchestrator.config import (
+    TrainConfig,
+    call_factory,
+    check_writable_dir,
+    load_factory,
+)
+from trainbus.orchestrator.registry import IntegrationChoice, explain_report_to
 from trainbus.orchestrator.run import Orchestrator
 
-__all__ = ["PreparedRun", "prepare_run"]
+__all__ = ["PreparedRun", "dry_run", "prepare_run"]
 
 
 @dataclass
@@ -55,6 +60,53 @@ def _user_sink(spec: str, index: int) -> Sink:
     return sink
 
 
+def _check(
+    config: TrainConfig, overrides: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Any, list[IntegrationChoice]]:
+    """The checks that need no user code: arguments, ``report_to``, ``output_dir``."""
+    args = _arguments(config, overrides)
+    choices = explain_report_to(args.report_to, env)
+    check_writable_dir(Path(args.output_dir), field="output_dir")
+    if args.eval_strategy != "no" and config.eval_dataset is None:
+        raise ConfigurationError(
+            f"args.eval_strategy = {args.eval_strategy!r} needs an eval_dataset factory"
+        )
+    return args, choices
+
+
+def dry_run(
+    config: TrainConfig,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Validate ``config`` as ``prepare_run`` does and say what a run would start; no training.
+
+    Every factory is imported (not called: building a model or a dataset is the run's work), and
+    every integration gets one line, picked or skipped with the reason and the fix. Writes
+    nothing. Returns the lines ``trainbus train --dry-run`` prints.
+    """
+    args, choices = _check(config, overrides or {}, dict(os.environ) if env is None else env)
+    factories = {
+        "model": config.model,
+        "train_dataset": config.train_dataset,
+        "eval_dataset": config.eval_dataset,
+        "compute_metrics": config.compute_metrics,
+        **{f"callbacks[{i}]": spec for i, spec in enumerate(config.callbacks)},
+        **{f"sinks[{i}]": spec for i, spec in enumerate(config.sinks)},
+    }
+    for field, spec in factories.items():
+        if spec:
+            load_factory(spec, field=field)
+    picked = [choice.name for choice in choices if choice.picked]
+    return [
+        f"output_dir   {args.output_dir}",
+        f"report_to    {args.report_to!r} -> {picked}",
+        *(choice.line() for choice in choices),
+        *(f"sink         {spec} (imports)" for spec in config.sinks),
+    ]
+
+
 def prepare_run(
     config: TrainConfig,
     *,
@@ -63,14 +115,8 @@ def prepare_run(
     flush_timeout: float = 30.0,
 ) -> PreparedRun:
     """Validate ``config`` and build everything; writes nothing."""
-    args = _arguments(config, overrides or {})
     environ = dict(os.environ) if env is None else env
-    resolve_report_to(args.report_to, environ)
-    check_writable_dir(Path(args.output_dir), field="output_dir")
-    if args.eval_strategy != "no" and config.eval_dataset is None:
-        raise ConfigurationError(
-            f"args.eval_strategy = {args.eval_strategy!r} needs an eval_dataset factory"
-        )
+    args, _ = _check(config, overrides or {}, environ)
 
     from trainbus.trainer._early_stopping import EarlyStoppingCallback
     from trainbus.trainer._rng import set_seed

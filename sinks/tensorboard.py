@@ -1,8 +1,9 @@
 """TensorBoard event files: scalars with HF's ``train/``/``eval/`` prefixes, arguments as text.
 
 Mirrors Hugging Face's ``TensorBoardCallback``: ``RunStarted`` writes the arguments (``args``)
-and the model config (``model_config``) as text; each ``Log`` becomes scalars at its
-``global_step`` after ``rewrite_logs`` (strings become text, other values are skipped). The
+and the model config (``model_config``) as text, once per run (not again when ``continued``);
+each ``Log`` becomes scalars at its ``global_step`` after ``rewrite_logs`` (strings become text,
+other values are skipped). The
 directory is ``TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<Mon DD_HH-MM-SS>_
 <host>`` with the time of ``RunStarted``, so a replay finds the same directory.
 
@@ -150,6 +151,8 @@ class TensorBoardSink(Sink):
             texts.append(("args", _json(event.config)))
         if event.hparams:
             texts.append(("model_config", _json(event.hparams)))
+        if event.continued:  # evaluate()/predict() after train(): written once, at the start
+            texts = []
         if self.tb_writer is not None:
             for tag, text in texts:
                 self.tb_writer.add_text(tag, text, 0)

@@ -133,3 +133,108 @@ def test_importing_trainbus_loads_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# --- one extra per integration ----------------------------------------------------------------
+
+
+def _extras() -> dict[str, list[str]]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    return extras
+
+
+def _table_rows(text: str, heading: str) -> list[str]:
+    """The body rows of the first Markdown table after ``heading``."""
+    lines = f"\n{text}".split(f"\n{heading}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def test_every_integration_has_an_extra_and_all_installs_every_one() -> None:
+    """Each ``report_to`` name's extra exists in pyproject, and ``trainbus[all]`` names them all."""
+    from trainbus.orchestrator.registry import EXTRAS, INTEGRATIONS
+
+    extras = _extras()
+    assert set(EXTRAS) == set(INTEGRATIONS)
+    for name, extra in EXTRAS.items():
+        assert extras.get(extra), f"{name}: pyproject has no extra {extra!r}"
+    (all_line,) = extras["all"]
+    listed = all_line.removeprefix("trainbus[").removesuffix("]").split(",")
+    assert sorted(listed) == sorted(set(EXTRAS.values()))
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "mlflow", "comet_ml", "wandb", "azure_ml",
+                                  "codecarbon", "clearml", "dagshub", "flyte", "dvclive",
+                                  "swanlab"])  # fmt: skip
+def test_a_missing_sdk_error_names_the_extra(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With its SDK not installed, naming the integration is one error that says
+    ``pip install 'trainbus[<extra>]'``, and ``"all"`` skips it with the same fix."""
+    import importlib.util
+
+    from trainbus.bus._errors import ConfigurationError
+    from trainbus.orchestrator import registry
+
+    if registry.INTEGRATIONS[name] is None:
+        pytest.skip(f"{name} has no sink in this tree yet")
+    sdk = registry.load_sink_class(name).sdk_module
+    if sdk is None:
+        pytest.skip(f"{name}'s sink needs no SDK (it writes or talks HTTP itself)")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        registry.importlib.util,
+        "find_spec",
+        lambda module, *a: None if module == sdk else real_find_spec(module, *a),
+    )
+    hint = f"pip install 'trainbus[{registry.EXTRAS[name]}]'"
+    with pytest.raises(ConfigurationError) as info:
+        registry.resolve_report_to([name], {})
+    assert hint in str(info.value)
+    (choice,) = [c for c in registry.explain_report_to("all", {}) if c.name == name]
+    assert not choice.picked and hint in choice.reason
+
+
+def test_the_integrations_index_has_one_row_per_integration() -> None:
+    """``docs/integrations/README.md`` lists every name with its extra, the sentence ``"all"``
+    uses for it (the registry's ``ALL_NEEDS``) and a link to its page; each page that exists
+    names the extra too."""
+    from trainbus.orchestrator.registry import ALL_NEEDS, EXTRAS
+
+    index = ROOT / "docs" / "integrations" / "README.md"
+    rows = _table_rows(index.read_text(), "# Integrations")
+    by_name = {row.split("|")[1].strip().strip("`"): row for row in rows}
+    assert list(by_name) == list(EXTRAS)
+    for name, row in by_name.items():
+        assert f"`trainbus[{EXTRAS[name]}]`" in row, name
+        assert ALL_NEEDS[name] in row.replace("`", ""), name
+        assert f"]({name}.md)" in row, name
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "mlflow", "comet_ml", "wandb", "azure_ml",
+                                  "codecarbon", "clearml", "dagshub", "flyte", "dvclive",
+                                  "swanlab"])  # fmt: skip
+def test_each_integration_page_names_its_extra(name: str) -> None:
+    """An integration's page tells users what to install."""
+    from trainbus.orchestrator.registry import EXTRAS
+
+    page = ROOT / "docs" / "integrations" / f"{name}.md"
+    if not page.is_file():
+        pytest.skip(f"{page.name} is not written in this tree yet")
+    assert f"trainbus[{EXTRAS[name]}]" in page.read_text()
+
+
+def test_the_readme_links_every_integration_page() -> None:
+    """README's Sinks table has one row per integration, linking its page."""
+    from trainbus.orchestrator.registry import INTEGRATIONS
+
+    rows = _table_rows((ROOT / "README.md").read_text(), "## Sinks")
+    first_cells = [row.split("|")[1].strip() for row in rows]
+    for name in INTEGRATIONS:
+        assert f"[`{name}`](docs/integrations/{name}.md)" in first_cells, name

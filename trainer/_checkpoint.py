@@ -50,6 +50,7 @@ from trainbus.trainer._pretrained import WEIGHTS_NAME, write_model, write_proces
 
 __all__ = [
     "ARGS_NAME",
+    "FINAL_MODEL_DIR",
     "OPTIMIZER_NAME",
     "PREFIX",
     "RNG_NAME",
@@ -66,6 +67,7 @@ __all__ = [
     "save_model",
     "sorted_checkpoints",
     "write_checkpoint",
+    "write_directory",
 ]
 
 PREFIX: Final = "checkpoint"
@@ -74,8 +76,11 @@ SCHEDULER_NAME: Final = "scheduler.pt"
 RNG_NAME: Final = "rng_state.pth"
 STATE_NAME: Final = "trainer_state.json"
 ARGS_NAME: Final = "training_args.json"
+FINAL_MODEL_DIR: Final = "final_model"
+"""``<output_dir>/final_model``: the model written at the end of training for the sinks that
+upload it (``trainbus.trainer._final_model``), replaced at each ``train()``."""
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
-_STAGING = re.compile(rf"^\.({PREFIX}-\d+)\.(tmp|old)-\d+$")
+_STAGING = re.compile(rf"^\.({PREFIX}-\d+|{FINAL_MODEL_DIR})\.(tmp|old)-\d+$")
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
@@ -128,10 +133,6 @@ def _write_files(
         torch.save(rng_state, staging / rng_file(rank, len(rng_states)))
     _write_args(staging, args_dict)
     write_state(staging)
-    for child in staging.rglob("*"):
-        if child.is_file():
-            _fsync_file(child)
-    _fsync_dir(staging)
 
 
 def write_checkpoint(
@@ -155,13 +156,9 @@ def write_checkpoint(
     holds one entry per rank. ``processing_class`` (else ``data_collator``'s tokenizer) is saved
     beside the model.
     """
-    final = checkpoint_dir(output_dir, global_step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        _write_files(
+    return write_directory(
+        checkpoint_dir(output_dir, global_step),
+        lambda staging: _write_files(
             staging,
             model,
             optimizer,
@@ -170,14 +167,32 @@ def write_checkpoint(
             args_dict,
             rng_states,
             (processing_class, data_collator),
-        )
+        ),
+    )
+
+
+def write_directory(final: Path, fill: Callable[[Path], None]) -> Path:
+    """Have ``fill`` write a hidden sibling of ``final``, flush it, and rename it into place.
+
+    A directory already at ``final`` (the same step saved twice, or the last run's final model)
+    is replaced: the newer one wins, as in HF. The old one moves aside first, so a crash in
+    between never leaves ``final`` missing, and ``recover_interrupted_saves`` puts it back.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        fill(staging)
+        for child in staging.rglob("*"):
+            if child.is_file():
+                _fsync_file(child)
+        _fsync_dir(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     retired = None
     if final.exists():
-        # Same step saved twice (step- and epoch-level save): the newer one wins, as in HF. The
-        # old one moves aside first, so a crash in between never leaves this step missing.
         retired = final.parent / f".{final.name}.old-{os.getpid()}"
         shutil.rmtree(retired, ignore_errors=True)
         final.rename(retired)
@@ -191,9 +206,10 @@ def write_checkpoint(
 def recover_interrupted_saves(output_dir: str | os.PathLike[str]) -> list[Path]:
     """Clean up after saves a killed process left unfinished; returns the directories removed.
 
-    A staging directory (``.checkpoint-<step>.tmp-<pid>``) is half a checkpoint: removed. A
-    retired one (``.checkpoint-<step>.old-<pid>``) is a complete checkpoint moved aside for a
-    newer save of the same step: renamed back when that save never landed, removed otherwise.
+    A staging directory (``.checkpoint-<step>.tmp-<pid>``, ``.final_model.tmp-<pid>``) is half a
+    checkpoint: removed. A retired one (``.checkpoint-<step>.old-<pid>``) is a complete one moved
+    aside for a newer save of the same name: renamed back when that save never landed, removed
+    otherwise.
     Call it before any rank of this job can save: it takes every such directory for a dead
     process's (``output_dir`` belongs to one training at a time).
     """

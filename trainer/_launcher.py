@@ -22,6 +22,7 @@ explicitly (``report_to=["tensorboard"]``) are an error before training starts, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import threading
@@ -74,7 +75,9 @@ class Launcher(Protocol):
         """The run's bus, open inside ``async with``; closing it flushes the sinks.
 
         ``trainer`` supplies what the run needs (``args.output_dir``, ``args.report_to``, its own
-        ``sinks``). Entered on the event loop that will serve the bus.
+        ``sinks``). Entered on the event loop that will serve the bus. The bus's ``context``
+        (``trainbus.bus._run_context``) tells the trainer the resolved ``report_to``, whether a
+        sink wants the final model, and whether the call continues a run already started.
         """
         ...
 
@@ -233,7 +236,11 @@ class LocalLauncher:
         """A bus for ``trainer``'s sinks and ours; ``report_to`` is checked first, here."""
         _check_report_to(trainer, self.reason)
         sinks = [*self.sinks, *trainer.sinks]
-        return Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=sinks)
+        bus = Bus(run_id=uuid.uuid4().hex, rank=trainer.args.process_index, sinks=sinks)
+        # No integration runs here, whatever report_to asked for; the final model is still
+        # written when one of these sinks wants it (the bus's default context says so).
+        bus.context = dataclasses.replace(bus.context, report_to=())
+        return bus
 
 
 def resolve_launcher() -> Launcher:

@@ -12,7 +12,7 @@ schedule in use) is this object's own state, set in ``__init__`` and ``_prepare`
 
     run():       prepare; TrainBegin; [evaluate on start]
       for epoch:   EpochBegin; _train_epoch; EpochEnd; _maybe_log_save_evaluate
-      _finish:     Log(summary); [load best model]; TrainEnd
+      _finish:     Log(summary); [load best model]; [final model, Artifact]; TrainEnd
     _train_epoch, per window of GA micro-batches (read whole first, their label tokens counted):
                  StepBegin; (_micro_step, SubstepEnd)*; _micro_step; _optimizer_step
     _micro_step: trainer.training_step (forward, backward); count flops and tokens
@@ -63,6 +63,7 @@ from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._accounting import token_counter
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
+from trainbus.trainer._final_model import publish_final_model
 from trainbus.trainer._loss import LossSum
 from trainbus.trainer._model_setup import compile_model, enable_activation_checkpointing
 from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
@@ -465,6 +466,7 @@ class TrainingLoop:
             ckpt.load_weights(self.model, Path(best))
         if args.save_total_limit == 1 and best is not None and args.should_save:
             ckpt.rotate_checkpoints(args.output_dir, 0, best, keep_only_best=True)
+        publish_final_model(trainer)  # only when a sink uploads it (trainer/_final_model.py)
         trainer._publish(TrainEnd)
         trainer.control = self.handler.on_train_end(args, state, trainer.control)
         return TrainOutput(state.global_step, metrics["train_loss"], metrics)

@@ -7,7 +7,7 @@ publishes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -134,20 +134,32 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def run_config(args: TrainingArguments, model: nn.Module) -> dict[str, Any]:
+def run_config(
+    args: TrainingArguments, model: nn.Module, *, report_to: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The fields of ``RunStarted``: arguments and model config, secrets masked.
 
     The event goes to the journal on disk and to every sink, so secrets are masked here, once,
     before anything sees it: argument fields as ``to_dict`` names them (``"<HUB_TOKEN>"``), and
     any secret-named key or URL password in the model config or the arguments' values.
+
+    Args:
+        args: the trainer's arguments.
+        model: the model, whose ``config`` (if any) becomes ``hparams``.
+        report_to: the integrations the launcher started (``"all"`` resolved). They replace
+            ``args.report_to`` in the published arguments, as transformers normalises the field
+            to the list of integrations it runs, so every tracker records the names in use.
     """
     config = getattr(model, "config", None)
     to_dict = getattr(config, "to_dict", None)
     hparams = json_safe(to_dict()) if callable(to_dict) else {}
+    arguments = json_safe(args.to_dict())
+    if report_to is not None:
+        arguments["report_to"] = list(report_to)
     return {
         "run_name": args.run_name or "",
         "output_dir": args.output_dir,
         "world_size": args.world_size,
-        "config": redact(json_safe(args.to_dict())),
+        "config": redact(arguments),
         "hparams": redact(hparams),
     }

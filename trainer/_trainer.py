@@ -11,7 +11,8 @@ control callbacks (the barrier) and keep the control they return. In order::
           PreOptimizerStep, optimizer.step(), OptimizerStep, scheduler.step(), StepEnd,
           [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
         EpochEnd, [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
-      Log(summary), [load best model], TrainEnd, RunFinished(status)
+      Log(summary), [load best model], [Artifact(kind="model"): the final model, when a sink
+      wants it], TrainEnd, RunFinished(status)
 
 The ``Trainer`` is its public API in parts, one idea of transformers' each, so that this module
 keeps only what makes a run: the constructor, ``train``/``train_async`` and the run around them
@@ -370,7 +371,9 @@ class Trainer(
         self._staged = []
         self.callback_handler.before_dispatch = self._flush_marks
         try:
-            bus.emit(RunStarted, **run_config(self.args, self.model))
+            context = bus.context
+            config = run_config(self.args, self.model, report_to=context.report_to)
+            bus.emit(RunStarted, continued=context.continued, **config)
             if self._init_end_pending:
                 self._init_end_pending = False
                 bus.emit(InitEnd)

@@ -111,9 +111,13 @@ class ReportingMixin:
         (else the data collator's tokenizer) is saved beside it, and the arguments as
         ``training_args.json`` (never a pickle: see ``trainbus.trainer._checkpoint``). Only the
         process that saves (``args.should_save``) writes. Inside a run (from a callback, say
-        ``on_train_end``) it also publishes ``Artifact(kind="model")`` so sinks can upload it;
-        after ``train()`` returned, the run and its bus are closed, and only the files are
-        written.
+        ``on_train_end``) it also publishes ``Artifact(kind="model")`` so sinks can upload it.
+        After ``train()`` returned, the run and its sinks are closed, and only the files are
+        written: the usual ``train()`` then ``save_model()`` script still gets its model
+        uploaded, because a sink that uploads the final model (``WANDB_LOG_MODEL=end``,
+        ``HF_DVCLIVE_LOG_MODEL``, ...) makes ``train()`` write it to
+        ``<output_dir>/final_model`` and publish it at the end of training, as transformers'
+        callbacks do in ``on_train_end`` (see ``trainbus.trainer._final_model``).
 
         Args:
             output_dir: where to write; ``args.output_dir`` when ``None``.

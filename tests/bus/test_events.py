@@ -82,6 +82,8 @@ def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]
             extra[field.name] = st.sampled_from(["completed", "stopped", "failed", "killed"])
         elif field.type is int:
             extra[field.name] = st.integers(0, 2**31)
+        elif field.type is bool:
+            extra[field.name] = st.booleans()
         elif field.name == "checkpoint_dir" or field.name == "error":
             extra[field.name] = st.none() | st.text()
         else:

@@ -177,3 +177,28 @@ def test_demo_quick_runs_every_part(tmp_path: Path, capsys: pytest.CaptureFixtur
     run = find_run_dir(out)
     assert run.journal_path.stat().st_size > 0
     assert run.read_record().status == "completed"
+
+
+def test_dry_run_prints_each_integration_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train --dry-run`` checks the file, prints one line per integration (picked, or skipped
+    with the reason) and exits 0 without training or creating ``output_dir``."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "run.toml", out, report_to='"all"')
+    assert main(["--log-level", "WARNING", "train", str(config), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not out.exists()
+    verdicts = {line.split()[0]: line for line in lines if " picked" in line or " skipped" in line}
+    assert set(verdicts) >= {"tensorboard", "mlflow", "comet_ml", "wandb", "flyte", "swanlab"}
+    assert verdicts["tensorboard"].split() == ["tensorboard", "picked"]
+    assert "MLFLOW_TRACKING_URI" in verdicts["mlflow"]
+    assert any(line.startswith("report_to    'all' -> [") for line in lines)
+
+
+def test_dry_run_refuses_bad_input_like_a_run(tmp_path: Path) -> None:
+    """A name that a run would refuse fails the dry run too, with the usual exit code 2."""
+    config = write_config(tmp_path / "run.toml", tmp_path / "out", report_to='["tensorbored"]')
+    assert main(["--log-level", "WARNING", "train", str(config), "--dry-run"]) == 2
+    assert not (tmp_path / "out").exists()

@@ -10,9 +10,14 @@ import pytest
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._sink import Sink
 from trainbus.orchestrator.registry import (
+    ALL_NEEDS,
+    EXTRAS,
     INTEGRATIONS,
+    IntegrationChoice,
     build_sinks,
+    explain_report_to,
     import_object,
+    install_hint,
     load_sink_class,
     resolve_report_to,
 )
@@ -119,3 +124,66 @@ def test_import_object_names_the_field() -> None:
         import_object("no_such_module_x:f", field="model")
     with pytest.raises(ConfigurationError, match="has no attribute 'nope'"):
         import_object("json:nope", field="model")
+
+
+class NeedsAMissingSdk(Sink):
+    """A sink whose SDK is not installed anywhere."""
+
+    sdk_module = "trainbus_no_such_sdk"
+
+
+class AlwaysAvailable(Sink):
+    """A sink ``"all"`` would always pick (no SDK, no ``is_available``)."""
+
+
+def choices(report_to: str | list[str], env: dict[str, str]) -> dict[str, IntegrationChoice]:
+    """``explain_report_to`` by integration name."""
+    return {choice.name: choice for choice in explain_report_to(report_to, env)}
+
+
+def test_all_names_why_each_integration_is_skipped() -> None:
+    """Under ``"all"`` every integration gets a verdict: not configured names the variable,
+    explicit-only says so, and the picked ones are exactly ``resolve_report_to``'s."""
+    explained = choices("all", {})
+    assert list(explained) == list(INTEGRATIONS)
+    assert [n for n, c in explained.items() if c.picked] == resolve_report_to("all", {})
+    assert not explained["mlflow"].picked
+    assert "not configured" in explained["mlflow"].reason
+    assert "MLFLOW_TRACKING_URI" in explained["mlflow"].reason
+    assert "explicit only" in explained["flyte"].reason
+    assert explained["tensorboard"].line().split() == ["tensorboard", "picked"]
+    assert explained["mlflow"].line().startswith("mlflow       skipped: not configured")
+
+
+def test_a_missing_sdk_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SDK that is not installed: ``"all"`` skips it naming the extra, and naming the
+    integration explicitly is an error with ``pip install 'trainbus[<extra>]'``."""
+    monkeypatch.setitem(INTEGRATIONS, "swanlab", f"{__name__}:NeedsAMissingSdk")
+    assert choices("all", {})["swanlab"].reason == "not installed: pip install 'trainbus[swanlab]'"
+    with pytest.raises(ConfigurationError, match=r"pip install 'trainbus\[swanlab\]'"):
+        resolve_report_to(["swanlab"], {})
+
+
+def test_azure_ml_is_skipped_when_mlflow_is_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in transformers, ``"all"`` does not pick AzureML beside MLflow (it logs through it)."""
+    monkeypatch.setitem(INTEGRATIONS, "azure_ml", f"{__name__}:AlwaysAvailable")
+    assert choices("all", {})["azure_ml"].picked
+    with_mlflow = choices("all", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert with_mlflow["mlflow"].picked and not with_mlflow["azure_ml"].picked
+    assert "mlflow is picked" in with_mlflow["azure_ml"].reason
+    assert resolve_report_to(["azure_ml", "mlflow"], {}) == ["azure_ml", "mlflow"]  # named: both
+
+
+def test_named_integrations_are_picked_and_the_rest_not_named() -> None:
+    """With explicit names, those are picked and every other one is "not named in report_to";
+    ``"none"`` picks nothing."""
+    explained = choices(["tensorboard"], {})
+    assert [n for n, c in explained.items() if c.picked] == ["tensorboard"]
+    assert explained["dvclive"].reason == "not named in report_to"
+    assert not any(c.picked for c in choices("none", {}).values())
+
+
+def test_every_integration_has_an_extra_and_an_all_rule() -> None:
+    """Each ``report_to`` name has its extra and its sentence for ``"all"``."""
+    assert set(EXTRAS) == set(INTEGRATIONS) == set(ALL_NEEDS)
+    assert install_hint("comet_ml") == "pip install 'trainbus[comet]'"
