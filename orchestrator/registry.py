@@ -45,7 +45,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "codecarbon": None,
     "clearml": None,
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
-    "flyte": None,
+    "flyte": "trainbus.sinks.flyte:FlyteSink",
     "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",
     "swanlab": None,
 }

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
+    from trainbus.sinks.flyte import FlyteSink
     from trainbus.sinks.mlflow import MLflowSink
     from trainbus.sinks.tensorboard import TensorBoardSink
     from trainbus.sinks.wandb import WandbSink
@@ -23,6 +24,7 @@ __all__ = [
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
+    "FlyteSink",
     "MLflowSink",
     "TensorBoardSink",
     "WandbSink",
@@ -35,6 +37,7 @@ _LAZY = {
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",
+    "FlyteSink": "trainbus.sinks.flyte",
     "MLflowSink": "trainbus.sinks.mlflow",
     "TensorBoardSink": "trainbus.sinks.tensorboard",
     "WandbSink": "trainbus.sinks.wandb",
