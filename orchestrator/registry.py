@@ -41,7 +41,7 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "mlflow": "trainbus.sinks.mlflow:MLflowSink",
     "comet_ml": "trainbus.sinks.comet:CometSink",
     "wandb": "trainbus.sinks.wandb:WandbSink",
-    "azure_ml": None,
+    "azure_ml": "trainbus.sinks.azureml:AzureMLSink",
     "codecarbon": None,
     "clearml": None,
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainbus.bus._secrets import redact, redact_url
     from trainbus.sinks._rewrite import rewrite_logs
+    from trainbus.sinks.azureml import AzureMLSink
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
+    "AzureMLSink",
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AzureMLSink": "trainbus.sinks.azureml",
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",
