@@ -27,8 +27,9 @@ flytekit keeps its task context in a context variable: it exists on the task's t
 threads and event loops started from a copy of that thread's context (trainbus's bus loop is).
 The sink captures the context where it is built and makes every flytekit call inside a copy of
 it, so the calls see the task whichever worker thread makes them. Built outside a task, it
-raises a ``ConfigurationError`` before training. ``report_to="all"`` never picks it, as in
-Hugging Face; it does not take part in ``trainbus sync`` replays either (no task is running).
+raises a ``ConfigurationError`` before training, and so it does with ``TRAINBUS_SINK_PROCESS``
+set (the sink process has no task). ``report_to="all"`` never picks it, as in Hugging Face; it
+does not take part in ``trainbus sync`` replays either (no task is running).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from trainbus.bus._env import env_flag
 from trainbus.bus._errors import ConfigurationError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished
 from trainbus.bus._paths import confine, output_root
@@ -64,6 +66,8 @@ DECK_NAME: Final = "Log History"
 """The deck's name, Hugging Face's."""
 
 STATE_FILE: Final = "flyte.json"
+SINK_PROCESS_VARIABLE: Final = "TRAINBUS_SINK_PROCESS"
+"""Runs the ``report_to`` sinks in a child process, where no Flyte task is running."""
 _T = TypeVar("_T")
 
 
@@ -112,6 +116,12 @@ class FlyteSink(Sink):
             raise ConfigurationError(
                 "report_to names flyte but the flytekit package is not installed; install it "
                 "with pip install 'trainbus[flyte]' or drop flyte from report_to."
+            )
+        if env_flag(env, SINK_PROCESS_VARIABLE, lenient=True):
+            raise ConfigurationError(
+                f"report_to names flyte with {SINK_PROCESS_VARIABLE} set: the Flyte integration "
+                "needs the running task, which a separate sink process does not have; unset "
+                f"{SINK_PROCESS_VARIABLE} or drop flyte from report_to."
             )
         return cls(run_dir=run_dir)
 

@@ -174,8 +174,16 @@ def test_outside_a_task_it_is_one_error_before_training(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
+def test_the_sink_process_is_refused_before_training(tmp_path: Path) -> None:
+    """TRAINBUS_SINK_PROCESS would rebuild the sink in a process without the task: refused."""
+    from trainbus.sinks.flyte import FlyteSink
+
+    with pytest.raises(ConfigurationError, match="TRAINBUS_SINK_PROCESS set"):
+        FlyteSink.from_env({"TRAINBUS_SINK_PROCESS": "1"}, run_dir=tmp_path, run_name="r")
+
+
 def test_registry_builds_it_by_name_and_all_never_picks_it() -> None:
-    """ "flyte" names FlyteSink; "all" leaves it out even where flytekit is installed, as in HF."""
+    """The name "flyte" builds FlyteSink; "all" leaves it out with flytekit installed, as HF."""
     from trainbus.orchestrator.registry import available_integrations, load_sink_class
     from trainbus.sinks.flyte import FlyteSink
 
