@@ -54,11 +54,11 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "mlflow": "trainbus.sinks.mlflow:MLflowSink",
     "comet_ml": "trainbus.sinks.comet:CometSink",
     "wandb": "trainbus.sinks.wandb:WandbSink",
-    "azure_ml": None,
+    "azure_ml": "trainbus.sinks.azureml:AzureMLSink",
     "codecarbon": None,
     "clearml": "trainbus.sinks.clearml:ClearMLSink",
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
-    "flyte": None,
+    "flyte": "trainbus.sinks.flyte:FlyteSink",
     "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",
     "swanlab": None,
 }

@@ -12,19 +12,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainbus.bus._secrets import redact, redact_url
     from trainbus.sinks._rewrite import rewrite_logs
+    from trainbus.sinks.azureml import AzureMLSink
     from trainbus.sinks.clearml import ClearMLSink
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
+    from trainbus.sinks.flyte import FlyteSink
     from trainbus.sinks.mlflow import MLflowSink
     from trainbus.sinks.tensorboard import TensorBoardSink
     from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
+    "AzureMLSink",
     "ClearMLSink",
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
+    "FlyteSink",
     "MLflowSink",
     "TensorBoardSink",
     "WandbSink",
@@ -34,10 +38,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AzureMLSink": "trainbus.sinks.azureml",
     "ClearMLSink": "trainbus.sinks.clearml",
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",
+    "FlyteSink": "trainbus.sinks.flyte",
     "MLflowSink": "trainbus.sinks.mlflow",
     "TensorBoardSink": "trainbus.sinks.tensorboard",
     "WandbSink": "trainbus.sinks.wandb",

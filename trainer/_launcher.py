@@ -22,6 +22,7 @@ explicitly (``report_to=["tensorboard"]``) are an error before training starts, 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import os
@@ -96,6 +97,10 @@ class _RunLoop:
     close is asked with the loop's thread-safe ``call_soon`` (which never waits), it is bounded
     by the bus's close deadline once the bus's watchdog finds the loop blocked
     (``Bus.abandon``), and the daemon thread never keeps the process alive.
+
+    The loop runs in a copy of the caller's context variables, so the sinks see what the
+    caller's thread sees (structlog's bound values, a Flyte task's context), as they do when
+    ``train_async()`` opens the run on the caller's own loop.
     """
 
     def __init__(self, launcher: Launcher, trainer: Trainer) -> None:
@@ -104,7 +109,10 @@ class _RunLoop:
         self._closed: Future[bool | None] = Future()
         self._exc_info: ExcInfo = (None, None, None)
         self._thread = threading.Thread(
-            target=self._run_loop, name="trainbus bus loop", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._run_loop,),
+            name="trainbus bus loop",
+            daemon=True,
         )
 
     def open(self) -> Bus:
