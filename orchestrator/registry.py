@@ -42,12 +42,12 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "comet_ml": "trainbus.sinks.comet:CometSink",
     "wandb": "trainbus.sinks.wandb:WandbSink",
     "azure_ml": None,
-    "codecarbon": None,
+    "codecarbon": "trainbus.sinks.codecarbon:CodeCarbonSink",
     "clearml": None,
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
     "flyte": None,
     "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",
-    "swanlab": None,
+    "swanlab": "trainbus.sinks.swanlab:SwanLabSink",
 }
 """Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""
 

@@ -12,18 +12,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from trainbus.bus._secrets import redact, redact_url
     from trainbus.sinks._rewrite import rewrite_logs
+    from trainbus.sinks.codecarbon import CodeCarbonSink
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
     from trainbus.sinks.mlflow import MLflowSink
+    from trainbus.sinks.swanlab import SwanLabSink
     from trainbus.sinks.tensorboard import TensorBoardSink
     from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
+    "CodeCarbonSink",
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
     "MLflowSink",
+    "SwanLabSink",
     "TensorBoardSink",
     "WandbSink",
     "redact",
@@ -32,10 +36,12 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CodeCarbonSink": "trainbus.sinks.codecarbon",
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",
     "MLflowSink": "trainbus.sinks.mlflow",
+    "SwanLabSink": "trainbus.sinks.swanlab",
     "TensorBoardSink": "trainbus.sinks.tensorboard",
     "WandbSink": "trainbus.sinks.wandb",
     "redact": "trainbus.bus._secrets",
