@@ -55,12 +55,12 @@ INTEGRATIONS: Final[Mapping[str, str | None]] = {
     "comet_ml": "trainbus.sinks.comet:CometSink",
     "wandb": "trainbus.sinks.wandb:WandbSink",
     "azure_ml": "trainbus.sinks.azureml:AzureMLSink",
-    "codecarbon": None,
+    "codecarbon": "trainbus.sinks.codecarbon:CodeCarbonSink",
     "clearml": "trainbus.sinks.clearml:ClearMLSink",
     "dagshub": "trainbus.sinks.dagshub:DagsHubSink",
     "flyte": "trainbus.sinks.flyte:FlyteSink",
     "dvclive": "trainbus.sinks.dvclive:DVCLiveSink",
-    "swanlab": None,
+    "swanlab": "trainbus.sinks.swanlab:SwanLabSink",
 }
 """Every ``report_to`` name, in the order ``"all"`` tries them; ``None``: not implemented yet."""
 

@@ -14,22 +14,26 @@ if TYPE_CHECKING:
     from trainbus.sinks._rewrite import rewrite_logs
     from trainbus.sinks.azureml import AzureMLSink
     from trainbus.sinks.clearml import ClearMLSink
+    from trainbus.sinks.codecarbon import CodeCarbonSink
     from trainbus.sinks.comet import CometSink
     from trainbus.sinks.dagshub import DagsHubSink
     from trainbus.sinks.dvclive import DVCLiveSink
     from trainbus.sinks.flyte import FlyteSink
     from trainbus.sinks.mlflow import MLflowSink
+    from trainbus.sinks.swanlab import SwanLabSink
     from trainbus.sinks.tensorboard import TensorBoardSink
     from trainbus.sinks.wandb import WandbSink
 
 __all__ = [
     "AzureMLSink",
     "ClearMLSink",
+    "CodeCarbonSink",
     "CometSink",
     "DVCLiveSink",
     "DagsHubSink",
     "FlyteSink",
     "MLflowSink",
+    "SwanLabSink",
     "TensorBoardSink",
     "WandbSink",
     "redact",
@@ -40,11 +44,13 @@ __all__ = [
 _LAZY = {
     "AzureMLSink": "trainbus.sinks.azureml",
     "ClearMLSink": "trainbus.sinks.clearml",
+    "CodeCarbonSink": "trainbus.sinks.codecarbon",
     "CometSink": "trainbus.sinks.comet",
     "DVCLiveSink": "trainbus.sinks.dvclive",
     "DagsHubSink": "trainbus.sinks.dagshub",
     "FlyteSink": "trainbus.sinks.flyte",
     "MLflowSink": "trainbus.sinks.mlflow",
+    "SwanLabSink": "trainbus.sinks.swanlab",
     "TensorBoardSink": "trainbus.sinks.tensorboard",
     "WandbSink": "trainbus.sinks.wandb",
     "redact": "trainbus.bus._secrets",

@@ -1,0 +1,58 @@
+"""Train, evaluate and predict a tiny classifier with report_to=["swanlab"], SwanLab offline.
+
+``PRESTART`` (set by the test) starts the SwanLab run in project ``PROJECT`` before training, as a
+user would: transformers' own callback cannot start one itself with SwanLab 0.8 or later (it
+calls ``swanlab.get_run()``, which raises when no run is active), and it reuses an active run.
+"""
+
+import os
+
+import swanlab
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from transformers import Trainer, TrainingArguments  # trainer-import
+
+config = BertConfig(
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    num_labels=2,
+)
+torch.manual_seed(0)
+model = BertForSequenceClassification(config)
+generator = torch.Generator().manual_seed(1)
+rows = [
+    {"input_ids": torch.randint(5, 64, (8,), generator=generator), "labels": i % 2}
+    for i in range(16)
+]
+args = TrainingArguments(
+    output_dir=str(WORKDIR / "out"),  # WORKDIR: set by the harness
+    run_name="tiny-swan",
+    per_device_train_batch_size=8,
+    max_steps=4,
+    logging_steps=1,
+    eval_strategy="steps",
+    eval_steps=2,
+    save_strategy="no",
+    report_to=["swanlab"],
+    use_cpu=True,
+    disable_tqdm=True,
+)
+if PRESTART:  # set by the test
+    swanlab.init(
+        project=PROJECT,
+        name=args.run_name,
+        mode="offline",
+        log_dir=os.environ["SWANLAB_LOG_DIR"],
+    )
+trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:8])
+trainer.train()
+trainer.evaluate()
+trainer.predict(rows[:8])
+if swanlab.has_run():
+    swanlab.finish()
+RESULT = {}
