@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
+from tests.sinks.dvc_repo import isolate_dvc
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact, ArtifactKind
@@ -25,7 +26,7 @@ pytest.importorskip("dvclive")
 def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test runs in an empty working directory, so nothing it does can reach the checkout
     (DVCLive looks for a repository from the working directory)."""
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    isolate_dvc(tmp_path, monkeypatch)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
