@@ -1,22 +1,36 @@
-"""DVCLive: metrics history as TSV files, ``metrics.json``, ``params.yaml``, through DVCLive itself.
+"""DVCLive: metrics history as TSV files, ``metrics.json``, ``params.yaml``, and, inside a DVC
+repository, a DVC experiment, through DVCLive itself.
 
 Mirrors Hugging Face's ``DVCLiveCallback``: ``RunStarted`` logs the training arguments as params
 (secrets masked); each ``Log`` logs every value DVCLive can plot under DVCLive's own names for
 the Hugging Face framework (``eval_loss`` -> ``eval/loss``, ``train_runtime`` ->
-``train/runtime``, ``loss`` stays ``loss``); ``RunFinished`` ends the session. With
-``HF_DVCLIVE_LOG_MODEL`` truthy the final model (``Artifact`` of kind ``model``) is logged as a
-DVC model artifact, with ``all`` every checkpoint too (DVCLive needs a DVC repository for that
-and warns otherwise).
+``train/runtime``, ``loss`` stays ``loss``); ``RunFinished`` ends the session, which saves the DVC
+experiment. With ``HF_DVCLIVE_LOG_MODEL`` truthy the final model (``Artifact`` of kind
+``model``) is copied into DVCLive's ``artifacts/`` and logged as the DVC model artifact ``last``
+(``best`` with ``load_best_model_at_end``); with ``all`` every checkpoint is tracked by DVC too.
+A ``Live`` of the caller's own (``DVCLiveSink(live=...)``) is used as it is.
 
-Where it differs, and why:
+Where the files go:
+
+* In a DVC repository that can hold experiments (git, with a commit), found from the working
+  directory as DVCLive does: ``./dvclive``, as transformers writes, with its ``dvc.yaml`` inside
+  (``dvclive/dvc.yaml``: the user's own ``dvc.yaml`` is left alone). A stable path is what lets
+  ``dvc exp show`` put every run's ``loss`` in one column; each run's files are kept by its
+  experiment, so the next run replacing the workspace copy loses nothing.
+* Anywhere else: ``<run_dir>/dvclive``, so two runs never wipe each other's files, and no
+  ``dvc.yaml``. Where DVCLive would run ``dvc init`` in a git repository without DVC, nothing is
+  initialised.
+
+Where it differs from transformers, and why:
 
 * The step is the event's ``global_step``, not a counter of log calls, so a TSV row lines up with
   the same point in TensorBoard or MLflow and a replayed batch lands on the same step.
-* The directory is ``<run_dir>/dvclive`` (a ``directory`` argument overrides it) rather than
-  ``./dvclive``, so two runs from one working directory never wipe each other's files.
-* The user's repository is left alone: no DVC experiment is saved and no ``dvc.yaml`` is
-  written unless asked (``save_dvc_exp``, ``dvcyaml``), and where DVCLive would run ``dvc init``
-  in a git repository without DVC, the sink uses no DVC repository at all.
+* One experiment per training run: an ``evaluate()`` or ``predict()`` after ``train()`` continues
+  the session and saves the same experiment again (its name is kept in ``<run_dir>/dvclive.json``)
+  instead of adding a second one; ``predict()``'s ``test_*`` metrics are kept in ``metrics.json``
+  as ``test/*`` (transformers logs nothing for it).
+* ``all`` tracks each checkpoint directory, not the whole ``output_dir`` (which holds the run's
+  journal and every earlier checkpoint), and still logs the final model.
 * A metric name that would lead DVCLive's ``plots/metrics/<name>.tsv`` out of its directory
   (``../x``, an absolute name) is refused, counted in ``dropped_values`` and named once in a
   warning; an ``Artifact`` outside the run's output directory is skipped the same way.
@@ -42,7 +56,7 @@ import structlog
 
 from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
 from trainbus.bus._paths import confine, output_root, safe_relative_name
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
@@ -64,34 +78,51 @@ _T = TypeVar("_T")
 
 
 class DVCLiveSink(Sink):
-    """Write a run through DVCLive; see the module docstring."""
+    """Write a run through DVCLive; see the module docstring.
+
+    Args:
+        run_dir: the run's directory (state file, default directory outside DVC); built by
+            ``report_to``. May be omitted with ``live``: the state then lives in this object.
+        live: a ``dvclive.Live`` of the caller's own, used instead of one the sink creates, as
+            transformers' ``DVCLiveCallback(live=...)``; the sink ends it at each run's end.
+        directory: where DVCLive writes, instead of the default (see the module docstring).
+        log_model: ``True`` logs the final model, ``"all"`` every checkpoint too.
+        save_dvc_exp: save a DVC experiment at the end of the run where the repository allows.
+        report: DVCLive's ``report`` (``"md"`` or ``"html"``), written at each batch.
+    """
 
     name = "dvclive"
     sdk_module = "dvclive"
-    events = (RunStarted, Log, Artifact, RunFinished)
+    events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0
 
     def __init__(
         self,
         *,
-        run_dir: Path,
+        run_dir: Path | None = None,
+        live: Any = None,
         directory: Path | None = None,
         log_model: LogModel = False,
-        save_dvc_exp: bool = False,
-        dvcyaml: bool = False,
+        save_dvc_exp: bool = True,
         report: Literal["md", "html"] | None = None,
     ) -> None:
+        if run_dir is None and live is None:
+            raise ConfigurationError("DVCLiveSink needs run_dir, or a dvclive.Live as live")
+        if live is not None:
+            _check_live(live)
         self.run_dir = run_dir
-        self.directory = directory or run_dir / "dvclive"
+        self.directory = directory
         self.log_model = log_model
         self.save_dvc_exp = save_dvc_exp
-        self.dvcyaml = dvcyaml
         self.report = report
+        self.wants_final_model = bool(log_model)
+        self._user_live = live
         self._live: Any = None
         self._limiter = anyio.CapacityLimiter(1)
-        self._written_seq = -1
+        self._state: dict[str, Any] = {}
         self._ended = False
+        self._output_root: Path | None = output_root(run_dir) if run_dir is not None else None
         self.dropped_values = 0
         self._refused: set[str] = set()
 
@@ -108,19 +139,33 @@ class DVCLiveSink(Sink):
         if importlib.util.find_spec("dvclive") is None:
             raise ConfigurationError(
                 "report_to names dvclive but the dvclive package is not installed; install it "
-                "with pip install 'trainbus[integrations]' or drop dvclive from report_to."
+                "with pip install 'trainbus[dvclive]' or drop dvclive from report_to."
             )
         return cls(run_dir=run_dir, log_model=_log_model(env))
 
     # --- sink interface -----------------------------------------------------------------------
 
+    @property
+    def live(self) -> Any:
+        """The ``dvclive.Live`` in use (``None`` before ``open()`` unless one was given)."""
+        return self._live if self._live is not None else self._user_live
+
     async def open(self) -> None:
-        """Start a DVCLive session on the directory, resuming it if an earlier sink wrote there."""
-        state = load_state(self.run_dir / STATE_FILE)
-        self._written_seq = int(state.get("written_seq", -1))
-        resume = self._written_seq >= 0
-        self._live = await self._call(self._start, resume)
-        log.info("dvclive writing", directory=str(self.directory), resumed=resume)
+        """Start (or continue) the run's DVCLive session; see the module docstring for where."""
+        if self.run_dir is not None:
+            self._state = load_state(self.run_dir / STATE_FILE)
+        self._ended = False
+        if self._user_live is not None:
+            self._live = self._user_live
+            return
+        self._live = await self._call(self._start)
+        self._save_state()
+        log.info(
+            "dvclive writing",
+            directory=str(self._live.dir),
+            experiment=self._state.get("experiment"),
+            resumed=self._written_seq >= 0,
+        )
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Log the batch, then let DVCLive write its summary once."""
@@ -128,8 +173,8 @@ class DVCLiveSink(Sink):
         if not fresh:
             return
         await self._call(self._write, fresh)
-        self._written_seq = fresh[-1].seq
-        save_state(self.run_dir / STATE_FILE, {"written_seq": self._written_seq})
+        self._state["written_seq"] = fresh[-1].seq
+        self._save_state()
 
     async def close(self) -> None:
         """Write the summary of a run that did not finish; ``end()`` already did for one that
@@ -137,6 +182,16 @@ class DVCLiveSink(Sink):
         if self._live is not None and not self._ended:
             await self._call(self._live.sync)
         self._live = None
+
+    # --- internals: state ---------------------------------------------------------------------
+
+    @property
+    def _written_seq(self) -> int:
+        return int(self._state.get("written_seq", -1))
+
+    def _save_state(self) -> None:
+        if self.run_dir is not None:
+            save_state(self.run_dir / STATE_FILE, self._state)
 
     # --- internals (worker thread) ------------------------------------------------------------
 
@@ -146,22 +201,69 @@ class DVCLiveSink(Sink):
                 lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
             )
 
-    def _start(self, resume: bool) -> Any:
-        return _live_class()(
-            dir=str(self.directory),
+    def _start(self) -> Any:
+        """A ``Live`` on the directory the first session chose, in the mode it chose."""
+        from trainbus.sinks._dvclive_repo import experiment_root, live_class
+
+        resume = self._written_seq >= 0
+        experiment = self._state.get("experiment")
+        root = experiment_root() if self.save_dvc_exp or experiment is not None else None
+        if resume and experiment is not None:
+            directory = self._experiment_directory(root)
+        elif resume:
+            directory, root = self._plain_directory(), None
+        else:
+            directory = (self.directory or self._default_directory(root)).absolute()
+            if root is not None and root not in directory.parents:
+                root = None  # a directory outside the repository cannot be in its experiment
+        live = live_class()(
+            dir=str(directory),
             resume=resume,
             report=self.report,
-            save_dvc_exp=self.save_dvc_exp,
-            dvcyaml="dvc.yaml" if self.dvcyaml else None,
+            save_dvc_exp=root is not None,
+            dvcyaml=str(directory / "dvc.yaml") if root is not None else None,
+            experiment=experiment,
         )
+        if live.experiment_name is not None:
+            self._state["experiment"] = live.experiment_name
+            self._state["directory"] = str(directory)
+        return live
+
+    def _default_directory(self, root: Path | None) -> Path:
+        return Path.cwd() / "dvclive" if root is not None else self._plain_directory()
+
+    def _plain_directory(self) -> Path:
+        if self.directory is not None:
+            return self.directory
+        if self.run_dir is None:  # only a given Live goes without run_dir, and it never gets here
+            raise RuntimeError("DVCLiveSink without run_dir has no directory of its own")
+        return self.run_dir / "dvclive"
+
+    def _experiment_directory(self, root: Path | None) -> Path:
+        """The continued experiment's directory, as the state file names it: only inside the
+        repository around the working directory (the file is data, and data never picks where
+        we write)."""
+        saved = str(self._state.get("directory", ""))
+        if root is None:
+            raise PermanentSinkError(
+                f"this run's DVCLive files are in the DVC experiment directory {saved!r}; run "
+                "the replay from inside that DVC repository (its working directory decides it)"
+            )
+        try:
+            return confine(saved, root, what=f"{STATE_FILE} directory")
+        except ConfigurationError as exc:
+            raise PermanentSinkError(str(exc)) from None
 
     def _write(self, events: Sequence[Event]) -> None:
         live = self._live
         for event in events:
             if isinstance(event, Log):
-                self._log(live, event)
-            elif isinstance(event, RunStarted) and event.config:
-                self._log_params(live, event.config)
+                self._log(live, event.logs, event.global_step, plot=True)
+            elif isinstance(event, Predict):
+                # A prediction's metrics are one value each: the summary, not a plot.
+                self._log(live, _test_names(event.metrics), event.global_step, plot=False)
+            elif isinstance(event, RunStarted):
+                self._started(live, event)
             elif isinstance(event, Artifact) and self._wants(event):
                 self._log_artifact(live, event)
             elif isinstance(event, RunFinished):
@@ -170,20 +272,30 @@ class DVCLiveSink(Sink):
         if not self._ended:
             live.sync()
 
-    def _log_params(self, live: Any, config: Mapping[str, Any]) -> None:
+    def _started(self, live: Any, event: RunStarted) -> None:
+        if self.run_dir is None and event.output_dir:
+            self._output_root = Path(event.output_dir).resolve()
+        if self._state.get("params_logged") or not event.config:
+            return  # a continued run (evaluate() after train()) keeps its first params
+        best = bool(event.config.get("load_best_model_at_end"))
+        self._state["model_name"] = "best" if best else "last"
+        self._state["params_logged"] = True
         from dvclive.error import InvalidParameterTypeError
 
         try:
-            live.log_params(redact(config))
+            live.log_params(redact(event.config))
         except InvalidParameterTypeError as exc:
             # Params DVCLive cannot write as YAML must not cost the metrics that follow.
             log.warning("dvclive refused the params, dropped", error=str(exc))
 
-    def _log(self, live: Any, event: Log) -> None:
+    def _log(self, live: Any, logs: Mapping[str, Any], step: int, *, plot: bool) -> None:
         from dvclive.utils import standardize_metric_name
 
-        live.step = event.global_step
-        for key, value in event.logs.items():
+        live.step = step
+        # ``end()`` takes the step back from the summary the last ``sync()`` wrote: without this,
+        # a run whose last batch also ends it would finish metrics.json on that older step.
+        live.summary["step"] = step
+        for key, value in logs.items():
             if isinstance(value, bool):
                 value = int(value)
             if isinstance(value, float) and not math.isfinite(value):
@@ -201,21 +313,49 @@ class DVCLiveSink(Sink):
                     self._refused.add(name)
                     log.warning("dvclive metric refused, dropped", reason=str(exc))
                 continue
-            live.log_metric(name, value)
+            live.log_metric(name, value, plot=plot)
 
     def _log_artifact(self, live: Any, event: Artifact) -> None:
         try:
-            confine(event.path, output_root(self.run_dir), what="artifact path")
+            if self._output_root is None:
+                raise ConfigurationError("artifact path: the run's output directory is unknown")
+            path = confine(event.path, self._output_root, what="artifact path")
         except ConfigurationError as exc:
             log.warning("dvclive artifact refused, skipped", reason=str(exc))
             return
-        name = event.name or Path(event.path).name
-        live.log_artifact(event.path, type="model", name=_artifact_name(name))
+        run_dir = self.run_dir.resolve() if self.run_dir is not None else None
+        if run_dir is not None and (path == run_dir or path in run_dir.parents):
+            # DVC would take over the run's own journal and state files.
+            log.warning("dvclive artifact holds the run directory, skipped", path=str(path))
+            return
+        if event.kind == "model":
+            name = str(self._state.get("model_name", "last"))
+            live.log_artifact(str(path), type="model", name=name, copy=True)
+        else:
+            live.log_artifact(str(path))
 
     def _wants(self, event: Artifact) -> bool:
         if self.log_model == "all":
             return event.kind in ("model", "checkpoint")
         return bool(self.log_model) and event.kind == "model"
+
+
+def _test_names(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``predict()``'s ``test_loss`` as ``test/loss``, DVCLive's split-folder convention that
+    ``eval_`` and ``train_`` already follow."""
+    return {
+        f"test/{key[len('test_') :]}" if key.startswith("test_") else key: value
+        for key, value in metrics.items()
+    }
+
+
+def _check_live(live: Any) -> None:
+    from dvclive.live import Live
+
+    if not isinstance(live, Live):
+        raise ConfigurationError(
+            f"DVCLiveSink(live=...) takes a dvclive.Live, got {type(live).__name__}"
+        )
 
 
 @contextlib.contextmanager
@@ -232,33 +372,6 @@ def _map_errors() -> Iterator[None]:
         if isinstance(exc, DvcLiveError):
             raise PermanentSinkError(f"DVCLive refused the data: {exc}") from exc
         raise
-
-
-def _live_class() -> Any:
-    """DVCLive's ``Live`` that uses an existing DVC repository but never creates one.
-
-    Inside a git repository without DVC, ``Live()`` runs ``dvc init`` at the git root and stages
-    its files; a metrics sink must not change the user's repository, so that step is skipped.
-    """
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
-    from dvclive.live import Live
-
-    class ExistingRepoLive(Live):
-        def _init_dvc(self) -> None:
-            try:
-                Repo.find_root()
-            except NotDvcRepoError:
-                return  # no DVC repository: plain files only, as DVCLive does outside git
-            super()._init_dvc()
-
-    return ExistingRepoLive
-
-
-def _artifact_name(name: str) -> str:
-    """A DVC artifact id: lower-case letters, digits and dashes."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return cleaned or "model"
 
 
 def _log_model(env: Mapping[str, str]) -> LogModel:

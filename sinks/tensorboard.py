@@ -1,11 +1,13 @@
 """TensorBoard event files: scalars with HF's ``train/``/``eval/`` prefixes, arguments as text.
 
 Mirrors Hugging Face's ``TensorBoardCallback``: ``RunStarted`` writes the arguments (``args``)
-and the model config (``model_config``) as text, once per run (not again when ``continued``);
-each ``Log`` becomes scalars at its ``global_step`` after ``rewrite_logs`` (strings become text,
-other values are skipped). The
-directory is ``TENSORBOARD_LOGGING_DIR`` when set, else ``<output_dir>/runs/<Mon DD_HH-MM-SS>_
-<host>`` with the time of ``RunStarted``, so a replay finds the same directory.
+and the model config (``model_config``) as text; each ``Log`` becomes scalars at its
+``global_step`` after ``rewrite_logs`` (strings become text, other values are skipped).
+``predict()``'s metrics (``Predict``, which transformers does not log) become ``test/*`` scalars
+at the step the model was trained to. The directory is ``TENSORBOARD_LOGGING_DIR`` when set, else
+``<output_dir>/runs/<Mon DD_HH-MM-SS>_<host>`` with the time of ``RunStarted``, so a replay finds
+the same directory. An ``evaluate()`` or ``predict()`` after ``train()`` continues the run in that
+directory (one more event file in it, one TensorBoard run) and does not write the texts again.
 
 By default events go through the minimal writer in ``trainbus.sinks._tfrecord`` (a few µs per scalar
 instead of ~130 µs), flushed once per batch rather than once per event. An injected writer (HF's
@@ -28,7 +30,7 @@ import structlog
 
 from trainbus.bus._env import env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError
-from trainbus.bus._events import Event, Log, RunFinished, RunStarted
+from trainbus.bus._events import Event, Log, Predict, RunFinished, RunStarted
 from trainbus.bus._paths import confine, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
@@ -62,7 +64,7 @@ class TensorBoardSink(Sink):
     """Write a run's logs as TensorBoard event files; see the module docstring."""
 
     name = "tensorboard"
-    events = (RunStarted, Log, RunFinished)
+    events = (RunStarted, Log, Predict, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 0.5
 
@@ -109,11 +111,10 @@ class TensorBoardSink(Sink):
         for event in batch:
             if event.seq <= self._written_seq:
                 continue
-            if isinstance(event, Log):
+            if isinstance(event, (Log, Predict)):
                 wrote |= self._log(event)
             elif isinstance(event, RunStarted):
-                self._started(event)
-                wrote = True
+                wrote |= self._started(event)
         if wrote:
             self._flush()
         if batch and batch[-1].seq > self._written_seq:
@@ -145,26 +146,32 @@ class TensorBoardSink(Sink):
         except ConfigurationError as exc:
             raise PermanentSinkError(str(exc)) from None
 
-    def _started(self, event: RunStarted) -> None:
+    def _started(self, event: RunStarted) -> bool:
+        """Write the arguments and model config as texts, once per run: a ``continued`` start
+        (``evaluate()``/``predict()`` after ``train()``) writes nothing; whether anything was."""
+        if event.continued:
+            if self.tb_writer is None:
+                self._file(event)  # the directory is still the run's, even without the state
+            return False
         texts = []
         if event.config:
             texts.append(("args", _json(event.config)))
         if event.hparams:
             texts.append(("model_config", _json(event.hparams)))
-        if event.continued:  # evaluate()/predict() after train(): written once, at the start
-            texts = []
         if self.tb_writer is not None:
             for tag, text in texts:
                 self.tb_writer.add_text(tag, text, 0)
-            return
+            return True
         writer = self._file(event)
         for tag, text in texts:
             writer.write(encode_text(event.time, 0, tag, text))
+        return True
 
-    def _log(self, event: Log) -> bool:
+    def _log(self, event: Log | Predict) -> bool:
         scalars: list[tuple[str, float]] = []
         texts: list[tuple[str, str]] = []
-        for key, value in rewrite_logs(event.logs).items():
+        logs = event.logs if isinstance(event, Log) else event.metrics
+        for key, value in rewrite_logs(logs).items():
             if isinstance(value, (int, float)):
                 scalars.append((key, float(value)))
             elif isinstance(value, str):

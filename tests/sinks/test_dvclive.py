@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +13,7 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
+from tests.sinks.dvc_repo import isolate_dvc
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact, ArtifactKind
@@ -26,7 +26,7 @@ pytest.importorskip("dvclive")
 def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test runs in an empty working directory, so nothing it does can reach the checkout
     (DVCLive looks for a repository from the working directory)."""
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    isolate_dvc(tmp_path, monkeypatch)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -104,12 +104,33 @@ async def test_restart_resumes_files_without_duplicate_rows(tmp_path: Path) -> N
     assert [step for step, _ in _history(directory, "eval/loss")] == [4, 8, 12]
 
 
+async def test_summary_ends_on_the_last_logged_step(tmp_path: Path) -> None:
+    """metrics.json holds the last value of every metric and the last step, also when the
+    batch that ends the run brings more steps than the one before it (DVCLive's end() takes
+    the step back from the summary the previous batch wrote)."""
+    utils = _dvclive("utils")
+    events = scripted_run(12, eval_every=5)
+    sink = DVCLiveSink(run_dir=tmp_path)
+    with anyio.fail_after(30):
+        await sink.open()
+        await sink.write(events[:8])
+        await sink.write(events[8:])
+        await sink.close()
+    _, latest = utils.parse_metrics(_reader(tmp_path / "dvclive"))
+    assert latest["step"] == 12
+    assert latest["loss"] == pytest.approx(train_logs(12)["loss"])
+    assert latest["learning_rate"] == pytest.approx(train_logs(12)["learning_rate"])
+    assert latest["eval"]["accuracy"] == pytest.approx(eval_logs(10)["eval_accuracy"])
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")
-async def test_final_model_is_tracked_by_dvc(tmp_path: Path, _cwd: Path) -> None:
-    """Inside a DVC repository, HF_DVCLIVE_LOG_MODEL=true has DVC track the final model (a
-    .dvc pointer file next to it) and leaves checkpoints alone."""
-    dvc = Path(sys.executable).with_name("dvc")
-    subprocess.run([str(dvc), "init", "--no-scm", "-q"], check=True, timeout=120)
+async def test_final_model_is_tracked_by_dvc_without_git(tmp_path: Path, _cwd: Path) -> None:
+    """In a DVC repository without git (no experiments), HF_DVCLIVE_LOG_MODEL=true copies the
+    final model into the run's dvclive/artifacts and has DVC track it there, as transformers
+    copies it into ./dvclive; checkpoints are left alone."""
+    from dvc.repo import Repo
+
+    Repo.init(str(_cwd), no_scm=True).close()
     paths = {}
     for name in ("checkpoint-3", "final"):
         paths[name] = _cwd / "out" / name
@@ -131,15 +152,43 @@ async def test_final_model_is_tracked_by_dvc(tmp_path: Path, _cwd: Path) -> None
             )
         )
     events.append(msgspec.structs.replace(finished, seq=finished.seq + 2))
-    sink = DVCLiveSink.from_env(
-        {"HF_DVCLIVE_LOG_MODEL": "1"}, run_dir=_cwd / "out" / "trainbus" / "run", run_name="r"
-    )
+    run_dir = _cwd / "out" / "trainbus" / "run"
+    sink = DVCLiveSink.from_env({"HF_DVCLIVE_LOG_MODEL": "1"}, run_dir=run_dir, run_name="r")
     with anyio.fail_after(60):
         await sink.open()
         await sink.write(events)
         await sink.close()
-    assert (_cwd / "out" / "final.dvc").is_file()
+    artifacts = run_dir / "dvclive" / "artifacts"
+    assert (artifacts / "final.dvc").is_file()
+    assert (artifacts / "final" / "model.safetensors").is_file()
     assert not (_cwd / "out" / "checkpoint-3.dvc").exists()
+    assert not (_cwd / "dvclive").exists()
+
+
+async def test_artifact_holding_the_run_directory_is_skipped(tmp_path: Path) -> None:
+    """A model saved to output_dir itself (which holds the run's journal) is not handed to
+    DVC, with a warning; the run's metrics still land."""
+    run_dir = tmp_path / "out" / "trainbus" / "run"
+    events = scripted_run(2)
+    finished = events.pop()
+    events.append(
+        Artifact(
+            run_id="run-1",
+            seq=finished.seq,
+            time=finished.time,
+            global_step=2,
+            path=str(tmp_path / "out"),
+            kind="model",
+        )
+    )
+    events.append(msgspec.structs.replace(finished, seq=finished.seq + 1))
+    sink = DVCLiveSink(run_dir=run_dir, log_model=True)
+    with capture_logs() as logs, anyio.fail_after(30):
+        await sink.open()
+        await sink.write(events)
+        await sink.close()
+    assert any(e["event"] == "dvclive artifact holds the run directory, skipped" for e in logs)
+    assert [s for s, _ in _history(run_dir / "dvclive", "loss")] == [1, 2]
 
 
 async def test_params_yaml_cannot_hold_are_dropped_not_the_metrics(tmp_path: Path) -> None:
@@ -162,7 +211,9 @@ async def test_params_yaml_cannot_hold_are_dropped_not_the_metrics(tmp_path: Pat
 def test_log_model_follows_hf(value: str, expected: object, tmp_path: Path) -> None:
     """HF_DVCLIVE_LOG_MODEL: "all" logs every checkpoint, a truthy value the final model."""
     env = {"HF_DVCLIVE_LOG_MODEL": value}
-    assert DVCLiveSink.from_env(env, run_dir=tmp_path, run_name="r").log_model == expected
+    sink = DVCLiveSink.from_env(env, run_dir=tmp_path, run_name="r")
+    assert sink.log_model == expected
+    assert sink.wants_final_model == bool(expected)
 
 
 def test_bad_log_model_is_refused_with_a_sentence(tmp_path: Path) -> None:
@@ -181,5 +232,5 @@ def test_report_to_dvclive_builds_the_sink(tmp_path: Path) -> None:
     env = {"HF_DVCLIVE_LOG_MODEL": "all"}
     [(name, sink)] = build_sinks(["dvclive"], env, run_dir=tmp_path, run_name="r")
     assert name == "dvclive" and isinstance(sink, DVCLiveSink) and sink.log_model == "all"
-    assert sink.directory == tmp_path / "dvclive"
+    assert sink.run_dir == tmp_path and sink.wants_final_model and sink.save_dvc_exp
     assert "dvclive" in available_integrations({})

@@ -131,6 +131,44 @@ async def test_injected_writer_gets_the_same_calls_as_hf(tmp_path: Path) -> None
     assert [c[0] for c in writer.calls].count("flush") == 2  # one per batch, one at close
 
 
+@pytest.mark.slow
+def test_train_evaluate_predict_is_one_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report_to=["tensorboard"] through our Trainer: train(), evaluate() and predict() write
+    into one directory (one TensorBoard run) with the later evaluation at the last step, the
+    prediction's metrics as test/* scalars, and the arguments' text once."""
+    from tests.support.tiny_bert import tiny_bert
+    from trainbus import Trainer, TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    model, rows = tiny_bert()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="no",
+        report_to=["tensorboard"],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    trainer.train()
+    evaluated = trainer.evaluate()
+    predicted = trainer.predict(rows).metrics
+    [run] = (tmp_path / "out" / "runs").iterdir()
+    acc = _accumulator(run)
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("eval/loss")] == [2, 4, 4]
+    assert acc.Scalars("eval/loss")[-1].value == pytest.approx(evaluated["eval_loss"])
+    [test_loss] = acc.Scalars("test/loss")
+    assert (test_loss.step, test_loss.value) == (4, pytest.approx(predicted["test_loss"]))
+    assert len(acc.Tensors("args")) == 1
+
+
 def test_from_env_reads_logging_dir(tmp_path: Path) -> None:
     """TENSORBOARD_LOGGING_DIR picks the directory, with ~ expanded."""
     env = {"TENSORBOARD_LOGGING_DIR": "~/tb-logs"}
