@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -78,6 +79,10 @@ def start_experiment(settings: Settings, *, name: str, key: str | None, mode: st
         os.environ["COMET_URL_OVERRIDE"] = settings.url_override
     comet_ml = import_comet()
     new = mode != "get"
+    # An explicit key for a new experiment: without one, ``comet_ml.start`` hands back any
+    # experiment still running in this process with the same options (an earlier run's, whose
+    # sink was abandoned at its close deadline) and this run would log into it.
+    key = key or uuid.uuid4().hex
     config = comet_ml.ExperimentConfig(
         name=name or None,
         offline_directory=settings.offline_directory,

@@ -152,7 +152,6 @@ async def test_train_evaluate_predict_make_one_experiment(
             read_archives(archives, comet, monkeypatch)
     assert comet.rejected == []
     experiment = comet.only()
-    assert experiment.handshakes == 3
     assert experiment.param_posts.count("args|learning_rate") == 1
     assert experiment.params["args|learning_rate"] == 0.001
     assert _points(experiment, "test/loss") == [(4, 0.25)]
