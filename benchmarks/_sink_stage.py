@@ -159,7 +159,7 @@ class Stage:
                     CometSink(
                         run_dir=run_dir,
                         api_key=self.comet_key,
-                        url_override=self.comet_proxy.url,
+                        url_override=self.comet_proxy.url + "/clientlib/",
                         workspace="bench",
                     )
                 )

@@ -6,9 +6,9 @@ Four questions, each answered with figures measured in this run:
    shared workload (``_common.Workload``) at ``logging_steps=1`` with no sink, a no-op sink (the
    bus, journal and sink runtime alone), the TensorBoard sink, the MLflow sink and the Comet
    sink, the remote ones behind ``tests.support.fault_proxy.FaultProxy`` adding 200 ms to every
-   request (MLflow: a real local ``mlflow server``; Comet: the local REST fake from the tests, as
-   no Comet server runs here; it keeps connections alive, as Comet's servers do); proxies and fake
-   run in their own processes. Reported: steps/s and
+   request (MLflow: a real local ``mlflow server``; Comet: the local fake from the tests, spoken
+   to by the comet_ml SDK, as no Comet server runs here; it keeps connections alive, as Comet's
+   servers do); proxies and fake run in their own processes. Reported: steps/s and
    steps per CPU-second as ratios to no sink within each round of back-to-back runs (median over
    rounds), the ratio of each contender's best run to the best run without a sink (the target,
    >= 0.97: background load on a shared machine only ever slows a run down, and moved single
@@ -116,8 +116,8 @@ def _train(
             if logs and "loss" in logs:
                 logged.append(state.global_step)
 
-    # The flush deadline is only waited out by a sink that cannot catch up (Comet's one request
-    # per point): what is left stays in the journal and is reported as ``left_in_journal``.
+    # The flush deadline is only waited out by a sink that cannot catch up: what is left stays
+    # in the journal and is reported as ``left_in_journal``.
     launcher = RunLauncher(run_dir, close_deadline=2.0 if outage is None else 60.0)
     args = bench_args(work, run_dir / "out", max_steps=10_000_000, run_name="bench-sinks")
     trainer = Trainer(

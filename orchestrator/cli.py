@@ -14,6 +14,7 @@ rebuilds registered integrations by name, and user sink classes only with ``--si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 from collections.abc import Sequence
@@ -148,14 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_comet_upload(comet: argparse.ArgumentParser) -> None:
     comet.description = (
-        "Replay a run that the Comet sink recorded with COMET_START_ONLINE=0 into a new Comet "
-        "experiment (or COMET_EXPERIMENT_KEY's), on the server named by COMET_URL_OVERRIDE, "
-        "with COMET_API_KEY, COMET_WORKSPACE and COMET_PROJECT_NAME."
+        "Upload the offline archives of a run that the Comet sink recorded with "
+        "COMET_START_ONLINE=0, oldest first (train, then each later evaluate or predict), with "
+        "the comet_ml SDK's own uploader (as 'comet upload' does): to the server and with the "
+        "API key of its configuration (COMET_URL_OVERRIDE, COMET_API_KEY)."
     )
     comet.add_argument(
         "path",
         type=Path,
-        help="the run's comet-offline.jsonl, a run directory, or an output_dir (newest run)",
+        help="an archive (.zip), a folder of archives, a run directory or an output_dir",
     )
 
 
@@ -243,17 +245,22 @@ def _demo(ns: argparse.Namespace) -> int:
 
 
 def _comet_upload(ns: argparse.Namespace) -> int:
-    import os
-
     from trainbus.orchestrator.rundir import find_run_dir
-    from trainbus.sinks.comet import OFFLINE_FILE, upload_offline
+    from trainbus.sinks.comet import find_archives, upload_offline
 
     path: Path = ns.path
-    if path.is_dir():
-        run_dir = path if (path / OFFLINE_FILE).is_file() else find_run_dir(path).path
-        path = run_dir / OFFLINE_FILE
-    key = anyio.run(upload_offline, path, dict(os.environ))
-    print(f"uploaded {path} to Comet experiment {key}")
+    archives = find_archives(path)
+    if not archives and path.is_dir():
+        with contextlib.suppress(ConfigurationError):  # not a run either: say what was missing
+            archives = find_archives(find_run_dir(path).path)
+    if not archives:
+        raise ConfigurationError(
+            f"no Comet offline archive in {str(path)!r}; expected a .zip that a run with "
+            "COMET_START_ONLINE=0 wrote (by default into <run_dir>/comet)"
+        )
+    upload_offline(archives)
+    for archive in archives:
+        print(f"uploaded {archive}")
     return 0
 
 

@@ -1,186 +1,155 @@
-"""Comet's REST API v2 write endpoints, spoken with httpx instead of the ``comet_ml`` SDK.
+"""What the Comet sink asks of the ``comet_ml`` SDK: start an experiment, log events, end it.
 
-Endpoints used (all under ``<server>/api/rest/v2``, header ``Authorization: <api key>``):
+Every function here blocks and runs on the sink's worker thread, one call at a time; none is
+called on the training thread or the event loop. The SDK does the transport itself: online it
+sends metrics and parameters in batches (lists of messages posted to the server's
+``/clientlib/batch/logger/...`` endpoints from its own streamer thread), offline it writes the
+``.zip`` archive that ``comet upload`` sends later.
 
-=====================================  ==========================================================
-``POST write/experiment/create``       ``workspaceName``, ``projectName``, ``experimentName``
-``GET  experiment/metadata``           ``?experimentKey=`` (does the experiment exist?)
-``POST write/experiment/metric``       ``experimentKey``, ``metricName``, ``metricValue``,
-                                       ``step``, ``epoch``, ``timestamp`` (ms)
-``POST write/experiment/parameter``    ``experimentKey``, ``parameterName``, ``parameterValue``
-``POST write/experiment/log-other``    ``experimentKey``, ``key``, ``value``
-``POST write/experiment/tags``         ``experimentKey``, ``addedTags``
-``POST write/experiment/set-start-end-time``  ``experimentKey``, ``startTimeMillis``,
-                                       ``endTimeMillis``
-``POST write/experiment/upload-asset`` ``?experimentKey=&fileName=&overwrite=true``, multipart
-                                       ``file``
-=====================================  ==========================================================
-
-The metric endpoint takes one point per request, so the sink keeps several in flight, and the JSON
-POSTs go through ``trainbus.sinks._http1`` (kept-alive connections, a prebuilt request head, msgspec
-bodies) rather than httpx: a fraction of the CPU per point. httpx still does the rare calls
-(``exists``, asset uploads), and all of them when the environment names a proxy for the server.
+What the SDK is asked to do beyond the run's own data is chosen here, once: system details and
+installed packages (one message each, when the experiment is created), nothing periodic. The
+SDK's CPU, GPU, network and disk monitors, its stdout capture, source-code and git logging and
+its CO2 tracker are off: each runs a thread (or a child tool) inside the training process, and
+none of them is data the user logged.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import httpx
-import msgspec
-
-from trainbus.bus._errors import PermanentSinkError
-from trainbus.sinks._http import map_errors
-from trainbus.sinks._http1 import Http1Client
+from trainbus.bus._events import Log, Predict
+from trainbus.sinks._rewrite import numeric_items, rewrite_logs
 
 __all__ = [
-    "DEFAULT_SERVER",
-    "CometApi",
-    "Request",
-    "create_body",
-    "metric_body",
-    "other_body",
-    "parameter_body",
-    "rest_base",
-    "tags_body",
-    "times_body",
+    "AUTO_LOGGING_VARIABLE",
+    "Settings",
+    "end_experiment",
+    "import_comet",
+    "log_metrics",
+    "log_parameters",
+    "start_experiment",
+    "upload_archives",
 ]
 
-DEFAULT_SERVER: Final = "https://www.comet.com/"
-REST_PREFIX: Final = "api/rest/v2"
-_encoder: Final = msgspec.json.Encoder()
-_decoder: Final = msgspec.json.Decoder()
-
-Request = tuple[str, dict[str, Any]]
-"""An endpoint (relative to the REST root) and its JSON body."""
+AUTO_LOGGING_VARIABLE: Final = "COMET_DISABLE_AUTO_LOGGING"
+"""Read by ``comet_ml`` when it is imported: ``1`` stops it from installing import hooks that
+patch torch, mlflow, TensorBoard and others. The sink sets it (unless the user did) before the
+first import, see ``import_comet``."""
 
 
-def rest_base(url_override: str | None) -> str:
-    """The REST root from ``COMET_URL_OVERRIDE`` (the SDK's ``.../clientlib/`` form accepted)."""
-    server = url_override or DEFAULT_SERVER
-    parts = urlsplit(server)
-    path = parts.path.rstrip("/")
-    for suffix in ("/clientlib", "/api/rest/v2", "/api/rest/v2/"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-    return f"{parts.scheme}://{parts.netloc}{path}/{REST_PREFIX}"
+@dataclass(frozen=True)
+class Settings:
+    """How to reach Comet and which experiment to log to (read from the environment)."""
+
+    api_key: str | None
+    workspace: str | None
+    project: str | None
+    online: bool
+    url_override: str | None
+    offline_directory: str
 
 
-def create_body(workspace: str, project: str, name: str) -> Request:
-    body = {"workspaceName": workspace, "projectName": project}
-    if name:
-        body["experimentName"] = name
-    return "write/experiment/create", body
+def import_comet() -> Any:
+    """Import ``comet_ml`` with its auto-logging off unless the user asked for it.
+
+    On import, ``comet_ml`` hooks the import of torch, mlflow, TensorBoard, Keras and others to
+    log from inside them; with mlflow, every MLflow run then also writes a Comet offline archive
+    into the working directory. The sink logs what the trainer publishes, so it needs none of
+    that: ``COMET_DISABLE_AUTO_LOGGING`` is set to ``1`` for the process when it is unset.
+    """
+    os.environ.setdefault(AUTO_LOGGING_VARIABLE, "1")
+    import comet_ml
+
+    return comet_ml
 
 
-def metric_body(
-    key: str, name: str, value: float, *, step: int, epoch: float, timestamp_ms: int
-) -> Request:
-    return "write/experiment/metric", {
-        "experimentKey": key,
-        "metricName": name,
-        "metricValue": value,
-        "step": step,
-        "epoch": epoch,
-        "timestamp": timestamp_ms,
-    }
+def start_experiment(settings: Settings, *, name: str, key: str | None, mode: str) -> Any:
+    """Create (``mode`` ``create``/``get_or_create``) or continue (``get``) an experiment.
+
+    A continued experiment sends no system details again: they were sent when it was created.
+    """
+    if settings.url_override:
+        # The SDK reads its server from its configuration only (the environment or a config
+        # file, read again at every call): the process's environment is the one way to set it.
+        os.environ["COMET_URL_OVERRIDE"] = settings.url_override
+    comet_ml = import_comet()
+    new = mode != "get"
+    # An explicit key for a new experiment: without one, ``comet_ml.start`` hands back any
+    # experiment still running in this process with the same options (an earlier run's, whose
+    # sink was abandoned at its close deadline) and this run would log into it.
+    key = key or uuid.uuid4().hex
+    config = comet_ml.ExperimentConfig(
+        name=name or None,
+        offline_directory=settings.offline_directory,
+        log_env_details=new,
+        log_env_host=new,
+        log_env_gpu=False,
+        log_env_cpu=False,
+        log_env_network=False,
+        log_env_disk=False,
+        log_code=False,
+        log_graph=False,
+        log_git_metadata=False,
+        log_git_patch=False,
+        auto_output_logging=False,
+        auto_param_logging=False,
+        auto_metric_logging=False,
+        auto_log_co2=False,
+        parse_args=False,
+        display_summary_level=0,
+    )
+    experiment = comet_ml.start(
+        api_key=settings.api_key,
+        workspace=settings.workspace,
+        project_name=settings.project,
+        experiment_key=key,
+        mode=mode,
+        online=settings.online,
+        experiment_config=config,
+    )
+    if not experiment.alive:
+        # The SDK logs the reason, returns a disabled experiment and would drop every point.
+        experiment.end()
+        raise ConnectionError("the Comet SDK could not start the experiment (see its log above)")
+    return experiment
 
 
-def parameter_body(key: str, name: str, value: str) -> Request:
-    return "write/experiment/parameter", {
-        "experimentKey": key,
-        "parameterName": name,
-        "parameterValue": value,
-    }
+def log_parameters(experiment: Any, config: Mapping[str, Any], hparams: Mapping[str, Any]) -> None:
+    """The training arguments and the model config, nested, as transformers' callback logs them
+    (the SDK flattens them to ``args|learning_rate``, ``config|hidden_size``)."""
+    params: dict[str, Any] = {"args": dict(config)}
+    if hparams:
+        params["config"] = dict(hparams)
+    experiment.log_parameters(params, nested_support=True)
 
 
-def other_body(key: str, name: str, value: str) -> Request:
-    return "write/experiment/log-other", {"experimentKey": key, "key": name, "value": value}
+def log_metrics(experiment: Any, event: Log | Predict) -> int:
+    """Log the event's numbers under transformers' names (``train/loss``, ``eval/loss``) at its
+    step and epoch; returns how many values were left out (not numbers, or not finite: JSON
+    has no spelling for NaN and Comet plots numbers only)."""
+    values = event.logs if isinstance(event, Log) else event.metrics
+    rewritten = rewrite_logs(values)
+    numbers = {name: v for name, v in numeric_items(rewritten) if math.isfinite(v)}
+    if numbers:
+        experiment.log_metrics(numbers, step=event.global_step, epoch=event.epoch)
+    return len(rewritten) - len(numbers)
 
 
-def tags_body(key: str, tags: list[str]) -> Request:
-    return "write/experiment/tags", {"experimentKey": key, "addedTags": tags}
+def end_experiment(experiment: Any) -> None:
+    """End the experiment: online, deliver what is left; offline, write the ``.zip`` archive
+    (``<offline directory>/<experiment key>[-<suffix>].zip``)."""
+    experiment.end()
 
 
-def times_body(key: str, *, start_ms: int | None = None, end_ms: int | None = None) -> Request:
-    body: dict[str, Any] = {"experimentKey": key}
-    if start_ms is not None:
-        body["startTimeMillis"] = start_ms
-    if end_ms is not None:
-        body["endTimeMillis"] = end_ms
-    return "write/experiment/set-start-end-time", body
+def upload_archives(archives: list[str]) -> None:
+    """Send offline archives to the server in the SDK's configuration, in the order given, as
+    ``comet upload`` does (the same SDK function); raises if any of them failed."""
+    import_comet()
+    from comet_ml.offline import main_upload
 
-
-class CometApi:
-    """The few REST calls the Comet sink makes; errors come out as sink errors.
-
-    JSON POSTs go through ``lean`` when given (see the module docstring), else through
-    ``client`` on a hand-built path (cached URL, shared headers, msgspec encoding)."""
-
-    def __init__(self, client: httpx.AsyncClient, lean: Http1Client | None = None) -> None:
-        self._client = client
-        self._lean = lean
-        self._headers = httpx.Headers(client.headers)
-        self._headers["Content-Type"] = "application/json"
-        self._timeout = {"timeout": client.timeout.as_dict()}
-        self._urls: dict[str, httpx.URL] = {}
-
-    async def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one JSON body; returns the JSON object answered ({} for anything else)."""
-        content = _encoder.encode(body)
-        if self._lean is not None:
-            reply = await self._lean.post(endpoint, content, "application/json")
-            return _object(reply.body)
-        url = self._urls.get(endpoint)
-        if url is None:
-            url = self._urls[endpoint] = self._client.base_url.join(endpoint)
-        request = httpx.Request(
-            "POST", url, headers=self._headers, content=content, extensions=self._timeout
-        )
-        with map_errors("Comet"):
-            response = await self._client.send(request)
-            response.raise_for_status()
-        return _object(response.content)
-
-    async def exists(self, experiment_key: str) -> bool:
-        """Whether the server knows the experiment (404/400 mean no)."""
-        try:
-            with map_errors("Comet"):
-                response = await self._client.get(
-                    "experiment/metadata", params={"experimentKey": experiment_key}
-                )
-                response.raise_for_status()
-        except PermanentSinkError as exc:
-            if exc.status in (400, 404):
-                return False
-            raise
-        return True
-
-    async def create(self, workspace: str, project: str, name: str) -> str:
-        endpoint, body = create_body(workspace, project, name)
-        created = await self.post(endpoint, body)
-        key = created.get("experimentKey")
-        if not isinstance(key, str) or not key:
-            raise PermanentSinkError("Comet created an experiment but returned no experimentKey")
-        return key
-
-    async def upload_asset(self, experiment_key: str, path: Path, name: str) -> None:
-        with map_errors("Comet"), path.open("rb") as handle:
-            response = await self._client.post(
-                "write/experiment/upload-asset",
-                params={"experimentKey": experiment_key, "fileName": name, "overwrite": "true"},
-                files={"file": (name, handle, "application/octet-stream")},
-            )
-            response.raise_for_status()
-
-
-def _object(content: bytes) -> dict[str, Any]:
-    if not content:
-        return {}
-    try:
-        data = _decoder.decode(content)
-    except msgspec.DecodeError:
-        return {}  # a success with a body that is not JSON: nothing the sink reads from it
-    return data if isinstance(data, dict) else {}
+    main_upload(archives, force_upload=False)

@@ -7,7 +7,7 @@ context manager turns whatever escapes into the two errors the sink runtime unde
   the server's ``Retry-After`` hint in seconds when it gave one;
 * ``PermanentSinkError``: every other 4xx, with the status and (secret-free) response body.
 
-``status_error`` is the same mapping for a client that is not httpx (``trainbus.sinks._http1``).
+``status_error`` is the same mapping for a status code and body obtained any other way.
 """
 
 from __future__ import annotations

@@ -1,68 +1,49 @@
-"""Comet over its REST API v2, online or offline, following HF's ``CometCallback``.
+"""Comet, through the ``comet_ml`` SDK in a worker thread, online or offline.
 
-Metrics get HF's ``train/``/``eval/``/``test/`` prefixes with ``step`` = ``global_step`` and the
-event's epoch and wall time; ``Predict`` metrics are logged too. Parameters are the arguments and
-the model config, flattened (``args.learning_rate``, ``config.hidden_size``), secrets masked.
+Follows transformers' ``CometCallback``: one experiment named after the run; parameters are the
+training arguments and the model config, nested (``args|learning_rate``, ``config|hidden_size``;
+secrets masked); every ``Log`` and ``Predict`` entry is logged with ``rewrite_logs`` names
+(``train/loss``, ``eval/loss``, ``test/...``) at ``step=global_step`` and the event's epoch;
+with ``COMET_LOG_ASSETS`` the whole ``output_dir`` is uploaded at the end of training.
 
-Environment: ``COMET_API_KEY``; ``COMET_URL_OVERRIDE`` (server root, default
-``https://www.comet.com/``); ``COMET_WORKSPACE`` and ``COMET_PROJECT_NAME`` (default
-``general``); ``COMET_MODE`` = ``get`` (resume ``COMET_EXPERIMENT_KEY``), ``create`` (always a
-new experiment) or ``get_or_create`` (the default); ``COMET_LOG_ASSETS`` (upload files from
-``Artifact`` events); ``COMET_START_ONLINE=0`` for offline mode.
+Online, the SDK sends metrics in batches from its own thread; ``write`` returns once the SDK has
+flushed them to the server, so the bus's acknowledgement means delivered. Offline
+(``COMET_START_ONLINE=0``) the SDK writes a ``.zip`` archive at the end of each segment of the
+run, which ``comet upload`` (or ``trainbus comet-upload RUN_DIR``) sends later.
 
-Offline mode sends nothing: every request is appended to ``<run_dir>/comet-offline.jsonl``, one
-JSON object per line, each batch in one write. Upload it later, from any machine that can reach
-the server, with::
+One experiment per run: the experiment key is kept in ``<run_dir>/comet.json`` with the last
+event logged, so ``evaluate()``/``predict()`` after ``train()``, and ``trainbus sync``, continue
+the same experiment, never send the parameters twice and never repeat a point. Online the key is
+saved as soon as the server knows the experiment; offline only once its archive is written, so
+a segment whose archive was never written is replayed into the next one.
 
-    COMET_API_KEY=... COMET_WORKSPACE=... trainbus comet-upload RUN_DIR/comet-offline.jsonl
-
-which creates the experiment and replays each request in order (see ``upload_offline``).
-
-Comet's REST API takes one point per request, so this sink keeps at most ``IN_FLIGHT`` (8)
-requests open: enough for ordinary logging rates, and a bound on the CPU (and GIL time) it
-takes from training. The requests go out from ``IN_FLIGHT`` workers (not a task per point) on
-kept-alive connections through a lean HTTP/1.1 client (``trainbus.sinks._http1``; httpx when the
-environment names a proxy), which costs a fraction of httpx's CPU per point. At
-``logging_steps=1`` on a fast loop the sink falls behind rather than slow training down; the bus
-keeps the backlog in the journal, the sink catches up, and whatever is left at the end stays
-there for ``trainbus sync`` (offline mode has no such limit).
-
-The experiment key is saved in ``<run_dir>/comet.json`` so a replay continues the same
-experiment. Within a process, a retried batch skips the points already acknowledged; Comet has
-no idempotent metric write, so a replay after a crash may repeat the last unacknowledged batch.
+Environment (the SDK's own names): ``COMET_API_KEY``, ``COMET_WORKSPACE``,
+``COMET_PROJECT_NAME``, ``COMET_MODE`` (``get``, ``create``, ``get_or_create``),
+``COMET_EXPERIMENT_KEY``, ``COMET_START_ONLINE``, ``COMET_OFFLINE_DIRECTORY`` (default
+``<run_dir>/comet``), ``COMET_URL_OVERRIDE``, ``COMET_LOG_ASSETS`` (default false, as
+transformers' code does). See ``docs/integrations/comet_ml.md``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
-import httpx
-import msgspec
+import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag, env_str
-from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
-from trainbus.bus._paths import confine, confined_files, output_root
+from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Event, Log, Predict, RunFinished, RunStarted, TrainEnd
+from trainbus.bus._paths import RUNS_FOLDER, confined_files, output_root
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
-from trainbus.sinks._comet_api import (
-    CometApi,
-    Request,
-    metric_body,
-    other_body,
-    parameter_body,
-    rest_base,
-    tags_body,
-    times_body,
-)
-from trainbus.sinks._http1 import Http1Client, env_proxy_for
-from trainbus.sinks._rewrite import flatten, numeric_items, param_text, rewrite_logs
+from trainbus.sinks import _comet_api as sdk
 from trainbus.sinks._state import load_state, save_state
 
 try:
@@ -70,49 +51,30 @@ try:
 except ImportError:  # Python 3.10
     from typing_extensions import Self
 
-__all__ = ["CometSink", "upload_offline"]
+__all__ = ["CometSink", "find_archives", "offline_archives", "upload_offline"]
 
 log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "comet.json"
-OFFLINE_FILE: Final = "comet-offline.jsonl"
-OFFLINE_KEY: Final = "OFFLINE"
+OFFLINE_DIR: Final = "comet"
 MODES: Final = ("get", "create", "get_or_create")
-IN_FLIGHT: Final = 8
-_encoder: Final = msgspec.json.Encoder()
-_METRIC_ENDPOINT: Final = "write/experiment/metric"
+INSTALL_HINT: Final = "pip install 'trainbus[comet]'"
+_T = TypeVar("_T")
 
-
-class _MetricBody(msgspec.Struct, gc=False):
-    """``metric_body``'s JSON, same fields in the same order, without a dict per point.
-
-    Offline mode writes one of these per logged number, tens of thousands a second at 200
-    scalars a step; with a struct per point and no per-request bookkeeping (the acknowledgement
-    keys online mode needs), a point costs about a fifth of what it did through the online path.
-    """
-
-    experimentKey: str  # Comet's field names, spelt as its API spells them
-    metricName: str
-    metricValue: float
-    step: int
-    epoch: float
-    timestamp: int
-
-
-class _OfflineMetric(msgspec.Struct, gc=False):
-    """One line of the offline file for a metric point (``_write_offline`` writes the rest)."""
-
-    seq: int
-    endpoint: str
-    body: _MetricBody
+# Before anything imports comet_ml (choosing this sink imports it to check it): see
+# ``_comet_api.import_comet`` for why its auto-logging stays off unless the user turned it on.
+os.environ.setdefault(sdk.AUTO_LOGGING_VARIABLE, "1")
 
 
 class CometSink(Sink):
-    """Deliver a run to Comet (or to an offline file); see the module docstring."""
+    """Deliver a run to Comet, or to an offline archive; see the module docstring."""
 
     name = "comet_ml"
-    events = (RunStarted, Log, Predict, Artifact, RunFinished)
-    max_batch_size = 64  # one request per point: small batches keep acknowledgements flowing
+    sdk_module = "comet_ml"
+    events = (RunStarted, Log, Predict, TrainEnd, RunFinished)
+    # One write = one SDK flush: online that waits for the server (at least one round trip and
+    # the SDK's one-second polls), so batches are large enough to keep up at logging_steps=1.
+    max_batch_size = 4096
     max_batch_latency = 1.0
 
     def __init__(
@@ -123,307 +85,253 @@ class CometSink(Sink):
         api_key: str | None = None,
         url_override: str | None = None,
         workspace: str | None = None,
-        project: str = "general",
+        project: str | None = None,
         mode: str = "get_or_create",
         experiment_key: str | None = None,
         log_assets: bool = False,
         online: bool = True,
-        timeout: float = 60.0,
+        offline_directory: Path | None = None,
+        flush_timeout: float = 120.0,
     ) -> None:
         if mode not in MODES:
             raise ConfigurationError(f"COMET_MODE must be one of {', '.join(MODES)}; got {mode!r}.")
         if online and not api_key:
             raise ConfigurationError(
                 "COMET_API_KEY must be set for online Comet logging (or set COMET_START_ONLINE=0 "
-                "to log offline)."
+                "to write an offline archive)."
             )
         if mode == "get" and not experiment_key:
             raise ConfigurationError("COMET_MODE=get needs COMET_EXPERIMENT_KEY to be set.")
-        if online and mode != "get" and not workspace and not experiment_key:
-            raise ConfigurationError(
-                "COMET_WORKSPACE must name the workspace new Comet experiments are created in."
-            )
         self.run_dir = run_dir
         self.run_name = run_name
-        self.base_url = rest_base(url_override)
-        self.workspace = workspace or ""
-        self.project = project
         self.mode = mode
         self.requested_key = experiment_key
         self.log_assets = log_assets
         self.online = online
-        self._api_key = api_key or ""
-        self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
-        self._lean: Http1Client | None = None
-        self._api: CometApi | None = None
-        self._key: str | None = None
+        self.offline_directory = offline_directory or run_dir / OFFLINE_DIR
+        self.flush_timeout = flush_timeout
+        self.dropped_values = 0
+        self._settings = sdk.Settings(
+            api_key=api_key,
+            workspace=workspace,
+            project=project,
+            online=online,
+            url_override=url_override,
+            offline_directory=str(self.offline_directory),
+        )
+        self._experiment: Any = None
         self._state: dict[str, Any] = {}
-        self._acked: set[tuple[int, str]] = set()
-        self._acked_seq = -1
+        self._written_seq = -1
+        self._limiter = anyio.CapacityLimiter(1)
+
+    # --- configuration ------------------------------------------------------------------------
 
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
-        """Chosen by ``report_to="all"`` when an API key, offline mode or a mode is configured."""
-        offline = env_str(env, "COMET_START_ONLINE") is not None and not env_flag(
-            env, "COMET_START_ONLINE", default=True, lenient=True
-        )
-        return bool(env_str(env, "COMET_API_KEY") or offline or env_str(env, "COMET_MODE"))
+        """Chosen by ``report_to="all"`` when ``comet_ml`` is installed and configured: an API
+        key in the environment (transformers also reads the SDK's config file) or offline mode
+        asked for with ``COMET_START_ONLINE=0``."""
+        if importlib.util.find_spec("comet_ml") is None:
+            return False
+        offline = not env_flag(env, "COMET_START_ONLINE", default=True, lenient=True)
+        return bool(env_str(env, "COMET_API_KEY")) or offline
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
-        """Build the sink from Comet's and HF's environment variables."""
-        mode = (env_str(env, "COMET_MODE") or "get_or_create").lower()
+        """Build the sink from the Comet SDK's and transformers' environment variables."""
+        if importlib.util.find_spec("comet_ml") is None:
+            raise ConfigurationError(
+                f"report_to names comet_ml but the comet_ml package is not installed; install it "
+                f"with {INSTALL_HINT} or drop comet_ml from report_to."
+            )
+        offline_dir = env_str(env, "COMET_OFFLINE_DIRECTORY")
         return cls(
             run_dir=run_dir,
             run_name=run_name,
             api_key=env_str(env, "COMET_API_KEY"),
             url_override=env_str(env, "COMET_URL_OVERRIDE"),
             workspace=env_str(env, "COMET_WORKSPACE"),
-            project=env_str(env, "COMET_PROJECT_NAME") or "general",
-            mode=mode,
+            project=env_str(env, "COMET_PROJECT_NAME"),
+            mode=(env_str(env, "COMET_MODE") or "get_or_create").lower(),
             experiment_key=env_str(env, "COMET_EXPERIMENT_KEY"),
             log_assets=env_flag(env, "COMET_LOG_ASSETS"),
             online=env_flag(env, "COMET_START_ONLINE", default=True),
+            offline_directory=Path(offline_dir) if offline_dir else None,
         )
 
     @property
     def experiment_key(self) -> str | None:
-        return self._key
+        """The Comet experiment this run logs to (known once the sink is open)."""
+        return self._state.get("experiment_key")
 
-    @property
-    def offline_path(self) -> Path:
-        return self.run_dir / OFFLINE_FILE
+    # --- sink interface -----------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Start the experiment, or continue the one this run already logged to."""
         self._state = load_state(self.run_dir / STATE_FILE)
+        if not self.online:  # the SDK creates the archive's folder, not its parents
+            self.offline_directory.mkdir(parents=True, exist_ok=True)
+        self._written_seq = int(self._state.get("written_seq", -1))
+        key = self._state.get("experiment_key")
+        if key is not None:
+            name, mode = "", "get"
+        else:
+            key, name, mode = self.requested_key, self.run_name, self.mode
+        self._experiment = await self._call(
+            lambda: sdk.start_experiment(self._settings, name=name, key=key, mode=mode)
+        )
+        self._state["experiment_key"] = self._experiment.get_key()
         if self.online:
-            headers = {"Authorization": self._api_key, "User-Agent": "trainbus"}
-            connect_timeout = min(10.0, self._timeout)
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url + "/",
-                headers=headers,
-                timeout=httpx.Timeout(self._timeout, connect=connect_timeout),
-            )
-            if not env_proxy_for(self._client.base_url):
-                https = self._client.base_url.scheme == "https"
-                self._lean = Http1Client(
-                    self.base_url + "/",
-                    headers,
-                    service="Comet",
-                    timeout=self._timeout,
-                    connect_timeout=connect_timeout,
-                    max_idle=IN_FLIGHT,
-                    ssl_context=httpx.create_ssl_context() if https else None,
-                )
-            self._api = CometApi(self._client, self._lean)
-        log.info("comet sink opened", online=self.online, server=redact_url(self.base_url))
+            self._save()
+        log.info(
+            "comet experiment started",
+            experiment_key=self.experiment_key,
+            online=self.online,
+            continued=mode == "get",
+            server=redact_url(self._settings.url_override or "") or None,
+        )
 
     async def write(self, batch: Sequence[Event]) -> None:
-        """Send the batch: experiment first, then params, metrics, assets and the end time."""
-        started = next((e for e in batch if isinstance(e, RunStarted)), None)
-        key = await self._ensure_experiment(started)
+        """Log the events not logged yet; online, return once the SDK flushed them."""
+        fresh = [e for e in batch if e.seq > self._written_seq]
+        if fresh:
+            await self._call(lambda: self._log(fresh))
+            self._written_seq = fresh[-1].seq
+            self._state["written_seq"] = self._written_seq
         if self.online:
-            requests: list[tuple[tuple[int, str], Request]] = []
-            for event in batch:
-                if event.seq > self._acked_seq:
-                    requests.extend(self._requests(key, event))
-            await self._send_all(requests)
-        else:
-            self._write_offline(key, [e for e in batch if e.seq > self._acked_seq])
-        for event in batch:
-            if isinstance(event, Artifact) and self.log_assets and event.seq > self._acked_seq:
-                await self._upload(key, event)
-        if batch:
-            self._acked_seq = max(self._acked_seq, batch[-1].seq)
-            self._acked.clear()
-            if not self.online:
-                self._state["offline_seq"] = self._acked_seq
-                save_state(self.run_dir / STATE_FILE, self._state)
+            # A retried batch has nothing fresh: it only waits for the SDK again.
+            flushed = await self._call(lambda: self._experiment.flush(timeout=self.flush_timeout))
+            if not flushed:
+                raise RetryableSinkError("the Comet SDK could not deliver the batch in time")
+            self._save()
 
     async def close(self) -> None:
-        if self._lean is not None:
-            await self._lean.aclose()
-            self._lean = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    # --- internals ----------------------------------------------------------------------------
-
-    async def _ensure_experiment(self, started: RunStarted | None) -> str:
-        if self._key is not None:
-            return self._key
+        """End the experiment: online, flush the rest; offline, write the archive."""
+        experiment, self._experiment = self._experiment, None
+        if experiment is None:
+            return
+        await self._call(lambda: sdk.end_experiment(experiment))
+        self._save()
         if not self.online:
-            self._key = OFFLINE_KEY
-            self._acked_seq = int(self._state.get("offline_seq", -1))
-            return self._key
-        api = self._require_api()
-        key: str | None = self._state.get("experiment_key")
-        if key is None and self.requested_key and self.mode != "create":
-            if await api.exists(self.requested_key):
-                key = self.requested_key
-            elif self.mode == "get":
-                raise PermanentSinkError(
-                    f"COMET_EXPERIMENT_KEY {self.requested_key!r} is unknown to the server"
-                )
-        if key is None:
-            name = (started.run_name if started else "") or self.run_name
-            key = await api.create(self.workspace, self.project, name)
-            await api.post(*tags_body(key, ["trainbus"]))
-            log.info("comet experiment created", experiment_key=key)
-        self._key = key
-        self._state["experiment_key"] = key
-        save_state(self.run_dir / STATE_FILE, self._state)
-        return key
+            archives = offline_archives(self.offline_directory, self.experiment_key or "")
+            log.info(
+                "comet offline archive written",
+                archive=str(archives[-1]) if archives else None,
+                upload=f"comet upload {archives[-1]}" if archives else None,
+            )
 
-    def _require_api(self) -> CometApi:
-        if self._api is None:
-            raise RuntimeError("CometSink.write() called before open()")
-        return self._api
+    # --- internals (worker thread) ------------------------------------------------------------
 
-    def _requests(self, key: str, event: Event) -> list[tuple[tuple[int, str], Request]]:
-        out: list[tuple[tuple[int, str], Request]] = []
-        stamp = round(event.time * 1000)
-        if isinstance(event, RunStarted):
-            params = flatten({"args": redact(event.config), "config": redact(event.hparams)})
-            for name, value in params.items():
-                out.append(((event.seq, "p:" + name), parameter_body(key, name, param_text(value))))
-            out.append(((event.seq, "t:start"), times_body(key, start_ms=stamp)))
-        elif isinstance(event, (Log, Predict)):
-            for name, number in _metric_points(event):
-                body = metric_body(
-                    key, name, number, step=event.global_step, epoch=event.epoch, timestamp_ms=stamp
-                )
-                out.append(((event.seq, "m:" + name), body))
-        elif isinstance(event, RunFinished):
-            out.append(((event.seq, "o:status"), other_body(key, "trainbus_status", event.status)))
-            if event.error:
-                error = str(redact(event.error))[:1000]
-                out.append(((event.seq, "o:error"), other_body(key, "trainbus_error", error)))
-            out.append(((event.seq, "t:end"), times_body(key, end_ms=stamp)))
-        return out
+    async def _call(self, func: Callable[[], _T]) -> _T:
+        with _map_errors():
+            return await anyio.to_thread.run_sync(
+                func, limiter=self._limiter, abandon_on_cancel=True
+            )
 
-    def _write_offline(self, key: str, events: Sequence[Event]) -> None:
-        """Append every request of ``events`` to the offline file, in one encode and one write."""
-        lines: list[Any] = []
+    def _log(self, events: Sequence[Event]) -> None:
+        experiment = self._experiment
         for event in events:
-            if isinstance(event, (Log, Predict)):
-                stamp, seq, step, epoch = (
-                    round(event.time * 1000),
-                    event.seq,
-                    event.global_step,
-                    event.epoch,
-                )
-                lines.extend(
-                    _OfflineMetric(
-                        seq, _METRIC_ENDPOINT, _MetricBody(key, name, number, step, epoch, stamp)
-                    )
-                    for name, number in _metric_points(event)
-                )
-            else:
-                lines.extend(
-                    {"seq": seq, "endpoint": endpoint, "body": body}
-                    for (seq, _), (endpoint, body) in self._requests(key, event)
-                )
-        if lines:
-            with self.offline_path.open("ab") as handle:
-                handle.write(_encoder.encode_lines(lines))
+            if isinstance(event, RunStarted):
+                self._state["output_dir"] = event.output_dir
+                if not self._state.get("params_logged"):
+                    sdk.log_parameters(experiment, redact(event.config), redact(event.hparams))
+                    self._state["params_logged"] = True
+            elif isinstance(event, (Log, Predict)):
+                self.dropped_values += sdk.log_metrics(experiment, event)
+            elif isinstance(event, TrainEnd) and self.log_assets:
+                self._log_output_dir(experiment, event.global_step)
+            elif isinstance(event, RunFinished):
+                experiment.log_other("trainbus_status", event.status)
+                if event.error:
+                    experiment.log_other("trainbus_error", str(redact(event.error))[:1000])
 
-    async def _send_all(self, requests: list[tuple[tuple[int, str], Request]]) -> None:
-        pending = [(ident, req) for ident, req in requests if ident not in self._acked]
-        if not pending:
+    def _log_output_dir(self, experiment: Any, step: int) -> None:
+        """Every file under ``output_dir`` as an asset named ``<output_dir name>/<path in it>``
+        (the names ``log_asset_folder`` gives), except trainbus's own run directories."""
+        folder = self._state.get("output_dir")
+        if not folder or not Path(folder).is_dir():
+            log.warning("comet assets skipped: no output_dir to upload", output_dir=folder)
             return
-        api = self._require_api()
-        acked = self._acked
-        errors: list[SinkError] = []
-        queue = iter(pending)
-
-        async def worker() -> None:
-            # Workers share one iterator: each takes the next request when its last one is done.
-            for ident, (endpoint, body) in queue:
-                try:
-                    await api.post(endpoint, body)
-                except SinkError as exc:
-                    errors.append(exc)
-                    return
-                acked.add(ident)
-                if errors:
-                    return  # the batch is failing anyway; leave the rest for the retry
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(IN_FLIGHT, len(pending))):
-                tg.start_soon(worker)
-        if errors:
-            # One error for the runtime: a permanent one wins, else the longest Retry-After.
-            permanent = [e for e in errors if isinstance(e, PermanentSinkError)]
-            if permanent:
-                raise permanent[0]
-            raise max(errors, key=lambda e: getattr(e, "retry_after", None) or 0.0)
-
-    async def _upload(self, key: str, event: Artifact) -> None:
-        source = Path(event.path)
-        if not source.exists():
-            log.warning("comet asset missing, skipped", path=str(source))
-            return
-        base = event.name or source.name
         try:
-            files = confined_files(source, output_root(self.run_dir), what="artifact path")
+            files = confined_files(folder, output_root(self.run_dir), what="output_dir")
         except ConfigurationError as exc:
-            log.warning("comet asset refused, skipped", reason=str(exc))
+            log.warning("comet assets refused, skipped", reason=str(exc))
             return
-        source = source.resolve()
-        for file in files:
-            name = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
-            if not self.online:
-                line = {"seq": event.seq, "asset": str(file), "fileName": name}
-                with self.offline_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(line) + "\n")
-                continue
-            await self._require_api().upload_asset(key, file, name)
+        root, runs = Path(folder).resolve(), self.run_dir.resolve()
+        if runs.parent.name == RUNS_FOLDER:
+            runs = runs.parent  # <output_dir>/trainbus/: every run's journal and state
+        for file in sorted(files):
+            if file.is_relative_to(runs):
+                continue  # the journal and sink state are no training output
+            name = f"{root.name}/{file.relative_to(root).as_posix()}"
+            experiment.log_asset(str(file), file_name=name, step=step)
+
+    def _save(self) -> None:
+        save_state(self.run_dir / STATE_FILE, self._state)
 
 
-def _metric_points(event: Log | Predict) -> Iterator[tuple[str, float]]:
-    """The event's numbers under their dashboard names; non-finite ones left out (JSON has no
-    spelling for them and Comet's API takes numbers only)."""
-    values = event.logs if isinstance(event, Log) else event.metrics
-    return (
-        (name, number)
-        for name, number in numeric_items(rewrite_logs(values))
-        if math.isfinite(number)
-    )
+def offline_archives(directory: Path, experiment_key: str = "") -> list[Path]:
+    """The offline archives in ``directory`` (of one experiment if its key is given), oldest
+    first: the order ``comet upload`` must send them in (the first creates the experiment)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob(f"{experiment_key}*.zip") if p.is_file()]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
-async def upload_offline(path: Path, env: Mapping[str, str]) -> str:
-    """Replay an offline file against the server named by ``env``; returns the experiment key.
+def find_archives(path: Path) -> list[Path]:
+    """The archives ``trainbus comet-upload PATH`` sends, oldest first: ``PATH`` itself when it
+    is a ``.zip``; else the ``.zip`` files in it, or in its ``comet/`` folder (a run directory).
+    Nothing outside ``PATH`` is looked at (an output_dir is resolved to its newest run first)."""
+    if path.is_file():
+        if path.suffix != ".zip":
+            raise ConfigurationError(f"{str(path)!r} is not a Comet offline archive (.zip)")
+        return [path]
+    for directory in (path, path / OFFLINE_DIR):
+        found = offline_archives(directory)
+        if found:
+            return found
+    return []
 
-    A new experiment is created (named after the run directory) unless ``COMET_EXPERIMENT_KEY``
-    names one; requests are sent in their original order. ``trainbus comet-upload`` calls this.
-    """
-    if not path.is_file():
-        raise ConfigurationError(
-            f"offline file {str(path)!r} does not exist; expected the {OFFLINE_FILE} "
-            "that a run with COMET_START_ONLINE=0 wrote into its run directory"
-        )
-    sink = CometSink.from_env(
-        {**env, "COMET_START_ONLINE": "1"}, run_dir=path.parent, run_name=path.parent.name
-    )
-    root = output_root(path.parent)  # the offline file is data: its assets stay in the run
-    await sink.open()
-    sink._state = {}  # never reuse a key saved by an earlier upload: each upload is one experiment
+
+def upload_offline(archives: Sequence[Path]) -> None:
+    """Upload offline archives with the SDK's own uploader (what ``comet upload`` runs), in
+    order, to the server and with the API key of the SDK's configuration."""
+    if not archives:
+        raise ConfigurationError("no Comet offline archive (.zip) to upload")
     try:
-        key = await sink._ensure_experiment(None)
-        api = sink._require_api()
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                if "asset" in record:
-                    asset = confine(record["asset"], root, what=f"{OFFLINE_FILE} asset")
-                    await api.upload_asset(key, asset, record["fileName"])
-                    continue
-                body = dict(record["body"])
-                body["experimentKey"] = key
-                await api.post(record["endpoint"], body)
-    finally:
-        await sink.close()
-    return key
+        sdk.upload_archives([str(a) for a in archives])
+    except Exception as exc:
+        if type(exc).__module__.startswith("comet_ml"):
+            raise PermanentSinkError(f"Comet refused the upload: {exc}") from exc
+        raise
+
+
+@contextlib.contextmanager
+def _map_errors() -> Iterator[None]:
+    """The SDK's failures as the runtime's errors: a refused key, workspace or experiment never
+    passes; a connection or file-system failure may."""
+    try:
+        yield
+    except (ConfigurationError, PermanentSinkError, RetryableSinkError):
+        raise
+    except OSError as exc:
+        raise RetryableSinkError(f"Comet: {exc}") from exc
+    except Exception as exc:
+        from comet_ml import exceptions
+
+        refused = (
+            exceptions.InvalidAPIKey,
+            exceptions.InvalidExperimentMode,
+            exceptions.InvalidWorkspace,
+            exceptions.ExperimentNotFound,
+            exceptions.ProjectNameEmpty,
+            exceptions.ViewOnlyAccessException,
+            exceptions.ExperimentAlreadyUploaded,
+            ValueError,  # the SDK's refusal of an argument (a malformed experiment key ...)
+        )
+        if isinstance(exc, refused):
+            raise PermanentSinkError(f"Comet refused the experiment: {exc}") from exc
+        if isinstance(exc, exceptions.CometException):
+            raise RetryableSinkError(f"Comet: {exc}") from exc
+        raise

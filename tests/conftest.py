@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
@@ -31,6 +32,11 @@ class _OnlyUnderTrainbus(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, _OnlyUnderTrainbus())
+
+# Importing transformers' integrations imports comet_ml, whose import hooks then patch mlflow (and
+# torch, TensorBoard ...): every MLflow run would also write a Comet offline archive into the
+# working directory. Set before anything imports comet_ml; the Comet sink sets it the same way.
+os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
 
 
 @pytest.fixture(scope="session")

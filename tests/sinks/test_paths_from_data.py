@@ -2,14 +2,15 @@
 
 TensorBoard's ``log_dir`` in ``tensorboard.json`` and ``RunStarted.output_dir``, DVCLive's metric
 names (they become ``plots/metrics/<name>.tsv``) and ``Artifact`` events uploaded to MLflow are all
-read back from a run directory by ``trainbus sync`` (and Comet's offline file by
-``trainbus comet-upload``); each is confined or refused.
+read back from a run directory by ``trainbus sync``, as is the ``output_dir`` the Comet sink
+uploads with ``COMET_LOG_ASSETS``; each is confined or refused.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+import zipfile
 from pathlib import Path
 
 import anyio
@@ -17,12 +18,11 @@ import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from tests.sinks.comet_fake import FakeComet
 from tests.sinks.scripted import T0, scripted_run
 from tests.support.mlflow_server import MlflowServer
-from trainbus.bus._errors import ConfigurationError, PermanentSinkError
-from trainbus.bus._events import Artifact, Log, RunStarted
-from trainbus.sinks.comet import OFFLINE_FILE, upload_offline
+from trainbus.bus._errors import PermanentSinkError
+from trainbus.bus._events import Artifact, Log, RunStarted, TrainEnd
+from trainbus.sinks.comet import CometSink, offline_archives
 from trainbus.sinks.dvclive import DVCLiveSink
 from trainbus.sinks.mlflow import MLflowSink
 from trainbus.sinks.tensorboard import TensorBoardSink
@@ -171,25 +171,27 @@ async def test_mlflow_uploads_only_artifacts_inside_the_output_dir(
     assert [m.step for m in client.get_metric_history(sink.run_id, "loss")] == [1, 2, 3, 4]
 
 
-async def test_comet_upload_refuses_an_offline_asset_outside_the_run(tmp_path: Path) -> None:
-    """``trainbus comet-upload`` reads asset paths from the offline file: one outside the run's
-    output directory is refused by name and never reaches the server."""
+async def test_comet_log_assets_refuses_an_output_dir_outside_the_run(tmp_path: Path) -> None:
+    """With ``COMET_LOG_ASSETS``, the Comet sink uploads ``RunStarted.output_dir`` at train end:
+    one that is not the run's output directory is refused by name and nothing is uploaded."""
+    pytest.importorskip("comet_ml")
     run_dir = tmp_path / "out" / "trainbus" / "run-1"
-    run_dir.mkdir(parents=True)
-    secret = tmp_path / "secret.txt"
-    secret.write_text("never upload me")
-    offline = run_dir / OFFLINE_FILE
-    offline.write_text(json.dumps({"seq": 0, "asset": str(secret), "fileName": "x"}) + "\n")
-    with FakeComet() as comet:
-        env = {
-            "COMET_API_KEY": comet.api_key,
-            "COMET_URL_OVERRIDE": comet.url,
-            "COMET_WORKSPACE": "ws",
-            "COMET_PROJECT_NAME": "proj",
-        }
-        with (
-            anyio.fail_after(30),
-            pytest.raises(ConfigurationError, match=r"asset .* lies outside"),
-        ):
-            await upload_offline(offline, env)
-    assert [e.assets for e in comet.experiments.values()] == [{}]
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "secret.txt").write_text("never upload me")
+    common = {"run_id": "r", "time": T0}
+    events = [
+        RunStarted(seq=0, output_dir=str(secret), **common),
+        TrainEnd(seq=1, global_step=1, **common),
+    ]
+    sink = CometSink.from_env(
+        {"COMET_START_ONLINE": "0", "COMET_LOG_ASSETS": "1"}, run_dir=run_dir, run_name="r"
+    )
+    with capture_logs() as logs, anyio.fail_after(60):
+        await sink.open()
+        await sink.write(events)
+        await sink.close()
+    (archive,) = offline_archives(run_dir / "comet")
+    with zipfile.ZipFile(archive) as opened:
+        assert b"never upload me" not in b"".join(opened.read(n) for n in opened.namelist())
+    assert any("lies outside" in str(entry.get("reason")) for entry in logs)
