@@ -42,7 +42,7 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
 from trainbus.bus._paths import output_root
 from trainbus.bus._secrets import redact_url
-from trainbus.sinks._mlflow_api import MlflowApi, RunInfo
+from trainbus.sinks._mlflow_api import MlflowBackend, RunInfo
 from trainbus.sinks.mlflow import MLflowSink
 
 try:
@@ -71,6 +71,7 @@ class DagsHubSink(MLflowSink):
     """Deliver a run to a DagsHub repository's MLflow server; see the module docstring."""
 
     name = "dagshub"
+    artifact_kinds = ("checkpoint", "model")
 
     def __init__(
         self,
@@ -114,7 +115,7 @@ class DagsHubSink(MLflowSink):
         """The run's output directory, found from the run directory above our subfolder."""
         return output_root(self.run_dir.parent)
 
-    async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
+    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
         name = event.name or Path(event.path).name
         await super()._upload(api, run, msgspec.structs.replace(event, name=_under(name)))
 
