@@ -23,7 +23,8 @@ with ``HF_MLFLOW_LOG_ARTIFACTS``), with what the callback could not do:
   points are left.
 * One MLflow run per training run: its id is saved in ``<run_dir>/mlflow.json`` and tagged on
   the run (``trainbus.run_id``), so ``evaluate()``/``predict()`` after ``train()`` and
-  ``trainbus sync`` log into the same MLflow run, and params are sent once.
+  ``trainbus sync`` log into the same MLflow run, and params are sent once. ``predict()``'s
+  ``test_*`` metrics are logged too (the callback has no ``on_predict``).
 * Checkpoint files land where the run's artifact URI says: through the server when it proxies
   artifacts, else straight to the store (a path, ``s3://`` ...) with the mlflow client's artifact
   repository, as the client itself does.
@@ -56,7 +57,7 @@ import structlog
 
 from trainbus.bus._env import env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
 from trainbus.bus._paths import confined_files, output_root, safe_relative_name
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
@@ -98,7 +99,7 @@ class MLflowSink(Sink):
     """Deliver a run to an MLflow tracking server; see the module docstring."""
 
     name = "mlflow"
-    events = (RunStarted, Log, Artifact, RunFinished)
+    events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1000
     max_batch_latency = 1.0
 
@@ -260,7 +261,7 @@ class MLflowSink(Sink):
         run = await self._ensure_run(api, batch[0] if batch else None, started)
         if started is not None and not self._state.get("params_logged"):
             await self._log_params(api, run, started)
-        await self._log_metrics(api, run, [e for e in batch if isinstance(e, Log)])
+        await self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))])
         for event in batch:
             if isinstance(event, Artifact) and self._wants(event):
                 await self._upload(api, run, event)
@@ -412,14 +413,17 @@ class MLflowSink(Sink):
         self._state["params_logged"] = True
         save_state(self.run_dir / STATE_FILE, self._state)
 
-    async def _log_metrics(self, api: MlflowBackend, run: RunInfo, logs: list[Log]) -> None:
+    async def _log_metrics(
+        self, api: MlflowBackend, run: RunInfo, logs: list[Log | Predict]
+    ) -> None:
         entries: list[dict[str, Any]] = []
         owners: list[int] = []  # event seq of each entry, to advance the watermark per chunk
         for event in logs:
             if event.seq <= self._acked_seq:
                 continue
             stamp = _ms(event.time)
-            for key, value in numeric_items(event.logs):
+            values = event.logs if isinstance(event, Log) else event.metrics
+            for key, value in numeric_items(values):
                 name = _sanitize(key)
                 problem = _name_problem(name)
                 if problem is not None:

@@ -108,6 +108,38 @@ async def test_run_reaches_the_repository_server_with_token_auth(
     assert not (run_dir / "mlflow.json").exists()
 
 
+async def test_local_sqlite_repository_uri_works_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local ``sqlite:///.../<owner>/<repo>.mlflow`` URI with DAGSHUB_USER_TOKEN (how the
+    DagsHub integration runs without dagshub.com) goes through the mlflow client: metrics,
+    params, final status and checkpoints under artifacts/, read back with MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) for SQLite stores
+    (tmp_path / OWNER).mkdir()
+    uri = f"sqlite:///{tmp_path / OWNER / REPO}.mlflow"
+    env = {"MLFLOW_TRACKING_URI": uri, "DAGSHUB_USER_TOKEN": TOKEN, "HF_DAGSHUB_LOG_ARTIFACTS": "1"}
+    checkpoint = tmp_path / "checkpoint-20"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"\x01" * 512)
+    run_dir = tmp_path / "trainbus" / "run"
+    sink = DagsHubSink.from_env(env, run_dir=run_dir, run_name="tiny-run")
+    assert sink.uses_client and (sink.owner, sink.repo) == (OWNER, REPO)
+    with anyio.fail_after(120):
+        report = await deliver_through_bus(
+            scripted_run(20, eval_every=10, checkpoint=checkpoint), [sink], run_dir
+        )
+    assert report["dagshub"].undelivered == 0
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-run"
+    assert [s for s, _ in _history(client, sink.run_id, "loss")] == list(range(1, 21))
+    assert run.data.params["hub_token"] == "***"
+    files = [a.path for a in client.list_artifacts(sink.run_id, "artifacts/checkpoint-20")]
+    assert files == ["artifacts/checkpoint-20/model.safetensors"]
+
+
 def test_repository_is_parsed_from_the_tracking_uri() -> None:
     """Owner and repository come from the last two path segments; dots in the name survive."""
     assert parse_repo("https://dagshub.com/ada/my.repo.mlflow") == ("ada", "my.repo")

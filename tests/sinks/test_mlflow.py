@@ -99,6 +99,27 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     assert saved["run_id"] == run.info.run_id
 
 
+@pytest.mark.slow
+async def test_checkpoints_reach_a_store_the_server_does_not_proxy(tmp_path: Path) -> None:
+    """A server without proxied artifacts hands out a plain path as the run's artifact URI: the
+    sink writes the checkpoint there through MLflow's artifact repository, as MLflow's client
+    does, and the client lists it through the server."""
+    with MlflowServer(tmp_path / "server", proxy_artifacts=False) as server:
+        run_dir = tmp_path / "trainbus" / "run"
+        events = scripted_run(3, checkpoint=_checkpoint(tmp_path))
+        sink = MLflowSink(server.url, run_dir=run_dir, log_artifacts=True)
+        with anyio.fail_after(60):
+            report = await deliver_through_bus(events, [sink], run_dir)
+        assert report["mlflow"].undelivered == 0
+        client = _client(server)
+        artifact_uri = client.get_run(sink.run_id).info.artifact_uri
+        assert artifact_uri.startswith(str(server.artifacts_dir))
+        files = {a.path for a in client.list_artifacts(sink.run_id, "checkpoint-30")}
+        assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
+        saved = Path(artifact_uri) / "checkpoint-30" / "sub" / "trainer_state.json"
+        assert saved.read_text() == '{"global_step": 30}'
+
+
 async def test_replay_after_restart_resumes_the_run_without_duplicates(
     mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
