@@ -89,6 +89,7 @@ log = structlog.get_logger(__name__)
 STATE_FILE: Final = "mlflow.json"
 RUN_TAG: Final = "trainbus.run_id"
 ACKED_KEY: Final = "acked"
+DEFAULT_URI_KEY: Final = "default_tracking_uri"
 PIPELINE: Final = 2
 _sanitize: Final = functools.lru_cache(maxsize=4096)(sanitize_key)
 _name_problem: Final = functools.lru_cache(maxsize=4096)(name_problem)
@@ -228,9 +229,14 @@ class MLflowSink(Sink):
         is down at start is retried like any other failed delivery."""
         self._state = load_state(self.run_dir / STATE_FILE)
         if self.uses_client:
-            api = ClientApi(self.tracking_uri)
+            # Without a URI, the default store this run first resolved to (MLflow's is relative
+            # to the working directory), so evaluate() and `trainbus sync` find the same run.
+            saved = self._state.get(DEFAULT_URI_KEY)
+            api = ClientApi(self.tracking_uri or (saved if isinstance(saved, str) else None))
             self._api = api
             uri = await api.connect()  # Databricks without credentials fails here, once
+            if self.tracking_uri is None:
+                self._state[DEFAULT_URI_KEY] = uri
             log.info("mlflow sink opened", tracking_uri=redact_url(uri), client="mlflow")
             return
         headers = {"User-Agent": "trainbus"}

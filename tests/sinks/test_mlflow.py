@@ -276,13 +276,14 @@ def _fields(event: Any) -> dict[str, Any]:
 
 
 def test_from_env_validates_each_variable(tmp_path: Path) -> None:
-    """Bad values raise ConfigurationError naming the variable; availability follows HF."""
+    """Bad values raise ConfigurationError naming the variable; an http(s) URI goes over REST,
+    any other (or none) through the mlflow client; "all" needs a URI."""
     base = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
     kwargs: dict[str, Any] = {"run_dir": tmp_path, "run_name": "r"}
-    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
-        MLflowSink.from_env({}, **kwargs)
-    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
-        MLflowSink.from_env({"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}, **kwargs)
+    assert not MLflowSink.from_env(base, **kwargs).uses_client  # http(s): REST
+    for uri in ("file:///tmp/mlruns", "sqlite:///m.db", "databricks", "databricks://p"):
+        assert MLflowSink.from_env({"MLFLOW_TRACKING_URI": uri}, **kwargs).uses_client
+    assert MLflowSink.from_env({}, **kwargs).uses_client  # MLflow's default store
     with pytest.raises(ConfigurationError, match="MLFLOW_TAGS"):
         MLflowSink.from_env({**base, "MLFLOW_TAGS": "[1, 2]"}, **kwargs)
     with pytest.raises(ConfigurationError, match="DISABLE_MLFLOW_INTEGRATION"):

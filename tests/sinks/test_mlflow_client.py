@@ -12,8 +12,9 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
+from tests.sinks.scripted import T0, deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
+from trainbus.bus._events import Log
 from trainbus.sinks._mlflow_api import refusal_is_about_points
 from trainbus.sinks._mlflow_client import map_client_errors
 from trainbus.sinks.mlflow import MLflowSink
@@ -137,7 +138,9 @@ async def test_a_new_process_resumes_the_run_and_adds_no_points(
     assert client.get_run(ids[0]).info.status == "FINISHED"
 
 
-async def test_unset_uri_logs_to_mlflows_default_store(_isolated: Path, tmp_path: Path) -> None:
+async def test_unset_uri_logs_to_mlflows_default_store(
+    _isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without MLFLOW_TRACKING_URI, naming mlflow logs where MLflow itself would (a SQLite file
     in the working directory for this MLflow version), while "all" leaves MLflow out."""
     import mlflow
@@ -154,6 +157,20 @@ async def test_unset_uri_logs_to_mlflows_default_store(_isolated: Path, tmp_path
     runs = _client(default).search_runs(["0"])
     assert [r.info.run_id for r in runs] == [sink.run_id]
     assert [s for s, _ in _history(_client(default), sink.run_id, "loss")] == [1, 2, 3]
+
+    # evaluate() or `trainbus sync` from another directory still finds the run's store.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = MLflowSink.from_env({}, run_dir=tmp_path / "run", run_name="r")
+    later = Log(run_id="run-1", seq=50, time=T0 + 50, global_step=4, logs={"loss": 0.5})
+    with anyio.fail_after(60):
+        await again.open()
+        await again.write([later])
+        await again.close()
+    assert again.run_id == sink.run_id
+    assert [s for s, _ in _history(_client(default), sink.run_id, "loss")] == [1, 2, 3, 4]
+    assert not (elsewhere / "mlflow.db").exists()
 
 
 async def test_a_store_mlflow_refuses_disables_the_sink_at_open(
