@@ -91,6 +91,8 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     assert params["optim_args"] == "{'betas': [0.9, 0.99]}"  # str(), as mlflow.log_params
     assert run.data.tags["team"] == "search"
     assert run.data.tags["trainbus.run_id"] == "run-1"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"  # mlflow.start_run's tags, over REST
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
     files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint-30")}
     assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
     nested = client.list_artifacts(run.info.run_id, "checkpoint-30/sub")
