@@ -126,6 +126,7 @@ async def test_local_sqlite_repository_uri_works_offline(
     run_dir = tmp_path / "trainbus" / "run"
     sink = DagsHubSink.from_env(env, run_dir=run_dir, run_name="tiny-run")
     assert sink.uses_client and (sink.owner, sink.repo) == (OWNER, REPO)
+    assert sink.wants_final_model  # HF_DAGSHUB_LOG_ARTIFACTS: the trained model too
     with anyio.fail_after(120):
         report = await deliver_through_bus(
             scripted_run(20, eval_every=10, checkpoint=checkpoint), [sink], run_dir
