@@ -180,3 +180,46 @@ def test_report_to_dagshub_builds_it_but_all_leaves_it_to_mlflow(tmp_path: Path)
     assert sink._auth == ("ada", "pw")
     assert "dagshub" not in available_integrations(env)
     assert "mlflow" in available_integrations({**env, "DISABLE_MLFLOW_INTEGRATION": "false"})
+
+
+def test_trainer_uploads_checkpoints_and_the_final_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report_to=["dagshub"] with HF_DAGSHUB_LOG_ARTIFACTS on a local repository store: the
+    trainer writes the final model because the sink asks for it, and the run holds it and the
+    checkpoint under artifacts/, with train, evaluate and predict metrics in one run."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.tiny_bert import tiny_bert
+    from trainbus import Trainer, TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / OWNER).mkdir()
+    uri = f"sqlite:///{tmp_path / OWNER / REPO}.mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DAGSHUB_USER_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_DAGSHUB_LOG_ARTIFACTS", "1")
+    model, rows = tiny_bert()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        report_to=["dagshub"],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4])
+    trainer.train()
+    trainer.evaluate()
+    trainer.predict(rows[:4])
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs(["0"])
+    assert {"loss", "eval_loss", "test_loss"} <= set(run.data.metrics)
+    folders = {a.path for a in client.list_artifacts(run.info.run_id, "artifacts")}
+    assert folders == {"artifacts/checkpoint-2", "artifacts/final_model"}
+    final = {
+        Path(a.path).name for a in client.list_artifacts(run.info.run_id, "artifacts/final_model")
+    }
+    assert {"model.safetensors", "config.json"} <= final
