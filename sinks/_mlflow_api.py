@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeAlias
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -39,10 +39,13 @@ __all__ = [
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_REQUEST_BYTES",
     "MAX_TAG_VALUE_LENGTH",
+    "ArtifactWriter",
     "BatchPayload",
     "MlflowApi",
+    "MlflowBackend",
     "RunInfo",
     "chunk_batches",
+    "is_proxied",
     "metric_entry",
     "name_problem",
     "refusal_is_about_points",
@@ -173,11 +176,38 @@ def _error_code(exc: PermanentSinkError) -> str:
         return ""
 
 
-class MlflowApi:
-    """The handful of tracking-server calls the MLflow sink makes."""
+ArtifactWriter: TypeAlias = Callable[[str, str, Path], Awaitable[None]]
+"""Writes one file (``artifact_uri, artifact_path, local``) to an artifact store."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+
+class MlflowBackend(Protocol):
+    """The calls the MLflow sink makes, over REST (``MlflowApi``) or the mlflow client
+    (``trainbus.sinks._mlflow_client.ClientApi``); both raise only the runtime's errors."""
+
+    async def experiment_id(self, name: str) -> str: ...
+    async def get_run(self, run_id: str) -> RunInfo | None: ...
+    async def find_run(self, experiment_id: str, tag: str, value: str) -> RunInfo | None: ...
+    async def create_run(
+        self, experiment_id: str, *, run_name: str, start_ms: int, tags: dict[str, str]
+    ) -> RunInfo: ...
+    async def update_run(self, run_id: str, *, status: str, end_ms: int | None = None) -> None: ...
+    async def log_batch(self, run_id: str, payload: BatchPayload) -> None: ...
+    async def upload_file(self, artifact_uri: str, artifact_path: str, local: Path) -> None: ...
+
+
+class MlflowApi:
+    """The handful of tracking-server calls the MLflow sink makes.
+
+    Args:
+        client: the HTTP client, its base URL the tracking server.
+        unproxied: writes a file where the server does not proxy artifacts (the run's artifact
+            URI is a path, ``s3://`` ...): the mlflow client's artifact repository. ``None``
+            refuses such uploads.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, unproxied: ArtifactWriter | None = None) -> None:
         self._client = client
+        self._unproxied = unproxied
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         with map_errors("MLflow"):
@@ -257,7 +287,11 @@ class MlflowApi:
         await self._call("POST", "runs/log-batch", json=payload.body(run_id))
 
     async def upload_file(self, artifact_uri: str, artifact_path: str, local: Path) -> None:
-        """Upload one file through the server's proxied artifact API (streamed from disk)."""
+        """Upload one file through the server's proxied artifact API (streamed from disk), or
+        straight to the artifact store when the server does not proxy it."""
+        if self._unproxied is not None and not is_proxied(artifact_uri):
+            await self._unproxied(artifact_uri, artifact_path, local)
+            return
         root = proxied_artifact_root(artifact_uri)
         url = f"/api/2.0/mlflow-artifacts/artifacts/{root}/{quote(artifact_path)}"
         with map_errors("MLflow artifacts"):
@@ -265,14 +299,18 @@ class MlflowApi:
             response.raise_for_status()
 
 
+def is_proxied(artifact_uri: str) -> bool:
+    """Whether the tracking server itself serves this artifact URI (``mlflow-artifacts:``)."""
+    return urlsplit(artifact_uri).scheme == "mlflow-artifacts"
+
+
 def proxied_artifact_root(artifact_uri: str) -> str:
     """``mlflow-artifacts:/1/<run>/artifacts`` -> ``1/<run>/artifacts``; other schemes refused."""
     parts = urlsplit(artifact_uri)
     if parts.scheme != "mlflow-artifacts":
         raise PermanentSinkError(
-            f"run artifacts live at {artifact_uri!r}; uploading needs a server started with "
-            "proxied artifacts (mlflow-artifacts:/), as without the mlflow client there is "
-            "no other way to reach the store"
+            f"run artifacts live at {artifact_uri!r}, which the server does not proxy; "
+            "uploading there needs the mlflow client: pip install 'trainbus[mlflow]'"
         )
     return parts.path.strip("/")
 

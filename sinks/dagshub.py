@@ -2,14 +2,17 @@
 
 DagsHub serves the MLflow REST API at ``https://dagshub.com/<owner>/<repo>.mlflow``, so metrics,
 params, tags, status and checkpoints travel exactly as in ``MLflowSink`` and no DagsHub SDK is
-needed. What Hugging Face's ``DagsHubCallback`` adds on top of its MLflow parent, and how it maps
+needed. A local store whose path ends the same way (``sqlite:///.../<owner>/<repo>.mlflow``)
+goes through the mlflow client, like any URI that is not http(s): that is how it runs offline.
+What Hugging Face's ``DagsHubCallback`` adds on top of its MLflow parent, and how it maps
 here:
 
 * ``MLFLOW_TRACKING_URI`` is required and names the repository: owner and repository come from
   its last two path segments (``<repo>.mlflow``). A URI of another shape is refused with a
   sentence, where HF failed with an attribute error.
-* ``HF_DAGSHUB_LOG_ARTIFACTS`` uploads each ``Artifact`` event (checkpoints, the final model)
-  under ``artifacts/`` in the run's artifact store. HF instead pushed the whole ``output_dir`` to
+* ``HF_DAGSHUB_LOG_ARTIFACTS`` uploads each ``Artifact`` event (checkpoints, and the final model,
+  which the sink asks the trainer for: ``wants_final_model``) under ``artifacts/`` in the run's
+  artifact store. HF instead pushed the whole ``output_dir`` to
   the repository's ``artifacts`` directory on ``BRANCH`` at train end, through the DagsHub SDK;
   that git/DVC upload is not done here.
 * ``HF_DAGSHUB_MODEL_NAME`` (default ``main``) and ``BRANCH`` (default ``main``) are read and
@@ -42,7 +45,7 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
 from trainbus.bus._paths import output_root
 from trainbus.bus._secrets import redact_url
-from trainbus.sinks._mlflow_api import MlflowApi, RunInfo
+from trainbus.sinks._mlflow_api import MlflowBackend, RunInfo
 from trainbus.sinks.mlflow import MLflowSink
 
 try:
@@ -71,6 +74,7 @@ class DagsHubSink(MLflowSink):
     """Deliver a run to a DagsHub repository's MLflow server; see the module docstring."""
 
     name = "dagshub"
+    artifact_kinds = ("checkpoint", "model")
 
     def __init__(
         self,
@@ -89,6 +93,9 @@ class DagsHubSink(MLflowSink):
         super().__init__(
             tracking_uri, run_dir=run_dir / "dagshub", run_name=run_name, **mlflow_options
         )
+        # HF pushes output_dir at train end to ship the model; here the trainer writes the
+        # final model and the sink uploads it with the checkpoints.
+        self.wants_final_model = self.log_artifacts
 
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
@@ -114,7 +121,7 @@ class DagsHubSink(MLflowSink):
         """The run's output directory, found from the run directory above our subfolder."""
         return output_root(self.run_dir.parent)
 
-    async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
+    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
         name = event.name or Path(event.path).name
         await super()._upload(api, run, msgspec.structs.replace(event, name=_under(name)))
 

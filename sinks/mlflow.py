@@ -1,8 +1,15 @@
-"""MLflow over its REST API: experiment, run, params, tags, metrics, status and checkpoints.
+"""MLflow: experiment, run, params, tags, metrics, status and checkpoints, on any tracking URI.
+
+An http(s) tracking server is spoken to over its REST API with httpx (no mlflow package needed);
+every other URI (``file:``, ``sqlite:``, ``databricks``, ``databricks://<profile>``, and no URI at
+all: MLflow's own default store in the working directory, as Hugging Face's callback uses) goes
+through ``mlflow.tracking.MlflowClient`` in a worker thread (``_mlflow_client``). Both paths make
+the same calls with the same rules (``_mlflow_api.MlflowBackend``).
 
 Behaviour follows Hugging Face's ``MLflowCallback`` (same environment variables, raw metric keys
-sanitised the same way, params from the model config overlaid by the arguments), with what the
-callback could not do:
+sanitised the same way, params from the model config overlaid by the arguments and written as
+``str()`` writes them, the ``mlflow.*`` tags ``mlflow.start_run`` adds, checkpoints as artifacts
+with ``HF_MLFLOW_LOG_ARTIFACTS``), with what the callback could not do:
 
 * Nothing runs on the training thread. Metrics go out through ``runs/log-batch`` in requests
   filled to the server's limits, so a slow server costs one round trip per 1000 points.
@@ -14,10 +21,16 @@ callback could not do:
   never sent. Should the server still refuse a batch with a 400, the runtime splits it
   (``split`` goes down to one request per metric of a single event) until only the refused
   points are left.
-* The run survives restarts: its id is saved in ``<run_dir>/mlflow.json`` and tagged on the run
-  (``trainbus.run_id``), so ``trainbus sync`` resumes the same MLflow run.
+* One MLflow run per training run: its id is saved in ``<run_dir>/mlflow.json`` and tagged on
+  the run (``trainbus.run_id``), so ``evaluate()``/``predict()`` after ``train()`` and
+  ``trainbus sync`` log into the same MLflow run, and params are sent once. ``predict()``'s
+  ``test_*`` metrics are logged too (the callback has no ``on_predict``).
+* Checkpoint files land where the run's artifact URI says: through the server when it proxies
+  artifacts, else straight to the store (a path, ``s3://`` ...) with the mlflow client's artifact
+  repository, as the client itself does.
 
-Environment: ``MLFLOW_TRACKING_URI`` (http/https), ``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``
+Environment: ``MLFLOW_TRACKING_URI`` (any MLflow tracking URI; unset: MLflow's default store),
+``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_RUN_ID``
 (resume that run; with ``MLFLOW_NESTED_RUN`` it is the parent of a new child run),
 ``MLFLOW_TAGS`` (JSON object), ``MLFLOW_FLATTEN_PARAMS``, ``MLFLOW_MAX_LOG_PARAMS``,
 ``HF_MLFLOW_LOG_ARTIFACTS`` (upload checkpoints from ``Artifact`` events),
@@ -37,13 +50,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.to_thread
 import httpx
 import msgspec
 import structlog
 
 from trainbus.bus._env import env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
 from trainbus.bus._paths import confined_files, output_root, safe_relative_name
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
@@ -51,13 +65,16 @@ from trainbus.sinks._mlflow_api import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
     MlflowApi,
+    MlflowBackend,
     RunInfo,
     chunk_batches,
     metric_entry,
     name_problem,
     refusal_is_about_points,
 )
-from trainbus.sinks._rewrite import flatten, numeric_items, param_text, sanitize_key
+from trainbus.sinks._mlflow_client import ClientApi, ensure_mlflow_installed
+from trainbus.sinks._mlflow_context import context_tags
+from trainbus.sinks._rewrite import flatten, numeric_items, sanitize_key
 from trainbus.sinks._state import load_state, save_state
 
 try:
@@ -71,6 +88,8 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "mlflow.json"
 RUN_TAG: Final = "trainbus.run_id"
+ACKED_KEY: Final = "acked"
+DEFAULT_URI_KEY: Final = "default_tracking_uri"
 PIPELINE: Final = 2
 _sanitize: Final = functools.lru_cache(maxsize=4096)(sanitize_key)
 _name_problem: Final = functools.lru_cache(maxsize=4096)(name_problem)
@@ -81,13 +100,17 @@ class MLflowSink(Sink):
     """Deliver a run to an MLflow tracking server; see the module docstring."""
 
     name = "mlflow"
-    events = (RunStarted, Log, Artifact, RunFinished)
+    events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1000
     max_batch_latency = 1.0
 
+    artifact_kinds: tuple[str, ...] = ("checkpoint",)
+    """``Artifact`` kinds uploaded with ``log_artifacts``: checkpoints, as Hugging Face's callback
+    logs each saved checkpoint and never the final model."""
+
     def __init__(
         self,
-        tracking_uri: str,
+        tracking_uri: str | None,
         *,
         run_dir: Path,
         run_name: str = "",
@@ -105,11 +128,6 @@ class MLflowSink(Sink):
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not tracking_uri.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                "MLFLOW_TRACKING_URI must be an http:// or https:// tracking server URL, got "
-                f"{redact_url(tracking_uri)!r}."
-            )
         if nested and not run_id:
             raise ConfigurationError(
                 "MLFLOW_NESTED_RUN needs MLFLOW_RUN_ID to name the parent run."
@@ -119,12 +137,16 @@ class MLflowSink(Sink):
                 raise ConfigurationError(
                     f"MLFLOW_TAGS holds the tag name {key[:80]!r}, which MLflow refuses: {problem}."
                 )
-        self.tracking_uri = tracking_uri.rstrip("/")
-        url = httpx.URL(self.tracking_uri)
-        if url.username and not token and not username:
-            # Credentials inside the URI act as basic auth, as the mlflow client treats them.
-            username, password = url.username, url.password
-        self._base_url = str(url.copy_with(userinfo=b""))
+        self.uses_client = not _is_http(tracking_uri)
+        """Whether the mlflow client carries the run (every URI but an http(s) server)."""
+        self.tracking_uri = tracking_uri.rstrip("/") if tracking_uri else tracking_uri
+        self._base_url = ""
+        if self.tracking_uri and not self.uses_client:
+            url = httpx.URL(self.tracking_uri)
+            if url.username and not token and not username:
+                # Credentials inside the URI act as basic auth, as the mlflow client treats them.
+                username, password = url.username, url.password
+            self._base_url = str(url.copy_with(userinfo=b""))
         self.run_dir = run_dir
         self.run_name = run_name
         self.experiment_name = experiment_name
@@ -140,7 +162,7 @@ class MLflowSink(Sink):
         self._timeout = timeout
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
-        self._api: MlflowApi | None = None
+        self._api: MlflowBackend | None = None
         self._run: RunInfo | None = None
         self._state: dict[str, Any] = {}
         self._acked_seq = -1
@@ -164,11 +186,8 @@ class MLflowSink(Sink):
                 "drop mlflow from report_to."
             )
         uri = env_str(env, "MLFLOW_TRACKING_URI")
-        if uri is None:
-            raise ConfigurationError(
-                "MLFLOW_TRACKING_URI must name the tracking server (http://host:port) for the "
-                "mlflow sink."
-            )
+        if not _is_http(uri):
+            ensure_mlflow_installed(uri)
         tags = _json_tags(env_str(env, "MLFLOW_TAGS"))
         cert = env_str(env, "MLFLOW_TRACKING_SERVER_CERT_PATH")
         if cert is not None and not Path(cert).expanduser().is_file():
@@ -206,8 +225,20 @@ class MLflowSink(Sink):
     # --- sink interface -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Prepare the HTTP client only; the run is resolved at the first write, so a server
-        that is down at start is retried like any other failed delivery."""
+        """Prepare the client only; the run is resolved at the first write, so a server that
+        is down at start is retried like any other failed delivery."""
+        self._state = load_state(self.run_dir / STATE_FILE)
+        if self.uses_client:
+            # Without a URI, the default store this run first resolved to (MLflow's is relative
+            # to the working directory), so evaluate() and `trainbus sync` find the same run.
+            saved = self._state.get(DEFAULT_URI_KEY)
+            api = ClientApi(self.tracking_uri or (saved if isinstance(saved, str) else None))
+            self._api = api
+            uri = await api.connect()  # Databricks without credentials fails here, once
+            if self.tracking_uri is None:
+                self._state[DEFAULT_URI_KEY] = uri
+            log.info("mlflow sink opened", tracking_uri=redact_url(uri), client="mlflow")
+            return
         headers = {"User-Agent": "trainbus"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -224,20 +255,21 @@ class MLflowSink(Sink):
             timeout=httpx.Timeout(self._timeout, connect=min(10.0, self._timeout)),
             transport=self._transport,
         )
-        self._api = MlflowApi(self._client)
-        self._state = load_state(self.run_dir / STATE_FILE)
-        log.info("mlflow sink opened", tracking_uri=redact_url(self.tracking_uri))
+        # Where the server does not proxy artifacts, files go straight to the store.
+        self._api = MlflowApi(self._client, unproxied=ClientApi(self.tracking_uri).upload_file)
+        log.info("mlflow sink opened", tracking_uri=redact_url(self.tracking_uri or ""))
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Deliver params and tags, then metrics, then artifacts, then the final status."""
         api = self._require_api()
+        self._resume_watermark(batch)
         started = next((e for e in batch if isinstance(e, RunStarted)), None)
         run = await self._ensure_run(api, batch[0] if batch else None, started)
         if started is not None and not self._state.get("params_logged"):
             await self._log_params(api, run, started)
-        await self._log_metrics(api, run, [e for e in batch if isinstance(e, Log)])
+        await self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))])
         for event in batch:
-            if isinstance(event, Artifact) and self.log_artifacts:
+            if isinstance(event, Artifact) and self._wants(event):
                 await self._upload(api, run, event)
             elif isinstance(event, RunFinished):
                 status = _STATUS.get(event.status, "KILLED")
@@ -248,6 +280,10 @@ class MLflowSink(Sink):
             # A part of a split event is not the whole event: its other parts are still to come.
             self._acked_seq = max(self._acked_seq, last - 1 if last in self._split_seqs else last)
             self._split_seqs = {seq for seq in self._split_seqs if seq > self._acked_seq}
+            # Kept on disk too: a batch re-sent after a crash adds no points, even to a store
+            # that keeps duplicates (the file store).
+            self._state[ACKED_KEY] = {"run": batch[-1].run_id, "seq": self._acked_seq}
+            save_state(self.run_dir / STATE_FILE, self._state)
 
     def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
         """Halves of a batch the server refused, down to one part per metric of a single
@@ -264,13 +300,25 @@ class MLflowSink(Sink):
         return super().split(batch, error)
 
     async def close(self) -> None:
+        self._api = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _require_api(self) -> MlflowApi:
+    def _resume_watermark(self, batch: Sequence[Event]) -> None:
+        """Skip what an earlier process of this run saw acknowledged (same bus run only)."""
+        saved = self._state.get(ACKED_KEY)
+        if self._acked_seq >= 0 or not batch or not isinstance(saved, dict):
+            return
+        if saved.get("run") == batch[0].run_id and isinstance(saved.get("seq"), int):
+            self._acked_seq = saved["seq"]
+
+    def _wants(self, event: Artifact) -> bool:
+        return self.log_artifacts and event.kind in self.artifact_kinds
+
+    def _require_api(self) -> MlflowBackend:
         if self._api is None:
             raise RuntimeError("MLflowSink.write() called before open()")
         return self._api
@@ -281,7 +329,7 @@ class MLflowSink(Sink):
         return self._run.run_id if self._run else None
 
     async def _ensure_run(
-        self, api: MlflowApi, first: Event | None, started: RunStarted | None
+        self, api: MlflowBackend, first: Event | None, started: RunStarted | None
     ) -> RunInfo:
         if self._run is not None:
             return self._run
@@ -314,10 +362,14 @@ class MLflowSink(Sink):
         return run
 
     async def _create_run(
-        self, api: MlflowApi, experiment_id: str, bus_run_id: str, started: RunStarted | None
+        self, api: MlflowBackend, experiment_id: str, bus_run_id: str, started: RunStarted | None
     ) -> RunInfo:
         run_name = (started.run_name if started is not None else "") or self.run_name
-        tags = {k: _clip(v, MAX_TAG_VALUE_LENGTH) for k, v in self.tags.items()}
+        # The tags mlflow.start_run gives a run (user, source, git), then MLFLOW_TAGS over them.
+        found = await anyio.to_thread.run_sync(
+            functools.partial(context_tags, use_mlflow=self.uses_client)
+        )
+        tags = {k: _clip(v, MAX_TAG_VALUE_LENGTH) for k, v in {**found, **self.tags}.items()}
         if bus_run_id:
             tags[RUN_TAG] = bus_run_id
         if run_name:
@@ -329,13 +381,13 @@ class MLflowSink(Sink):
             experiment_id, run_name=run_name, start_ms=_ms(start), tags=tags
         )
 
-    async def _log_params(self, api: MlflowApi, run: RunInfo, started: RunStarted) -> None:
+    async def _log_params(self, api: MlflowBackend, run: RunInfo, started: RunStarted) -> None:
         merged: dict[str, Any] = {**redact(started.hparams), **redact(started.config)}
         if self.flatten_params:
             merged = flatten(merged)
         params: list[dict[str, str]] = []
         for key, value in merged.items():
-            text = param_text(value)
+            text = str(value)  # what mlflow.log_params stores, as in Hugging Face's callback
             name = sanitize_key(str(key))
             problem = name_problem(name)
             if problem is None and len(text) > MAX_PARAM_VALUE_LENGTH:
@@ -367,14 +419,17 @@ class MLflowSink(Sink):
         self._state["params_logged"] = True
         save_state(self.run_dir / STATE_FILE, self._state)
 
-    async def _log_metrics(self, api: MlflowApi, run: RunInfo, logs: list[Log]) -> None:
+    async def _log_metrics(
+        self, api: MlflowBackend, run: RunInfo, logs: list[Log | Predict]
+    ) -> None:
         entries: list[dict[str, Any]] = []
         owners: list[int] = []  # event seq of each entry, to advance the watermark per chunk
         for event in logs:
             if event.seq <= self._acked_seq:
                 continue
             stamp = _ms(event.time)
-            for key, value in numeric_items(event.logs):
+            values = event.logs if isinstance(event, Log) else event.metrics
+            for key, value in numeric_items(values):
                 name = _sanitize(key)
                 problem = _name_problem(name)
                 if problem is not None:
@@ -424,7 +479,7 @@ class MLflowSink(Sink):
         """Where an ``Artifact`` event's files must lie: the run's output directory."""
         return output_root(self.run_dir)
 
-    async def _upload(self, api: MlflowApi, run: RunInfo, event: Artifact) -> None:
+    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
         source = Path(event.path)
         base = event.name or source.name
         uploaded: list[str] = self._state.setdefault("artifacts", [])
@@ -456,6 +511,10 @@ def _most_telling(errors: Sequence[SinkError]) -> SinkError:
     if permanent:
         return permanent[0]
     return max(errors, key=lambda e: getattr(e, "retry_after", None) or 0.0)
+
+
+def _is_http(uri: str | None) -> bool:
+    return uri is not None and uri.startswith(("http://", "https://"))
 
 
 def _ms(seconds: float) -> int:

@@ -108,6 +108,39 @@ async def test_run_reaches_the_repository_server_with_token_auth(
     assert not (run_dir / "mlflow.json").exists()
 
 
+async def test_local_sqlite_repository_uri_works_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local ``sqlite:///.../<owner>/<repo>.mlflow`` URI with DAGSHUB_USER_TOKEN (how the
+    DagsHub integration runs without dagshub.com) goes through the mlflow client: metrics,
+    params, final status and checkpoints under artifacts/, read back with MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) for SQLite stores
+    (tmp_path / OWNER).mkdir()
+    uri = f"sqlite:///{tmp_path / OWNER / REPO}.mlflow"
+    env = {"MLFLOW_TRACKING_URI": uri, "DAGSHUB_USER_TOKEN": TOKEN, "HF_DAGSHUB_LOG_ARTIFACTS": "1"}
+    checkpoint = tmp_path / "checkpoint-20"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"\x01" * 512)
+    run_dir = tmp_path / "trainbus" / "run"
+    sink = DagsHubSink.from_env(env, run_dir=run_dir, run_name="tiny-run")
+    assert sink.uses_client and (sink.owner, sink.repo) == (OWNER, REPO)
+    assert sink.wants_final_model  # HF_DAGSHUB_LOG_ARTIFACTS: the trained model too
+    with anyio.fail_after(120):
+        report = await deliver_through_bus(
+            scripted_run(20, eval_every=10, checkpoint=checkpoint), [sink], run_dir
+        )
+    assert report["dagshub"].undelivered == 0
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-run"
+    assert [s for s, _ in _history(client, sink.run_id, "loss")] == list(range(1, 21))
+    assert run.data.params["hub_token"] == "***"
+    files = [a.path for a in client.list_artifacts(sink.run_id, "artifacts/checkpoint-20")]
+    assert files == ["artifacts/checkpoint-20/model.safetensors"]
+
+
 def test_repository_is_parsed_from_the_tracking_uri() -> None:
     """Owner and repository come from the last two path segments; dots in the name survive."""
     assert parse_repo("https://dagshub.com/ada/my.repo.mlflow") == ("ada", "my.repo")
@@ -147,3 +180,46 @@ def test_report_to_dagshub_builds_it_but_all_leaves_it_to_mlflow(tmp_path: Path)
     assert sink._auth == ("ada", "pw")
     assert "dagshub" not in available_integrations(env)
     assert "mlflow" in available_integrations({**env, "DISABLE_MLFLOW_INTEGRATION": "false"})
+
+
+def test_trainer_uploads_checkpoints_and_the_final_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report_to=["dagshub"] with HF_DAGSHUB_LOG_ARTIFACTS on a local repository store: the
+    trainer writes the final model because the sink asks for it, and the run holds it and the
+    checkpoint under artifacts/, with train, evaluate and predict metrics in one run."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.tiny_bert import tiny_bert
+    from trainbus import Trainer, TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / OWNER).mkdir()
+    uri = f"sqlite:///{tmp_path / OWNER / REPO}.mlflow"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DAGSHUB_USER_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_DAGSHUB_LOG_ARTIFACTS", "1")
+    model, rows = tiny_bert()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        report_to=["dagshub"],
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4])
+    trainer.train()
+    trainer.evaluate()
+    trainer.predict(rows[:4])
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs(["0"])
+    assert {"loss", "eval_loss", "test_loss"} <= set(run.data.metrics)
+    folders = {a.path for a in client.list_artifacts(run.info.run_id, "artifacts")}
+    assert folders == {"artifacts/checkpoint-2", "artifacts/final_model"}
+    final = {
+        Path(a.path).name for a in client.list_artifacts(run.info.run_id, "artifacts/final_model")
+    }
+    assert {"model.safetensors", "config.json"} <= final

@@ -88,15 +88,38 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     assert params["learning_rate"] == "0.001"
     assert params["hidden_size"] == "16"
     assert params["hub_token"] == "***"
-    assert json.loads(params["optim_args"]) == {"betas": [0.9, 0.99]}
+    assert params["optim_args"] == "{'betas': [0.9, 0.99]}"  # str(), as mlflow.log_params
     assert run.data.tags["team"] == "search"
     assert run.data.tags["trainbus.run_id"] == "run-1"
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"  # mlflow.start_run's tags, over REST
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
     files = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint-30")}
     assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
     nested = client.list_artifacts(run.info.run_id, "checkpoint-30/sub")
     assert [a.path for a in nested] == ["checkpoint-30/sub/trainer_state.json"]
     saved = json.loads((run_dir / "mlflow.json").read_text())
     assert saved["run_id"] == run.info.run_id
+
+
+@pytest.mark.slow
+async def test_checkpoints_reach_a_store_the_server_does_not_proxy(tmp_path: Path) -> None:
+    """A server without proxied artifacts hands out a plain path as the run's artifact URI: the
+    sink writes the checkpoint there through MLflow's artifact repository, as MLflow's client
+    does, and the client lists it through the server."""
+    with MlflowServer(tmp_path / "server", proxy_artifacts=False) as server:
+        run_dir = tmp_path / "trainbus" / "run"
+        events = scripted_run(3, checkpoint=_checkpoint(tmp_path))
+        sink = MLflowSink(server.url, run_dir=run_dir, log_artifacts=True)
+        with anyio.fail_after(60):
+            report = await deliver_through_bus(events, [sink], run_dir)
+        assert report["mlflow"].undelivered == 0
+        client = _client(server)
+        artifact_uri = client.get_run(sink.run_id).info.artifact_uri
+        assert artifact_uri.startswith(str(server.artifacts_dir))
+        files = {a.path for a in client.list_artifacts(sink.run_id, "checkpoint-30")}
+        assert files == {"checkpoint-30/model.safetensors", "checkpoint-30/sub"}
+        saved = Path(artifact_uri) / "checkpoint-30" / "sub" / "trainer_state.json"
+        assert saved.read_text() == '{"global_step": 30}'
 
 
 async def test_replay_after_restart_resumes_the_run_without_duplicates(
@@ -255,13 +278,14 @@ def _fields(event: Any) -> dict[str, Any]:
 
 
 def test_from_env_validates_each_variable(tmp_path: Path) -> None:
-    """Bad values raise ConfigurationError naming the variable; availability follows HF."""
+    """Bad values raise ConfigurationError naming the variable; an http(s) URI goes over REST,
+    any other (or none) through the mlflow client; "all" needs a URI."""
     base = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
     kwargs: dict[str, Any] = {"run_dir": tmp_path, "run_name": "r"}
-    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
-        MLflowSink.from_env({}, **kwargs)
-    with pytest.raises(ConfigurationError, match="MLFLOW_TRACKING_URI"):
-        MLflowSink.from_env({"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}, **kwargs)
+    assert not MLflowSink.from_env(base, **kwargs).uses_client  # http(s): REST
+    for uri in ("file:///tmp/mlruns", "sqlite:///m.db", "databricks", "databricks://p"):
+        assert MLflowSink.from_env({"MLFLOW_TRACKING_URI": uri}, **kwargs).uses_client
+    assert MLflowSink.from_env({}, **kwargs).uses_client  # MLflow's default store
     with pytest.raises(ConfigurationError, match="MLFLOW_TAGS"):
         MLflowSink.from_env({**base, "MLFLOW_TAGS": "[1, 2]"}, **kwargs)
     with pytest.raises(ConfigurationError, match="DISABLE_MLFLOW_INTEGRATION"):

@@ -1,8 +1,10 @@
 """A real ``mlflow server`` on 127.0.0.1 for integration tests and benchmarks.
 
-SQLite backend, artifacts proxied by the server itself (``mlflow-artifacts:/``), one worker and no
-job runner so it starts in seconds. ``stop()`` and ``start()`` may be called again on the same
-port and database, which is how tests simulate a tracking server going away mid-run.
+SQLite backend, artifacts proxied by the server itself (``mlflow-artifacts:/``) unless
+``proxy_artifacts=False`` (then runs get a plain local path as artifact URI, which clients write
+to directly), one worker and no job runner so it starts in seconds. ``stop()`` and ``start()``
+may be called again on the same port and database, which is how tests simulate a tracking
+server going away mid-run.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ def free_port() -> int:
 class MlflowServer:
     """One ``mlflow server`` process; ``url`` is its tracking URI."""
 
-    def __init__(self, root: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, root: Path, *, port: int | None = None, proxy_artifacts: bool = True
+    ) -> None:
         self.root = root
+        self.proxy_artifacts = proxy_artifacts
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.artifacts_dir = root / "artifacts"
@@ -62,10 +67,16 @@ class MlflowServer:
             str(self.port),
             "--backend-store-uri",
             f"sqlite:///{self.db_path}",
-            "--default-artifact-root",
-            "mlflow-artifacts:/",
-            "--artifacts-destination",
-            str(self.artifacts_dir),
+            *(
+                [
+                    "--default-artifact-root",
+                    "mlflow-artifacts:/",
+                    "--artifacts-destination",
+                    str(self.artifacts_dir),
+                ]
+                if self.proxy_artifacts
+                else ["--default-artifact-root", str(self.artifacts_dir), "--no-serve-artifacts"]
+            ),
             "--workers",
             "1",
         ]

@@ -1,0 +1,46 @@
+"""Tiny BERT reported to MLflow: train with checkpoints, then evaluate and predict.
+
+The harness sets ``MLFLOW_TRACKING_URI`` (and ``HF_MLFLOW_LOG_ARTIFACTS``) in the environment;
+the test reads the store back with MLflow's own client.
+"""
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from transformers import Trainer, TrainingArguments  # trainer-import
+
+config = BertConfig(
+    vocab_size=32,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    num_labels=2,
+)
+torch.manual_seed(0)
+model = BertForSequenceClassification(config)
+generator = torch.Generator().manual_seed(1)
+rows = [
+    {"input_ids": torch.randint(5, 32, (8,), generator=generator), "labels": i % 2}
+    for i in range(8)
+]
+args = TrainingArguments(
+    output_dir=str(WORKDIR / "out"),  # WORKDIR: set by the harness
+    run_name="tiny-mlflow",
+    per_device_train_batch_size=4,
+    num_train_epochs=2,
+    logging_steps=1,
+    eval_strategy="steps",
+    eval_steps=2,
+    save_strategy="steps",
+    save_steps=2,
+    report_to=["mlflow"],
+    use_cpu=True,
+    disable_tqdm=True,
+)
+trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:4])
+output = trainer.train()
+trainer.evaluate()
+trainer.predict(rows[:4])
+RESULT = {"global_step": output.global_step}
