@@ -82,17 +82,18 @@ EXTRAS: Final[Mapping[str, str]] = {
 ALL_NEEDS: Final[Mapping[str, str]] = {
     "tensorboard": "always picked (the built-in event-file writer needs no package)",
     "mlflow": "needs MLFLOW_TRACKING_URI (and DISABLE_MLFLOW_INTEGRATION not true)",
-    "comet_ml": "needs COMET_API_KEY, COMET_MODE, or COMET_START_ONLINE=0 (offline)",
+    "comet_ml": "needs COMET_API_KEY or COMET_START_ONLINE=0 (offline)",
     "wandb": "needs WANDB_API_KEY or WANDB_MODE=offline (and neither WANDB_DISABLED nor "
     "WANDB_MODE=disabled)",
-    "azure_ml": "needs azureml-core, and MLflow not picked",
+    "azure_ml": "needs AZUREML_RUN_ID (an Azure ML job sets it), and MLflow not picked",
     "codecarbon": "needs codecarbon",
-    "clearml": "needs ClearML credentials (CLEARML_API_ACCESS_KEY or clearml.conf) or "
-    "CLEARML_OFFLINE_MODE=1",
+    "clearml": "needs CLEARML_OFFLINE_MODE=1, CLEARML_API_ACCESS_KEY, CLEARML_CONFIG_FILE or "
+    "~/clearml.conf",
     "dagshub": "'all' never picks it, name it (the MLflow sink already logs to a DagsHub URI)",
     "flyte": "'all' never picks it, name it (it only works inside a Flyte task)",
     "dvclive": "needs dvclive",
-    "swanlab": "needs SWANLAB_API_KEY or SWANLAB_MODE",
+    "swanlab": "needs SWANLAB_MODE=offline (or local with swanboard), SWANLAB_API_KEY or a "
+    "stored swanlab login",
 }
 """When ``"all"`` picks each integration, as users read it: what it needs beyond being installed.
 The rule itself is the sink's ``is_available(env)``; this is its sentence, for the skip reasons

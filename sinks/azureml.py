@@ -88,13 +88,10 @@ class AzureMLSink(Sink):
 
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
-        """For ``report_to="all"``: azureml-core installed and MLflow not (Hugging Face's rule),
-        inside an Azure ML job (``AZUREML_RUN_ID``; see the module docstring)."""
-        return (
-            _installed(RUN_MODULE)
-            and not _installed("mlflow")
-            and env_str(env, "AZUREML_RUN_ID") is not None
-        )
+        """For ``report_to="all"``: azureml-core installed, inside an Azure ML job
+        (``AZUREML_RUN_ID``; see the module docstring). The registry leaves it out when MLflow
+        is picked (an Azure ML job logs through MLflow; both would log every metric twice)."""
+        return _installed(RUN_MODULE) and env_str(env, "AZUREML_RUN_ID") is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:

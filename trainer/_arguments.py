@@ -214,7 +214,9 @@ class TrainingArguments(RefusesUnsupportedMethods):
         out: dict[str, Any] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if is_secret(field.name) and value is not None:
+            # A secret is masked when set; a ``*_token`` one (``hub_token``) also when unset, as
+            # transformers writes it.
+            if is_secret(field.name) and (value is not None or field.name.endswith("_token")):
                 value = f"<{field.name.upper()}>"
             elif isinstance(value, list | dict):
                 value = json.loads(json.dumps(value, default=str))  # a copy, plain all the way
@@ -236,7 +238,11 @@ class TrainingArguments(RefusesUnsupportedMethods):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingArguments:
-        """Build from a TOML/JSON table, refusing keys we do not know instead of ignoring them."""
+        """Build from a TOML/JSON table, refusing keys we do not know instead of ignoring them.
+
+        A masked secret as ``to_dict()`` writes it (``"<HUB_TOKEN>"``) reads back as unset: the
+        placeholder is never the value.
+        """
         known = [field.name for field in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
@@ -245,7 +251,8 @@ class TrainingArguments(RefusesUnsupportedMethods):
                 raise ConfigurationError(
                     f"Unknown training argument {key!r}: TrainingArguments has no such field.{hint}"
                 )
-        return cls(**dict(data))
+        values = {k: None if v == f"<{str(k).upper()}>" else v for k, v in data.items()}
+        return cls(**values)
 
     # --- derived values Hugging Face callbacks read -----------------------------------------
 

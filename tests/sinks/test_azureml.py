@@ -180,17 +180,15 @@ def test_same_calls_as_transformers_azureml_callback(tmp_path: Path) -> None:
     assert {"loss", "eval_loss", "train_loss"} <= {name for name, _, _ in ours.calls}
 
 
-def test_all_follows_hf_and_asks_for_an_azure_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under "all", azure_ml is left out while MLflow is installed (Hugging Face's rule); without
-    MLflow, it is picked inside an Azure ML job only."""
+def test_all_asks_for_an_azure_job_and_leaves_it_to_mlflow() -> None:
+    """Under "all", azure_ml is picked inside an Azure ML job only, and left out when MLflow is
+    picked (transformers leaves it out whenever the mlflow package is installed)."""
     from trainbus.orchestrator.registry import available_integrations, load_sink_class
-    from trainbus.sinks import azureml
 
     assert load_sink_class("azure_ml") is AzureMLSink
     in_job = {"AZUREML_RUN_ID": "run-1"}
-    assert "azure_ml" not in available_integrations(in_job)
-    installed = azureml._installed
-    monkeypatch.setattr(azureml, "_installed", lambda name: name != "mlflow" and installed(name))
+    assert "azure_ml" in available_integrations(in_job)
+    assert "azure_ml" not in available_integrations({**in_job, "MLFLOW_TRACKING_URI": "file:x"})
     assert AzureMLSink.is_available(in_job) is True
     assert AzureMLSink.is_available({}) is False
 

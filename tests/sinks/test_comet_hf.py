@@ -121,4 +121,4 @@ def test_trainbus_logs_what_transformers_callback_logs(
     differing = {
         n for n in set(ours.params) & set(theirs.params) if ours.params[n] != theirs.params[n]
     }
-    assert differing == {"args|output_dir", "args|hub_token"}
+    assert differing == {"args|output_dir"}

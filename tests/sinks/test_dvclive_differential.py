@@ -100,14 +100,13 @@ def test_same_experiment_as_transformers(tmp_path: Path, monkeypatch: pytest.Mon
     workspace = run_dvc("metrics", "show", cwd=ours)
     assert workspace[""]["data"][METRICS]["data"] == our_summary
 
-    # The same params: the training arguments. Two values differ because the trainers' own
-    # to_dict() differ (not the sink): transformers writes a placeholder for an unset hub_token
-    # and its accelerator defaults; ours None for both.
+    # The same params: the training arguments. One value differs because the trainers' own
+    # to_dict() differ (not the sink): transformers writes its accelerator defaults, ours None.
     their_params = their_exp["params"][PARAMS]["data"]
     our_params = our_exp["params"][PARAMS]["data"]
     assert set(their_params) <= set(our_params)
     differing = {k for k, v in their_params.items() if our_params[k] != v}
-    assert differing <= {"accelerator_config", "hub_token"}
+    assert differing <= {"accelerator_config"}
     assert our_params["learning_rate"] == their_params["learning_rate"]
 
     # The final model: copied into dvclive/artifacts, declared as model "last" in both.

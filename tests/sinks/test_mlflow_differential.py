@@ -21,7 +21,6 @@ PARAMS_OURS_ONLY = {"resume_only_model", "warmup_ratio"}
 
 PARAMS_DIFFERENT = {
     "id2label",  # JSON keeps no int keys: {'0': 'LABEL_0'} for transformers' {0: 'LABEL_0'}
-    "hub_token",  # transformers writes the "<HUB_TOKEN>" placeholder even when unset
     "accelerator_config",  # transformers expands the dataclass; we keep None
     "output_dir",  # each run's own directory
 }

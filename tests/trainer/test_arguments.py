@@ -246,8 +246,6 @@ def test_valid_best_model_combinations() -> None:
 TO_DICT_EXCEPTIONS = {
     # report_to: our default is "all", kept raw (transformers resolves "none" to []).
     "report_to": ("all", []),
-    # A secret is masked only when set (transformers writes "<HUB_TOKEN>" for None).
-    "hub_token": (None, "<HUB_TOKEN>"),
     # Refused (no Accelerate): transformers turns None into Accelerate's defaults.
     "accelerator_config": (
         None,
