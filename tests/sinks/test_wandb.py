@@ -45,7 +45,10 @@ class OfflineRun:
 
     def __init__(self, root: Path) -> None:
         self.files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
-        records = [r for f in self.files for r in read_records(f)]
+        per_file = [list(read_records(f)) for f in self.files]
+        self.complete = [bool(rs) and rs[-1].WhichOneof("record_type") == "exit" for rs in per_file]
+        """Per file, whether it ends with its run's exit record (the service wrote it all)."""
+        records = [r for rs in per_file for r in rs]
         by_type: dict[str, list[Any]] = {}
         for record in records:
             by_type.setdefault(record.WhichOneof("record_type") or "", []).append(record)
@@ -171,16 +174,21 @@ async def test_restart_resumes_the_run_without_duplicate_points(
     again (same process or after the restart) logs no point twice."""
     events = scripted_run(12, eval_every=4)
     ids = []
-    for upto in (14, len(events)):
-        sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
-        with anyio.fail_after(120):
-            await sink.open()
-            await sink.write(events[:upto])
-            await sink.write(events[:upto])
-            await sink.close()
-        ids.append(sink.run_id)
+    with capture_logs() as logs:
+        for upto in (14, len(events)):
+            sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
+            with anyio.fail_after(120):
+                await sink.open()
+                await sink.write(events[:upto])
+                await sink.write(events[:upto])
+                await sink.close()
+            ids.append(sink.run_id)
     assert ids[0] == ids[1]
+    # Each part on disk in full when its sink returned: a missing point below is then the
+    # sink's, not a read racing the service's last write.
+    assert not [e for e in logs if "still incomplete" in e["event"]]
     run = OfflineRun(tmp_path)
+    assert run.complete == [True, True]
     assert {r.run_id for r in run.runs} == {ids[0]}
     assert [s for s, _ in run.series("train/loss")] == list(range(1, 13))
     assert [s for s, _ in run.series("eval/loss")] == [4, 8, 12]
