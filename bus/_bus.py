@@ -169,9 +169,7 @@ class Bus:
         self.stall_after = stall_after
         self.report: dict[str, SinkReport] | None = None
         """Per sink, how the run ended for it; set when the bus closes."""
-        self.context = context or RunContext(
-            wants_final_model=any(sink.wants_final_model for sink in self.sinks)
-        )
+        self.context = context or RunContext.of_sinks(self.sinks)
         """The launcher's answers about the run, which the trainer reads (see
         ``trainbus.bus._run_context``); the launcher may replace it between two calls of a run."""
         self._queue_size = queue_size

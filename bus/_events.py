@@ -23,6 +23,10 @@ The training loop, with each event at the line where it fires (the Hugging Face 
     TrainEnd
     RunFinished(status)                               # completed / stopped / failed / killed
 
+    only when a sink asks for them (``Sink.wants_histograms``), every ``max(100, logging_steps)``
+    optimizer steps: Histograms("gradients") after the backward passes, before clipping;
+    Histograms("parameters") after optimizer.step()
+
     evaluate():     RunStarted(continued), PredictionStep * N, Log, Evaluate, RunFinished
     predict():      RunStarted(continued), PredictionStep * N, Predict(metrics), RunFinished
     push_to_hub():  PushBegin
@@ -53,6 +57,7 @@ import msgspec
 __all__ = [
     "ALL_EVENT_TYPES",
     "HF_EVENT_TYPES",
+    "MODEL_EVENT_TYPES",
     "RUN_EVENT_TYPES",
     "Artifact",
     "ArtifactKind",
@@ -61,6 +66,8 @@ __all__ = [
     "Evaluate",
     "Event",
     "EventBase",
+    "HistogramSource",
+    "Histograms",
     "InitEnd",
     "Log",
     "MetricValue",
@@ -77,6 +84,7 @@ __all__ = [
     "StepEnd",
     "SubstepEnd",
     "TrainBegin",
+    "TensorHistogram",
     "TrainEnd",
     "decode_json",
     "decode_msgpack",
@@ -90,6 +98,7 @@ MetricValue: TypeAlias = bool | int | float | str | None
 
 RunStatus: TypeAlias = Literal["completed", "stopped", "failed", "killed"]
 ArtifactKind: TypeAlias = Literal["checkpoint", "model", "file", "directory"]
+HistogramSource: TypeAlias = Literal["gradients", "parameters"]
 
 
 class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -217,6 +226,24 @@ class RunFinished(EventBase, frozen=True, kw_only=True, tag="run_finished"):
     error: str | None = None
 
 
+class TensorHistogram(msgspec.Struct, frozen=True, kw_only=True):
+    """How one tensor's finite values spread: ``counts`` in equal bins from ``low`` to ``high``
+    (as ``torch.histc`` counts them), or one bin holding every value when ``low == high``."""
+
+    low: float
+    high: float
+    counts: list[int] = []
+
+
+class Histograms(EventBase, frozen=True, kw_only=True, tag="histograms"):
+    """The model's gradients or parameters as histograms, one per named parameter (the names
+    ``named_parameters()`` gives). Published only when a sink asks for them (W&B's
+    ``WANDB_WATCH``), so a run that does not pay nothing for them."""
+
+    source: HistogramSource
+    histograms: dict[str, TensorHistogram] = {}
+
+
 Event: TypeAlias = (
     InitEnd
     | TrainBegin
@@ -237,6 +264,7 @@ Event: TypeAlias = (
     | RunStarted
     | Artifact
     | RunFinished
+    | Histograms
 )
 
 HF_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (
@@ -260,7 +288,11 @@ HF_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (
 """The sixteen Hugging Face callback events, each with an ``on_<tag>`` hook on TrainerCallback."""
 
 RUN_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (RunStarted, Artifact, RunFinished)
-ALL_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = HF_EVENT_TYPES + RUN_EVENT_TYPES
+MODEL_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (Histograms,)
+"""Per-step events about the model's tensors, published only for a sink that asks for them."""
+ALL_EVENT_TYPES: Final[tuple[type[EventBase], ...]] = (
+    HF_EVENT_TYPES + RUN_EVENT_TYPES + MODEL_EVENT_TYPES
+)
 
 
 def hook_name(event_type: type[EventBase]) -> str:

@@ -56,7 +56,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trainbus.bus._errors import PermanentSinkError
-from trainbus.bus._events import RUN_EVENT_TYPES, Event, EventBase
+from trainbus.bus._events import RUN_EVENT_TYPES, Event, EventBase, HistogramSource
 from trainbus.bus._stats import QuarantinedPoint
 
 __all__ = ["Sink"]
@@ -90,6 +90,12 @@ class Sink:
     as transformers' integrations do at train end (``WANDB_LOG_MODEL``, ``HF_DVCLIVE_LOG_MODEL``,
     ...): when any sink of the run sets it, the trainer writes the trained model at the end of
     training and publishes ``Artifact(kind="model")`` for it before ``RunFinished``."""
+
+    wants_histograms: frozenset[HistogramSource] = frozenset()
+    """``"gradients"`` and/or ``"parameters"``, set (per instance) by a sink that logs the model's
+    tensors as histograms, as ``wandb.watch`` does (``WANDB_WATCH``): when any sink of the run
+    asks, the trainer publishes ``Histograms`` events of those every ``max(100, logging_steps)``
+    optimizer steps, computed on the device; with none asking, it computes nothing."""
 
     sdk_module: str | None = None
     """The vendor SDK the sink imports in ``open()`` (``"wandb"``), or ``None``. Choosing the

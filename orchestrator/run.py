@@ -221,10 +221,10 @@ class Orchestrator:
             cursor_dir=self.run_dir.cursor_dir,
             sinks=[sink for sink in sinks if sink.sink_name not in moved],
             close_deadline=self.flush_timeout,
-            context=RunContext(
+            # every sink counts, moved to the sink process or not: the trainer does the work
+            context=RunContext.of_sinks(
+                sinks,
                 report_to=tuple(c.name for c in self._choices if c.picked),
-                # every sink counts, moved to the sink process or not: the trainer writes the file
-                wants_final_model=any(sink.wants_final_model for sink in sinks),
                 continued=continued,
             ),
         )

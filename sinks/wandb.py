@@ -5,26 +5,37 @@ Mirrors Hugging Face's ``WandbCallback``: config is the model config overlaid by
 (``step_sync``), and each ``Log`` goes out in one ``run.log`` with HF's ``train/``/``eval/``
 prefixes plus ``train/global_step``, without ``step=`` (so train and eval logs never conflict on
 W&B's own step); HF's single-value scalars (``train_runtime``, ``train_samples_per_second``,
-``train_steps_per_second``, ``train_loss``, ``total_flos``) go to the run summary instead. An
+``train_steps_per_second``, ``train_loss``, ``total_flos``) go to the run summary instead.
+``predict()``'s metrics go out under ``test/`` at the run's last step, as HF logs them. An
 active run created by the user is reused (and left open), as in HF.
 
 Environment: ``WANDB_PROJECT`` (default ``huggingface``), ``WANDB_ENTITY``, ``WANDB_MODE``
 (``online``, ``offline``, ``disabled``), ``WANDB_DIR`` (default: the run directory, where HF
-used the working directory) and ``WANDB_LOG_MODEL``: ``checkpoint`` logs each checkpoint
-(``Artifact`` events of kind ``checkpoint``) and the final model as ``model-<run id>``
-artifacts, ``end`` only the final model (kind ``model``); ``false`` nothing; any other value is
-warned about and treated as ``false``, as in HF v5. ``WANDB_WATCH`` is not supported: sinks
-never see the model, so call ``wandb.watch(model)`` in the training code if gradients are
-wanted. ``WANDB_DISABLED`` (HF v4) keeps the sink out of ``report_to="all"`` and refuses it
-when named. Other ``WANDB_*`` variables (``WANDB_API_KEY``, ``WANDB_SILENT``, ...) are read by
-the SDK itself.
+used the working directory), ``WANDB_LOG_MODEL`` and ``WANDB_WATCH``. ``WANDB_LOG_MODEL``:
+``end`` uploads the final model (the sink sets ``wants_final_model``, so the trainer writes it at
+the end of training and publishes ``Artifact(kind="model")``), ``checkpoint`` each checkpoint
+too; both as versions of the artifact ``model-<run id>`` (``model-<run name>`` for a named run)
+with HF's aliases and metadata; ``false`` nothing; any other value is warned about and treated as
+``false``, as in HF v5. ``WANDB_WATCH`` (``gradients``, ``parameters``, ``all``): the sink asks
+the trainer for ``Histograms`` (``wants_histograms``) every ``max(100, logging_steps)`` steps and
+logs them as ``wandb.Histogram`` under ``gradients/<name>``/``parameters/<name>``, the keys
+``wandb.watch`` gives. ``WANDB_DISABLED`` (HF v4) keeps the sink out of ``report_to="all"`` and
+refuses it when named. Other ``WANDB_*`` variables (``WANDB_API_KEY``, ``WANDB_SILENT``, ...)
+are read by the SDK itself.
 
-Unlike HF, ``report_to="all"`` picks W&B only when it can start without asking for a login:
-``WANDB_API_KEY`` is set or ``WANDB_MODE`` is ``offline``. The W&B run id is kept in
-``<run_dir>/wandb.json``, so a restarted sink resumes the same run, and the highest event handed
-to the SDK is kept there too, so a replay never logs a point twice. Every SDK call blocks, so it
-runs in a worker thread, one at a time. The SDK's background service lives as long as the
-process (``wandb.teardown()`` stops it).
+Credentials are checked before training (``sinks/_wandb_auth.py``): naming W&B online without
+any is a ``ConfigurationError`` saying how to log in or go offline, and ``report_to="all"``
+picks W&B only when it can start without asking for a login. A refusal that is about the run,
+not its points (bad credentials, a project that cannot be written), is not narrowed point by
+point: ``split`` declines, so the batch is quarantined after one attempt.
+
+One W&B run per trainbus run: its id is kept in ``<run_dir>/wandb.json``, so ``evaluate()`` or
+``predict()`` after ``train()``, and a restarted sink, resume it (``resume="allow"``) and send
+the config only once; offline, each resumption writes a directory of its own for the same run id,
+which ``wandb sync`` uploads as one run, in order. The highest event handed to the SDK is kept
+there too, so a replay never logs a point twice. Every SDK call blocks, so it runs in a worker
+thread, one at a time. The SDK's background service lives as long as the process
+(``wandb.teardown()`` stops it).
 
 Offline, the service writes the run's ``.wandb`` file late: it keeps the last block in memory
 until the run's stream closes, which ``run.finish()`` requests without waiting for. So once the
@@ -52,13 +63,33 @@ from trainbus.bus._errors import (
     RetryableSinkError,
     SinkError,
 )
-from trainbus.bus._events import Artifact, Event, Log, RunFinished, RunStarted
+from trainbus.bus._events import (
+    Artifact,
+    Event,
+    Histograms,
+    HistogramSource,
+    Log,
+    Predict,
+    RunFinished,
+    RunStarted,
+)
 from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._rewrite import rewrite_logs
 from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._wandb_auth import LOGIN_HINT, needs_login
 from trainbus.sinks._wandb_log import TransactionLog
+from trainbus.sinks._wandb_rows import (
+    SINGLE_VALUE_SCALARS,
+    STEP_METRIC,
+    artifact_aliases,
+    artifact_metadata,
+    artifact_name,
+    histogram_edges,
+    histogram_keys,
+    log_row,
+    predict_row,
+)
 
 try:
     from typing import Self
@@ -70,21 +101,22 @@ __all__ = ["LogModel", "SINGLE_VALUE_SCALARS", "WandbSink"]
 log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "wandb.json"
-SINGLE_VALUE_SCALARS: Final = frozenset(
-    {
-        "train_runtime",
-        "train_samples_per_second",
-        "train_steps_per_second",
-        "train_loss",
-        "total_flos",
-    }
-)
-"""Logged once per run; HF puts them in the run summary rather than the history."""
-STEP_METRIC: Final = "train/global_step"
 LogModel = Literal["end", "checkpoint", False]
 _T = TypeVar("_T")
 _MODES: Final = frozenset({"online", "offline", "disabled", "shared"})
 _MODE_ALIASES: Final = {"dryrun": "offline", "run": "online"}  # the SDK's older spellings
+_WATCH: Final[Mapping[str, frozenset[HistogramSource]]] = {
+    "false": frozenset(),
+    "gradients": frozenset({"gradients"}),
+    "parameters": frozenset({"parameters"}),
+    "all": frozenset({"gradients", "parameters"}),
+}
+"""``WANDB_WATCH``'s values and the histograms each asks the trainer for."""
+
+
+class _RunRefused(PermanentSinkError):
+    """W&B refused the run itself (credentials, project, resumption): no point of the batch is
+    to blame, so narrowing it point by point would only repeat the refusal."""
 
 
 class WandbSink(Sink):
@@ -92,7 +124,7 @@ class WandbSink(Sink):
 
     name = "wandb"
     sdk_module = "wandb"
-    events = (RunStarted, Log, Artifact, RunFinished)
+    events = (RunStarted, Log, Predict, Histograms, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0
 
@@ -106,11 +138,13 @@ class WandbSink(Sink):
         mode: str | None = None,
         directory: Path | None = None,
         log_model: LogModel = False,
+        watch: frozenset[HistogramSource] = frozenset(),
         flush_timeout: float = 60.0,
     ) -> None:
-        """Parameters mirror HF's variables (see the module docstring); ``directory`` is where
-        the SDK writes (default ``run_dir``); ``flush_timeout`` bounds the wait, after a run is
-        finished offline, for its file to be complete."""
+        """Parameters mirror HF's variables (see the module docstring): ``log_model`` is
+        ``WANDB_LOG_MODEL``, ``watch`` the histograms ``WANDB_WATCH`` asks for; ``directory`` is
+        where the SDK writes (default ``run_dir``); ``flush_timeout`` bounds the wait, after a
+        run is finished offline, for its file to be complete."""
         if flush_timeout <= 0:
             raise ConfigurationError(
                 f"flush_timeout must be a positive number of seconds, got {flush_timeout!r}."
@@ -127,59 +161,62 @@ class WandbSink(Sink):
         self.mode = mode
         self.directory = directory or run_dir
         self.log_model = log_model
+        self.wants_final_model = log_model in ("end", "checkpoint")
+        self.wants_histograms = watch
         self.flush_timeout = flush_timeout
         self._limiter = anyio.CapacityLimiter(1)
         self._wandb: Any = None
         self._run: Any = None
         self._owns_run = False
-        self._finished = False
         self._state: dict[str, Any] = {}
         self._written_seq = -1
         self._log_file: TransactionLog | None = None
+        """The offline file of a run this sink finished, until it is complete on disk."""
 
     # --- configuration ------------------------------------------------------------------------
 
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
-        """For ``report_to="all"``: installed, not disabled, and able to start without a login."""
+        """For ``report_to="all"``: installed, not disabled, and able to start without a login
+        (offline, or credentials found where the SDK looks for them)."""
         if importlib.util.find_spec("wandb") is None:
             return False
-        disabled = env_flag(env, "WANDB_DISABLED", lenient=True)
-        mode = (env_str(env, "WANDB_MODE") or "").lower()
-        if disabled or mode == "disabled":
+        mode = _mode(env)
+        if env_flag(env, "WANDB_DISABLED", lenient=True) or mode == "disabled":
             return False
-        return mode in ("offline", "dryrun") or env_str(env, "WANDB_API_KEY") is not None
+        return not needs_login(env, mode)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, run_dir: Path, run_name: str) -> Self:
-        """Build the sink from HF's W&B variables (see the module docstring)."""
+        """Build the sink from HF's W&B variables (see the module docstring); an online run
+        without credentials is refused here, before training."""
         if importlib.util.find_spec("wandb") is None:
             raise ConfigurationError(
                 "report_to names wandb but the wandb package is not installed; install it "
-                "with pip install 'trainbus[integrations]' or drop wandb from report_to."
+                "with pip install 'trainbus[wandb]' or drop wandb from report_to."
             )
         if env_flag(env, "WANDB_DISABLED"):
             raise ConfigurationError(
                 "report_to names wandb but WANDB_DISABLED is set; unset it or drop wandb from "
                 "report_to."
             )
-        watch = (env_str(env, "WANDB_WATCH") or "false").lower()
-        if watch != "false":
-            log.warning(
-                "WANDB_WATCH is not supported: sinks never see the model; call "
-                "wandb.watch(model) in the training code instead",
-                value=watch,
-            )
         directory = env_str(env, "WANDB_DIR")
-        return cls(
+        sink = cls(
             run_dir=run_dir,
             run_name=run_name,
             project=env_str(env, "WANDB_PROJECT") or "huggingface",
             entity=env_str(env, "WANDB_ENTITY"),
-            mode=(env_str(env, "WANDB_MODE") or "").lower() or None,
+            mode=_mode(env),
             directory=Path(directory).expanduser() if directory else None,
             log_model=_log_model(env_str(env, "WANDB_LOG_MODEL")),
+            watch=_watch(env_str(env, "WANDB_WATCH")),
         )
+        if needs_login(env, sink.mode):
+            raise ConfigurationError(
+                "report_to names wandb, which would log online, but no W&B credentials were "
+                f"found: {LOGIN_HINT}."
+            )
+        return sink
 
     # --- sink interface -----------------------------------------------------------------------
 
@@ -195,19 +232,23 @@ class WandbSink(Sink):
         if not fresh:
             return
         await self._call(self._write, fresh)
-        if self._finished:
-            await self._wait_for_log_file()
+        await self._wait_for_log_file()
         self._written_seq = fresh[-1].seq
         self._state["written_seq"] = self._written_seq
         save_state(self.run_dir / STATE_FILE, self._state)
 
     async def close(self) -> None:
         """Finish a run this sink started whose ``RunFinished`` never came, as failed."""
-        if self._run is not None and self._owns_run and not self._finished:
-            await self._call(self._run.finish, 1)
-            self._finished = True
+        if self._run is not None and self._owns_run:
+            await self._call(self._finish, 1)
             await self._wait_for_log_file()
         self._run = None
+
+    def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
+        """Halves, unless W&B refused the run itself: then no part would fare better."""
+        if isinstance(error, _RunRefused):
+            return ()
+        return super().split(batch, error)
 
     @property
     def run_id(self) -> str | None:
@@ -252,13 +293,20 @@ class WandbSink(Sink):
             run = self._run if self._run is not None else self._start(event)
             if isinstance(event, Log):
                 self._log(run, event)
+            elif isinstance(event, Predict):
+                row = predict_row(event.metrics, event.global_step)
+                if row:
+                    run.log(row)
+            elif isinstance(event, Histograms):
+                self._log_histograms(run, event)
             elif isinstance(event, RunStarted):
-                run.config.update(_config(event), allow_val_change=True)
+                if not self._state.get("config_sent"):
+                    run.config.update(_config(event), allow_val_change=True)
+                    self._note_config(event)
             elif isinstance(event, Artifact) and self._wants(event):
                 self._log_artifact(run, event)
             elif isinstance(event, RunFinished) and self._owns_run:
-                run.finish(exit_code=1 if event.status in ("failed", "killed") else 0)
-                self._finished = True
+                self._finish(1 if event.status in ("failed", "killed") else 0)
 
     def _start(self, first: Event) -> Any:
         wandb = self._wandb
@@ -267,20 +315,26 @@ class WandbSink(Sink):
         else:
             name = (first.run_name if isinstance(first, RunStarted) else "") or self.run_name
             saved = self._state.get("wandb_run_id")
+            fresh = isinstance(first, RunStarted) and not self._state.get("config_sent")
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._run = wandb.init(
-                project=self.project,
-                entity=self.entity,
-                name=name or None,
-                dir=str(self.directory),
-                mode=self.mode,
-                id=saved,
-                resume="allow" if saved else None,
-                config=_config(first) if isinstance(first, RunStarted) else None,
-            )
+            try:
+                self._run = wandb.init(
+                    project=self.project,
+                    entity=self.entity,
+                    name=name or None,
+                    dir=str(self.directory),
+                    mode=self.mode,
+                    id=saved,
+                    resume="allow" if saved else None,
+                    config=_config(first) if fresh and isinstance(first, RunStarted) else None,
+                )
+            except wandb.errors.CommError:
+                raise  # the network: retried
+            except wandb.errors.Error as exc:  # refused to start: the run's fault, not a point's
+                raise _RunRefused(f"W&B refused to start the run: {exc}") from exc
             self._owns_run = True
-            if self._run.offline:
-                self._log_file = TransactionLog(Path(self._run.settings.sync_file))
+            if fresh and isinstance(first, RunStarted):
+                self._note_config(first)
         run = self._run
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
@@ -289,17 +343,35 @@ class WandbSink(Sink):
         log.info("wandb run ready", run_id=str(run.id), mode=self.mode or "default")
         return run
 
+    def _note_config(self, started: RunStarted) -> None:
+        """Remember that the config went out, and what names the model artifact."""
+        self._state["config_sent"] = True
+        self._state["run_name"] = started.run_name
+        self._state["output_dir"] = started.output_dir
+        save_state(self.run_dir / STATE_FILE, self._state)
+
+    def _finish(self, exit_code: int) -> None:
+        run, self._run = self._run, None
+        offline = bool(run.offline)
+        run.finish(exit_code=exit_code)
+        if offline:
+            self._log_file = TransactionLog(Path(run.settings.sync_file))
+
     def _log(self, run: Any, event: Log) -> None:
-        series: dict[str, Any] = {}
-        for key, value in event.logs.items():
-            if value is None:
-                continue
-            if key in SINGLE_VALUE_SCALARS:
-                run.summary[key] = value
-            else:
-                series[key] = value
-        if series:
-            run.log({**rewrite_logs(series), STEP_METRIC: event.global_step})
+        summary, row = log_row(event.logs, event.global_step)
+        for key, value in summary.items():
+            run.summary[key] = value
+        if row:
+            run.log(row)
+
+    def _log_histograms(self, run: Any, event: Histograms) -> None:
+        histogram = self._wandb.Histogram
+        row: dict[str, Any] = {
+            key: histogram(np_histogram=(h.counts, histogram_edges(h)))
+            for key, h in histogram_keys(event).items()
+        }
+        if row:
+            run.log({**row, STEP_METRIC: event.global_step})
 
     def _wants(self, event: Artifact) -> bool:
         if self.log_model == "checkpoint":
@@ -317,16 +389,16 @@ class WandbSink(Sink):
             log.warning("wandb artifact refused, skipped", reason=str(exc))
             return
         source = source.resolve()
-        artifact = self._wandb.Artifact(name=f"model-{run.id}", type="model")
+        name = artifact_name(
+            str(run.id), self._state.get("run_name", ""), self._state.get("output_dir", "")
+        )
+        metadata = artifact_metadata(dict(run.summary), event)
+        artifact = self._wandb.Artifact(name=name, type="model", metadata=metadata)
         if source.is_dir():
             artifact.add_dir(str(source))
         else:
             artifact.add_file(str(source))
-        if event.kind == "model":
-            aliases = ["final_model"]
-        else:
-            aliases = [f"checkpoint_global_step_{event.global_step}"]
-        run.log_artifact(artifact, aliases=aliases)
+        run.log_artifact(artifact, aliases=artifact_aliases(event))
 
 
 @contextlib.contextmanager
@@ -340,7 +412,7 @@ def _map_errors(wandb: Any) -> Iterator[None]:
     except Exception as exc:
         errors = getattr(wandb, "errors", None)
         if errors is not None and isinstance(exc, errors.AuthenticationError):
-            raise PermanentSinkError(f"W&B refused the credentials: {exc}") from exc
+            raise _RunRefused(f"W&B refused the credentials: {exc}") from exc
         if errors is not None and isinstance(exc, errors.CommError):
             raise RetryableSinkError(f"W&B could not be reached: {exc}") from exc
         if errors is not None and isinstance(exc, errors.Error):
@@ -361,6 +433,10 @@ def _config(started: RunStarted) -> dict[str, Any]:
     return {**redact(started.hparams), **redact(started.config)}
 
 
+def _mode(env: Mapping[str, str]) -> str | None:
+    return (env_str(env, "WANDB_MODE") or "").lower() or None
+
+
 def _log_model(raw: str | None) -> LogModel:
     value = (raw or "false").lower()
     if value == "end":
@@ -373,3 +449,14 @@ def _log_model(raw: str | None) -> LogModel:
             value=raw,
         )
     return False
+
+
+def _watch(raw: str | None) -> frozenset[HistogramSource]:
+    value = (raw or "false").lower()
+    if value not in _WATCH:
+        log.warning(
+            "WANDB_WATCH must be 'gradients', 'parameters', 'all' or 'false'; nothing is watched",
+            value=raw,
+        )
+        return frozenset()
+    return _WATCH[value]

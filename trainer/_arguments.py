@@ -251,7 +251,9 @@ class TrainingArguments(RefusesUnsupportedMethods):
                 raise ConfigurationError(
                     f"Unknown training argument {key!r}: TrainingArguments has no such field.{hint}"
                 )
-        values = {k: None if v == f"<{str(k).upper()}>" else v for k, v in data.items()}
+        values: dict[str, Any] = {
+            k: None if v == f"<{str(k).upper()}>" else v for k, v in data.items()
+        }
         return cls(**values)
 
     # --- derived values Hugging Face callbacks read -----------------------------------------

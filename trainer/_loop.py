@@ -64,6 +64,7 @@ from trainbus.trainer._accounting import token_counter
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
 from trainbus.trainer._final_model import publish_final_model
+from trainbus.trainer._histograms import watch_steppers
 from trainbus.trainer._loss import LossSum
 from trainbus.trainer._model_setup import compile_model, enable_activation_checkpointing
 from trainbus.trainer._plan import ResumePoint, RunPlan, plan_run, resume_point
@@ -203,6 +204,7 @@ class TrainingLoop:
         self.steppers = trainer.precision.steppers(self.optimizer, self.lr_scheduler)
         if self.schedule_on_metric:  # chosen once: no per-step test
             self.steppers = self.steppers._replace(schedule=_no_step)
+        self.steppers = watch_steppers(self.steppers, trainer)  # unchanged unless a sink asks
         if checkpoint is not None and not args.resume_only_model:
             ckpt.load_optimizer_and_scheduler(
                 checkpoint, self.model, self.optimizer, self.lr_scheduler, self.device

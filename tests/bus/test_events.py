@@ -14,6 +14,7 @@ from trainbus.bus._events import (
     HF_EVENT_TYPES,
     Event,
     EventBase,
+    TensorHistogram,
     decode_json,
     decode_msgpack,
     encode_json,
@@ -58,6 +59,10 @@ _json_value = st.recursive(
     _scalar, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(), kids, max_size=3)
 )
 
+_histogram = st.builds(
+    TensorHistogram, low=_finite, high=_finite, counts=st.lists(st.integers(0, 2**40), max_size=64)
+)
+
 
 def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]:
     envelope = {
@@ -78,6 +83,10 @@ def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]
             extra[field.name] = st.dictionaries(st.text(max_size=10), _json_value, max_size=4)
         elif field.name == "kind":
             extra[field.name] = st.sampled_from(["checkpoint", "model", "file", "directory"])
+        elif field.name == "source":
+            extra[field.name] = st.sampled_from(["gradients", "parameters"])
+        elif field.name == "histograms":
+            extra[field.name] = st.dictionaries(st.text(max_size=20), _histogram, max_size=3)
         elif field.name == "status":
             extra[field.name] = st.sampled_from(["completed", "stopped", "failed", "killed"])
         elif field.type is int:

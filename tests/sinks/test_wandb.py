@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
-from trainbus.bus._events import Artifact, Event, Log
+from trainbus.bus._events import Artifact, Event, Log, Predict
+from trainbus.orchestrator.registry import build_sinks
 from trainbus.sinks._wandb_log import HEADER, TransactionLog, iter_records
 from trainbus.sinks.wandb import WandbSink, _map_errors
 
@@ -44,11 +45,20 @@ class OfflineRun:
 
     def __init__(self, root: Path) -> None:
         self.files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
-        records = [r for f in self.files for r in read_records(f)]
+        per_file = [list(read_records(f)) for f in self.files]
+        self.complete = [bool(rs) and rs[-1].WhichOneof("record_type") == "exit" for rs in per_file]
+        """Per file, whether it ends with its run's exit record (the service wrote it all)."""
+        records = [r for rs in per_file for r in rs]
         by_type: dict[str, list[Any]] = {}
         for record in records:
             by_type.setdefault(record.WhichOneof("record_type") or "", []).append(record)
         self.runs = [r.run for r in by_type.get("run", [])]
+        self.config: dict[str, Any] = {}  # from the run records and later config updates
+        for record in records:
+            if record.HasField("run"):
+                self.config.update(_items(record.run.config.update))
+            elif record.HasField("config"):
+                self.config.update(_items(record.config.update))
         self.history = [_items(r.history.item) for r in by_type.get("history", [])]
         self.summary: dict[str, Any] = {}
         for record in by_type.get("summary", []):
@@ -146,9 +156,12 @@ async def test_offline_run_records_every_metric_at_its_step(
     assert run.summary["train_runtime"] == 12.5 and run.summary["total_flos"] == 1e9
     star = [m for m in run.metrics if m.glob_name == "*"]
     assert star and star[0].step_metric == "train/global_step" and star[0].options.step_sync
-    [artifact] = run.artifacts
-    assert artifact.name == f"model-{sink.run_id}" and artifact.type == "model"
-    assert "checkpoint_global_step_20" in list(artifact.aliases)
+    [artifact] = run.artifacts  # named after the run's own name, as transformers names it
+    assert artifact.name == "model-tiny-run" and artifact.type == "model"
+    assert {"checkpoint_global_step_20", "epoch_0.0"} <= set(artifact.aliases)  # scripted: epoch 0
+    metadata = json.loads(artifact.metadata)
+    assert metadata["train/loss"] == pytest.approx(train_logs(20)["loss"])
+    assert "final_model" not in metadata and not [k for k in metadata if k.startswith("_")]
     assert run.exits == [0]
     saved = json.loads((run_dir / "wandb.json").read_text())
     assert saved["wandb_run_id"] == sink.run_id
@@ -161,16 +174,21 @@ async def test_restart_resumes_the_run_without_duplicate_points(
     again (same process or after the restart) logs no point twice."""
     events = scripted_run(12, eval_every=4)
     ids = []
-    for upto in (14, len(events)):
-        sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
-        with anyio.fail_after(120):
-            await sink.open()
-            await sink.write(events[:upto])
-            await sink.write(events[:upto])
-            await sink.close()
-        ids.append(sink.run_id)
+    with capture_logs() as logs:
+        for upto in (14, len(events)):
+            sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
+            with anyio.fail_after(120):
+                await sink.open()
+                await sink.write(events[:upto])
+                await sink.write(events[:upto])
+                await sink.close()
+            ids.append(sink.run_id)
     assert ids[0] == ids[1]
+    # Each part on disk in full when its sink returned: a missing point below is then the
+    # sink's, not a read racing the service's last write.
+    assert not [e for e in logs if "still incomplete" in e["event"]]
     run = OfflineRun(tmp_path)
+    assert run.complete == [True, True]
     assert {r.run_id for r in run.runs} == {ids[0]}
     assert [s for s, _ in run.series("train/loss")] == list(range(1, 13))
     assert [s for s, _ in run.series("eval/loss")] == [4, 8, 12]
@@ -220,24 +238,121 @@ async def test_close_returns_once_the_offline_file_is_complete(
 
 
 def test_environment_follows_hf(tmp_path: Path) -> None:
-    """WANDB_LOG_MODEL takes end/checkpoint/false (anything else warns and logs no model),
-    WANDB_WATCH warns that it is unsupported, and WANDB_DISABLED refuses the sink."""
+    """WANDB_LOG_MODEL takes end/checkpoint/false (anything else warns and logs no model) and
+    asks for the final model; WANDB_WATCH asks for gradient and/or parameter histograms (an
+    unknown value warns); WANDB_DISABLED refuses the sink."""
 
     def build(**env: str) -> WandbSink:
+        env = {"WANDB_MODE": "offline", **env}
         return WandbSink.from_env(env, run_dir=tmp_path, run_name="r")
 
     assert build().project == "huggingface" and build().log_model is False
+    assert not build().wants_final_model and build().wants_histograms == frozenset()
     assert build(WANDB_LOG_MODEL="end").log_model == "end"
+    assert build(WANDB_LOG_MODEL="end").wants_final_model
     assert build(WANDB_LOG_MODEL="Checkpoint").log_model == "checkpoint"
+    assert build(WANDB_LOG_MODEL="checkpoint").wants_final_model
+    assert build(WANDB_WATCH="gradients").wants_histograms == {"gradients"}
+    assert build(WANDB_WATCH="parameters").wants_histograms == {"parameters"}
+    assert build(WANDB_WATCH="all").wants_histograms == {"gradients", "parameters"}
     with capture_logs() as logs:
-        assert build(WANDB_LOG_MODEL="true", WANDB_WATCH="gradients").log_model is False
+        assert build(WANDB_LOG_MODEL="true").log_model is False
+        assert build(WANDB_WATCH="weights").wants_histograms == frozenset()
     messages = " ".join(entry["event"] for entry in logs)
-    assert "WANDB_LOG_MODEL must be" in messages and "WANDB_WATCH is not supported" in messages
+    assert "WANDB_LOG_MODEL must be" in messages and "WANDB_WATCH must be" in messages
     with pytest.raises(ConfigurationError, match="WANDB_DISABLED is set"):
         build(WANDB_DISABLED="true")
     with pytest.raises(ConfigurationError, match="WANDB_MODE must be one of"):
         build(WANDB_MODE="sometimes")
     assert build(WANDB_MODE="dryrun").mode == "offline"
+
+
+@pytest.fixture
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home without W&B credentials or settings; returns it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_CONFIG_DIR", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_online_without_credentials_fails_before_training(
+    no_credentials: Path, tmp_path: Path
+) -> None:
+    """Naming wandb online with no key anywhere is one configuration error at sink build time
+    (the CLI's exit 2) that says how to log in or go offline; a key, a .netrc entry from
+    'wandb login' or offline mode are each enough."""
+    with pytest.raises(ConfigurationError) as refused:
+        build_sinks(["wandb"], {}, run_dir=tmp_path, run_name="r")
+    message = str(refused.value)
+    assert "WANDB_API_KEY" in message and "wandb login" in message
+    assert "WANDB_MODE=offline" in message and "\n" not in message
+    assert WandbSink.from_env({"WANDB_API_KEY": "k" * 40}, run_dir=tmp_path, run_name="r")
+    assert WandbSink.from_env({"WANDB_MODE": "offline"}, run_dir=tmp_path, run_name="r")
+    netrc = no_credentials / ".netrc"
+    netrc.write_text(f"machine {_default_host()}\n  login user\n  password {'a' * 40}\n")
+    netrc.chmod(0o600)
+    assert WandbSink.from_env({}, run_dir=tmp_path, run_name="r").mode is None
+    assert WandbSink.is_available({})
+
+
+def test_offline_in_the_settings_file_needs_no_login(no_credentials: Path, tmp_path: Path) -> None:
+    """'wandb offline' (mode in W&B's settings file) counts as offline, as the SDK reads it."""
+    settings = no_credentials / ".config" / "wandb" / "settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[default]\nmode = offline\n")
+    assert WandbSink.is_available({})
+    assert WandbSink.from_env({}, run_dir=tmp_path, run_name="r").mode is None
+
+
+def _default_host() -> str:
+    """The server the SDK logs in to by default (the host part of its base URL)."""
+    settings: Any = importlib.import_module("wandb.sdk.wandb_settings")
+    return str(settings.Settings().base_url).split("://", 1)[-1].rstrip("/")
+
+
+async def test_a_refused_run_is_one_refusal_not_one_per_point(
+    no_credentials: Path, tmp_path: Path
+) -> None:
+    """When W&B refuses to start the run (here: a malformed API key), the batch is quarantined
+    after one attempt, each of its points named with the reason, instead of being halved down
+    to single points with a refused start for each."""
+    sink = WandbSink(run_dir=tmp_path, mode="online")
+    events = scripted_run(8, eval_every=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_API_KEY", "short")
+        with anyio.fail_after(60):
+            await sink.open()
+            with pytest.raises(PermanentSinkError) as refused:
+                await sink.write(events)
+    assert sink.split(events, refused.value) == ()
+    assert sink.split(events, PermanentSinkError("a bad point")) != ()
+    assert "refused" in str(refused.value) and not (tmp_path / "wandb").exists()
+
+
+async def test_predict_metrics_go_out_under_test_without_a_step(
+    offline: dict[str, str], tmp_path: Path
+) -> None:
+    """predict()'s metrics are logged as transformers logs them: under test/, in a row of their
+    own, at the run's last global step."""
+    events = scripted_run(4, eval_every=4)
+    finished = events.pop()
+    metrics = {"test_loss": 0.25, "test_runtime": 0.5, "test_samples_per_second": 16.0}
+    events.append(
+        Predict(run_id="run-1", seq=finished.seq, time=0.0, global_step=4, metrics=metrics)
+    )
+    events.append(msgspec.structs.replace(finished, seq=finished.seq + 1))
+    sink = WandbSink.from_env(offline, run_dir=tmp_path, run_name="r")
+    with anyio.fail_after(120):
+        report = await deliver_through_bus(events, [sink], tmp_path)
+    assert report["wandb"].undelivered == 0
+    run = OfflineRun(tmp_path)
+    [row] = [row for row in run.history if "test/loss" in row]
+    assert row["test/loss"] == 0.25 and row["test/samples_per_second"] == 16.0
+    assert row["train/global_step"] == 4
+    assert run.summary["test/loss"] == 0.25
 
 
 def test_sdk_failures_become_retryable_or_permanent() -> None:
