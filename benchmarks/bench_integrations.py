@@ -11,7 +11,13 @@ the run trained, which the training process's figures do not show. Runs close wi
 flush deadline and the time from the last step to ``train()`` returning is kept as ``flush_s``.
 
 Flyte is left out: its sink runs only inside a Flyte task, whose local execution is a separate
-process model. Comet and MLflow against a server 200 ms away are ``bench_sinks``' rows.
+process model. MLflow against a server 200 ms away is ``bench_sinks``' row.
+
+Second part, **Comet online at +200 ms**: the Comet sink (the comet_ml SDK in the sink's worker
+thread) against the local fake Comet server behind a proxy adding 200 ms to every request (no
+Comet server runs here; the fake checks each request against the SDK's own message classes), at
+``logging_steps=1`` for ``COMET_SECONDS`` of training, closing with the default 30 s flush
+deadline: the losses the server holds when the last step ends, and once ``train()`` returned.
 
 Run alone with ``python -m benchmarks.bench_integrations [--quick]``; writes
 ``results/integrations.json``.
@@ -43,6 +49,10 @@ from benchmarks._contenders import _with_env
 from benchmarks._sink_stage import WARMUP_STEPS, quiet
 
 NO_SINK: Final = "none"
+COMET_SECONDS: Final = 10.0
+"""Training time of each Comet-online run: long enough that the SDK's ~2 s start is a part."""
+FLUSH_DEADLINE_S: Final = 30.0
+"""The orchestrator's default flush deadline (``Orchestrator(flush_timeout=...)``)."""
 
 
 def _offline_env(root: Path) -> dict[str, Callable[[Path], dict[str, str]]]:
@@ -210,6 +220,67 @@ def _headline(row: Mapping[str, Any], base: Mapping[str, Any], rounds: int) -> H
     )
 
 
+def _comet_online(root: Path, runs: int, smoke: bool) -> list[dict[str, Any]]:
+    """Comet through the fake server at +200 ms: points held at the last step and at the end."""
+    from benchmarks._sink_stage import Stage
+    from benchmarks.bench_sinks import train_with_sinks
+
+    seconds = 1.0 if smoke else COMET_SECONDS
+    rows = []
+    with Stage(root / "stage") as stage:
+        for _ in range(runs):
+            row = train_with_sinks(stage, ("comet",), seconds, close_deadline=FLUSH_DEADLINE_S)
+            rows.append(
+                {
+                    key: row.get(key)
+                    for key in (
+                        "steps",
+                        "steps_per_s",
+                        "comet_during_run",
+                        "comet_delivered",
+                        "comet_exactly_once",
+                        "flush_s",
+                        "left_in_journal",
+                    )
+                }
+            )
+            print(format_table([rows[-1]]), flush=True)
+    return rows
+
+
+def _fraction(text: str | None) -> float:
+    done, _, total = (text or "0/1").partition("/")
+    return int(done) / max(1, int(total))
+
+
+def _comet_headlines(rows: Sequence[Mapping[str, Any]]) -> list[Headline]:
+    during = median([_fraction(r["comet_during_run"]) for r in rows])
+    complete = all(_fraction(r["comet_delivered"]) == 1.0 and r["comet_exactly_once"] for r in rows)
+    worst_flush = max(r["flush_s"] for r in rows)
+    return [
+        Headline(
+            "Comet online at +200 ms, logging_steps=1: losses on the server when the last step "
+            "ended / logged",
+            during,
+            "x",
+            "-",
+            None,
+            note=f"median of {len(rows)} runs of {COMET_SECONDS:.0f} s: "
+            + ", ".join(str(r["comet_during_run"]) for r in rows),
+        ),
+        Headline(
+            "Comet online at +200 ms: every logged loss on the server, exactly once, within the "
+            "flush deadline",
+            float(complete),
+            "yes=1",
+            "1",
+            complete,
+            note=f"slowest flush {worst_flush:.1f} s of the {FLUSH_DEADLINE_S:.0f} s deadline; "
+            + ", ".join(str(r["comet_delivered"]) for r in rows),
+        ),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     options = bench_parser(__doc__, "short runs, one round").parse_args(argv)
     smoke = bench_mode(options.quick) == "smoke"
@@ -233,14 +304,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             runs.append(_train(root, name, env_for, seconds))
             runs[-1]["round"] = index // len(group)
             print(format_table([runs[-1]]), flush=True)
+        comet_runs = _comet_online(root, 1 if options.quick or smoke else 3, smoke)
     table = _summary(runs, group)
     print(format_table(table))
+    print(format_table(comet_runs))
     headline = [_headline(row, table[0], rounds) for row in table[1:]]
+    headline += _comet_headlines(comet_runs)
     path = write_result(
         "integrations",
         quick=options.quick,
         headline=headline,
-        tables={"integrations": table, "runs": runs},
+        tables={"integrations": table, "runs": runs, "comet_online": comet_runs},
         extra={
             "workload": Workload().describe(),
             "seconds": seconds,

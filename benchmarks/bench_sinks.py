@@ -83,10 +83,19 @@ METRICS_PER_EVENT = 10
 # --- 1. training speed ------------------------------------------------------------------------
 
 
-def _train(
-    stage: Stage, names: Sequence[str], seconds: float, outage: Callable[[], None] | None = None
+def train_with_sinks(
+    stage: Stage,
+    names: Sequence[str],
+    seconds: float,
+    outage: Callable[[], None] | None = None,
+    close_deadline: float | None = None,
 ) -> dict[str, Any]:
-    """Train for ``seconds`` with the named sinks; time each step; check delivery afterwards."""
+    """Train for ``seconds`` with the named sinks; time each step; check delivery afterwards.
+
+    ``close_deadline``: the flush deadline at the end of the run (default 2 s, 60 s with an
+    outage). With a Comet sink, the points the server holds when the last step ends are counted
+    too (``comet_during_run``), beside those it holds once ``train()`` returned.
+    """
     import torch
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
@@ -99,6 +108,7 @@ def _train(
     cpu: list[float] = []
     loop_cpu: list[float] = []
     logged: list[int] = []
+    comet_during: list[int] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -111,6 +121,7 @@ def _train(
             if len(stamps) > WARMUP_STEPS and stamps[-1] - stamps[WARMUP_STEPS] >= seconds:
                 control.should_training_stop = True
                 loop_cpu.append(thread_cpu_s(launcher.loop_thread))
+                comet_during.extend(_comet_points(stage, sinks))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if logs and "loss" in logs:
@@ -118,7 +129,9 @@ def _train(
 
     # The flush deadline is only waited out by a sink that cannot catch up: what is left stays
     # in the journal and is reported as ``left_in_journal``.
-    launcher = RunLauncher(run_dir, close_deadline=2.0 if outage is None else 60.0)
+    if close_deadline is None:
+        close_deadline = 2.0 if outage is None else 60.0
+    launcher = RunLauncher(run_dir, close_deadline=close_deadline)
     args = bench_args(work, run_dir / "out", max_steps=10_000_000, run_name="bench-sinks")
     trainer = Trainer(
         Classifier(work),
@@ -151,9 +164,21 @@ def _train(
         "flush_s": finished - stamps[-1],
     }
     row.update(_delivered(stage, sinks, logged))
+    if comet_during:
+        row["comet_during_run"] = f"{comet_during[0]}/{len(logged)}"
     report = getattr(launcher, "report", None) or {}
     row["left_in_journal"] = sum(r.undelivered for r in report.values())
     return row
+
+
+def _comet_points(stage: Stage, sinks: Sequence[Sink]) -> list[int]:
+    """How many losses the Comet server holds now: 0 while the sink's experiment has not started
+    yet; nothing without a Comet sink."""
+    for sink in sinks:
+        if isinstance(sink, CometSink):
+            key = sink.experiment_key
+            return [len(stage.comet_steps(key)) if key else 0]
+    return []
 
 
 def _delivered(stage: Stage, sinks: Sequence[Sink], logged: Sequence[int]) -> dict[str, Any]:
@@ -311,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tb_rows = tb_costs(2000 if quick else 10000, root)
         print(format_table(tb_rows))
         with Stage(root) as stage:
-            _train(stage, (), 1.0)  # pay torch's first-step costs untimed
+            train_with_sinks(stage, (), 1.0)  # pay torch's first-step costs untimed
             runs: list[dict[str, Any]] = []
             # Each round starts one contender later: a contender's runs stay most of a round
             # apart, so a few busy seconds on the host cannot take two of them (reversing every
@@ -324,11 +349,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for names in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
             ]
             for index, names in enumerate(order):
-                runs.append(_train(stage, names, seconds))
+                runs.append(train_with_sinks(stage, names, seconds))
                 runs[-1]["round"] = index // len(contenders)
                 print(format_table([runs[-1]]))
             outage_s = 3.0 if quick else 10.0
-            outage = _train(
+            outage = train_with_sinks(
                 stage,
                 ("mlflow",),
                 seconds + outage_s + 8,

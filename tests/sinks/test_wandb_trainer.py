@@ -64,28 +64,16 @@ def _train(module: Any, out: Path, *, steps: int, logging: int, save: int | None
     return module.Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows), rows
 
 
-def _final_model_callback(module: Any, trainer: Any, target: Path) -> Any:
-    """``save_model()`` at train end, inside the run, which publishes the final model's
-    ``Artifact``. (The trainer also writes it by itself for a sink that sets
-    ``wants_final_model``; the callback keeps the test independent of that.)"""
-
-    class SaveFinalModel(module.TrainerCallback):  # type: ignore[misc,name-defined]
-        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
-            trainer.save_model(str(target))
-
-    return SaveFinalModel()
-
-
 def test_train_evaluate_predict_is_one_wandb_run(
     offline_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """evaluate() and predict() after train() log into the W&B run train() started (one run
     id; config sent once), with eval/ and test/ metrics, each call's part ending cleanly; with
-    WANDB_LOG_MODEL=end the final model is uploaded as model-<run id>, alias final_model."""
+    WANDB_LOG_MODEL=end the trainer writes the final model by itself (the sink wants it) and it
+    is uploaded as model-<run id>, alias final_model."""
     monkeypatch.setenv("WANDB_LOG_MODEL", "end")
     out = tmp_path / "out"
     trainer, rows = _train(trainbus, out, steps=4, logging=2, save=None)
-    trainer.add_callback(_final_model_callback(trainbus, trainer, out / "final"))
     trainer.train()
     trainer.evaluate()
     trainer.predict(rows)
@@ -141,8 +129,6 @@ def test_matches_transformers_wandb_callback(
         out.mkdir()
         monkeypatch.setenv("WANDB_DIR", str(out))
         trainer, rows = _train(module, out / "o", steps=100, logging=50, save=100)
-        if module is trainbus:
-            trainer.add_callback(_final_model_callback(trainbus, trainer, out / "o" / "final"))
         trainer.train()
         trainer.predict(rows)
         wandb.finish()  # transformers leaves its run open until the process exits
