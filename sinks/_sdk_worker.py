@@ -51,6 +51,17 @@ class SdkWorker:
                 lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
             )
 
+    async def write_fresh(
+        self, state: SinkState, batch: Sequence[_E], write: Callable[[list[_E]], object]
+    ) -> None:
+        """A sink's whole ``write`` when its SDK takes a batch in one call: ``write(fresh)`` in
+        the worker for the events the SDK has not accepted yet, then the watermark moves past
+        them and is saved (only then: a crash in between replays them, it never skips them)."""
+        fresh = state.fresh(batch)
+        if fresh:
+            await self.call(write, fresh)
+            state.advance(fresh[-1].seq)
+
 
 class SinkState(dict[str, Any]):
     """A sink's state file (a JSON object) and its replay watermark ``written_seq``.

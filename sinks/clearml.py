@@ -184,11 +184,7 @@ class ClearMLSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Report the batch, wait until the SDK has written it, then record the watermark."""
-        fresh = self._state.fresh(batch)
-        if not fresh:
-            return
-        await self._worker.call(self._write, fresh)
-        self._state.advance(fresh[-1].seq)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Close a task this sink created whose ``RunFinished`` never came; leave others open."""

@@ -122,11 +122,7 @@ class CodeCarbonSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Make, start or stop the tracker, as the events say."""
-        fresh = self._state.fresh(batch)
-        if not fresh:
-            return
-        await self._worker.call(self._write, fresh)
-        self._state.advance(fresh[-1].seq)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Stop a tracker still running (the run ended without ``TrainEnd`` or

@@ -165,11 +165,7 @@ class DVCLiveSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Log the batch, then let DVCLive write its summary once."""
-        fresh = self._state.fresh(batch)
-        if not fresh:
-            return
-        await self._worker.call(self._write, fresh)
-        self._state.advance(fresh[-1].seq)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Write the summary of a run that did not finish; ``end()`` already did for one that

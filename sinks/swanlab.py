@@ -194,11 +194,7 @@ class SwanLabSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Hand the batch to the SDK (config, metrics, files, finish), in order."""
-        fresh = self._state.fresh(batch)
-        if not fresh:
-            return
-        await self._worker.call(self._write, fresh)
-        self._state.advance(fresh[-1].seq)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Finish, as crashed, an experiment this sink started whose ``RunFinished`` never came."""
