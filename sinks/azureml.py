@@ -29,19 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Event, Log, Predict
 from trainbus.bus._sink import Sink
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -54,7 +52,6 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "azureml.json"
 RUN_MODULE: Final = "azureml.core.run"
-_T = TypeVar("_T")
 
 
 class AzureMLSink(Sink):
@@ -79,8 +76,8 @@ class AzureMLSink(Sink):
     def __init__(self, *, run_dir: Path | None = None, run: Any = None) -> None:
         self.run_dir = run_dir
         self.run = run
-        self._limiter = anyio.CapacityLimiter(1)
-        self._written_seq = -1
+        self._worker = SdkWorker(_map_errors)
+        self._state = SinkState(run_dir / STATE_FILE if run_dir is not None else None)
         self.logged_values = 0
         """Values handed to ``run.log`` by this sink (for logs and tests)."""
 
@@ -107,29 +104,20 @@ class AzureMLSink(Sink):
 
     async def open(self) -> None:
         """Find the run (the job's, or an offline one) and the last event already logged."""
-        if self.run_dir is not None:
-            self._written_seq = int(load_state(self.run_dir / STATE_FILE).get("written_seq", -1))
+        self._state.load()
         if self.run is None:
-            self.run = await self._call(_context_run)
+            self.run = await self._worker.call(_context_run)
         log.info("azure_ml logging", run_id=str(getattr(self.run, "id", "")))
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Log the batch's numbers in one worker-thread call, then move the watermark."""
-        fresh = [e for e in batch if isinstance(e, (Log, Predict)) and e.seq > self._written_seq]
+        fresh = [e for e in self._state.fresh(batch) if isinstance(e, (Log, Predict))]
         if not fresh:
             return
-        await self._call(self._log, fresh)
-        self._written_seq = fresh[-1].seq
-        if self.run_dir is not None:
-            save_state(self.run_dir / STATE_FILE, {"written_seq": self._written_seq})
+        await self._worker.call(self._log, fresh)
+        self._state.advance(fresh[-1].seq)
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _log(self, events: Sequence[Log | Predict]) -> None:
         run = self.run

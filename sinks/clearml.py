@@ -38,12 +38,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag, env_str
@@ -65,7 +63,7 @@ from trainbus.sinks._clearml_sdk import (
     reports_in_process,
     restore_offline_models,
 )
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -101,7 +99,6 @@ _CONFIGURED_VARIABLES: Final = (
     "CLEARML_API_ACCESS_KEY",
     "TRAINS_API_ACCESS_KEY",
 )
-_T = TypeVar("_T")
 
 
 class ClearMLSink(Sink):
@@ -137,12 +134,11 @@ class ClearMLSink(Sink):
         self.task_name = task_name
         self.log_model = log_model
         self.offline = offline
-        self._limiter = anyio.CapacityLimiter(1)
+        self._worker = SdkWorker(_map_errors)
         self._clearml: Any = None
         self._task: Any = None
         self._owns_task = False
-        self._state: dict[str, Any] = {}
-        self._written_seq = -1
+        self._state = SinkState(run_dir / STATE_FILE)
         self.dropped_values = 0
 
     # --- configuration ------------------------------------------------------------------------
@@ -183,24 +179,17 @@ class ClearMLSink(Sink):
 
     async def open(self) -> None:
         """Import the SDK only; the task starts at the first write, as in HF's ``setup``."""
-        self._state = load_state(self.run_dir / STATE_FILE)
-        self._written_seq = int(self._state.get("written_seq", -1))
-        self._clearml = await self._call(_import_clearml)
+        self._state.load()
+        self._clearml = await self._worker.call(_import_clearml)
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Report the batch, wait until the SDK has written it, then record the watermark."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
-        if not fresh:
-            return
-        await self._call(self._write, fresh)
-        self._written_seq = fresh[-1].seq
-        self._state["written_seq"] = self._written_seq
-        save_state(self.run_dir / STATE_FILE, self._state)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Close a task this sink created whose ``RunFinished`` never came; leave others open."""
         if self._task is not None:
-            await self._call(self._finish)
+            await self._worker.call(self._finish)
 
     @property
     def task_id(self) -> str | None:
@@ -214,12 +203,6 @@ class ClearMLSink(Sink):
         return self._owns_task if self.log_model is None else self.log_model
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -267,7 +250,7 @@ class ClearMLSink(Sink):
                 )
             restore_offline_models(self._task, earlier)
         self._state.update(task_id=str(self._task.id), owned=self._owns_task)
-        save_state(self.run_dir / STATE_FILE, self._state)
+        self._state.save()
         log.info(
             "clearml task ready",
             task_id=str(self._task.id),

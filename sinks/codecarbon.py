@@ -32,19 +32,17 @@ import contextlib
 import importlib
 import importlib.util
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_int
 from trainbus.bus._errors import ConfigurationError, RetryableSinkError
 from trainbus.bus._events import Event, EventBase, RunFinished, RunStarted, TrainBegin, TrainEnd
 from trainbus.bus._sink import Sink
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -56,7 +54,6 @@ __all__ = ["CodeCarbonSink"]
 log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "codecarbon.json"
-_T = TypeVar("_T")
 
 
 class CodeCarbonSink(Sink):
@@ -93,10 +90,10 @@ class CodeCarbonSink(Sink):
         self.max_start_delay = max_start_delay
         if local_rank != 0:
             self.events = ()  # another process on this machine measures it
-        self._limiter = anyio.CapacityLimiter(1)
+        self._worker = SdkWorker(_map_errors)
         self._tracker: Any = None
         self._running = False
-        self._written_seq = -1
+        self._state = SinkState(run_dir / STATE_FILE)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -121,31 +118,20 @@ class CodeCarbonSink(Sink):
 
     async def open(self) -> None:
         """Read the replay watermark; the tracker is made when the run's ``RunStarted`` comes."""
-        self._written_seq = int(load_state(self.run_dir / STATE_FILE).get("written_seq", -1))
+        self._state.load()
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Make, start or stop the tracker, as the events say."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
-        if not fresh:
-            return
-        await self._call(self._write, fresh)
-        self._written_seq = fresh[-1].seq
-        save_state(self.run_dir / STATE_FILE, {"written_seq": self._written_seq})
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Stop a tracker still running (the run ended without ``TrainEnd`` or
         ``RunFinished``), so its row is written."""
         if self._running:
-            await self._call(self._stop)
+            await self._worker.call(self._stop)
         self._tracker = None
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:

@@ -29,12 +29,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag, env_str
@@ -44,7 +42,7 @@ from trainbus.bus._paths import RUNS_FOLDER, confined_files, output_root
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
 from trainbus.sinks import _comet_api as sdk
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -59,7 +57,6 @@ STATE_FILE: Final = "comet.json"
 OFFLINE_DIR: Final = "comet"
 MODES: Final = ("get", "create", "get_or_create")
 INSTALL_HINT: Final = "pip install 'trainbus[comet]'"
-_T = TypeVar("_T")
 
 # Before anything imports comet_ml (choosing this sink imports it to check it): see
 # ``_comet_api.import_comet`` for why its auto-logging stays off unless the user turned it on.
@@ -120,9 +117,8 @@ class CometSink(Sink):
             offline_directory=str(self.offline_directory),
         )
         self._experiment: Any = None
-        self._state: dict[str, Any] = {}
-        self._written_seq = -1
-        self._limiter = anyio.CapacityLimiter(1)
+        self._state = SinkState(run_dir / STATE_FILE)
+        self._worker = SdkWorker(_map_errors)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -168,21 +164,20 @@ class CometSink(Sink):
 
     async def open(self) -> None:
         """Start the experiment, or continue the one this run already logged to."""
-        self._state = load_state(self.run_dir / STATE_FILE)
+        self._state.load()
         if not self.online:  # the SDK creates the archive's folder, not its parents
             self.offline_directory.mkdir(parents=True, exist_ok=True)
-        self._written_seq = int(self._state.get("written_seq", -1))
         key = self._state.get("experiment_key")
         if key is not None:
             name, mode = "", "get"
         else:
             key, name, mode = self.requested_key, self.run_name, self.mode
-        self._experiment = await self._call(
+        self._experiment = await self._worker.call(
             lambda: sdk.start_experiment(self._settings, name=name, key=key, mode=mode)
         )
         self._state["experiment_key"] = self._experiment.get_key()
         if self.online:
-            self._save()
+            self._state.save()
         log.info(
             "comet experiment started",
             experiment_key=self.experiment_key,
@@ -193,25 +188,26 @@ class CometSink(Sink):
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Log the events not logged yet; online, return once the SDK flushed them."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
+        fresh = self._state.fresh(batch)
         if fresh:
-            await self._call(lambda: self._log(fresh))
-            self._written_seq = fresh[-1].seq
-            self._state["written_seq"] = self._written_seq
+            await self._worker.call(self._log, fresh)
+            self._state.advance(fresh[-1].seq, save=False)
         if self.online:
             # A retried batch has nothing fresh: it only waits for the SDK again.
-            flushed = await self._call(lambda: self._experiment.flush(timeout=self.flush_timeout))
+            flushed = await self._worker.call(
+                lambda: self._experiment.flush(timeout=self.flush_timeout)
+            )
             if not flushed:
                 raise RetryableSinkError("the Comet SDK could not deliver the batch in time")
-            self._save()
+            self._state.save()
 
     async def close(self) -> None:
         """End the experiment: online, flush the rest; offline, write the archive."""
         experiment, self._experiment = self._experiment, None
         if experiment is None:
             return
-        await self._call(lambda: sdk.end_experiment(experiment))
-        self._save()
+        await self._worker.call(sdk.end_experiment, experiment)
+        self._state.save()
         if not self.online:
             archives = offline_archives(self.offline_directory, self.experiment_key or "")
             log.info(
@@ -221,12 +217,6 @@ class CometSink(Sink):
             )
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[[], _T]) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                func, limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _log(self, events: Sequence[Event]) -> None:
         experiment = self._experiment
@@ -265,9 +255,6 @@ class CometSink(Sink):
                 continue  # the journal and sink state are no training output
             name = f"{root.name}/{file.relative_to(root).as_posix()}"
             experiment.log_asset(str(file), file_name=name, step=step)
-
-    def _save(self) -> None:
-        save_state(self.run_dir / STATE_FILE, self._state)
 
 
 def offline_archives(directory: Path, experiment_key: str = "") -> list[Path]:

@@ -46,12 +46,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag, env_str
@@ -60,7 +58,7 @@ from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, Run
 from trainbus.bus._paths import confine, output_root, safe_relative_name
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -74,7 +72,6 @@ log = structlog.get_logger(__name__)
 STATE_FILE: Final = "dvclive.json"
 FRAMEWORK: Final = "dvclive.huggingface"
 LogModel = Literal["all"] | bool
-_T = TypeVar("_T")
 
 
 class DVCLiveSink(Sink):
@@ -119,8 +116,8 @@ class DVCLiveSink(Sink):
         self.wants_final_model = bool(log_model)
         self._user_live = live
         self._live: Any = None
-        self._limiter = anyio.CapacityLimiter(1)
-        self._state: dict[str, Any] = {}
+        self._worker = SdkWorker(_map_errors)
+        self._state = SinkState(run_dir / STATE_FILE if run_dir is not None else None)
         self._ended = False
         self._output_root: Path | None = output_root(run_dir) if run_dir is not None else None
         self.dropped_values = 0
@@ -152,60 +149,38 @@ class DVCLiveSink(Sink):
 
     async def open(self) -> None:
         """Start (or continue) the run's DVCLive session; see the module docstring for where."""
-        if self.run_dir is not None:
-            self._state = load_state(self.run_dir / STATE_FILE)
+        self._state.load()
         self._ended = False
         if self._user_live is not None:
             self._live = self._user_live
             return
-        self._live = await self._call(self._start)
-        self._save_state()
+        self._live = await self._worker.call(self._start)
+        self._state.save()
         log.info(
             "dvclive writing",
             directory=str(self._live.dir),
             experiment=self._state.get("experiment"),
-            resumed=self._written_seq >= 0,
+            resumed=self._state.written_seq >= 0,
         )
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Log the batch, then let DVCLive write its summary once."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
-        if not fresh:
-            return
-        await self._call(self._write, fresh)
-        self._state["written_seq"] = fresh[-1].seq
-        self._save_state()
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Write the summary of a run that did not finish; ``end()`` already did for one that
         did."""
         if self._live is not None and not self._ended:
-            await self._call(self._live.sync)
+            await self._worker.call(self._live.sync)
         self._live = None
 
-    # --- internals: state ---------------------------------------------------------------------
-
-    @property
-    def _written_seq(self) -> int:
-        return int(self._state.get("written_seq", -1))
-
-    def _save_state(self) -> None:
-        if self.run_dir is not None:
-            save_state(self.run_dir / STATE_FILE, self._state)
-
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _start(self) -> Any:
         """A ``Live`` on the directory the first session chose, in the mode it chose."""
         from trainbus.sinks._dvclive_repo import experiment_root, live_class
 
-        resume = self._written_seq >= 0
+        resume = self._state.written_seq >= 0
         experiment = self._state.get("experiment")
         root = experiment_root() if self.save_dvc_exp or experiment is not None else None
         if resume and experiment is not None:

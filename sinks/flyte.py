@@ -41,8 +41,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag
@@ -51,7 +49,7 @@ from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished
 from trainbus.bus._paths import confine, output_root
 from trainbus.bus._sink import Sink
 from trainbus.sinks._log_table import log_table_html
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -103,9 +101,9 @@ class FlyteSink(Sink):
         self.sync_checkpoints = sync_checkpoints
         self._context = contextvars.copy_context()
         self._context.run(_require_task)
-        self._limiter = anyio.CapacityLimiter(1)
+        self._worker = SdkWorker(_map_errors)
+        self._state = SinkState(run_dir / STATE_FILE if run_dir is not None else None)
         self._rows: list[dict[str, Any]] = []
-        self._written_seq = -1
         self.synced: list[str] = []
         """Checkpoint directories pushed to the store, in order (for logs and tests)."""
 
@@ -129,15 +127,14 @@ class FlyteSink(Sink):
 
     async def open(self) -> None:
         """Load the rows an earlier part of this run kept (``train()`` before ``evaluate()``)."""
-        if self.run_dir is not None:
-            state = load_state(self.run_dir / STATE_FILE)
-            self._written_seq = int(state.get("written_seq", -1))
-            rows = state.get("rows", [])
+        if self._state.path is not None:
+            self._state.load()
+            rows = self._state.get("rows", [])
             self._rows = [dict(row) for row in rows if isinstance(row, dict)]
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Collect rows, push the newest checkpoint, render the deck when the run closes."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
+        fresh = self._state.fresh(batch)
         if not fresh:
             return
         checkpoint: Artifact | None = None
@@ -155,23 +152,15 @@ class FlyteSink(Sink):
             await self._call(self._push, checkpoint)
         if finished and self.save_log_history:
             await self._call(self._render, list(self._rows))
-        self._written_seq = fresh[-1].seq
-        if finished and self.run_dir is not None:
-            save_state(
-                self.run_dir / STATE_FILE, {"written_seq": self._written_seq, "rows": self._rows}
-            )
+        self._state["rows"] = self._rows
+        self._state.advance(fresh[-1].seq, save=finished)
 
     # --- internals (worker thread, inside the task's context) --------------------------------
 
     async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
         # A fresh copy per call: a context cannot be entered by two threads at once, and a call
         # abandoned at the close deadline may still be running.
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: self._context.copy().run(func, *args),
-                limiter=self._limiter,
-                abandon_on_cancel=True,
-            )
+        return await self._worker.call(lambda: self._context.copy().run(func, *args))
 
     def _push(self, event: Artifact) -> None:
         root = output_root(self.run_dir) if self.run_dir is not None else None

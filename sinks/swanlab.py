@@ -40,12 +40,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-import anyio
-import anyio.to_thread
 import structlog
 
 from trainbus.bus._env import env_flag, env_str
@@ -55,7 +53,7 @@ from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 
 try:
     from typing import Self
@@ -91,7 +89,6 @@ _MODES: Final[Mapping[str, Mode]] = {
 _RESUMES: Final = frozenset({"must", "allow", "never"})
 _FINISH_STATES: Final = {"failed": "crashed", "killed": "aborted"}
 _INSTALL: Final = "pip install 'trainbus[swanlab]'"
-_T = TypeVar("_T")
 
 
 class SwanLabSink(Sink):
@@ -126,13 +123,12 @@ class SwanLabSink(Sink):
         self.resume = resume
         self.log_model = log_model
         self.wants_final_model = bool(log_model)
-        self._limiter = anyio.CapacityLimiter(1)
+        self._worker = SdkWorker(_map_errors)
         self._swanlab: Any = None
         self._run: Any = None
         self._owns_run = False
         self._finished = False
-        self._state: dict[str, Any] = {}
-        self._written_seq = -1
+        self._state = SinkState(run_dir / STATE_FILE)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -193,24 +189,19 @@ class SwanLabSink(Sink):
     async def open(self) -> None:
         """Import the SDK only; the experiment starts at the first write, when its config is
         known."""
-        self._state = load_state(self.run_dir / STATE_FILE)
-        self._written_seq = int(self._state.get("written_seq", -1))
-        self._swanlab = await self._call(_import_swanlab)
+        self._state.load()
+        self._swanlab = await self._worker.call(_import_swanlab)
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Hand the batch to the SDK (config, metrics, files, finish), in order."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
-        if not fresh:
-            return
-        await self._call(self._write, fresh)
-        self._written_seq = fresh[-1].seq
-        self._state["written_seq"] = self._written_seq
-        save_state(self.run_dir / STATE_FILE, self._state)
+        await self._worker.write_fresh(self._state, batch, self._write)
 
     async def close(self) -> None:
         """Finish, as crashed, an experiment this sink started whose ``RunFinished`` never came."""
         if self._run is not None and self._owns_run and not self._finished:
-            await self._call(self._run.finish, "crashed", "the run ended without RunFinished")
+            await self._worker.call(
+                self._run.finish, "crashed", "the run ended without RunFinished"
+            )
             self._finished = True
         self._run = None
 
@@ -220,12 +211,6 @@ class SwanLabSink(Sink):
         return str(self._run.id) if self._run is not None else self._state.get("swanlab_run_id")
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors():
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -275,7 +260,7 @@ class SwanLabSink(Sink):
             self._owns_run = True
         if self._owns_run:  # a run the user started is theirs to finish, now and later
             self._state["swanlab_run_id"] = str(self._run.id)
-            save_state(self.run_dir / STATE_FILE, self._state)
+            self._state.save()
         log.info("swanlab experiment ready", run_id=str(self._run.id), mode=self.mode or "default")
         return self._run
 

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.to_thread
@@ -76,7 +76,7 @@ from trainbus.bus._events import (
 from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._state import load_state, save_state
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState
 from trainbus.sinks._wandb_auth import LOGIN_HINT, needs_login
 from trainbus.sinks._wandb_log import TransactionLog
 from trainbus.sinks._wandb_rows import (
@@ -102,7 +102,6 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "wandb.json"
 LogModel = Literal["end", "checkpoint", False]
-_T = TypeVar("_T")
 _MODES: Final = frozenset({"online", "offline", "disabled", "shared"})
 _MODE_ALIASES: Final = {"dryrun": "offline", "run": "online"}  # the SDK's older spellings
 _WATCH: Final[Mapping[str, frozenset[HistogramSource]]] = {
@@ -164,12 +163,11 @@ class WandbSink(Sink):
         self.wants_final_model = log_model in ("end", "checkpoint")
         self.wants_histograms = watch
         self.flush_timeout = flush_timeout
-        self._limiter = anyio.CapacityLimiter(1)
+        self._worker = SdkWorker(lambda: _map_errors(self._wandb))
         self._wandb: Any = None
         self._run: Any = None
         self._owns_run = False
-        self._state: dict[str, Any] = {}
-        self._written_seq = -1
+        self._state = SinkState(run_dir / STATE_FILE)
         self._log_file: TransactionLog | None = None
         """The offline file of a run this sink finished, until it is complete on disk."""
 
@@ -222,25 +220,22 @@ class WandbSink(Sink):
 
     async def open(self) -> None:
         """Import the SDK only; the run starts at the first write, when its config is known."""
-        self._state = load_state(self.run_dir / STATE_FILE)
-        self._written_seq = int(self._state.get("written_seq", -1))
-        self._wandb = await self._call(_import_wandb)
+        self._state.load()
+        self._wandb = await self._worker.call(_import_wandb)
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Hand the batch to the SDK (summary, history, artifacts, finish), in order."""
-        fresh = [e for e in batch if e.seq > self._written_seq]
+        fresh = self._state.fresh(batch)
         if not fresh:
             return
-        await self._call(self._write, fresh)
+        await self._worker.call(self._write, fresh)
         await self._wait_for_log_file()
-        self._written_seq = fresh[-1].seq
-        self._state["written_seq"] = self._written_seq
-        save_state(self.run_dir / STATE_FILE, self._state)
+        self._state.advance(fresh[-1].seq)
 
     async def close(self) -> None:
         """Finish a run this sink started whose ``RunFinished`` never came, as failed."""
         if self._run is not None and self._owns_run:
-            await self._call(self._finish, 1)
+            await self._worker.call(self._finish, 1)
             await self._wait_for_log_file()
         self._run = None
 
@@ -281,12 +276,6 @@ class WandbSink(Sink):
         )
 
     # --- internals (worker thread) ------------------------------------------------------------
-
-    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
-        with _map_errors(self._wandb):
-            return await anyio.to_thread.run_sync(
-                lambda: func(*args), limiter=self._limiter, abandon_on_cancel=True
-            )
 
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -339,7 +328,7 @@ class WandbSink(Sink):
         run.define_metric(STEP_METRIC)
         run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
         self._state["wandb_run_id"] = str(run.id)
-        save_state(self.run_dir / STATE_FILE, self._state)
+        self._state.save()
         log.info("wandb run ready", run_id=str(run.id), mode=self.mode or "default")
         return run
 
@@ -348,7 +337,7 @@ class WandbSink(Sink):
         self._state["config_sent"] = True
         self._state["run_name"] = started.run_name
         self._state["output_dir"] = started.output_dir
-        save_state(self.run_dir / STATE_FILE, self._state)
+        self._state.save()
 
     def _finish(self, exit_code: int) -> None:
         run, self._run = self._run, None

@@ -9,7 +9,9 @@ tokenizers, collators) comes from transformers in both runs.
 
 The script leaves what it wants compared in a dict named ``RESULT``; ``run_script`` returns it
 together with the files the run wrote. Both runs start from the same seeds. Tokenizers are built
-locally from a small vocabulary (``tiny_vocab``): no download happens.
+locally from a small vocabulary (``tiny_vocab``): no download happens. A script imports the tiny
+model and rows most scripts share from its sibling ``_tiny_data.py``, as a user's script imports
+a module next to it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +105,16 @@ def _inside(directory: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+@contextmanager
+def _importable(directory: Path) -> Iterator[None]:
+    """Let the script import its sibling modules, as ``python script.py`` would."""
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory))
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -128,7 +141,7 @@ def run_script(name: str, flavour: Flavour, workdir: Path, **inputs: Any) -> dic
         **inputs,
     }
     _seed_everything(0)
-    with _inside(workdir):
+    with _inside(workdir), _importable(SCRIPTS):
         exec(compile(source, str(SCRIPTS / f"{name}.py"), "exec"), namespace)
     result = dict(namespace["RESULT"])
     out = workdir / "out"

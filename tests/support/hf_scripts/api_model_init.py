@@ -8,19 +8,12 @@ compute_metrics receives class ids, not logits.
 
 import torch
 from torch.nn import functional
-from transformers import BertConfig, BertForSequenceClassification
+from _tiny_data import tiny_config
+from transformers import BertForSequenceClassification
 
 from transformers import Trainer, TrainingArguments  # trainer-import
 
-config = BertConfig(
-    vocab_size=64,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-    num_labels=2,
-)
+config = tiny_config()
 TRIALS = []
 STEPS = []
 

@@ -4,8 +4,8 @@ the log level comes from ``get_process_log_level``, and a tiny BERT trains with 
 
 import logging
 
-import torch
-from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser
+from _tiny_data import random_rows, tiny_classifier
+from transformers import HfArgumentParser
 
 from transformers import Trainer, TrainingArguments  # trainer-import
 
@@ -14,23 +14,9 @@ parser = HfArgumentParser(TrainingArguments)
 logger = logging.getLogger("cli_arguments")
 logger.setLevel(training_args.get_process_log_level())
 
-config = BertConfig(
-    vocab_size=64,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-    num_labels=2,
-)
-torch.manual_seed(training_args.seed)
-model = BertForSequenceClassification(config)
+model = tiny_classifier(seed=training_args.seed)
 with training_args.main_process_first(desc="building the data set"):
-    generator = torch.Generator().manual_seed(1)
-    rows = [
-        {"input_ids": torch.randint(5, 64, (8,), generator=generator), "labels": i % 2}
-        for i in range(48)
-    ]
+    rows = random_rows(48)
 trainer = Trainer(model=model, args=training_args, train_dataset=rows, eval_dataset=rows[:16])
 output = trainer.train()
 history = trainer.state.log_history

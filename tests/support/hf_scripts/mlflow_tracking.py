@@ -4,27 +4,12 @@ The harness sets ``MLFLOW_TRACKING_URI`` (and ``HF_MLFLOW_LOG_ARTIFACTS``) in th
 the test reads the store back with MLflow's own client.
 """
 
-import torch
-from transformers import BertConfig, BertForSequenceClassification
+from _tiny_data import random_rows, tiny_classifier
 
 from transformers import Trainer, TrainingArguments  # trainer-import
 
-config = BertConfig(
-    vocab_size=32,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-    num_labels=2,
-)
-torch.manual_seed(0)
-model = BertForSequenceClassification(config)
-generator = torch.Generator().manual_seed(1)
-rows = [
-    {"input_ids": torch.randint(5, 32, (8,), generator=generator), "labels": i % 2}
-    for i in range(8)
-]
+model = tiny_classifier(vocab_size=32)
+rows = random_rows(8, vocab_size=32)
 args = TrainingArguments(
     output_dir=str(WORKDIR / "out"),  # WORKDIR: set by the harness
     run_name="tiny-mlflow",

@@ -8,27 +8,12 @@ calls ``swanlab.get_run()``, which raises when no run is active), and it reuses 
 import os
 
 import swanlab
-import torch
-from transformers import BertConfig, BertForSequenceClassification
+from _tiny_data import random_rows, tiny_classifier
 
 from transformers import Trainer, TrainingArguments  # trainer-import
 
-config = BertConfig(
-    vocab_size=64,
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    max_position_embeddings=16,
-    num_labels=2,
-)
-torch.manual_seed(0)
-model = BertForSequenceClassification(config)
-generator = torch.Generator().manual_seed(1)
-rows = [
-    {"input_ids": torch.randint(5, 64, (8,), generator=generator), "labels": i % 2}
-    for i in range(16)
-]
+model = tiny_classifier()
+rows = random_rows(16)
 args = TrainingArguments(
     output_dir=str(WORKDIR / "out"),  # WORKDIR: set by the harness
     run_name="tiny-swan",
