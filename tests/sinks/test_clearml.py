@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -313,20 +313,32 @@ async def test_a_running_user_task_is_used_and_left_open(
     assert session.models() == []
 
 
-def _run_child(flavour: str, workdir: Path, env: dict[str, str], save: str) -> None:
+def _without_clearml(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+
+
+def _run_child(flavour: str, workdir: Path, env: dict[str, str], save: str) -> str:
+    """Run the differential script in a child process; its output, for a failure's message.
+
+    ClearML variables this process inherited or the SDK set in it (an earlier test's task sets
+    ``CLEARML_PROC_MASTER_ID``, and a child that inherits it takes itself for a worker of that
+    task and creates none) are not passed on: the child starts as a user's script would.
+    """
     code = (
         "import sys; from pathlib import Path; "
         "from tests.support.hf_differential import run_script; "
         "run_script('clearml_offline', sys.argv[1], Path(sys.argv[2]), SAVE_STRATEGY=sys.argv[3])"
     )
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", code, flavour, str(workdir), save],
         cwd=REPO,
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        env={**_without_clearml(os.environ), **env, "PYTHONPATH": str(REPO)},
         check=True,
         timeout=600,
         capture_output=True,
+        text=True,
     )
+    return done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -355,8 +367,10 @@ def test_differential_against_transformers_clearml_callback(tmp_path: Path) -> N
         }
         if flavour == "transformers":
             env |= {"CLEARML_CONFIG_FILE": str(fix), "CLEARML_LOG_MODEL": "false"}
-        _run_child(flavour, root / "work", env, "steps")
-        [archive] = sessions(root / "cache")
+        output = _run_child(flavour, root / "work", env, "steps")
+        archives = sessions(root / "cache")
+        assert len(archives) == 1, (flavour, archives, output[-4000:])
+        [archive] = archives
         found[flavour] = OfflineSession(archive)
     hf, ours = found["transformers"], found["trainbus"]
     during_training = {(t, s) for t, s in hf.series() if t != "test"}
