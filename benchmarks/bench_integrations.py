@@ -102,9 +102,12 @@ def _offline_env(root: Path) -> dict[str, Callable[[Path], dict[str, str]]]:
 
 
 IN_PROCESS_TARGET: Final = frozenset(
-    {"tensorboard", "mlflow", "comet_ml", "dvclive", "swanlab", "codecarbon", "azure_ml"}
+    {"tensorboard", "mlflow", "comet_ml", "dvclive", "swanlab", "codecarbon", "azure_ml", "clearml"}
 )
-"""Integrations whose SDK works inside the training process: the >= 0.97 target applies."""
+"""Integrations whose SDK works inside the training process, when the sink runs there: the
+>= 0.97 target applies. W&B's SDK hands everything to its own service process (wandb-core), so
+its row reports that process's CPU beside the ratio instead; ClearML's reporter is kept in
+process by the sink."""
 
 
 def _child_cpu_s() -> float:
