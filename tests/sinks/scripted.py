@@ -86,3 +86,13 @@ async def deliver_through_bus(
         await anyio.sleep(0)
     assert bus.report is not None
     return bus.report
+
+
+def fake_checkpoint(root: Path) -> Path:
+    """A small checkpoint directory (``checkpoint-30``: a weights file and a nested state file),
+    for sinks that upload checkpoints."""
+    checkpoint = root / "checkpoint-30"
+    (checkpoint / "sub").mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 4096)
+    (checkpoint / "sub" / "trainer_state.json").write_text('{"global_step": 30}')
+    return checkpoint

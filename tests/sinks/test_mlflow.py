@@ -19,11 +19,12 @@ from tests.sinks.scripted import (
     T0,
     deliver_through_bus,
     eval_logs,
+    fake_checkpoint,
     scripted_run,
     train_logs,
 )
 from tests.support.fault_proxy import FaultProxy
-from tests.support.mlflow_server import MlflowServer
+from tests.support.mlflow_server import MlflowServer, metric_history
 from trainbus.bus._bus import Bus
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError
 from trainbus.bus._events import Log, RunStarted
@@ -43,23 +44,10 @@ def _experiment() -> str:
     return f"trainbus-test-{uuid.uuid4().hex[:8]}"
 
 
-def _checkpoint(tmp_path: Path) -> Path:
-    checkpoint = tmp_path / "checkpoint-30"
-    (checkpoint / "sub").mkdir(parents=True)
-    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 4096)
-    (checkpoint / "sub" / "trainer_state.json").write_text('{"global_step": 30}')
-    return checkpoint
-
-
-def _history(client: Any, run_id: str | None, key: str) -> list[tuple[int, Any]]:
-    assert run_id is not None, "the sink never resolved its run"
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
 async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     """Through a real Bus, MLflow's client reads back every metric once, params, tags,
     checkpoint artifacts and the final status."""
-    events = scripted_run(30, eval_every=10, checkpoint=_checkpoint(tmp_path))
+    events = scripted_run(30, eval_every=10, checkpoint=fake_checkpoint(tmp_path))
     name = _experiment()
     run_dir = tmp_path / "trainbus" / "run"  # the layout: the checkpoint is in its output_dir
     sink = MLflowSink(
@@ -77,10 +65,10 @@ async def test_full_run_reads_back_exactly(mlflow_server: MlflowServer, tmp_path
     assert client.get_experiment(run.info.experiment_id).name == name
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "tiny-run"
-    assert _history(client, run.info.run_id, "loss") == [
+    assert metric_history(client, run.info.run_id, "loss") == [
         (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 31)
     ]
-    assert _history(client, run.info.run_id, "eval_accuracy") == [
+    assert metric_history(client, run.info.run_id, "eval_accuracy") == [
         (s, pytest.approx(eval_logs(s)["eval_accuracy"])) for s in (10, 20, 30)
     ]
     assert len(client.get_metric_history(run.info.run_id, "epoch")) == 33
@@ -108,7 +96,7 @@ async def test_checkpoints_reach_a_store_the_server_does_not_proxy(tmp_path: Pat
     does, and the client lists it through the server."""
     with MlflowServer(tmp_path / "server", proxy_artifacts=False) as server:
         run_dir = tmp_path / "trainbus" / "run"
-        events = scripted_run(3, checkpoint=_checkpoint(tmp_path))
+        events = scripted_run(3, checkpoint=fake_checkpoint(tmp_path))
         sink = MLflowSink(server.url, run_dir=run_dir, log_artifacts=True)
         with anyio.fail_after(60):
             report = await deliver_through_bus(events, [sink], run_dir)
@@ -144,8 +132,8 @@ async def test_replay_after_restart_resumes_the_run_without_duplicates(
     run = client.get_run(run_ids[0])
     assert run.info.experiment_id == first_experiment
     assert run.info.status == "FAILED"
-    assert [s for s, _ in _history(client, run_ids[0], "loss")] == list(range(1, 13))
-    assert [s for s, _ in _history(client, run_ids[0], "eval_loss")] == [4, 8, 12]
+    assert [s for s, _ in metric_history(client, run_ids[0], "loss")] == list(range(1, 13))
+    assert [s for s, _ in metric_history(client, run_ids[0], "eval_loss")] == [4, 8, 12]
 
 
 async def test_run_is_found_by_tag_when_the_state_file_is_lost(
@@ -163,7 +151,7 @@ async def test_run_is_found_by_tag_when_the_state_file_is_lost(
             await sink.close()
         ids.append(sink.run_id)
     assert ids[0] == ids[1]
-    assert len(_history(_client(mlflow_server), ids[0], "loss")) == 3
+    assert len(metric_history(_client(mlflow_server), ids[0], "loss")) == 3
 
 
 async def test_faults_between_sink_and_server_lose_and_duplicate_nothing(
@@ -205,10 +193,10 @@ async def test_faults_between_sink_and_server_lose_and_duplicate_nothing(
     assert bus.report is not None and bus.report["mlflow"].undelivered == 0
     assert proxy.stats.injected == {500: 3, 429: 2}
     client = _client(mlflow_server)
-    assert _history(client, sink.run_id, "loss") == [
+    assert metric_history(client, sink.run_id, "loss") == [
         (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 151)
     ]
-    assert [s for s, _ in _history(client, sink.run_id, "eval_loss")] == [50, 100, 150]
+    assert [s for s, _ in metric_history(client, sink.run_id, "eval_loss")] == [50, 100, 150]
     assert client.get_run(sink.run_id).info.status == "FINISHED"
 
 
@@ -236,7 +224,7 @@ async def test_nested_run_and_resumed_run(mlflow_server: MlflowServer, tmp_path:
     child = client.get_run(nested.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent
     assert child.info.experiment_id == "0"
-    assert _history(client, parent, "loss") == [(5, 0.25)]
+    assert metric_history(client, parent, "loss") == [(5, 0.25)]
 
 
 async def test_param_limits_and_conflicts_never_cost_metrics(
@@ -270,7 +258,7 @@ async def test_param_limits_and_conflicts_never_cost_metrics(
         await again.write([events[0], *later])
         await again.close()
     assert again.dropped_params > 0
-    assert (3, 0.1) in _history(client, sink.run_id, "loss")
+    assert (3, 0.1) in metric_history(client, sink.run_id, "loss")
 
 
 def _fields(event: Any) -> dict[str, Any]:
@@ -360,16 +348,20 @@ def _poisoned_run(steps: int) -> list[Any]:
 
 def _assert_every_valid_point_once(client: Any, run_id: str | None, steps: int) -> None:
     """MLflow's own history holds each valid point exactly once, NaN and infinities included."""
-    assert _history(client, run_id, "loss") == [
+    assert metric_history(client, run_id, "loss") == [
         (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, steps + 1)
     ]
-    assert [s for s, _ in _history(client, run_id, "learning_rate")] == list(range(1, steps + 1))
-    assert [s for s, _ in _history(client, run_id, "eval_loss")] == list(range(5, steps + 1, 5))
+    assert [s for s, _ in metric_history(client, run_id, "learning_rate")] == list(
+        range(1, steps + 1)
+    )
+    assert [s for s, _ in metric_history(client, run_id, "eval_loss")] == list(
+        range(5, steps + 1, 5)
+    )
     assert len(client.get_metric_history(run_id, "epoch")) == steps + steps // 5
-    nans = _history(client, run_id, "nan_metric")
+    nans = metric_history(client, run_id, "nan_metric")
     assert [s for s, _ in nans] == list(range(1, steps + 1))
     assert all(math.isnan(v) for _, v in nans)
-    infs = _history(client, run_id, "inf_metric")
+    infs = metric_history(client, run_id, "inf_metric")
     assert [s for s, _ in infs] == list(range(1, steps + 1))
     assert all(abs(v) >= 1.7e308 and (v > 0) == (s % 2 == 1) for s, v in infs)
     run = client.get_run(run_id)

@@ -12,7 +12,15 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.sinks.scripted import T0, deliver_through_bus, eval_logs, scripted_run, train_logs
+from tests.sinks.scripted import (
+    T0,
+    deliver_through_bus,
+    eval_logs,
+    fake_checkpoint,
+    scripted_run,
+    train_logs,
+)
+from tests.support.mlflow_server import metric_history
 from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Log
 from trainbus.sinks._mlflow_api import refusal_is_about_points
@@ -46,19 +54,6 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def _checkpoint(root: Path) -> Path:
-    checkpoint = root / "checkpoint-30"
-    (checkpoint / "sub").mkdir(parents=True)
-    (checkpoint / "model.safetensors").write_bytes(b"\x00" * 4096)
-    (checkpoint / "sub" / "trainer_state.json").write_text('{"global_step": 30}')
-    return checkpoint
-
-
-def _history(client: Any, run_id: str | None, key: str) -> list[tuple[int, Any]]:
-    assert run_id is not None, "the sink never resolved its run"
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
 def _stores(tmp_path: Path) -> dict[str, str]:
     return {
         "sqlite": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
@@ -77,7 +72,7 @@ async def test_local_store_reads_back_exactly(
     (tmp_path / "store").mkdir()
     uri = _stores(tmp_path)[store]
     run_dir = tmp_path / "trainbus" / "run"
-    events = scripted_run(30, eval_every=10, checkpoint=_checkpoint(tmp_path))
+    events = scripted_run(30, eval_every=10, checkpoint=fake_checkpoint(tmp_path))
     sink = MLflowSink(
         uri, run_dir=run_dir, experiment_name="trainbus", tags={"team": "s"}, log_artifacts=True
     )
@@ -90,10 +85,10 @@ async def test_local_store_reads_back_exactly(
     assert client.get_experiment(run.info.experiment_id).name == "trainbus"
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny-run"
     assert run.info.end_time == round(events[-1].time * 1000)
-    assert _history(client, sink.run_id, "loss") == [
+    assert metric_history(client, sink.run_id, "loss") == [
         (s, pytest.approx(train_logs(s)["loss"])) for s in range(1, 31)
     ]
-    assert _history(client, sink.run_id, "eval_accuracy") == [
+    assert metric_history(client, sink.run_id, "eval_accuracy") == [
         (s, pytest.approx(eval_logs(s)["eval_accuracy"])) for s in (10, 20, 30)
     ]
     params = run.data.params
@@ -133,8 +128,8 @@ async def test_a_new_process_resumes_the_run_and_adds_no_points(
     assert ids[0] == ids[1]
     client = _client(uri)
     assert len(client.search_runs(["0"])) == 1
-    assert [s for s, _ in _history(client, ids[0], "loss")] == list(range(1, 13))
-    assert [s for s, _ in _history(client, ids[0], "eval_loss")] == [4, 8, 12]
+    assert [s for s, _ in metric_history(client, ids[0], "loss")] == list(range(1, 13))
+    assert [s for s, _ in metric_history(client, ids[0], "eval_loss")] == [4, 8, 12]
     assert client.get_run(ids[0]).info.status == "FINISHED"
 
 
@@ -156,7 +151,7 @@ async def test_unset_uri_logs_to_mlflows_default_store(
     assert str(_isolated) in default
     runs = _client(default).search_runs(["0"])
     assert [r.info.run_id for r in runs] == [sink.run_id]
-    assert [s for s, _ in _history(_client(default), sink.run_id, "loss")] == [1, 2, 3]
+    assert [s for s, _ in metric_history(_client(default), sink.run_id, "loss")] == [1, 2, 3]
 
     # evaluate() or `trainbus sync` from another directory still finds the run's store.
     elsewhere = tmp_path / "elsewhere"
@@ -169,7 +164,7 @@ async def test_unset_uri_logs_to_mlflows_default_store(
         await again.write([later])
         await again.close()
     assert again.run_id == sink.run_id
-    assert [s for s, _ in _history(_client(default), sink.run_id, "loss")] == [1, 2, 3, 4]
+    assert [s for s, _ in metric_history(_client(default), sink.run_id, "loss")] == [1, 2, 3, 4]
     assert not (elsewhere / "mlflow.db").exists()
 
 

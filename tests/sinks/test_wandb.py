@@ -72,22 +72,26 @@ class OfflineRun:
         return [(row["train/global_step"], row[key]) for row in self.history if key in row]
 
 
+OFFLINE_ENV = {
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "WANDB_CONSOLE": "off",
+    "WANDB_DISABLE_GIT": "true",
+    "WANDB_DISABLE_CODE": "true",
+    "WANDB_X_DISABLE_STATS": "true",
+    "WANDB_X_DISABLE_MACHINE_INFO": "true",
+    "WANDB_PROJECT": "trainbus-test",
+}
+"""W&B offline, quiet, and reading nothing of the machine or the repository."""
+
+
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The SDK in offline mode, quiet, without network, git or system probes; the W&B service
     and every process it started are stopped afterwards."""
     for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT", "WANDB_RUN_ID", "WANDB_RESUME"):
         monkeypatch.delenv(name, raising=False)
-    env = {
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "WANDB_CONSOLE": "off",
-        "WANDB_DISABLE_GIT": "true",
-        "WANDB_DISABLE_CODE": "true",
-        "WANDB_X_DISABLE_STATS": "true",
-        "WANDB_X_DISABLE_MACHINE_INFO": "true",
-        "WANDB_PROJECT": "trainbus-test",
-    }
+    env = dict(OFFLINE_ENV)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     try:

@@ -12,24 +12,13 @@ from typing import Any
 
 import pytest
 
-from tests.sinks.test_wandb import OfflineRun
+from tests.sinks.test_wandb import OFFLINE_ENV, OfflineRun
 from tests.support.tiny_bert import tiny_bert
 
 pytest.importorskip("wandb")
 transformers = pytest.importorskip("transformers")
 
 import trainbus  # noqa: E402  # after the skips: the module needs both SDKs
-
-_ENV = {
-    "WANDB_MODE": "offline",
-    "WANDB_SILENT": "true",
-    "WANDB_CONSOLE": "off",
-    "WANDB_DISABLE_GIT": "true",
-    "WANDB_DISABLE_CODE": "true",
-    "WANDB_X_DISABLE_STATS": "true",
-    "WANDB_X_DISABLE_MACHINE_INFO": "true",
-    "WANDB_PROJECT": "trainbus-test",
-}
 
 
 @pytest.fixture
@@ -38,10 +27,10 @@ def offline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
     for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_WATCH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name, value in _ENV.items():
+    for name, value in OFFLINE_ENV.items():
         monkeypatch.setenv(name, value)
     try:
-        yield _ENV
+        yield OFFLINE_ENV
     finally:
         import wandb
 

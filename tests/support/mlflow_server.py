@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -145,3 +146,9 @@ class MlflowServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def metric_history(client: Any, run_id: str | None, key: str) -> list[tuple[int, Any]]:
+    """``(step, value)`` of one metric of a run, by step, read with MLflow's own client."""
+    assert run_id is not None, "the sink never resolved its run"
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
