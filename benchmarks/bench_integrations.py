@@ -7,11 +7,13 @@ reports nowhere. Reported per integration: steps/s over a fixed window after war
 no sink (the best run of each, and the median of the paired per-round ratios; target >= 0.97
 where the SDK works inside the training process), the training process's own CPU time per step,
 and the CPU time the processes the SDK starts (wandb-core, ClearML's reporter ...) took while
-the run trained, which the training process's figures do not show. Every SDK sink runs twice:
-on the bus's loop in the training process (the default; the >= 0.97 target is for these), and in
-the sink child process (``TRAINBUS_SINK_PROCESS=1``; that process's CPU is then part of the
-SDK processes' figure). Runs close with a 30 s flush deadline and the time from the last step to
-``train()`` returning is kept as ``flush_s``.
+the run trained, which the training process's figures do not show. Every sink runs twice: where
+it runs by default (the sink process for sinks whose SDK does per-point Python work,
+``Sink.prefers_sink_process``; the training process for the others) — the >= 0.97 target is for
+these rows — and at the other place (``TRAINBUS_SINK_PROCESS`` set to move it), reported beside
+them. A sink in the sink process adds that process's CPU to the SDK processes' figure. Runs close
+with a 30 s flush deadline and the time from the last step to ``train()`` returning is kept as
+``flush_s``.
 
 Flyte is left out: its sink runs only inside a Flyte task, whose local execution is a separate
 process model. MLflow against a server 200 ms away is ``bench_sinks``' row.
@@ -53,7 +55,9 @@ from benchmarks._sink_stage import WARMUP_STEPS, quiet
 
 NO_SINK: Final = "none"
 IN_SINK_PROCESS: Final = " (sink process)"
-"""Suffix of a contender whose sink runs in the sink child process (``TRAINBUS_SINK_PROCESS=1``)."""
+"""Suffix of a contender moved to the sink child process (``TRAINBUS_SINK_PROCESS=1``)."""
+IN_TRAINING_PROCESS: Final = " (training process)"
+"""Suffix of a contender kept in the training process (``TRAINBUS_SINK_PROCESS=0``)."""
 COMET_SECONDS: Final = 10.0
 """Training time of each Comet-online run: long enough that the SDK's ~2 s start is a part."""
 FLUSH_DEADLINE_S: Final = 30.0
@@ -101,13 +105,25 @@ def _offline_env(root: Path) -> dict[str, Callable[[Path], dict[str, str]]]:
     }
 
 
-IN_PROCESS_TARGET: Final = frozenset(
-    {"tensorboard", "mlflow", "comet_ml", "dvclive", "swanlab", "codecarbon", "azure_ml", "clearml"}
-)
-"""Integrations whose SDK works inside the training process, when the sink runs there: the
->= 0.97 target applies. W&B's SDK hands everything to its own service process (wandb-core), so
-its row reports that process's CPU beside the ratio instead; ClearML's reporter is kept in
-process by the sink."""
+def _placement(name: str) -> bool | None:
+    """``Orchestrator(sink_process=)`` for a contender: forced by its suffix, else the default."""
+    if name.endswith(IN_SINK_PROCESS):
+        return True
+    if name.endswith(IN_TRAINING_PROCESS):
+        return False
+    return None
+
+
+def _integration(name: str) -> str:
+    return name.removesuffix(IN_SINK_PROCESS).removesuffix(IN_TRAINING_PROCESS)
+
+
+def _moved_contender(name: str, env: Mapping[str, str], root: Path) -> str:
+    """The contender that runs ``name`` at the place it does not choose by default."""
+    from trainbus.orchestrator.registry import build_sinks
+
+    [(_, sink)] = build_sinks([name], env, run_dir=root / "probe", run_name="probe")
+    return name + (IN_TRAINING_PROCESS if sink.prefers_sink_process else IN_SINK_PROCESS)
 
 
 def _child_cpu_s() -> float:
@@ -129,7 +145,7 @@ def _train(
 ) -> dict[str, Any]:
     import torch
 
-    integration = name.removesuffix(IN_SINK_PROCESS)
+    integration = _integration(name)
 
     from benchmarks._contenders import BatchList, Classifier, unwrap
     from trainbus.orchestrator.run import Orchestrator
@@ -173,7 +189,7 @@ def _train(
         env,
         lambda: trainer.train(
             launcher=Orchestrator.for_trainer(
-                trainer, flush_timeout=30.0, sink_process=name.endswith(IN_SINK_PROCESS)
+                trainer, flush_timeout=30.0, sink_process=_placement(name)
             )
         ),
     )
@@ -218,10 +234,11 @@ def _summary(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[
 
 def _headline(row: Mapping[str, Any], base: Mapping[str, Any], rounds: int) -> Headline:
     name = row["contender"]
-    target = name in IN_PROCESS_TARGET
+    target = _placement(name) is None  # the target is for the place a sink runs by default
+    where = f"{name} by default ({row['placement']})" if target else name
     value = row["best_ratio_to_no_sink"]
     return Headline(
-        f"steps/s with {name} offline at logging_steps=1, relative to no sink, "
+        f"steps/s with {where} offline at logging_steps=1, relative to no sink, "
         f"best of {rounds} runs each",
         value,
         "x",
@@ -313,9 +330,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         _train(root, NO_SINK, env_for, 1.0)  # pay torch's first-step costs untimed
         runs: list[dict[str, Any]] = []
-        # Every SDK sink also in the sink child process, where its Python never holds the
-        # training process's GIL (TensorBoard's writer is ours and needs no such help).
-        moved = [name + IN_SINK_PROCESS for name in names if name != "tensorboard"]
+        # Every sink also at the place it does not choose, for the comparison.
+        moved = [_moved_contender(name, env_for[name](root), root) for name in names]
+        placement = {
+            name: "training process" if other.endswith(IN_SINK_PROCESS) else "sink process"
+            for name, other in zip(names, moved, strict=True)
+        }
         group = [NO_SINK, *names, *moved]
         for index, name in enumerate(abab_order(group, rounds)):
             runs.append(_train(root, name, env_for, seconds))
@@ -323,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(format_table([runs[-1]]), flush=True)
         comet_runs = _comet_online(root, 1 if options.quick or smoke else 3, smoke)
     table = _summary(runs, group)
+    for row in table:
+        row["placement"] = placement.get(row["contender"], "-")
     print(format_table(table))
     print(format_table(comet_runs))
     headline = [_headline(row, table[0], rounds) for row in table[1:]]

@@ -17,7 +17,11 @@ from typing import Final
 
 from trainbus.bus._errors import ConfigurationError
 
-__all__ = ["env_flag", "env_int", "env_str"]
+__all__ = ["SINK_PROCESS_VARIABLE", "env_flag", "env_int", "env_str"]
+
+SINK_PROCESS_VARIABLE: Final = "TRAINBUS_SINK_PROCESS"
+"""Where the ``report_to`` sinks run: true moves them all to the sink process, false keeps them
+all in the training process; unset lets each sink choose (``Sink.prefers_sink_process``)."""
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})

@@ -97,6 +97,13 @@ class Sink:
     asks, the trainer publishes ``Histograms`` events of those every ``max(100, logging_steps)``
     optimizer steps, computed on the device; with none asking, it computes nothing."""
 
+    prefers_sink_process: bool = False
+    """Set (on the class, or per instance) by a sink whose per-point work is heavy Python (a
+    vendor SDK that encodes, writes and bookkeeps every point itself): in the training process
+    that work holds the GIL the training thread needs. Unless ``TRAINBUS_SINK_PROCESS`` (or
+    ``Orchestrator(sink_process=)``) says otherwise, a ``report_to`` sink that sets it runs in
+    the sink process, which follows the journal; the others stay in the training process."""
+
     sdk_module: str | None = None
     """The vendor SDK the sink imports in ``open()`` (``"wandb"``), or ``None``. Choosing the
     sink by ``report_to`` imports it first, so an SDK that is installed but does not import is

@@ -2,7 +2,8 @@
 sinks.
 
 Started by the training process as ``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
-...`` with the sinks' environment as one JSON line on stdin; runs until the parent writes ``done``
+...`` with the sinks' environment and the training process's ``argv`` as one JSON line on stdin
+(``Handoff``); runs until the parent writes ``done``
 (or the pipe ends: the parent died), then delivers the rest within ``--deadline`` seconds and writes
 the reports. Kept out of the package's imports so that ``-m`` runs it fresh.
 """
@@ -27,7 +28,7 @@ from trainbus.bus._follow import follow
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
-from trainbus.orchestrator.sink_host import DONE, REPORT_NAME
+from trainbus.orchestrator.sink_host import DONE, REPORT_NAME, Handoff
 from trainbus.orchestrator.sync import rebuild_sinks
 
 log = structlog.get_logger(__name__)
@@ -68,9 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds to flush at the end")
     options = parser.parse_args(argv)
     configure_logging()
-    env = msgspec.json.decode(sys.stdin.buffer.readline() or b"{}", type=dict[str, str])
+    handoff = msgspec.json.decode(sys.stdin.buffer.readline() or b'{"env": {}}', type=Handoff)
+    if handoff.argv:
+        sys.argv = handoff.argv  # the SDKs describe the training script, not this module
     run_dir = find_run_dir(options.run_dir)
-    reports = anyio.run(_host, run_dir, options.sink, options.deadline, env)
+    reports = anyio.run(_host, run_dir, options.sink, options.deadline, handoff.env)
     # Owner-only: a sink's last error may quote a server's answer.
     replace_file(run_dir.path / REPORT_NAME, msgspec.json.encode(reports), mode=0o600)
     return 0

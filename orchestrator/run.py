@@ -38,7 +38,7 @@ import structlog
 
 from trainbus.bus import _world
 from trainbus.bus._bus import Bus
-from trainbus.bus._env import env_flag
+from trainbus.bus._env import SINK_PROCESS_VARIABLE, env_flag, env_str
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import EventBase, RunFinished
 from trainbus.bus._numbers import check_seconds
@@ -130,11 +130,12 @@ class Orchestrator:
         self._stack: AsyncExitStack | None = None
         self._bus: Bus | None = None
         self._record: RunRecord | None = None
-        self.sink_process = (
-            env_flag(self.env, "TRAINBUS_SINK_PROCESS") if sink_process is None else sink_process
-        )
-        """Run the ``report_to`` sinks in a child process (see
-        ``trainbus.orchestrator.sink_host``)."""
+        if sink_process is None and env_str(self.env, SINK_PROCESS_VARIABLE) is not None:
+            sink_process = env_flag(self.env, SINK_PROCESS_VARIABLE)
+        self.sink_process = sink_process
+        """Where the ``report_to`` sinks run: ``True`` all in the sink process (see
+        ``trainbus.orchestrator.sink_host``), ``False`` all in the training process, ``None``
+        (the default) each where it prefers (``Sink.prefers_sink_process``)."""
         self._host: SinkHost | None = None
         self._choices: list[IntegrationChoice] = []
         """Every integration, picked or skipped and why (``_prepare``)."""
@@ -213,7 +214,7 @@ class Orchestrator:
             self._record.created = self.run_dir.read_record().created
         self.run_dir.create()
         self.run_dir.write_record(self._record)
-        moved = [r.name for r in self._record.sinks if r.integration] if self.sink_process else []
+        moved = self._moved_to_sink_process(sinks)
         bus = Bus(
             run_id=self.run_id,
             rank=self.rank,
@@ -279,6 +280,22 @@ class Orchestrator:
                     self._record.error = f"{type(exc).__name__}: {exc}"
                 self.run_dir.write_record(self._record)
             log.info("run_closed", run_id=self.run_id, status=status)
+
+    def _moved_to_sink_process(self, sinks: Sequence[Sink]) -> list[str]:
+        """The sinks the sink process runs: only ``report_to`` sinks (a process rebuilds them
+        by name), all of them, none, or those that prefer it (``sink_process``)."""
+        assert self._record is not None
+        by_name = {sink.sink_name: sink for sink in sinks}
+        return [
+            record.name
+            for record in self._record.sinks
+            if record.integration
+            and (
+                self.sink_process
+                if self.sink_process is not None
+                else by_name[record.name].prefers_sink_process
+            )
+        ]
 
     def _report_backlog(self, reports: Mapping[str, SinkReport]) -> None:
         """Say, once, which sinks still owe events and how to deliver them."""

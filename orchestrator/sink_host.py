@@ -1,12 +1,13 @@
-"""Sinks in a process of their own (``TRAINBUS_SINK_PROCESS=1``, ``Orchestrator(sink_process=)``).
+"""Sinks in a process of their own (``Sink.prefers_sink_process``, ``TRAINBUS_SINK_PROCESS``,
+``Orchestrator(sink_process=)``).
 
-In the default mode every sink runs on the bus's event loop, in the training process: its Python
-competes with the training thread for the GIL, which costs little at a few scalars per step and a
-lot at hundreds (formatting, encoding and sending them). With a sink process the training process
-only journals; a child process (``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
-...``) rebuilds the run's ``report_to`` sinks from ``run.json`` and the environment, as ``trainbus
-sync`` does, follows the journal as it grows (``trainbus.bus._follow``) and delivers with the same
-runners, retries and cursors.
+A sink on the bus's event loop in the training process competes with the training thread for the
+GIL, which costs little at a few scalars per step and a lot when a vendor SDK does per-point
+Python work or a run logs hundreds of scalars (formatting, encoding and sending them). For the
+sinks moved here the training process only journals; a child process (``python -m
+trainbus.orchestrator._sink_child RUN_DIR --sink NAME ...``) rebuilds the run's ``report_to``
+sinks from ``run.json`` and the environment, as ``trainbus sync`` does, follows the journal as it
+grows (``trainbus.bus._follow``) and delivers with the same runners, retries and cursors.
 
 The parent holds the child's stdin open for the run; a ``done`` line at the end of the run (or
 the pipe closing when the parent dies) tells the child to deliver the rest within the flush
@@ -35,7 +36,7 @@ import structlog
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.rundir import RunDir
 
-__all__ = ["DONE", "REPORT_NAME", "SinkHost", "read_reports"]
+__all__ = ["DONE", "REPORT_NAME", "Handoff", "SinkHost", "read_reports"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,17 @@ DONE: Final = b"done\n"
 """What the parent writes on the child's stdin when the journal is complete."""
 _EXIT_GRACE: Final = 30.0
 """Seconds beyond the flush deadline the parent waits for the child (closing sinks, the report)."""
+
+
+class Handoff(msgspec.Struct, kw_only=True):
+    """The first line the parent writes on the child's stdin."""
+
+    env: dict[str, str]
+    """The environment the sinks are built from (``from_env``), as in the training process."""
+    argv: list[str] = []
+    """The training process's ``sys.argv``: the child takes it as its own, so that an SDK that
+    records the program it runs in (MLflow's ``mlflow.source.*`` tags and the git commit found
+    from the script's path, W&B's program) records the training script, as it does in process."""
 
 
 class SinkHost:
@@ -69,9 +81,10 @@ class SinkHost:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
         # The sinks' environment goes down the pipe, never onto disk or a command line: it holds
         # API keys and tokens. The pipe then stays open until the run ends.
+        handoff = Handoff(env=dict(env), argv=list(sys.argv))
         try:
             assert process.stdin is not None  # stdin=PIPE
-            process.stdin.write(msgspec.json.encode(dict(env)) + b"\n")
+            process.stdin.write(msgspec.json.encode(handoff) + b"\n")
             process.stdin.flush()
         except BaseException:
             _kill(process)

@@ -15,6 +15,7 @@ accepted it, so replays never log a point twice.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -26,10 +27,19 @@ import anyio.to_thread
 from trainbus.bus._events import EventBase
 from trainbus.sinks._state import load_state, save_state
 
-__all__ = ["SdkWorker", "SinkState"]
+__all__ = ["SdkWorker", "SinkState", "imported_sdk"]
 
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=EventBase)
+
+
+def imported_sdk(module: str) -> Any | None:
+    """The SDK module when the process imported it already, else ``None``; never imports it.
+
+    For a sink deciding where to run: a run the user started with the SDK itself (``wandb.init``
+    before ``train()``) lives in this process, and a sink that adopts it must stay here too.
+    """
+    return sys.modules.get(module)
 
 
 class SdkWorker:

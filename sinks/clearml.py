@@ -63,7 +63,7 @@ from trainbus.sinks._clearml_sdk import (
     reports_in_process,
     restore_offline_models,
 )
-from trainbus.sinks._sdk_worker import SdkWorker, SinkState
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState, imported_sdk
 
 try:
     from typing import Self
@@ -106,6 +106,7 @@ class ClearMLSink(Sink):
 
     name = "clearml"
     sdk_module = "clearml"
+    prefers_sink_process = True  # its SDK does per-point Python work: off the training GIL
     events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0
@@ -134,6 +135,10 @@ class ClearMLSink(Sink):
         self.task_name = task_name
         self.log_model = log_model
         self.offline = offline
+        # A task the user started (``Task.init`` before ``train()``) is adopted, as HF does: it
+        # lives in this process, so the sink stays here with it.
+        task_class = getattr(imported_sdk("clearml"), "Task", None)
+        self.prefers_sink_process = task_class is None or task_class.current_task() is None
         self._worker = SdkWorker(_map_errors)
         self._clearml: Any = None
         self._task: Any = None

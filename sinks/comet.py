@@ -68,6 +68,7 @@ class CometSink(Sink):
 
     name = "comet_ml"
     sdk_module = "comet_ml"
+    prefers_sink_process = True  # its SDK does per-point Python work: off the training GIL
     events = (RunStarted, Log, Predict, TrainEnd, RunFinished)
     # One write = one SDK flush: online that waits for the server (at least one round trip and
     # the SDK's one-second polls), so batches are large enough to keep up at logging_steps=1.

@@ -90,6 +90,7 @@ class DVCLiveSink(Sink):
 
     name = "dvclive"
     sdk_module = "dvclive"
+    prefers_sink_process = True  # its SDK does per-point Python work: off the training GIL
     events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0

@@ -43,7 +43,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
-from trainbus.bus._env import env_flag
+from trainbus.bus._env import SINK_PROCESS_VARIABLE, env_flag
 from trainbus.bus._errors import ConfigurationError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished
 from trainbus.bus._paths import confine, output_root
@@ -64,8 +64,6 @@ DECK_NAME: Final = "Log History"
 """The deck's name, Hugging Face's."""
 
 STATE_FILE: Final = "flyte.json"
-SINK_PROCESS_VARIABLE: Final = "TRAINBUS_SINK_PROCESS"
-"""Runs the ``report_to`` sinks in a child process, where no Flyte task is running."""
 _T = TypeVar("_T")
 
 

@@ -53,7 +53,7 @@ from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
-from trainbus.sinks._sdk_worker import SdkWorker, SinkState
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState, imported_sdk
 
 try:
     from typing import Self
@@ -96,6 +96,7 @@ class SwanLabSink(Sink):
 
     name = "swanlab"
     sdk_module = "swanlab"
+    prefers_sink_process = True  # its SDK does per-point Python work: off the training GIL
     events = (RunStarted, Log, Predict, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0
@@ -123,6 +124,10 @@ class SwanLabSink(Sink):
         self.resume = resume
         self.log_model = log_model
         self.wants_final_model = bool(log_model)
+        # A run the user started (``swanlab.init`` before ``train()``) is adopted, as HF does: it
+        # lives in this process, so the sink stays here with it.
+        swanlab = imported_sdk("swanlab")
+        self.prefers_sink_process = swanlab is None or not swanlab.has_run()
         self._worker = SdkWorker(_map_errors)
         self._swanlab: Any = None
         self._run: Any = None

@@ -76,7 +76,7 @@ from trainbus.bus._events import (
 from trainbus.bus._paths import confined_files, output_root
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
-from trainbus.sinks._sdk_worker import SdkWorker, SinkState
+from trainbus.sinks._sdk_worker import SdkWorker, SinkState, imported_sdk
 from trainbus.sinks._wandb_auth import LOGIN_HINT, needs_login
 from trainbus.sinks._wandb_log import TransactionLog
 from trainbus.sinks._wandb_rows import (
@@ -123,6 +123,7 @@ class WandbSink(Sink):
 
     name = "wandb"
     sdk_module = "wandb"
+    prefers_sink_process = True  # its SDK does per-point Python work: off the training GIL
     events = (RunStarted, Log, Predict, Histograms, Artifact, RunFinished)
     max_batch_size = 1024
     max_batch_latency = 1.0
@@ -163,6 +164,9 @@ class WandbSink(Sink):
         self.wants_final_model = log_model in ("end", "checkpoint")
         self.wants_histograms = watch
         self.flush_timeout = flush_timeout
+        # A run the user started (``wandb.init`` before ``train()``) is adopted, as HF does: it
+        # lives in this process, so the sink stays here with it.
+        self.prefers_sink_process = getattr(imported_sdk("wandb"), "run", None) is None
         self._worker = SdkWorker(lambda: _map_errors(self._wandb))
         self._wandb: Any = None
         self._run: Any = None

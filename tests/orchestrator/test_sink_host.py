@@ -111,8 +111,12 @@ async def test_a_copy_of_the_pipe_held_elsewhere_does_not_stall_the_end(tmp_path
 
 
 def test_the_flag_is_read_from_the_environment_with_a_clear_error(tmp_path: Path) -> None:
-    assert not Orchestrator(output_dir=tmp_path, env={}).sink_process
+    """Unset lets each sink choose; set, it decides for every ``report_to`` sink."""
+    assert Orchestrator(output_dir=tmp_path, env={}).sink_process is None
     assert Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "yes"}).sink_process
+    assert (
+        Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "0"}).sink_process is False
+    )
     with pytest.raises(ConfigurationError, match="TRAINBUS_SINK_PROCESS"):
         Orchestrator(output_dir=tmp_path, env={"TRAINBUS_SINK_PROCESS": "maybe"})
 
@@ -160,3 +164,45 @@ def test_a_run_whose_sink_process_still_delivers_counts_as_live() -> None:
     assert record.is_live()
     record.status = "completed"
     assert not record.is_live()
+
+
+@pytest.mark.parametrize("variable", [None, "0"])
+def test_sdk_sinks_choose_the_sink_process_unless_the_variable_keeps_them(
+    variable: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, DVCLive (an SDK sink: ``prefers_sink_process``) runs in the sink process while
+    TensorBoard stays in the training process; ``TRAINBUS_SINK_PROCESS=0`` keeps both in. Either
+    way DVCLive's own reader finds every step."""
+    pytest.importorskip("dvclive")
+    from tests.sinks.dvc_repo import isolate_dvc
+    from trainbus.trainer import Trainer, TrainingArguments
+    from trainbus.trainer.testing import RegressionDataset, TinyRegressor
+
+    isolate_dvc(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    if variable is None:
+        monkeypatch.delenv("TRAINBUS_SINK_PROCESS", raising=False)
+    else:
+        monkeypatch.setenv("TRAINBUS_SINK_PROCESS", variable)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=6,
+        logging_steps=1,
+        disable_tqdm=True,
+        report_to=["tensorboard", "dvclive"],
+        use_cpu=True,
+        save_strategy="no",
+    )
+    Trainer(TinyRegressor(), args, train_dataset=RegressionDataset(16)).train()
+    run_dir = find_run_dir(tmp_path / "out")
+    reports = read_reports(run_dir)
+    if variable is None:
+        assert list(reports) == ["dvclive"] and reports["dvclive"].undelivered == 0
+    else:
+        assert reports == {}
+    import dvclive.utils
+
+    rows = dvclive.utils.parse_tsv(run_dir.path / "dvclive" / "plots" / "metrics" / "loss.tsv")
+    assert [int(row["step"]) for row in rows] == list(range(1, 7))

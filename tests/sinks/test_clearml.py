@@ -24,7 +24,7 @@ import pytest
 from tests.sinks.scripted import deliver_through_bus, eval_logs, scripted_run, train_logs
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Artifact, Event, Log, Predict
-from trainbus.sinks._clearml_sdk import IN_PROCESS_REPORTING
+from trainbus.sinks._clearml_sdk import IN_PROCESS_REPORTING, prefer_in_process_reporting
 from trainbus.sinks.clearml import ClearMLSink, _map_errors
 
 pytest.importorskip("clearml")
@@ -291,15 +291,23 @@ async def test_a_running_user_task_is_used_and_left_open(
     offline: dict[str, str], tmp_path: Path
 ) -> None:
     """A task the user started is reported into and not closed, and logs no model unless
-    CLEARML_LOG_MODEL says so, as in HF."""
+    CLEARML_LOG_MODEL says so, as in HF; the sink stays in the process that holds the task
+    (without one it would choose the sink process)."""
     from clearml import Task
 
+    assert ClearMLSink.from_env(
+        offline, run_dir=tmp_path / "before", run_name="r"
+    ).prefers_sink_process
+    # Without the sink's settings the user's own task would detect the repository in the
+    # background and wait up to 300 s for it at close.
+    prefer_in_process_reporting()
     Task.set_offline(True)
     user_task = Task.init(project_name="mine", task_name="own", auto_resource_monitoring=False)
     try:
         output_dir = tmp_path / "out"
         events = scripted_run(2, checkpoint=_checkpoint(output_dir, 2))
         sink = ClearMLSink.from_env(offline, run_dir=output_dir / "trainbus" / "r", run_name="r")
+        assert not sink.prefers_sink_process
         with anyio.fail_after(120):
             await sink.open()
             await sink.write(events)

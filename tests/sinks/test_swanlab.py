@@ -117,13 +117,16 @@ async def test_restart_resumes_the_experiment_without_duplicate_points(tmp_path:
 
 async def test_a_run_the_user_started_is_used_and_left_open(tmp_path: Path) -> None:
     """As in HF, an active run started by the user gets the metrics and is not finished, by
-    RunFinished or by a later session of the same trainbus run."""
+    RunFinished or by a later session of the same trainbus run; the sink stays in the process
+    that holds the run (without one it would choose the sink process)."""
     import swanlab
 
+    assert SwanLabSink(run_dir=tmp_path / "run", mode="offline").prefers_sink_process
     user_run = swanlab.init(project="mine", mode="offline", log_dir=str(tmp_path / "user"))
     events = scripted_run(3)
     for _ in range(2):
         sink = SwanLabSink(run_dir=tmp_path / "run", mode="offline")
+        assert not sink.prefers_sink_process
         with anyio.fail_after(60):
             await sink.open()
             await sink.write(events)

@@ -400,3 +400,28 @@ def test_artifact_events_follow_log_model(tmp_path: Path) -> None:
         for mode in ("end", "checkpoint", False)
     }
     assert wanted == {"end": [True, False], "checkpoint": [True, True], False: [False, False]}
+
+
+async def test_a_run_the_user_started_is_used_and_the_sink_stays_with_it(
+    offline: dict[str, str], tmp_path: Path
+) -> None:
+    """As in HF, a run started with ``wandb.init`` before training gets the metrics and is left
+    open; it lives in this process, so the sink does not choose the sink process (which it does
+    without a user's run)."""
+    import wandb
+
+    before = WandbSink.from_env(offline, run_dir=tmp_path / "before", run_name="r")
+    assert before.prefers_sink_process
+    user_run = wandb.init(dir=str(tmp_path / "user"), project="mine")
+    try:
+        sink = WandbSink.from_env(offline, run_dir=tmp_path / "run", run_name="r")
+        assert not sink.prefers_sink_process
+        with anyio.fail_after(120):
+            report = await deliver_through_bus(scripted_run(3), [sink], tmp_path / "run")
+        assert report["wandb"].undelivered == 0
+        assert wandb.run is user_run and sink.run_id == user_run.id
+    finally:
+        user_run.finish()
+    run = OfflineRun(tmp_path / "user")
+    assert [step for step, _ in run.series("train/loss")] == [1, 2, 3]
+    assert run.exits == [0]
