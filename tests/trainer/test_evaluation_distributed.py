@@ -183,6 +183,51 @@ def _ragged(out: str) -> dict[str, Any]:
     }
 
 
+def _batched(out: str) -> dict[str, Any]:
+    """``batch_eval_metrics``: a running mean over the batches compute_metrics is handed."""
+    from trainbus.trainer import Trainer
+    from trainbus.trainer._launcher import LocalLauncher
+
+    totals = {"squares": 0.0, "samples": 0}
+
+    def running(prediction: Any, compute_result: bool) -> dict[str, float]:
+        logits, _ = prediction.predictions
+        totals["squares"] += float(((logits - prediction.label_ids) ** 2).sum())
+        totals["samples"] += len(logits)
+        if not compute_result:
+            return {}
+        return {"mse": totals["squares"] / totals["samples"], "samples": totals["samples"]}
+
+    args = _args(out, per_device_eval_batch_size=2, batch_eval_metrics=True)
+    trainer = Trainer(_counting_model(), args, compute_metrics=running, launcher=LocalLauncher())
+    metrics = trainer.evaluate(Numbered(9))
+    return {"metrics": {k: v for k, v in metrics.items() if not k.endswith(_SPEED)}}
+
+
+def _mismatched(out: str) -> dict[str, Any]:
+    """Rank 1's model returns one output more than rank 0's: the error both ranks raise."""
+    from trainbus.bus._errors import TrainbusError
+    from trainbus.trainer import Trainer
+    from trainbus.trainer._launcher import LocalLauncher
+    from trainbus.trainer.testing import TinyRegressor
+
+    class Uneven(TinyRegressor):
+        def forward(  # type: ignore[override]  # adds an output on rank 1
+            self, x: torch.Tensor, labels: torch.Tensor | None = None
+        ) -> dict[str, torch.Tensor]:
+            out = super().forward(x, labels)
+            if os.environ.get("RANK") == "1":
+                out["extra"] = out["logits"]
+            return out
+
+    trainer = Trainer(Uneven(dropout=0.0), _args(out), launcher=LocalLauncher())
+    try:
+        trainer.predict(Numbered(5))
+    except TrainbusError as error:
+        return {"error": str(error)}
+    return {"error": None}
+
+
 def _trained(out: str, batch_size: int) -> dict[str, Any]:
     """Four steps of training, evaluating every two; the weights and the logged eval losses."""
     from trainbus.trainer import Trainer
@@ -219,6 +264,8 @@ def _cases(out: str, train_batch_size: int) -> dict[str, Any]:
         "even": _counted(str(Path(out, "even")), 11, 3),  # 4 batches of 3, 3 and 2 samples
         "filler": _counted(str(Path(out, "filler")), 9, 2),  # 5 batches: one filler on rank 1
         "ragged": _ragged(str(Path(out, "ragged"))),
+        "batched": _batched(str(Path(out, "batched"))),
+        "mismatched": _mismatched(str(Path(out, "mismatched"))),
         "trained": _trained(str(Path(out, "trained")), train_batch_size),
     }
 
@@ -259,7 +306,7 @@ def test_a_filler_batch_is_computed_but_never_counted(runs: dict[str, Any]) -> N
         assert report["filler"]["metrics"]["eval_loss_rows"] == 9
 
 
-@pytest.mark.parametrize("case", ["even", "filler", "ragged"])
+@pytest.mark.parametrize("case", ["even", "filler", "ragged", "batched"])
 def test_two_ranks_return_what_one_process_does(runs: dict[str, Any], case: str) -> None:
     """Metrics (eval_loss a sample-weighted mean), predictions and labels equal one process's
     evaluation of the whole set, in the data set's order, on both ranks; ragged sequences are
@@ -270,12 +317,24 @@ def test_two_ranks_return_what_one_process_does(runs: dict[str, Any], case: str)
         assert ours["metrics"].keys() == single["metrics"].keys()
         for key, value in single["metrics"].items():
             assert ours["metrics"][key] == pytest.approx(value, rel=1e-6), key
+        if case == "batched":
+            continue
         for mine, theirs in zip(ours["labels"], single["labels"], strict=True):
             assert np.shape(mine) == np.shape(theirs)
             assert np.allclose(mine, theirs, rtol=1e-6, atol=0)
         for mine, theirs in zip(ours["predictions"], single["predictions"], strict=True):
             assert np.shape(mine) == np.shape(theirs)
             assert np.allclose(mine, theirs, rtol=1e-6, atol=0)
+
+
+def test_outputs_that_differ_between_ranks_fail_on_both_naming_them(runs: dict[str, Any]) -> None:
+    """Rank 1's extra output is reported on both ranks (not a wait for the other rank): the
+    message names the ranks and what each returned."""
+    assert runs["single"]["mismatched"]["error"] is None
+    for report in runs["ranks"]:
+        message = report["mismatched"]["error"]
+        assert message is not None
+        assert "differ between ranks" in message and "rank 1 returned" in message
 
 
 def test_two_ranks_train_like_one_process_with_the_doubled_batch(runs: dict[str, Any]) -> None:
