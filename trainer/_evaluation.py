@@ -255,7 +255,7 @@ def evaluation_loop(
         if logits is not None and trainer.preprocess_logits_for_metrics is not None:
             logits = trainer.preprocess_logits_for_metrics(logits, labels)
         losses, logits, labels, decoded = _as_one_process(
-            (losses, logits, labels, decoded), shard, step, cut if last else 0
+            (losses, logits, labels, decoded), shard, step, cut if last else 0, trainer.device
         )
         collected.losses.add(losses)
         if keep:
@@ -278,13 +278,17 @@ def evaluation_loop(
 
 
 def _as_one_process(
-    results: tuple[Any, Any, Any, Any], shard: EvaluationShard | None, step: int, cut: int
+    results: tuple[Any, Any, Any, Any],
+    shard: EvaluationShard | None,
+    step: int,
+    cut: int,
+    device: torch.device,
 ) -> Any:
     """One step's losses, predictions, labels and inputs as one process evaluating the whole
     set has them: every rank's real rows in the data set's order (a collective), or, alone,
     the last batch ``cut`` to what the data set holds (``cut`` 0: as they are)."""
     if shard is not None:
-        return gather_rows(results, shard.rows(step), shard.world_size)
+        return gather_rows(results, shard.rows(step), shard.world_size, device)
     return nested_truncate(results, cut) if cut else results
 
 

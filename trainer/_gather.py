@@ -19,6 +19,7 @@ batch (see ``trainbus.trainer._samplers.EvaluationShard``) adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, cast
 
@@ -231,12 +232,14 @@ def _padded(leaf: torch.Tensor, shape: tuple[int, ...], pad: int) -> torch.Tenso
     return out
 
 
-def gather_rows(value: Any, rows: int, world_size: int, pad: int = PADDING_INDEX) -> Any:
+def gather_rows(
+    value: Any, rows: int, world_size: int, device: torch.device, pad: int = PADDING_INDEX
+) -> Any:
     """Every rank's first ``rows`` rows of each tensor in ``value``, joined in rank order.
 
     A collective: every rank of the default process group calls it at the same point, with
     ``value`` of the same nesting (``None`` entries included) and tensors of the same dtype and
-    number of dimensions, on the device its backend communicates from. Sizes may differ: each
+    number of dimensions. Sizes may differ: each
     tensor is padded with ``pad`` to the largest of any rank before the exchange and cut to each
     rank's ``rows`` after it, so the result keeps the widest rank's trailing sizes.
 
@@ -244,11 +247,15 @@ def gather_rows(value: Any, rows: int, world_size: int, pad: int = PADDING_INDEX
         value: this rank's results of one step: tensors, or tuples, lists, dicts and ``None``.
         rows: how many leading rows of each tensor are real (0 for a filler batch).
         world_size: the number of ranks.
+        device: this rank's device: tensors are exchanged from it, and on a GPU it is made the
+            current device for the exchange of shapes (which torch does from the current one).
         pad: the value that fills a tensor up to the largest shape.
     """
     leaves = _leaves(value)
     headers: list[Any] = [None] * world_size
-    dist.all_gather_object(headers, (rows, _describe(leaves)))
+    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_gpu:
+        dist.all_gather_object(headers, (rows, _describe(leaves)))
     _check_alike([header[1] for header in headers])
     counts = [int(header[0]) for header in headers]
     gathered: list[torch.Tensor | None] = []
@@ -258,7 +265,7 @@ def gather_rows(value: Any, rows: int, world_size: int, pad: int = PADDING_INDEX
             continue
         shapes = [header[1][position][1] for header in headers]
         largest = tuple(max(sizes) for sizes in zip(*shapes, strict=True))
-        padded = _padded(leaf, largest, pad)
+        padded = _padded(leaf.to(device), largest, pad)
         parts = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(parts, padded)
         gathered.append(
