@@ -242,13 +242,13 @@ def evaluation_loop(
     observed = 0
     shard = loader_shard(dataloader)
     for step, (inputs, last) in enumerate(_with_last(dataloader)):
-        rows = batch_size_of(inputs) if shard is None else shard.rows(step)
-        observed += rows or 0
+        rows = (batch_size_of(inputs) or 0) if shard is None else shard.rows(step)
+        observed += rows
         losses, logits, labels = trainer.prediction_step(
             model, inputs, loss_only, ignore_keys=ignore_keys
         )
         if losses is not None:  # one loss per sample, so the mean weighs every sample once
-            losses = losses.repeat(args.eval_batch_size if shard is None else shard.rows(step))
+            losses = losses.repeat(args.eval_batch_size if shard is None else rows)
         decoded = None
         if "inputs" in include:
             decoded = move_to_device(_main_input(inputs, input_name), trainer.device)
