@@ -4,8 +4,11 @@ With ``WORLD_SIZE`` above one the loop trains a ``DistributedDataParallel`` wrap
 each rank reads its own shard of every epoch's permutation, and the five control flags are
 merged across ranks (logical or) at the loop's polling points: a stop raised by a callback on any
 rank stops every rank at the same step, so no rank is left waiting in a collective. The logged
-loss is the mean over ranks, computed only when a log entry is written. Evaluation runs the whole
-evaluation set on every rank, so every rank sees the same metrics (and early stopping agrees).
+loss is the mean over ranks, computed only when a log entry is written. Evaluation is sharded:
+each rank evaluates its share of the batches of an evaluation set with a length, and the
+evaluation loop gathers every step's predictions, labels and losses back into the data set's
+order (``trainbus.trainer._gather.gather_rows``), so every rank computes the metrics one process
+evaluating the whole set would, and early stopping and "best" tracking agree.
 
 Checkpoints are written by ``args.should_save`` ranks (world rank zero by default); the RNG
 states of all ranks are gathered there first and written as ``rng_state_<rank>.pth``, so a

@@ -18,6 +18,14 @@ The prediction loop, in Hugging Face's order::
 
 Batches of different sequence lengths are joined by padding with -100
 (``trainbus.trainer._gather``).
+
+With several ranks each reads its share of the batches (``trainbus.trainer._samplers``'
+``EvaluationShard``), and after each step's forward pass (and ``preprocess_logits_for_metrics``)
+the ranks' results are gathered, padded to the widest, into the single-process order; filler
+rows are dropped. Everything after the gather (collection, ``batch_eval_metrics``,
+``eval_accumulation_steps``, ``compute_metrics``, ``{prefix}_loss``) runs on the whole set's
+arrays, alike on every rank, so every rank returns the metrics and predictions one process
+evaluating the whole set would.
 """
 
 from __future__ import annotations
@@ -34,7 +42,14 @@ from torch.utils.data import DataLoader
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import MetricValue
 from trainbus.trainer._data import move_to_device
-from trainbus.trainer._gather import BatchStore, batch_size_of, nested_detach, nested_truncate
+from trainbus.trainer._gather import (
+    BatchStore,
+    batch_size_of,
+    gather_rows,
+    nested_detach,
+    nested_truncate,
+)
+from trainbus.trainer._samplers import EvaluationShard
 
 if TYPE_CHECKING:
     from trainbus.trainer._trainer_evaluation import EvaluationMixin
@@ -47,6 +62,7 @@ __all__ = [
     "default_ignore_keys",
     "evaluation_loop",
     "extract_loss",
+    "loader_shard",
     "metric_value",
     "output_logits",
     "plain_metrics",
@@ -224,45 +240,65 @@ def evaluation_loop(
     input_name = getattr(model, "main_input_name", "input_ids")
     metrics: Mapping[str, Any] | None = None
     observed = 0
+    shard = loader_shard(dataloader)
     for step, (inputs, last) in enumerate(_with_last(dataloader)):
-        observed += batch_size_of(inputs) or 0
+        rows = (batch_size_of(inputs) or 0) if shard is None else shard.rows(step)
+        observed += rows
         losses, logits, labels = trainer.prediction_step(
             model, inputs, loss_only, ignore_keys=ignore_keys
         )
-
-        def fit(value: Any, last: bool = last) -> Any:
-            return nested_truncate(value, cut) if last and cut else value
-
-        if losses is not None:
-            losses = fit(losses.repeat(args.eval_batch_size))
-            collected.losses.add(losses)
+        if losses is not None:  # one loss per sample, so the mean weighs every sample once
+            losses = losses.repeat(args.eval_batch_size if shard is None else rows)
+        decoded = None
         if "inputs" in include:
-            decoded = fit(move_to_device(_main_input(inputs, input_name), trainer.device))
-            if keep:
-                collected.inputs.add(decoded)
-        if logits is not None:
-            if trainer.preprocess_logits_for_metrics is not None:
-                logits = trainer.preprocess_logits_for_metrics(logits, labels)
-            logits = fit(logits)
-            if keep:
-                collected.predictions.add(logits)
-        if labels is not None:
-            labels = fit(labels)
-            if keep:
-                collected.labels.add(labels)
+            decoded = move_to_device(_main_input(inputs, input_name), trainer.device)
+        if logits is not None and trainer.preprocess_logits_for_metrics is not None:
+            logits = trainer.preprocess_logits_for_metrics(logits, labels)
+        losses, logits, labels, decoded = _as_one_process(
+            (losses, logits, labels, decoded), shard, step, cut if last else 0, trainer.device
+        )
+        collected.losses.add(losses)
+        if keep:
+            collected.inputs.add(decoded)
+            collected.predictions.add(logits)
+            collected.labels.add(labels)
         trainer._prediction_step()
         if args.batch_eval_metrics:
             if trainer.compute_metrics is not None and logits is not None and labels is not None:
                 batch = EvalPrediction(
                     logits,
                     labels,
-                    inputs=inputs if "inputs" in include else None,
+                    inputs=(inputs if shard is None else decoded) if "inputs" in include else None,
                     losses=losses if "loss" in include else None,
                 )
                 metrics = trainer.compute_metrics(batch, compute_result=last)  # type: ignore[call-arg]
         elif args.eval_accumulation_steps and (step + 1) % args.eval_accumulation_steps == 0:
             collected.to_numpy()
     return _finish(trainer, collected, metrics, prefix, _num_samples(dataloader, observed))
+
+
+def _as_one_process(
+    results: tuple[Any, Any, Any, Any],
+    shard: EvaluationShard | None,
+    step: int,
+    cut: int,
+    device: torch.device,
+) -> Any:
+    """One step's losses, predictions, labels and inputs as one process evaluating the whole
+    set has them: every rank's real rows in the data set's order (a collective), or, alone,
+    the last batch ``cut`` to what the data set holds (``cut`` 0: as they are)."""
+    if shard is not None:
+        return gather_rows(results, shard.rows(step), shard.world_size, device)
+    return nested_truncate(results, cut) if cut else results
+
+
+def loader_shard(loader: DataLoader[Any]) -> EvaluationShard | None:
+    """The rank split of ``loader``'s batches when it reads one rank's share of several, else
+    ``None`` (one process, an iterable data set, or a loader of the user's own)."""
+    shard = loader.batch_sampler
+    if isinstance(shard, EvaluationShard) and shard.world_size > 1:
+        return shard
+    return None
 
 
 def _main_input(inputs: Any, name: str) -> Any:

@@ -8,20 +8,32 @@ at the end with ``padding_index`` (-100, the label value every loss ignores). Ou
 collected: on the device until ``to_numpy()`` (every ``eval_accumulation_steps`` batches, or at
 the end) moves it to NumPy, and as a list of batches when concatenation is off
 (``eval_do_concat_batches=False``).
+
+With several ranks, `gather_rows` joins what each rank computed for one evaluation step, in rank
+order: first one small exchange of every rank's row count and shapes (so that ranks whose outputs
+differ in structure fail with a message saying how, instead of waiting in a collective), then one
+``all_gather`` per tensor, padded to the largest shape of any rank with ``padding_index``, as
+accelerate's ``pad_across_processes`` pads. Only each rank's real rows are kept, so a filler
+batch (see ``trainbus.trainer._samplers.EvaluationShard``) adds nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, cast
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from trainbus.bus._errors import TrainbusError
 
 __all__ = [
     "PADDING_INDEX",
     "BatchStore",
     "batch_size_of",
+    "gather_rows",
     "nested_concat",
     "nested_detach",
     "nested_numpy",
@@ -101,7 +113,9 @@ def nested_numpy(value: Any) -> Any:
 
 
 def nested_truncate(value: Any, limit: int) -> Any:
-    """The first ``limit`` rows of every tensor in ``value``."""
+    """The first ``limit`` rows of every tensor in ``value`` (``None`` entries stay ``None``)."""
+    if value is None:
+        return None
     if isinstance(value, list | tuple):
         return type(value)(nested_truncate(item, limit) for item in value)
     if isinstance(value, Mapping):
@@ -136,7 +150,9 @@ class BatchStore:
         self._arrays: Any = None
 
     def add(self, value: Any) -> None:
-        """Append one batch's ``value`` (tensors on the device)."""
+        """Append one batch's ``value`` (tensors on the device); ``None`` adds nothing."""
+        if value is None:
+            return
         if self._on_device is None:
             self._on_device = value if self.concat else [value]
         elif self.concat:
@@ -161,3 +177,98 @@ class BatchStore:
         """Everything collected, as NumPy (``None`` when nothing was added)."""
         self.to_numpy()
         return self._arrays
+
+
+def _leaves(value: Any) -> list[torch.Tensor | None]:
+    """The tensors of ``value`` in a fixed order (``None`` where a kind of result is absent)."""
+    if value is None:
+        return [None]
+    if isinstance(value, list | tuple):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, torch.Tensor):
+        return [value.reshape(1) if value.dim() == 0 else value]
+    raise TypeError(f"cannot gather evaluation outputs of type {type(value).__name__}")
+
+
+def _rebuild(value: Any, leaves: Iterator[Any]) -> Any:
+    """``value``'s nesting with its tensors replaced, in `_leaves` order, by ``leaves``."""
+    if value is None:
+        return next(leaves)
+    if isinstance(value, list | tuple):
+        return type(value)(_rebuild(item, leaves) for item in value)
+    if isinstance(value, Mapping):
+        return _like(value, {key: _rebuild(item, leaves) for key, item in value.items()})
+    return next(leaves)
+
+
+def _describe(leaves: list[torch.Tensor | None]) -> list[tuple[str, tuple[int, ...]] | None]:
+    return [None if leaf is None else (str(leaf.dtype), tuple(leaf.shape)) for leaf in leaves]
+
+
+def _check_alike(described: list[list[tuple[str, tuple[int, ...]] | None]]) -> None:
+    """Raise when the ranks' outputs differ in anything but their sizes."""
+    first = described[0]
+    for rank, other in enumerate(described[1:], start=1):
+        same = len(other) == len(first) and all(
+            (a is None) == (b is None)
+            and (a is None or b is None or (a[0] == b[0] and len(a[1]) == len(b[1])))
+            for a, b in zip(first, other, strict=True)
+        )
+        if not same:
+            raise TrainbusError(
+                f"Evaluation outputs differ between ranks and cannot be gathered: rank 0 "
+                f"returned {first}, rank {rank} returned {other} (dtype and shape of each "
+                "tensor of the loss, predictions, labels and inputs)."
+            )
+
+
+def _padded(leaf: torch.Tensor, shape: tuple[int, ...], pad: int) -> torch.Tensor:
+    if tuple(leaf.shape) == shape:
+        return leaf.contiguous()
+    out = leaf.new_full(shape, pad)
+    out[tuple(slice(0, size) for size in leaf.shape)] = leaf
+    return out
+
+
+def gather_rows(
+    value: Any, rows: int, world_size: int, device: torch.device, pad: int = PADDING_INDEX
+) -> Any:
+    """Every rank's first ``rows`` rows of each tensor in ``value``, joined in rank order.
+
+    A collective: every rank of the default process group calls it at the same point, with
+    ``value`` of the same nesting (``None`` entries included) and tensors of the same dtype and
+    number of dimensions. Sizes may differ: each
+    tensor is padded with ``pad`` to the largest of any rank before the exchange and cut to each
+    rank's ``rows`` after it, so the result keeps the widest rank's trailing sizes.
+
+    Parameters:
+        value: this rank's results of one step: tensors, or tuples, lists, dicts and ``None``.
+        rows: how many leading rows of each tensor are real (0 for a filler batch).
+        world_size: the number of ranks.
+        device: this rank's device: tensors are exchanged from it, and on a GPU it is made the
+            current device for the exchange of shapes (which torch does from the current one).
+        pad: the value that fills a tensor up to the largest shape.
+    """
+    leaves = _leaves(value)
+    headers: list[Any] = [None] * world_size
+    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_gpu:
+        dist.all_gather_object(headers, (rows, _describe(leaves)))
+    _check_alike([header[1] for header in headers])
+    counts = [int(header[0]) for header in headers]
+    gathered: list[torch.Tensor | None] = []
+    for position, leaf in enumerate(leaves):
+        if leaf is None:
+            gathered.append(None)
+            continue
+        shapes = [header[1][position][1] for header in headers]
+        largest = tuple(max(sizes) for sizes in zip(*shapes, strict=True))
+        padded = _padded(leaf.to(device), largest, pad)
+        parts = [torch.empty_like(padded) for _ in range(world_size)]
+        dist.all_gather(parts, padded)
+        gathered.append(
+            torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+        )
+    return _rebuild(value, iter(gathered))

@@ -4,13 +4,17 @@ One place for what Hugging Face spreads over ``_get_dataloader`` and the sampler
 sampler ``train_sampling_strategy`` names (seeded by ``data_seed``, else ``seed``), the collator
 behind the filter of unused columns, and the ``dataloader_*`` options. The ``Trainer``'s
 overridable ``get_*_dataloader`` methods call these.
+
+With several ranks, an evaluation (or test) set with a length is split between them batch by
+batch (`EvaluationShard`); the evaluation loop gathers what the ranks computed back into the
+data set's order. An iterable evaluation set is read whole on every rank, as before.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainbus.trainer._collators import DataCollator
 from trainbus.trainer._columns import ColumnFilter, signature_columns
@@ -18,9 +22,11 @@ from trainbus.trainer._data import (
     LoaderOptions,
     eval_dataloader,
     eval_sampler,
+    has_length,
     train_dataloader,
     train_sampler,
 )
+from trainbus.trainer._samplers import EvaluationShard
 
 if TYPE_CHECKING:
     from trainbus.trainer._trainer_data import DataMixin
@@ -52,7 +58,8 @@ def training_loader(trainer: DataMixin, dataset: Dataset[Any]) -> DataLoader[Any
 
 
 def evaluation_loader(trainer: DataMixin, dataset: Any, description: str) -> DataLoader[Any]:
-    """A loader over an evaluation (or test) set: in order, or grouped by length."""
+    """A loader over an evaluation (or test) set: in order, or grouped by length; with several
+    ranks, this rank's batches of that order (`EvaluationShard`)."""
     args = trainer.args
     sampler = eval_sampler(
         dataset,
@@ -62,13 +69,41 @@ def evaluation_loader(trainer: DataMixin, dataset: Any, description: str) -> Dat
         input_name=_main_input_name(trainer.processing_class),
         length_column=args.length_column_name,
     )
+    options = LoaderOptions.from_args(args, trainer.device)
+    collator = collator_for(trainer, description)
+    if trainer._dist.enabled and has_length(dataset):
+        return _sharded_loader(trainer, dataset, sampler, collator, options)
     return eval_dataloader(
         dataset,
         batch_size=args.eval_batch_size,
-        collator=collator_for(trainer, description),
+        collator=collator,
         sampler=sampler,
-        options=LoaderOptions.from_args(args, trainer.device),
+        options=options,
     )
+
+
+def _sharded_loader(
+    trainer: DataMixin,
+    dataset: Any,
+    sampler: Sampler[int] | None,
+    collator: DataCollator,
+    options: LoaderOptions,
+) -> DataLoader[Any]:
+    """This rank's batches of the evaluation order; ``drop_last`` moves into the shard, which
+    cuts the batches (torch refuses it beside a batch sampler). The process group is joined
+    here if training has not joined it yet: the evaluation loop gathers over it."""
+    trainer._dist.setup()
+    order = range(len(dataset)) if sampler is None else list(sampler)
+    shard = EvaluationShard(
+        order,
+        trainer.args.eval_batch_size,
+        rank=trainer._dist.rank,
+        world_size=trainer._dist.world_size,
+        drop_last=options.drop_last,
+    )
+    kwargs = options.loader_kwargs(dataset)
+    kwargs.pop("drop_last", None)
+    return DataLoader(dataset, batch_sampler=shard, collate_fn=collator, **kwargs)
 
 
 def collator_for(trainer: DataMixin, description: str) -> DataCollator:

@@ -11,12 +11,15 @@ and skipping those already trained costs nothing. ``train_sampling_strategy`` pi
   length, the longest sample first) over that same permutation. Hugging Face draws the training
   permutation for it from the global RNG, so only its evaluation order (seeded once) is the same
   as ours; ours stays reproducible across resumes.
+
+Evaluation is not shuffled; with several ranks, `EvaluationShard` splits its batches between them
+(see there).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import torch
@@ -26,6 +29,7 @@ from trainbus.bus._errors import ConfigurationError
 
 __all__ = [
     "EpochSampler",
+    "EvaluationShard",
     "LengthGroupedSampler",
     "SequentialEpochSampler",
     "length_grouped_indices",
@@ -105,6 +109,64 @@ class LengthGroupedSampler(EpochSampler):
         return torch.tensor(
             length_grouped_indices(self.lengths, self.batch_size, generator), dtype=torch.long
         )
+
+
+class EvaluationShard(Sampler[list[int]]):
+    """One rank's batches of an evaluation set split across ``world_size`` ranks, batch by batch.
+
+    The order (the data set's own, or a length-grouped one) is cut into batches exactly as one
+    process would cut it, and batch ``b`` goes to rank ``b % world_size``, as accelerate's batch
+    sampler shard deals them: joining the ranks' batches of each step in rank order gives back the
+    single-process order, so a gathered evaluation equals a single-process one sample for sample.
+
+    When the batches do not divide evenly, a rank whose turn has no batch left still runs a
+    *filler* (the first batch again) and contributes none of its rows (``rows(step) == 0``): every
+    rank runs the same number of forward passes, so a collective inside one (a token count summed
+    over ranks) never waits for a rank that stopped early. At most one filler per rank; nothing a
+    filler produced reaches the results.
+
+    Parameters:
+        order: every index of the data set, in evaluation order.
+        batch_size: the per-device evaluation batch size.
+        rank: this rank, in ``[0, world_size)``.
+        world_size: the number of ranks.
+        drop_last: drop the last batch when it is short, as one process would.
+    """
+
+    def __init__(
+        self,
+        order: Iterable[int],
+        batch_size: int,
+        *,
+        rank: int,
+        world_size: int,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigurationError(f"eval_batch_size must be at least 1, got {batch_size}")
+        indices = list(order)
+        batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        if drop_last and batches and len(batches[-1]) < batch_size:
+            batches.pop()
+        self.batches = batches
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.steps = -(-len(batches) // world_size)
+        """Batches every rank runs: the same number on each, fillers included."""
+
+    def rows(self, step: int) -> int:
+        """How many samples this rank's batch of ``step`` contributes (0 for a filler)."""
+        index = step * self.world_size + self.rank
+        return len(self.batches[index]) if index < len(self.batches) else 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.steps):
+            index = step * self.world_size + self.rank
+            yield self.batches[index] if index < len(self.batches) else self.batches[0]
+
+    def __len__(self) -> int:
+        return self.steps
 
 
 def length_grouped_indices(

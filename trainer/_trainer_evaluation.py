@@ -32,6 +32,7 @@ from trainbus.trainer._evaluation import (
     PredictionOutput,
     default_ignore_keys,
     evaluation_loop,
+    loader_shard,
     output_logits,
     plain_metrics,
     speed_metrics,
@@ -242,15 +243,17 @@ class EvaluationMixin:
         ignore_keys: list[str] | None,
         prefix: str,
     ) -> EvalLoopOutput:
-        """``evaluation_loop``, then the speed metrics (steps of ``eval_batch_size``). Every rank
-        evaluates the whole set (evaluation is not sharded yet), so the steps are not divided by
-        the number of ranks as transformers, which shards, divides them."""
+        """``evaluation_loop``, then the speed metrics. A step is one batch on every rank, so
+        with the set split between ranks (``loader_shard``) a step covers ``eval_batch_size``
+        samples per rank, as transformers counts them."""
         start_time = time.time()
         self.precision.prepare_evaluation(self.model, in_train=self.is_in_train)
         output = self.evaluation_loop(
             loader, description, prediction_loss_only, ignore_keys, prefix
         )
-        steps = math.ceil(output.num_samples / self.args.eval_batch_size)
+        shard = loader_shard(loader)
+        per_step = self.args.eval_batch_size * (1 if shard is None else shard.world_size)
+        steps = math.ceil(output.num_samples / per_step)
         output.metrics.update(
             speed_metrics(prefix, start_time, num_samples=output.num_samples, num_steps=steps)
         )

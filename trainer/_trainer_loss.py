@@ -162,23 +162,37 @@ class LossMixin:
     ) -> tuple[torch.Tensor | None, Any]:
         """One evaluation batch as Hugging Face's ``prediction_step`` runs it: with labels,
         through ``compute_loss`` (so an override or ``compute_loss_func`` scores evaluation too)
-        with this batch's own ``num_items_in_batch``; without, the model alone."""
+        with this batch's own ``num_items_in_batch`` (``_evaluation_items``); without, the model
+        alone."""
         with self.compute_loss_context_manager():
             if not has_labels:
                 return None, model(**batch)
-            num_items = self._num_items_in_batch([batch]) if self._counts_items() else None
+            num_items = self._evaluation_items(batch) if self._counts_items() else None
             loss, outputs = self.compute_loss(
                 model, batch, return_outputs=True, num_items_in_batch=num_items
             )
         return loss, outputs
+
+    def _evaluation_items(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The label tokens of one evaluation batch, times the number of ranks under
+        ``average_tokens_across_devices``: ``compute_loss`` multiplies such a loss by the number
+        of ranks, so each rank's loss is then its own batch's mean. Ranks evaluate different
+        batches (and a rank's filler batch must not count), so nothing is summed across them,
+        and the forward pass holds no collective."""
+        count = count_label_items([batch], shift=self._loss_shifts_labels)
+        if count is None:
+            return None
+        if self.args.average_tokens_across_devices and self._dist.enabled:
+            count = count * self._dist.world_size
+        return count.to(self.device, non_blocking=True)
 
     def _counts_items(self) -> bool:
         """Whether losses are divided by ``num_items_in_batch`` (see ``_accounting``)."""
         return bool(self.model_accepts_loss_kwargs) or self.compute_loss_func is not None
 
     def _num_items_in_batch(self, batches: Sequence[Any]) -> torch.Tensor | None:
-        """The label tokens of ``batches`` (one update's micro-batches, or one evaluation batch),
-        summed over ranks with ``average_tokens_across_devices``, on the device.
+        """The label tokens of ``batches`` (one update's micro-batches), summed over ranks with
+        ``average_tokens_across_devices``, on the device.
 
         Whether batches are counted depends only on their keys, which every rank's collator
         makes alike, so every rank takes the all-reduce or none does.
