@@ -31,13 +31,13 @@ Across ranks, nothing acts on a flag before it is agreed (``agree``: one small a
 evaluate and save (``_maybe_log_save_evaluate``, right after an agreement), and whether to stop
 (after each micro-batch and each epoch, where ranks read the flags as last agreed). Between two
 reads an agreement follows every hook that may have raised a flag: once per update after
-``on_step_end``, and after each log entry, evaluation or save that ran (a signal that came
-during a long evaluation or save stops the run at this update). Inside an
-accumulation window there is no agreement unless a callback listens to ``on_substep_end`` (then
-after each micro-batch but the last) or ``on_step_begin`` (after the first); a stop it raises
-then takes effect after that micro-batch on every rank, as Hugging Face's does in one process.
-Signals and ``request_stop()`` are this rank's own news and join the flags just before the
-agreement at the end of an update or an epoch.
+``on_step_end``, and after each log entry, evaluation or save that ran. Signals and
+``request_stop()`` are this rank's own news: they join the flags just before each of these
+agreements (so a signal that came during a long evaluation or save stops the run at this
+update). Inside an accumulation window there is no agreement unless a callback listens to
+``on_substep_end`` (then after each micro-batch but the last) or ``on_step_begin`` (after the
+first); a stop it raises then takes effect after that micro-batch on every rank, as Hugging
+Face's does in one process.
 
 The global RNG is drawn from exactly where Hugging Face's loop draws from it, so a script gives
 the same dropout noise on both: the loaders draw their workers' base seed from it at every
