@@ -1,26 +1,42 @@
-"""The plan check every rank runs at setup, with a fake process group (no torchrun needed)."""
+"""The choices every rank must take alike, with a fake process group (no torchrun needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from trainbus.bus import ConfigurationError
 from trainbus.trainer import TrainingArguments
-from trainbus.trainer._agreement import check_same_plan, run_fingerprint
+from trainbus.trainer._agreement import (
+    check_same_plan,
+    rank_zero_metric,
+    run_fingerprint,
+    seen_everywhere,
+)
 from trainbus.trainer._plan import plan_run
 from trainbus.trainer._state import TrainerState
 
 
 class FakeGroup:
-    """Hands back the fingerprints of ranks 1.. as given, this rank's as rank 0's."""
+    """Two or more ranks seen from rank 0: the other ranks' gathered values are given, and
+    rank 0's value of a broadcast is ``rank_zero`` (this rank's own when ``None``)."""
 
-    def __init__(self, *others: dict[str, Any]) -> None:
+    enabled = True
+
+    def __init__(self, *others: Any, rank_zero: float | None = None) -> None:
         self.others = others
+        self.rank_zero = rank_zero
+
+    def at(self, doing: str) -> None:
+        pass
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj, *self.others]
+
+    def from_rank_zero(self, value: float) -> float:
+        return value if self.rank_zero is None else self.rank_zero
 
 
 def _fingerprint(length: int = 16, ga: int = 1, **overrides: Any) -> dict[str, Any]:
@@ -67,3 +83,23 @@ def test_a_different_save_interval_is_named() -> None:
     """Ranks saving at different intervals would meet in different collectives."""
     with pytest.raises(ConfigurationError, match="save_steps"):
         check_same_plan(FakeGroup(_fingerprint(save_steps=7)), _fingerprint(save_steps=5))
+
+
+def test_the_tracked_metric_is_rank_zeros() -> None:
+    """A rank whose compute_metrics differs tracks rank 0's value; other metrics stay its own."""
+    args = TrainingArguments(
+        output_dir="unused", metric_for_best_model="score", use_cpu=True, report_to="none"
+    )
+    metrics = {"eval_score": -3.0, "eval_loss": 0.5}
+    agreed = rank_zero_metric(FakeGroup(rank_zero=3.0), args, metrics)
+    assert agreed == {"eval_score": 3.0, "eval_loss": 0.5}
+
+
+def test_the_best_model_loads_on_every_rank_or_none(tmp_path: Path) -> None:
+    """Seen by all: load; by none: skip everywhere; by some: an error naming the others."""
+    best = str(tmp_path / "checkpoint-4")
+    assert seen_everywhere(FakeGroup(False), best) is False
+    (tmp_path / "checkpoint-4").mkdir()
+    assert seen_everywhere(FakeGroup(True), best) is True
+    with pytest.raises(ConfigurationError, match=r"missing on rank\(s\) \[1\]"):
+        seen_everywhere(FakeGroup(False), best)
