@@ -317,6 +317,7 @@ class TrainingLoop:
                     if after_each or (after_first and index == 0):
                         self._agree("an accumulation window")
                 if self._stopping():  # every rank leaves at the same micro-batch
+                    self._count_window_tokens()  # those of a window left in its middle
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
                 break
@@ -345,12 +346,18 @@ class TrainingLoop:
             tokens = self.count_tokens(batch)
             if self.dist.enabled:  # summed over ranks once per window, not per micro-batch
                 self.window_tokens += tokens
-                tokens = 0
                 if last:
-                    window = torch.tensor(self.window_tokens, dtype=torch.int64)
-                    tokens, self.window_tokens = int(self.dist.sum(window).item()), 0
-            trainer.state.num_input_tokens_seen += tokens
+                    self._count_window_tokens()
+            else:
+                trainer.state.num_input_tokens_seen += tokens
         return loss
+
+    def _count_window_tokens(self) -> None:
+        """Add the input tokens of every rank's micro-batches since the last call (one sum)."""
+        if self.dist.enabled and self.count_tokens is not None:
+            window = torch.tensor(self.window_tokens, dtype=torch.int64)
+            self.trainer.state.num_input_tokens_seen += int(self.dist.sum(window).item())
+            self.window_tokens = 0
 
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""

@@ -89,6 +89,7 @@ def _case_arguments(out: str, case: str, batch_size: int) -> Any:
         save_strategy="best" if best else "steps",
         save_steps=4,
         metric_for_best_model="score" if best else None,
+        include_num_input_tokens_seen="all",  # summed over ranks per window: must match too
         greater_is_better=True if best else None,
         use_cpu=True,
         disable_tqdm=True,
@@ -140,6 +141,9 @@ def run_case(out: str, case: str, *, batch_size: int, raising: bool, rank: int) 
     from trainbus.trainer._launcher import LocalLauncher
     from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
+    class Regressor(TinyRegressor):
+        main_input_name = "x"  # its elements count as input tokens
+
     callbacks = [_recorder()]
     trainer: Any = None
 
@@ -152,7 +156,7 @@ def run_case(out: str, case: str, *, batch_size: int, raising: bool, rank: int) 
         callbacks.append(_raise_once(hook, flag, raising))
     torch.manual_seed(0)
     trainer = Trainer(
-        TinyRegressor(dropout=0.0),
+        Regressor(dropout=0.0),
         _case_arguments(out, case, batch_size),
         train_dataset=RegressionDataset(16),
         eval_dataset=RegressionDataset(8, seed=1),
@@ -163,6 +167,7 @@ def run_case(out: str, case: str, *, batch_size: int, raising: bool, rank: int) 
     output = trainer.train()
     return {
         "global_step": output.global_step,
+        "tokens": trainer.state.num_input_tokens_seen,
         **callbacks[0].seen,
         "checkpoints": sorted(p.name for p in Path(out).glob("checkpoint-*")),
         "best": trainer.state.best_model_checkpoint,
@@ -335,7 +340,7 @@ def _check_same_as_one_process(tmp_path: Path, case: str) -> None:
     ranks = [json.loads((directory / f"rank{r}.json").read_text()) for r in (0, 1)]
     single_dir = tmp_path / "single" / case.replace(".", "-")
     single = run_case(str(single_dir), case, batch_size=4, raising=True, rank=0)
-    same = ("global_step", "evaluate", "save", "log", "checkpoints")
+    same = ("global_step", "tokens", "evaluate", "save", "log", "checkpoints")
     for key in same:
         assert ranks[0][key] == ranks[1][key] == single[key], (case, key)
     assert ranks[0]["weights"] == ranks[1]["weights"], case
