@@ -63,6 +63,11 @@ TARGETS: Final = (
     ),
     Target("journal on disk per 1,000,000 steps, compressed", "<= 100 MB", ("compressed",)),
     Target("trainbus show over a 1,000,000-step journal", "<= 10 s", ("trainbus show",)),
+    Target(
+        "collectives per optimizer step besides DDP's (2 ranks)",
+        "<= 1",
+        ("collectives per optimizer step",),
+    ),
 )
 GPU_TOPIC: Final = "gpu"
 """The topic measured on a CUDA machine (``bench_gpu``), which the suite's own machine may lack."""

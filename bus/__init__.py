@@ -6,6 +6,7 @@ from trainbus.bus._bus import Bus, Hook
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._errors import (
     ConfigurationError,
+    DistributedError,
     JournalCorruptError,
     JournalError,
     PermanentSinkError,
@@ -69,6 +70,7 @@ __all__ = [
     "Bus",
     "ConfigurationError",
     "CursorStore",
+    "DistributedError",
     "EpochBegin",
     "EpochEnd",
     "Evaluate",

@@ -6,6 +6,8 @@
     ├── ConfigurationError          (also a ValueError) bad user input, raised before training
     │   └── StateFileError          (also a JournalError) a file read back (trainer_state.json, a
     │                               cursor) is truncated, corrupt or does not fit the run
+    ├── DistributedError            a collective failed: another rank died, raised or took
+    │                               another path (the message says what this rank was doing)
     ├── JournalError                the run journal cannot be read or written
     │   └── JournalCorruptError     a record failed its checksum or framing (not a torn tail)
     └── SinkError                   a sink could not deliver a batch
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "DistributedError",
     "JournalCorruptError",
     "JournalError",
     "PermanentSinkError",
@@ -38,6 +41,10 @@ class TrainbusError(Exception):
 
 class ConfigurationError(TrainbusError, ValueError):
     """Bad user input; the message names the field and what was expected."""
+
+
+class DistributedError(TrainbusError):
+    """A collective failed on this rank; the message names what the rank was doing."""
 
 
 class JournalError(TrainbusError):

@@ -358,7 +358,9 @@ class TrainingArguments(RefusesUnsupportedMethods):
 
         from trainbus.trainer._distributed import Distributed
 
-        Distributed(self.world_size, self.process_index, self.device).setup()
+        Distributed(
+            self.world_size, self.process_index, self.device, timeout=self.ddp_timeout_delta
+        ).setup()
         is_main = (self.local_process_index if local else self.process_index) == 0
         if not is_main:
             dist.barrier()  # wait until the main process has done the work

@@ -10,20 +10,34 @@ only the run needs (loss accumulators, gradient norm, learning rate, flops, the 
 schedule in use) is this object's own state, set in ``__init__`` and ``_prepare``. In HF's order
 (spec §2.3-2.5)::
 
-    run():       prepare; TrainBegin; [evaluate on start]
-      for epoch:   EpochBegin; _train_epoch; EpochEnd; _maybe_log_save_evaluate
+    run():       prepare (ranks check they share one plan); TrainBegin; agree; [evaluate on start]
+      for epoch:   EpochBegin; agree; _train_epoch; EpochEnd; _decide
       _finish:     Log(summary); [load best model]; [final model, Artifact]; TrainEnd
     _train_epoch, per window of GA micro-batches (read whole first, their label tokens counted):
-                 StepBegin; (_micro_step, SubstepEnd)*; _micro_step; _optimizer_step
+                 StepBegin; (_micro_step, SubstepEnd, [agree])*; _micro_step; _optimizer_step
     _micro_step: trainer.training_step (forward, backward); count flops and tokens
     _optimizer_step:
                  clip; PreOptimizerStep; optimizer.step(); OptimizerStep; scheduler.step();
-                 zero_grad; global_step += 1; StepEnd; _maybe_log_save_evaluate
-    _maybe_log_save_evaluate:
+                 zero_grad; global_step += 1; StepEnd; _decide
+    _decide:     this rank's signal or stop request into the flags; agree; _maybe_log_save_evaluate
+    _maybe_log_save_evaluate (each action followed by: this rank's signal or request; agree):
                  [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
 
 Each event point is two lines: publish (or stamp) the event, then the handler's barrier, whose
 returned control the trainer keeps.
+
+Across ranks, nothing acts on a flag before it is agreed (``agree``: one small all-reduce; see
+``trainbus.trainer._distributed``). The flags are read at three places only: whether to log,
+evaluate and save (``_maybe_log_save_evaluate``, right after an agreement), and whether to stop
+(after each micro-batch and each epoch, where ranks read the flags as last agreed). Between two
+reads an agreement follows every hook that may have raised a flag: once per update after
+``on_step_end``, and after each log entry, evaluation or save that ran. Signals and
+``request_stop()`` are this rank's own news: they join the flags just before each of these
+agreements (so a signal that came during a long evaluation or save stops the run at this
+update). Inside an accumulation window there is no agreement unless a callback listens to
+``on_substep_end`` (then after each micro-batch but the last) or ``on_step_begin`` (after the
+first); a stop it raises then takes effect after that micro-batch on every rank, as Hugging
+Face's does in one process.
 
 The global RNG is drawn from exactly where Hugging Face's loop draws from it, so a script gives
 the same dropout noise on both: the loaders draw their workers' base seed from it at every
@@ -61,6 +75,14 @@ from trainbus.bus._events import (
 )
 from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._accounting import token_counter
+from trainbus.trainer._agreement import (
+    check_same_plan,
+    data_length,
+    data_lengths,
+    rank_zero_metric,
+    run_fingerprint,
+    seen_everywhere,
+)
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
 from trainbus.trainer._final_model import publish_final_model
@@ -122,6 +144,10 @@ class TrainingLoop:
         """Clip, optimizer step and schedule, through the scaler under ``fp16`` (``_prepare``)."""
         self.saved_step = -1
         """``global_step`` of the last checkpoint this run wrote (a stop signal saves once)."""
+        self.agreed_stop = (False, False)
+        """``should_epoch_stop`` and ``should_training_stop`` as last agreed across ranks."""
+        self.window_tokens = 0
+        """Input tokens of this rank's micro-batches in the window, summed over ranks at its end."""
 
     def run(self, resume_from_checkpoint: bool | str | None) -> TrainOutput:
         """HF spec §2.3: prepare, ``TrainBegin``, epochs, then the end of training."""
@@ -142,6 +168,7 @@ class TrainingLoop:
         trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
         if trainer._stop_requested:  # asked before training began: on_train_begin reset the flag
             trainer.control.should_training_stop = True
+        self._agree("the start of training")
         if checkpoint is not None and not args.resume_only_model:
             self.rng_to_restore = checkpoint / ckpt.rng_file(self.dist.rank, self.dist.world_size)
         if args.eval_on_start:
@@ -149,17 +176,15 @@ class TrainingLoop:
         for epoch in range(start.epoch, plan.num_train_epochs):
             trainer._publish(EpochBegin)
             trainer.control = handler.on_epoch_begin(args, trainer.state, trainer.control)
+            self._agree("the start of an epoch")
             skip = start.updates_done if epoch == start.epoch else 0
             if not self._train_epoch(loader, epoch, plan, skip):
                 logger.warning("epoch produced no batch; stopping training", epoch=epoch)
                 trainer.control.should_training_stop = True
             trainer._publish(EpochEnd)
             trainer.control = handler.on_epoch_end(args, trainer.state, trainer.control)
-            self._stop_on_signal()
-            self.dist.merge(trainer.control)
-            self._maybe_log_save_evaluate()
-            self.dist.merge(trainer.control)
-            if trainer.control.should_training_stop:
+            self._decide("the end of an epoch")
+            if self._stopping(training_only=True):
                 break
         trainer._stop_requested = False  # a request is for this run, not the next train()
         return self._finish(start_time, start_step)
@@ -191,6 +216,16 @@ class TrainingLoop:
             num_train_epochs=args.num_train_epochs,
         )
         start = self._fresh_state(plan, checkpoint)
+        if self.dist.enabled:  # before the first collective that a differing plan would skew
+            self.dist.at("checking that every rank runs the same plan")
+            fingerprint = run_fingerprint(
+                args,
+                plan,
+                trainer.state,
+                train_length=data_length(trainer.train_dataset),
+                eval_lengths=data_lengths(trainer.eval_dataset),
+            )
+            check_same_plan(self.dist, fingerprint)
         if trainer._created_scheduler:  # a second train(): a fresh schedule for this run, as in HF
             trainer.lr_scheduler, trainer._created_scheduler = None, False
         trainer.create_optimizer_and_scheduler(plan.max_steps)
@@ -246,6 +281,11 @@ class TrainingLoop:
         if loader.generator is not None:
             loader.generator.manual_seed(args.seed + epoch)
         steps_in_epoch = plan.batches_per_epoch or plan.updates_per_epoch * ga
+        # Whether a callback may raise a flag inside a window, which ranks must then agree on
+        # before the stop test after the micro-batch: after every one (on_substep_end), or
+        # after the first (on_step_begin, which runs before it).
+        after_each = self.dist.enabled and bool(handler.listeners("on_substep_end"))
+        after_first = self.dist.enabled and bool(handler.listeners("on_step_begin"))
         step = skip * ga - 1
         if not skip:
             self._restore_rng()  # before the loader's draw, which the checkpoint did not see
@@ -274,16 +314,10 @@ class TrainingLoop:
                     trainer._mark(SubstepEnd)
                     trainer._flush_marks()
                     trainer.control = handler.on_substep_end(args, trainer.state, trainer.control)
-                if last:
-                    self._stop_on_signal()
-                if trainer._stop_requested:  # before the merge: no rank stops alone
-                    trainer.control.should_training_stop = True
-                if self.dist.enabled:  # every rank must leave at the same batch
-                    self.dist.merge(trainer.control)
-                control = trainer.control
-                if last and control.should_training_stop and control.should_save:
-                    self._save_checkpoint()  # the final save a stop signal asked for
-                if control.should_epoch_stop or control.should_training_stop:
+                    if after_each or (after_first and index == 0):
+                        self._agree("an accumulation window")
+                if self._stopping():  # every rank leaves at the same micro-batch
+                    self._count_window_tokens()  # those of a window left in its middle
                     return True
             if plan.batches_per_epoch is None and step + 1 >= steps_in_epoch:
                 break
@@ -310,10 +344,20 @@ class TrainingLoop:
             self.flos += self.count_flos(batch)
         if self.count_tokens is not None:
             tokens = self.count_tokens(batch)
-            if self.dist.enabled:  # every rank counts every micro-batch: all take the all-reduce
-                tokens = int(self.dist.sum(torch.tensor(tokens, dtype=torch.int64)).item())
-            trainer.state.num_input_tokens_seen += tokens
+            if self.dist.enabled:  # summed over ranks once per window, not per micro-batch
+                self.window_tokens += tokens
+                if last:
+                    self._count_window_tokens()
+            else:
+                trainer.state.num_input_tokens_seen += tokens
         return loss
+
+    def _count_window_tokens(self) -> None:
+        """Add the input tokens of every rank's micro-batches since the last call (one sum)."""
+        if self.dist.enabled and self.count_tokens is not None:
+            window = torch.tensor(self.window_tokens, dtype=torch.int64)
+            self.trainer.state.num_input_tokens_seen += int(self.dist.sum(window).item())
+            self.window_tokens = 0
 
     def _optimizer_step(self, epoch: float) -> None:
         """Clip, step, schedule and advance ``global_step``, with the four events around it."""
@@ -341,17 +385,49 @@ class TrainingLoop:
         trainer._mark(StepEnd)
         trainer._flush_marks()
         trainer.control = handler.on_step_end(args, state, trainer.control)
+        self._decide("the end of an update")
+
+    def _agree(self, where: str) -> None:
+        """Merge the flags across ranks (raised anywhere: raised everywhere) and note the stop
+        flags as agreed, which is what ``_stopping`` reads; nothing in a single process."""
+        if not self.dist.enabled:
+            return
+        control = self.trainer.control
+        self.dist.at(f"{where} (step {self.trainer.state.global_step})")
+        self.dist.merge(control)
+        self.agreed_stop = (control.should_epoch_stop, control.should_training_stop)
+
+    def _stopping(self, *, training_only: bool = False) -> bool:
+        """Whether to stop the epoch (or, ``training_only``, the training) here: the flags as
+        last agreed across ranks; in a single process, the flags themselves."""
         if self.dist.enabled:
-            self.dist.merge(trainer.control)
+            epoch_stop, training_stop = self.agreed_stop
+        else:
+            control = self.trainer.control
+            epoch_stop, training_stop = control.should_epoch_stop, control.should_training_stop
+        return training_stop if training_only else epoch_stop or training_stop
+
+    def _decide(self, where: str) -> None:
+        """The decision point of an update or an epoch: the ranks agree (with this rank's own
+        stop news), and the agreed flags say whether to log, evaluate and save."""
+        self._agree_with_news(where)
         self._maybe_log_save_evaluate()
+
+    def _agree_with_news(self, where: str) -> None:
+        """``_agree``, this rank's signal or stop request joining the flags first."""
+        self._stop_on_signal()
+        if self.trainer._stop_requested:
+            self.trainer.control.should_training_stop = True
+        self._agree(where)
 
     def _stop_on_signal(self) -> None:
         """Turn a received SIGTERM/SIGINT into this rank's stop and final-save flags.
 
-        Called only just before the flags are merged across ranks, and the signal's flag is read
-        nowhere else: every rank then stops, and saves, on the merged flags, so a rank that got
-        the signal a moment later (or not at all) still takes the same collectives. The save is
-        asked for when ``save_strategy`` writes checkpoints and this step has none yet.
+        Called only just before the flags are agreed across ranks (``_agree_with_news``), and the
+        signal's flag is read nowhere else: every rank then stops, and saves, on the agreed
+        flags, so a rank that got the signal a moment later (or not at all) still takes the same
+        collectives. The save is asked for when ``save_strategy`` writes checkpoints and this
+        step has none yet.
         """
         if self.trainer._stop_signal is None:
             return
@@ -361,16 +437,23 @@ class TrainingLoop:
             control.should_save = True
 
     def _maybe_log_save_evaluate(self) -> None:
-        """Log, then evaluate, then save, as the control flags say (HF spec §2.5)."""
+        """Log, then evaluate, then save, as the agreed control flags say (HF spec §2.5).
+
+        Each action that ran is followed by an agreement (its hooks may have raised a flag, a
+        signal may have come meanwhile), so the next action reads flags every rank shares.
+        """
         trainer = self.trainer
         if trainer.control.should_log and trainer.state.global_step > self.last_logged:
             trainer.log(self._training_logs(), self.start_time)
+            self._agree_with_news("after a log entry")
         if trainer.control.should_evaluate:
             is_new_best = self._evaluate_during_training(track_best=True)
-            if self.args.save_strategy == "best":
+            if self.args.save_strategy == "best":  # agreed: rank 0's metric decides
                 trainer.control.should_save = is_new_best
+            self._agree_with_news("after an evaluation")
         if trainer.control.should_save:
             self._save_checkpoint()
+            self._agree_with_news("after a save")
 
     def _take_loss(self) -> float:
         """The loss summed since the last log entry (mean over ranks), read once; then zero."""
@@ -405,6 +488,7 @@ class TrainingLoop:
         """Evaluate every eval set; returns whether the tracked metric reached a new best."""
         trainer = self.trainer
         metrics = trainer.evaluate(ignore_keys=trainer._ignore_keys_for_eval)
+        metrics = rank_zero_metric(self.dist, self.args, metrics)
         is_new_best = record_best(self.args, trainer.state, metrics, update=track_best)
         if track_best and self.schedule_on_metric:  # as in HF: not after eval_on_start
             step_on_metric(self.lr_scheduler, self.args, metrics)
@@ -416,7 +500,8 @@ class TrainingLoop:
         self._store_flos()  # the state written holds the flops of every step so far (every rank)
         if state.best_global_step is not None:
             best = ckpt.checkpoint_dir(args.output_dir, state.best_global_step)
-            if best.is_dir() or state.best_global_step == state.global_step:
+            # agreed: a rank on a node that does not see the saving rank's files still names it
+            if state.best_global_step == state.global_step or self.dist.any_rank(best.is_dir()):
                 state.best_model_checkpoint = str(best)
         state.record_callback_states(exportable_objects(self.handler, trainer.control))
         rng_states = [] if args.save_only_model else self._gather_rng_states()
@@ -463,7 +548,7 @@ class TrainingLoop:
         metrics["train_loss"] = self.total_loss / steps
         trainer.log(metrics)
         best = state.best_model_checkpoint
-        if args.load_best_model_at_end and best is not None and Path(best).is_dir():
+        if args.load_best_model_at_end and best is not None and seen_everywhere(self.dist, best):
             logger.info("loading the best model", checkpoint=best, metric=state.best_metric)
             ckpt.load_weights(self.model, Path(best))
         if args.save_total_limit == 1 and best is not None and args.should_save:

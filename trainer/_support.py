@@ -200,7 +200,7 @@ FIELDS: Final[Mapping[str, Support]] = {
     "ddp_broadcast_buffers": _no(_DDP),
     "ddp_static_graph": _no(_DDP),
     "ddp_backend": _no("the process-group backend is NCCL on GPUs, Gloo on CPUs"),
-    "ddp_timeout": _no("the process group uses torch's default timeout"),
+    "ddp_timeout": _yes("the process group's timeout, the last resort for a hung rank"),
     "fsdp": _no("Fully Sharded Data Parallel", falsy_is_default=True),
     "fsdp_config": _no("Fully Sharded Data Parallel"),
     "deepspeed": _no("DeepSpeed"),

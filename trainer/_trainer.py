@@ -171,7 +171,12 @@ class Trainer(
         self.compute_loss_func = compute_loss_func
         self.current_gradient_accumulation_steps = 1
         """Micro-batches in the update being trained (the last one of an epoch may be short)."""
-        self._dist = Distributed(self.args.world_size, self.args.process_index, self.device)
+        self._dist = Distributed(
+            self.args.world_size,
+            self.args.process_index,
+            self.device,
+            timeout=self.args.ddp_timeout_delta,
+        )
         self.label_names = (
             default_label_names(self.model)
             if self.args.label_names is None
