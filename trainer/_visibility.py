@@ -202,6 +202,8 @@ def look_at(path: Path, place: Place, needed: Sequence[str], *, read_state: bool
             TrainerState.load_from_json(path / ckpt.STATE_NAME)
         except StateFileError as exc:
             fault = str(exc)
+        except OSError as exc:  # unreadable here: a fault to gather, never a rank raising alone
+            fault = f"{path / ckpt.STATE_NAME} cannot be read: {exc}."
     return Sight(place, str(path), missing, fault)
 
 
