@@ -11,10 +11,10 @@ group's timeout. So at setup every rank gathers the others' plan in one small ex
 they differ, every rank raises the same ``ConfigurationError`` naming the fields and each rank's
 value, before the first step.
 
-Later, three choices read values that may differ between ranks (a user's ``compute_metrics``
-may depend on the rank; a node may not see another's files): the best checkpoint and what
-follows the tracked metric take rank 0's value (``rank_zero_metric``), and loading the best
-model happens on every rank or on none (``seen_everywhere``). The control flags themselves are
+Later, choices that read values which may differ between ranks (a user's ``compute_metrics``
+may depend on the rank) take rank 0's: the best checkpoint and what follows the tracked metric
+(``rank_zero_metric``). Whether every rank can read a checkpoint (resume, the best model at the
+end) is agreed in ``trainbus.trainer._visibility``. The control flags themselves are
 agreed by ``trainbus.trainer._distributed.Distributed.merge`` at the loop's decision points.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from trainbus.bus._errors import ConfigurationError
@@ -38,7 +37,6 @@ __all__ = [
     "data_lengths",
     "rank_zero_metric",
     "run_fingerprint",
-    "seen_everywhere",
 ]
 
 _ARGUMENTS = (
@@ -140,21 +138,6 @@ def rank_zero_metric(
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
     group.at("taking rank 0's value of the tracked metric")
     return {**metrics, key: group.from_rank_zero(float(number))}
-
-
-def seen_everywhere(group: Group, checkpoint: str) -> bool:
-    """Whether every rank sees ``checkpoint`` (``False`` when none does); raises naming the
-    ranks that do not when only some do, since their final models would differ."""
-    group.at("choosing whether to load the best model")
-    seen = group.gather(Path(checkpoint).is_dir())
-    if all(seen) or not any(seen):
-        return bool(seen[0])
-    missing = [rank for rank, here in enumerate(seen) if not here]
-    raise ConfigurationError(
-        f"load_best_model_at_end: the best checkpoint {checkpoint} is missing on rank(s) "
-        f"{missing}, so the ranks would end with different models; give every node the same "
-        "output_dir (shared storage) or set save_on_each_node=True"
-    )
 
 
 def data_length(dataset: object) -> int | None:

@@ -9,7 +9,9 @@ either ``Trainer`` resumes from the other's checkpoints and ``from_pretrained`` 
     optimizer.pt         optimizer state                (both in transformers' parameter
     scheduler.pt         scheduler state                groups: trainbus.trainer._param_groups)
     rng_state.pth        Python, NumPy, torch CPU and CUDA generator states
-                         (rng_state_<rank>.pth, one per rank, when distributed)
+                         (rng_state_<rank>.pth, one per rank, when distributed: every
+                         rank's file in every copy, so that with save_on_each_node each
+                         node's copy resumes all of its ranks)
     trainer_state.json   TrainerState, callback states included
     training_args.json   the arguments, secrets removed
 

@@ -81,7 +81,6 @@ from trainbus.trainer._agreement import (
     data_lengths,
     rank_zero_metric,
     run_fingerprint,
-    seen_everywhere,
 )
 from trainbus.trainer._data import EpochSampler, has_length, iter_batches
 from trainbus.trainer._evaluation import TrainOutput, speed_metrics
@@ -96,6 +95,7 @@ from trainbus.trainer._rng import capture_rng_state, restore_rng_state
 from trainbus.trainer._run_info import record_best
 from trainbus.trainer._schedules import step_on_metric, steps_on_metric
 from trainbus.trainer._state import TrainerState, restore_callback_states
+from trainbus.trainer._visibility import agree_on_best
 
 if TYPE_CHECKING:
     from trainbus.trainer._trainer import Trainer
@@ -534,6 +534,25 @@ class TrainingLoop:
         """Every rank's generator states, in rank order (a collective in a group)."""
         return self.dist.gather(capture_rng_state(distributed=self.dist.enabled))
 
+    def _load_best_model(self) -> None:
+        """Load the best checkpoint's weights: on every rank the same one, or on none.
+
+        Alone, the best checkpoint is loaded if its directory is still there. In a group rank
+        zero's best is the job's, and a rank that cannot read it raises on every rank
+        (``trainbus.trainer._visibility.agree_on_best``), so no rank ends on other weights.
+        """
+        state = self.trainer.state
+        if self.dist.enabled:
+            best_dir = agree_on_best(self.args, state)
+        else:
+            best = state.best_model_checkpoint
+            best_dir = Path(best) if best is not None and Path(best).is_dir() else None
+        if best_dir is not None:
+            logger.info(
+                "loading the best model", checkpoint=str(best_dir), metric=state.best_metric
+            )
+            ckpt.load_weights(self.model, best_dir)
+
     def _finish(self, start_time: float, start_step: int) -> TrainOutput:
         """Summary log, best model, last rotation, ``TrainEnd`` (HF spec §2.3 step 10)."""
         trainer, args, state = self.trainer, self.args, self.trainer.state
@@ -548,9 +567,8 @@ class TrainingLoop:
         metrics["train_loss"] = self.total_loss / steps
         trainer.log(metrics)
         best = state.best_model_checkpoint
-        if args.load_best_model_at_end and best is not None and seen_everywhere(self.dist, best):
-            logger.info("loading the best model", checkpoint=best, metric=state.best_metric)
-            ckpt.load_weights(self.model, Path(best))
+        if args.load_best_model_at_end:
+            self._load_best_model()
         if args.save_total_limit == 1 and best is not None and args.should_save:
             ckpt.rotate_checkpoints(args.output_dir, 0, best, keep_only_best=True)
         publish_final_model(trainer)  # only when a sink uploads it (trainer/_final_model.py)

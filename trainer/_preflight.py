@@ -9,7 +9,9 @@ first, each with one line naming the field or file:
 * a checkpoint to resume from that is missing its optimizer, scheduler or this rank's RNG file:
   resuming without them silently diverges from the run that wrote it, so it takes
   ``resume_only_model=True`` to accept that;
-* a ``trainer_state.json`` that is truncated or corrupt.
+* a ``trainer_state.json`` that is truncated or corrupt;
+* under ``torchrun``, a checkpoint that some rank cannot read (another node's disk) or ranks asked
+  to resume from different checkpoints: checked on every rank together, so every rank refuses.
 """
 
 from __future__ import annotations
@@ -20,30 +22,39 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._state import TrainerState
+from trainbus.trainer._visibility import agree_on_resume
 
 __all__ = ["check_before_training", "check_checkpoint_complete", "check_run_length"]
 
 
 def check_before_training(
     args: TrainingArguments, resume_from_checkpoint: bool | str | None
-) -> None:
+) -> Path | None:
     """Raise a `ConfigurationError` for anything that would make this ``train()`` call fail.
 
     Args:
         args: the trainer's arguments.
         resume_from_checkpoint: ``train()``'s argument; ``None`` falls back to
             ``args.resume_from_checkpoint``, as the loop does.
+
+    Returns:
+        The checkpoint to resume from (``True`` resolved), or ``None``. In a group of processes
+        every rank agrees on it, or every rank raises the same error
+        (``trainbus.trainer._visibility``): no rank may refuse alone while the others go on.
     """
     check_run_length(args)
     wanted = (
         args.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
     )
+    if args.world_size > 1:
+        return agree_on_resume(args, wanted)
     if not wanted:
-        return
+        return None
     checkpoint = ckpt.find_checkpoint(args.output_dir, wanted)
     TrainerState.load_from_json(checkpoint / ckpt.STATE_NAME)  # a corrupt file is named now
     if not args.resume_only_model:
         check_checkpoint_complete(checkpoint, rank=args.process_index, world_size=args.world_size)
+    return checkpoint
 
 
 def check_run_length(args: TrainingArguments) -> None:

@@ -272,9 +272,10 @@ class Trainer(
         with ``128 + trainer.stopped_by_signal`` (``trainbus train`` does: 143 or 130). A second
         signal ends the process at once. See ``trainbus.trainer._signals``.
         """
-        check_before_training(self.args, resume_from_checkpoint)
+        # The checkpoint the preflight chose (every rank the same one): False resumes nothing.
+        checkpoint = check_before_training(self.args, resume_from_checkpoint)
         self._begin_training(trial, ignore_keys_for_eval)
-        body = functools.partial(self._train, resume_from_checkpoint)
+        body = functools.partial(self._train, False if checkpoint is None else str(checkpoint))
         self._stop_signal = None
         with hold_output_dir(self.args.output_dir), stop_on_signals(self._on_stop_signal):
             return self._run_blocking(body, launcher)
@@ -294,9 +295,10 @@ class Trainer(
         Signals belong to the host here: nothing is installed for them, and the host stops the
         run with ``request_stop()`` (or by cancelling this call, which calls it).
         """
-        check_before_training(self.args, resume_from_checkpoint)
+        # The checkpoint the preflight chose (every rank the same one): False resumes nothing.
+        checkpoint = check_before_training(self.args, resume_from_checkpoint)
         self._begin_training(trial, ignore_keys_for_eval)
-        body = functools.partial(self._train, resume_from_checkpoint)
+        body = functools.partial(self._train, False if checkpoint is None else str(checkpoint))
         with hold_output_dir(self.args.output_dir):
             return await launch_async(
                 self._launcher(launcher), self, functools.partial(self._work, body)

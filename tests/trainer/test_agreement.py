@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ from trainbus.trainer._agreement import (
     check_same_plan,
     rank_zero_metric,
     run_fingerprint,
-    seen_everywhere,
 )
 from trainbus.trainer._plan import plan_run
 from trainbus.trainer._state import TrainerState
@@ -93,13 +91,3 @@ def test_the_tracked_metric_is_rank_zeros() -> None:
     metrics = {"eval_score": -3.0, "eval_loss": 0.5}
     agreed = rank_zero_metric(FakeGroup(rank_zero=3.0), args, metrics)
     assert agreed == {"eval_score": 3.0, "eval_loss": 0.5}
-
-
-def test_the_best_model_loads_on_every_rank_or_none(tmp_path: Path) -> None:
-    """Seen by all: load; by none: skip everywhere; by some: an error naming the others."""
-    best = str(tmp_path / "checkpoint-4")
-    assert seen_everywhere(FakeGroup(False), best) is False
-    (tmp_path / "checkpoint-4").mkdir()
-    assert seen_everywhere(FakeGroup(True), best) is True
-    with pytest.raises(ConfigurationError, match=r"missing on rank\(s\) \[1\]"):
-        seen_everywhere(FakeGroup(False), best)
