@@ -21,6 +21,7 @@ from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.cli import main
 from trainbus.orchestrator.run import Orchestrator
 from trainbus.orchestrator.rundir import RunDir, find_job, find_run_dir
+from trainbus.orchestrator.show import format_summary, summarize
 from trainbus.orchestrator.sync import sync_run
 
 STEPS = 5
@@ -74,6 +75,10 @@ async def test_other_ranks_journal_nothing_by_default_and_rank_zero_everything(
     record = one.run_dir.read_record()
     assert (record.status, record.journal_events) == ("completed", "errors")
     assert zero.run_dir.read_record().journal_events == "full"
+    shown = format_summary(summarize(one.run_dir), one.run_dir)
+    assert "rank       1 of 2" in shown
+    assert "journal    its own failures only (TRAINBUS_RANK_JOURNAL=errors)" in shown
+    assert "journal " not in format_summary(summarize(zero.run_dir), zero.run_dir)
 
 
 async def test_another_rank_journals_its_own_failure(tmp_path: Path) -> None:
