@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -137,11 +137,15 @@ class Bus:
         journal_settings: JournalSettings | None = None,
         stall_after: float = DEFAULT_STALL_AFTER,
         context: RunContext | None = None,
+        journal_filter: Callable[[Event], bool] | None = None,
     ) -> None:
         """``stall_after``: seconds the loop may not answer before the watchdog journals for it
         and names the sink that blocks it (see the module docstring). ``context``: what the
         launcher decided about the run (default: no resolved ``report_to``, the final model
-        wanted when one of ``sinks`` wants it)."""
+        wanted when one of ``sinks`` wants it). ``journal_filter``: the events the journal
+        keeps (default: all), for a rank whose journal is only a record of what went wrong;
+        only for a bus without sinks, since a sink catching up reads every event back from the
+        journal. Live subscriptions and barriers still see every event."""
         if not run_id:
             raise ConfigurationError("Bus(run_id=...) must be a non-empty string.")
         if queue_size < 1:
@@ -154,6 +158,13 @@ class Bus:
         if not (math.isfinite(stall_after) and stall_after > 0):
             raise ConfigurationError(
                 f"Bus(stall_after=...) must be a finite number of seconds > 0, got {stall_after}."
+            )
+        if journal_filter is not None and any(
+            rank == 0 or not s.world_rank_zero_only for s in sinks
+        ):
+            raise ConfigurationError(
+                "Bus(journal_filter=...) needs a bus without sinks: a sink catching up reads "
+                "every event back from the journal."
             )
         names = [s.sink_name for s in sinks]
         if len(set(names)) != len(names):
@@ -172,6 +183,7 @@ class Bus:
         self.context = context or RunContext.of_sinks(self.sinks)
         """The launcher's answers about the run, which the trainer reads (see
         ``trainbus.bus._run_context``); the launcher may replace it between two calls of a run."""
+        self._journal_filter = journal_filter
         self._queue_size = queue_size
         self._journal_settings = journal_settings
         self._outbox_interval = wake_interval
@@ -361,7 +373,7 @@ class Bus:
             if outbox.failure is not None:  # appending after a failed (maybe partial) write
                 raise outbox.refusal()  # would bury a torn record under intact ones
             try:
-                journal.append(batch)
+                self._append(journal, batch)
             except Exception as exc:
                 outbox.refuse(
                     exc,
@@ -376,6 +388,11 @@ class Bus:
         if self._unoffered or self._gap is not None:
             self._offer_journaled()
         self._offer(batch)
+
+    def _append(self, journal: JournalWriter | SegmentedJournalWriter, batch: list[Event]) -> None:
+        """Journal ``batch``, or the part of it ``journal_filter`` keeps."""
+        keep = self._journal_filter
+        journal.append(batch if keep is None else [event for event in batch if keep(event)])
 
     def _offer(self, batch: list[Event]) -> None:
         self._offered_seq = batch[-1].seq
@@ -571,7 +588,7 @@ class Bus:
             self._call_soon = None
             late = outbox.take_all()
             if self._journal is not None and late and outbox.failure is None:
-                self._journal.append(late)
+                self._append(self._journal, late)
             outbox.refuse(
                 RuntimeError(reason), f"The bus of run {self.run_id} was closed: {reason}."
             )
@@ -612,7 +629,7 @@ class Bus:
             count = len(outbox)
         else:
             late = outbox.take_all()
-            self._journal.append(late)
+            self._append(self._journal, late)
             count = len(late)
             note = "lost with the temporary journal" if self._tmpdir else "kept in the journal"
         log.warning("bus_events_after_close", run_id=self.run_id, count=count, note=note)

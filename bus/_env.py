@@ -1,8 +1,9 @@
-"""The one reader of settings from environment variables: text, booleans and whole numbers.
+"""The one reader of settings from environment variables: text, booleans, whole numbers and choices.
 
 Used by the sinks (Hugging Face's integration variables), the orchestrator
-(``TRAINBUS_SINK_PROCESS``) and the trainer (torchrun's ``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``),
-so every variable accepts the same spellings and a bad value gets the same one-line error.
+(``TRAINBUS_SINK_PROCESS``, ``TRAINBUS_RANK_JOURNAL``) and the trainer (torchrun's ``LOCAL_RANK``,
+``RANK``, ``WORLD_SIZE``), so every variable accepts the same spellings and a bad value gets the
+same one-line error.
 
 Booleans accept Hugging Face's true values (``1``, ``ON``, ``YES``, ``TRUE``), their false
 counterparts and the empty string (false), in any case and with surrounding blanks. Where Hugging
@@ -12,12 +13,12 @@ Face quietly reads any other value as false, a value here that is neither raises
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from trainbus.bus._errors import ConfigurationError
 
-__all__ = ["SINK_PROCESS_VARIABLE", "env_flag", "env_int", "env_str"]
+__all__ = ["SINK_PROCESS_VARIABLE", "env_choice", "env_flag", "env_int", "env_str"]
 
 SINK_PROCESS_VARIABLE: Final = "TRAINBUS_SINK_PROCESS"
 """Where the ``report_to`` sinks run: true moves them all to the sink process, false keeps them
@@ -69,6 +70,29 @@ def env_flag(
     if lenient:
         return default
     raise ConfigurationError(f"{name}={raw!r} is not a boolean; {_EXPECTED_FLAG}")
+
+
+def env_choice(env: Mapping[str, str], name: str, choices: Sequence[str], default: str) -> str:
+    """One of a few words (case and surrounding blanks ignored); ``default`` when unset or empty.
+
+    Args:
+        env: the environment to read.
+        name: the variable.
+        choices: the accepted words, lower case.
+        default: the answer when the variable is unset or empty.
+
+    Raises:
+        ConfigurationError: the value is none of ``choices``; the message names the variable.
+    """
+    raw = env_str(env, name)
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value not in choices:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not recognised; expected one of {'/'.join(choices)}"
+        )
+    return value
 
 
 def env_int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:

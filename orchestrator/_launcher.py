@@ -5,14 +5,21 @@ its run; it opens an ``Orchestrator`` built from the trainer, so ``report_to``, 
 the run directory apply to plain scripts exactly as to the CLI. Later calls on the same trainer
 (``evaluate()`` after ``train()``) continue its run: same run directory, journal and tracker
 runs. The threading around it (portal thread or worker thread) is the trainer's.
+
+Under ``torchrun`` a new run first joins the trainer's process group and takes world rank zero's
+run id (``Orchestrator.for_trainer``); that may wait for the other ranks to start, so it runs in a
+worker thread and the event loop (a host service's, under ``train_async``) keeps serving.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
+
+import anyio.to_thread
 
 from trainbus.bus._bus import Bus
 from trainbus.orchestrator.logging import apply_level, configure_logging
@@ -31,7 +38,10 @@ class OrchestratorLauncher:
     async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:
         """Open (or continue) ``trainer``'s run on the running loop and yield its bus."""
         _apply_log_level(trainer.args)
-        orch = Orchestrator.for_trainer(trainer, run_id=self._run_ids.get(trainer))
+        build = functools.partial(
+            Orchestrator.for_trainer, trainer, run_id=self._run_ids.get(trainer)
+        )
+        orch = await anyio.to_thread.run_sync(build)
         self._run_ids[trainer] = orch.run_id
         async with orch.open_run(trainer) as bus:
             yield bus

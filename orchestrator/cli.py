@@ -8,7 +8,9 @@ flushes, marks the run ``killed`` and exits with 143 or 130; a second signal end
 
 ``sync``, ``show`` and ``plot`` read a run directory as data: they import no code it names (``sync``
 rebuilds registered integrations by name, and user sink classes only with ``--sink-class`` or
-``--allow-run-classes``) and put nothing on ``sys.path`` unless ``--app-dir`` says so.
+``--allow-run-classes``) and put nothing on ``sys.path`` unless ``--app-dir`` says so. Given an
+``output_dir``, they read world rank zero's run of the latest job and name its other ranks'
+directories, with their status, in one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 
 from trainbus.bus._errors import ConfigurationError, TrainbusError
 from trainbus.bus._numbers import check_seconds
 from trainbus.orchestrator.logging import configure_logging
+
+if TYPE_CHECKING:
+    from trainbus.orchestrator.rundir import RunDir
 
 __all__ = ["build_parser", "main"]
 
@@ -189,16 +194,28 @@ def _train(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _find_run(path: Path) -> RunDir:
+    """The run ``sync``, ``show`` and ``plot`` read in ``path`` (world rank zero's of the latest
+    job); the job's other ranks are named on stderr, so ``--json`` output stays one document."""
+    from trainbus.orchestrator.rundir import find_job
+
+    job = find_job(path)
+    line = job.describe_others()
+    if line is not None:
+        print(line, file=sys.stderr)
+    return job.chosen
+
+
 def _sync(ns: argparse.Namespace) -> int:
-    from trainbus.orchestrator.rundir import find_run_dir
     from trainbus.orchestrator.sync import plan_sinks, sync_run
 
     deadline = ns.timeout if ns.timeout is not None else float("inf")
     allow = True if ns.allow_run_classes else (ns.sink_classes or [])
-    plan = plan_sinks(find_run_dir(ns.run_dir), only=ns.sinks, allow_classes=allow)
+    run_dir = _find_run(ns.run_dir)
+    plan = plan_sinks(run_dir, only=ns.sinks, allow_classes=allow)
 
     async def go() -> int:
-        reports = await sync_run(ns.run_dir, sinks=plan.sinks, deadline=deadline, force=ns.force)
+        reports = await sync_run(run_dir.path, sinks=plan.sinks, deadline=deadline, force=ns.force)
         for line in plan.skipped:
             print(line)
         left = len(plan.skipped)
@@ -217,10 +234,9 @@ def _sync(ns: argparse.Namespace) -> int:
 def _show(ns: argparse.Namespace) -> int:
     import msgspec
 
-    from trainbus.orchestrator.rundir import find_run_dir
     from trainbus.orchestrator.show import format_summary, summarize
 
-    run_dir = find_run_dir(ns.run_dir)
+    run_dir = _find_run(ns.run_dir)
     summary = summarize(run_dir)
     if ns.json:
         print(msgspec.json.format(msgspec.json.encode(summary), indent=2).decode())
@@ -231,9 +247,8 @@ def _show(ns: argparse.Namespace) -> int:
 
 def _plot(ns: argparse.Namespace) -> int:
     from trainbus.orchestrator.plot import plot_run
-    from trainbus.orchestrator.rundir import find_run_dir
 
-    path = plot_run(find_run_dir(ns.run_dir), ns.output)
+    path = plot_run(_find_run(ns.run_dir), ns.output)
     print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,13 @@ An ``Orchestrator`` is also a trainer's launcher (``open_run``, see ``trainbus.t
 ``orch.train(trainer)`` hands it to ``trainer.train_async`` and the trainer trains on the open bus;
 a trainer built with ``Trainer(launcher=orch)`` (as ``trainbus train`` does) opens this run for each
 call and closes it after, so ``evaluate()`` after ``train()`` continues the same run.
+
+Under ``torchrun`` each rank has an orchestrator of its own, and the job has one run id: world
+rank zero's, sent to the others over the process group (``for_trainer`` joins the trainer's
+group first; a bare ``Orchestrator`` agrees over a group already initialised, else warns). A new
+launch is a new run; ``run_id=`` or ``$TRAINBUS_RUN_ID`` continues one on purpose. World rank
+zero journals every event; the other ranks journal only their failures by default
+(``rank_journal``, ``$TRAINBUS_RANK_JOURNAL``: see ``trainbus.orchestrator._rank_journal``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import dataclasses
 import functools
 import importlib
 import os
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -47,10 +53,19 @@ from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
 from trainbus.bus._stream import Subscription
 from trainbus.bus._worker import run_in_worker_thread
+from trainbus.orchestrator._rank_journal import RankJournal, journal_filter, rank_journal_from
 from trainbus.orchestrator.config import check_writable_dir
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.registry import IntegrationChoice, build_sinks, explain_report_to
-from trainbus.orchestrator.rundir import RecordStatus, RunDir, RunRecord, SinkRecord, new_run_id
+from trainbus.orchestrator.rundir import (
+    RecordStatus,
+    RunDir,
+    RunRecord,
+    SinkRecord,
+    check_run_id,
+    proposed_run_id,
+    rendezvous_id,
+)
 from trainbus.orchestrator.sink_host import SinkHost
 
 __all__ = ["Orchestrator", "warm_up"]
@@ -58,7 +73,6 @@ __all__ = ["Orchestrator", "warm_up"]
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
-_RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _LAZY_TORCH_MODULES = ("torch._dynamo", "torch.distributed.tensor")
 
 
@@ -89,7 +103,12 @@ def _factory_of(sink: Sink) -> str | None:
 
 
 class Orchestrator:
-    """Owns a run's bus, journal, sink tasks and run directory for one ``async with``."""
+    """Owns a run's bus, journal, sink tasks and run directory for one ``async with``.
+
+    ``run_id`` continues that run (default: ``$TRAINBUS_RUN_ID``, else a fresh id; under
+    ``torchrun`` world rank zero's). ``rank_journal`` is what a rank other than world rank zero
+    journals: ``"errors"`` (default, or ``$TRAINBUS_RANK_JOURNAL``), ``"none"`` or ``"full"``.
+    """
 
     def __init__(
         self,
@@ -104,23 +123,21 @@ class Orchestrator:
         world_size: int | None = None,
         flush_timeout: float = 30.0,
         sink_process: bool | None = None,
+        rank_journal: RankJournal | None = None,
     ) -> None:
         self.flush_timeout = check_seconds("flush_timeout", flush_timeout)
         """Seconds the sinks get at close; what they have not delivered by then waits for sync."""
         self.output_dir = Path(output_dir)
-        self.run_id = run_id or os.environ.get("TORCHELASTIC_RUN_ID") or new_run_id()
-        if self.run_id == "none":  # torchrun's placeholder when no rendezvous id was given
-            self.run_id = new_run_id()
-        if not _RUN_ID.fullmatch(self.run_id) or not self.run_id.strip("."):
-            raise ConfigurationError(
-                f"run_id must be letters, digits, '.', '_' or '-' (it names a directory), "
-                f"got {self.run_id!r}"
-            )
-        self.run_name = run_name or self.run_id
+        self.env: Mapping[str, str] = dict(os.environ) if env is None else env
         # One source with the trainer's TrainingArguments: the process group, then RANK/WORLD_SIZE.
         self.rank = _world.world_rank() if rank is None else rank
         self.world_size = _world.world_size() if world_size is None else world_size
-        self.env: Mapping[str, str] = dict(os.environ) if env is None else env
+        self.run_id = run_id if run_id is not None else self._job_run_id()
+        check_run_id(self.run_id)
+        self.run_name = run_name or self.run_id
+        self.rank_journal = rank_journal_from(self.env, rank_journal)
+        """What this rank's journal keeps when it is not world rank zero
+        (``trainbus.orchestrator._rank_journal``)."""
         self.run_dir = RunDir.for_run(
             self.output_dir, self.run_id, rank=self.rank, world_size=self.world_size
         )
@@ -140,12 +157,35 @@ class Orchestrator:
         self._choices: list[IntegrationChoice] = []
         """Every integration, picked or skipped and why (``_prepare``)."""
 
+    def _job_run_id(self) -> str:
+        """This orchestrator's run id when none was passed: ``$TRAINBUS_RUN_ID`` or a fresh one,
+        world rank zero's when a process group is there to agree over (see ``for_trainer``)."""
+        proposal = proposed_run_id(self.env)
+        if self.world_size <= 1:
+            return proposal
+        from trainbus.trainer._run_identity import agree_run_id  # torch: only for a job of ranks
+
+        agreed = agree_run_id(proposal)
+        if agreed is None:
+            log.warning(
+                "run_id_not_shared",
+                world_size=self.world_size,
+                run_id=proposal,
+                reason="no process group is initialised to agree on one run id for the job",
+                hint="build it with Orchestrator.for_trainer(trainer), or pass run_id=",
+            )
+            return proposal
+        return agreed
+
     @classmethod
     def for_trainer(cls, trainer: Any, **overrides: Any) -> Orchestrator:
         """An orchestrator set up from a trainer's ``TrainingArguments`` and ``sinks``.
 
         Rank and world size are the trainer's (``args.process_index``, ``args.world_size``), so
-        the run directory and the rank-zero-only sinks agree with what the trainer does.
+        the run directory and the rank-zero-only sinks agree with what the trainer does. Under
+        ``torchrun``, unless ``run_id`` is among ``overrides``, the trainer joins its process
+        group here and every rank takes world rank zero's run id
+        (``trainbus.trainer._run_identity``): one run per job, a new one per launch.
         """
         args = trainer.args
         settings: dict[str, Any] = {
@@ -157,6 +197,12 @@ class Orchestrator:
             "world_size": args.world_size,
         }
         settings.update(overrides)
+        if settings.get("run_id") is None:
+            from trainbus.trainer._run_identity import agree_run_id_for
+
+            env = settings.get("env")
+            proposal = proposed_run_id(os.environ if env is None else env)
+            settings["run_id"] = agree_run_id_for(trainer, proposal)
         return cls(**settings)
 
     @property
@@ -201,6 +247,7 @@ class Orchestrator:
             sinks=records,
             pid=os.getpid(),
             host=socket.gethostname(),
+            rendezvous_id=rendezvous_id(self.env) if self.world_size > 1 else None,
         )
         return sinks, record
 
@@ -213,12 +260,15 @@ class Orchestrator:
             # on from its last seq and the run keeps its original start time.
             self._record.created = self.run_dir.read_record().created
         self.run_dir.create()
-        self.run_dir.write_record(self._record)
         moved = self._moved_to_sink_process(sinks)
+        journaled, keep = journal_filter(self.rank_journal, rank=self.rank, has_sinks=bool(sinks))
+        self._record.journal_events = "full" if keep is None and journaled else self.rank_journal
+        self.run_dir.write_record(self._record)
         bus = Bus(
             run_id=self.run_id,
             rank=self.rank,
-            journal_path=self.run_dir.journal_path,
+            journal_path=self.run_dir.journal_path if journaled else None,
+            journal_filter=keep,
             cursor_dir=self.run_dir.cursor_dir,
             sinks=[sink for sink in sinks if sink.sink_name not in moved],
             close_deadline=self.flush_timeout,

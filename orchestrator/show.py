@@ -50,6 +50,11 @@ class RunSummary(msgspec.Struct, kw_only=True):
     metric_for_best_model: str | None = None
     sinks: list[SinkState] = []
     torn_tail_bytes: int = 0
+    rank: int = 0
+    world_size: int = 1
+    journal_events: str = "full"
+    """What this rank's journal keeps (``full``; ``errors`` or ``none`` on a rank other than
+    world rank zero): the events above are only what it kept."""
 
 
 def _numeric(value: object) -> float | None:
@@ -126,6 +131,8 @@ def summarize(run_dir: RunDir) -> RunSummary:
     elif summary.status == "unknown" or record.status != "completed":
         summary.status = record.status
     summary.torn_tail_bytes = reader.torn_tail.dropped_bytes if reader.torn_tail else 0
+    summary.rank, summary.world_size = record.rank, record.world_size
+    summary.journal_events = record.journal_events
     cursors = CursorStore(run_dir.cursor_dir)
     summary.sinks = []
     for entry in record.sinks:
@@ -179,6 +186,14 @@ def format_summary(summary: RunSummary, run_dir: RunDir) -> str:
     if summary.best:
         best = "  ".join(f"{k}={_fmt(v['value'])}@{v['step']}" for k, v in summary.best.items())
         lines.append(f"best       {best}")
+    if summary.world_size > 1:
+        lines.append(f"rank       {summary.rank} of {summary.world_size}")
+    if summary.journal_events != "full":
+        kept = "its own failures only" if summary.journal_events == "errors" else "no journal"
+        lines.append(
+            f"journal    {kept} (TRAINBUS_RANK_JOURNAL={summary.journal_events}): "
+            "world rank zero's run holds the job's events"
+        )
     if summary.torn_tail_bytes:
         lines.append(f"journal    torn tail of {summary.torn_tail_bytes} bytes (ignored)")
     lines.append("sinks" if summary.sinks else "sinks      none")

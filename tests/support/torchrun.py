@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -24,22 +25,32 @@ TIMEOUT_S: Final = 180
 
 
 def run_ranks(
-    module: str, out: Path, *, ranks: int = 2, timeout_s: float = TIMEOUT_S
+    module: str,
+    out: Path,
+    *,
+    ranks: int = 2,
+    timeout_s: float = TIMEOUT_S,
+    rendezvous: Sequence[str] = ("--standalone",),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``torchrun --standalone --nproc_per_node=<ranks> -m <module> <out>``; its output, or an
-    ``AssertionError`` with the end of its stderr when it did not finish in ``timeout_s``."""
+    ``AssertionError`` with the end of its stderr when it did not finish in ``timeout_s``.
+
+    ``rendezvous`` replaces ``--standalone`` (``--rdzv-id``, ``--master_port``, ...); ``env``
+    adds to or overrides the workers' environment."""
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
         "OMP_NUM_THREADS": "1",
         "TRAINBUS_LAUNCHER": "local",
         "PYTHONPATH": str(ROOT),
+        **(env or {}),
     }
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        *rendezvous,
         f"--nproc_per_node={ranks}",
         "-m",
         module,
