@@ -20,10 +20,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch==2.13.0"
   fi
 fi
+# The test environment holds every tracker's SDK: resolving it from scratch costs minutes, so on
+# the Python it was last resolved with, the versions it passed with are the constraints.
+constraints=()
+if .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  constraints=(-c scripts/constraints-test.txt)
+fi
 case "$profile" in
   demo) "${pip[@]}" -e ".[demo]" ;;
-  test) "${pip[@]}" -e ".[test,lint]" ;;
-  bench) "${pip[@]}" -e ".[test,lint]" ;;
+  test) "${pip[@]}" "${constraints[@]}" -e ".[test,lint]" ;;
+  bench) "${pip[@]}" "${constraints[@]}" -e ".[test,lint]" ;;
   *) echo "setup.sh: unknown profile '$profile' (expected demo, test or bench)" >&2; exit 2 ;;
 esac
 echo "trainbus is set up in .venv ($profile)"

@@ -238,3 +238,32 @@ def test_the_readme_links_every_integration_page() -> None:
     first_cells = [row.split("|")[1].strip() for row in rows]
     for name in INTEGRATIONS:
         assert f"[`{name}`](docs/integrations/{name}.md)" in first_cells, name
+
+
+def test_the_test_constraints_pin_every_requirement_within_its_range() -> None:
+    """``scripts/constraints-test.txt`` (what ``setup.sh test`` installs with) pins one version of
+    every package the test, lint and integration extras name, each inside pyproject's range, so
+    a constraint can never hold back a raised requirement unnoticed."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "scripts" / "constraints-test.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints-test.txt: {line!r} is not name==version"
+            assert canonicalize_name(name) not in pins, f"constraints-test.txt: {name} twice"
+            pins[canonicalize_name(name)] = version
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = [*project["dependencies"]]
+    for requirements in _extras().values():
+        named += [r for r in requirements if not r.startswith("trainbus[")]
+    for text in named:
+        requirement = Requirement(text)
+        version = pins.get(canonicalize_name(requirement.name))
+        assert version is not None, f"constraints-test.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"constraints-test.txt pins {requirement.name}=={version}, outside {text!r}"
+        )
