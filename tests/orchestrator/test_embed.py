@@ -1,8 +1,11 @@
 """Training inside a running async application, on asyncio and on trio.
 
-The host's own task ticks every 10 ms while a real ``Trainer`` trains; the largest gap between
-ticks is recorded (``record_property`` and stdout) with only a loose sanity bound: speed targets
-live in ``benchmarks/bench_embed.py``.
+The host's own task ticks every 10 ms while a real ``Trainer`` trains. Halfway through, a callback
+on the training thread waits until the host has ticked three times: the host's loop must run
+while training is under way, however busy the machine (a loop blocked by training would never
+tick, and the wait would give up after a minute). The largest gap between ticks is only recorded
+(``record_property`` and stdout): it depends on the machine's load, and the speed target lives in
+``benchmarks/bench_embed.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.run import Orchestrator, warm_up
 from trainbus.orchestrator.rundir import find_run_dir
 from trainbus.trainer._arguments import TrainingArguments
+from trainbus.trainer._callbacks import TrainerCallback
 from trainbus.trainer._trainer import Trainer
 from trainbus.trainer.testing import RegressionDataset, TinyRegressor
 
@@ -40,6 +44,11 @@ def make_trainer(output_dir: Path, report_to: str = "none") -> Trainer:
     return Trainer(model=TinyRegressor(), args=args, train_dataset=RegressionDataset(64))
 
 
+TICKS_DURING_TRAINING = 3
+WAIT_FOR_TICKS_S = 60.0
+"""A bound on the wait only: three ticks take 30 ms on a loop that runs at all."""
+
+
 async def ticker(gaps: list[float]) -> None:
     """The host service's periodic work."""
     last = time.perf_counter()
@@ -50,11 +59,30 @@ async def ticker(gaps: list[float]) -> None:
         last = now
 
 
+class WaitForTicks(TrainerCallback):
+    """Halfway through training, waits (on the training thread) for the host to tick."""
+
+    def __init__(self, gaps: list[float]) -> None:
+        self.gaps = gaps
+        self.ticked: list[int] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step != STEPS // 2:
+            return
+        before = len(self.gaps)
+        deadline = time.monotonic() + WAIT_FOR_TICKS_S
+        while len(self.gaps) < before + TICKS_DURING_TRAINING and time.monotonic() < deadline:
+            time.sleep(TICK / 2)
+        self.ticked.append(len(self.gaps) - before)
+
+
 async def train_while_ticking(output_dir: Path, *, via_train_async: bool) -> dict[str, Any]:
     """Run the tiny training beside a 10 ms ticker; return the largest lag and what was seen."""
     warm_up()
     trainer = make_trainer(output_dir)
     gaps: list[float] = []
+    waiter = WaitForTicks(gaps)
+    trainer.add_callback(waiter)
     sink = RecordingSink("rec", events=(Log, RunFinished))
     async with anyio.create_task_group() as tg:
         tg.start_soon(ticker, gaps)
@@ -64,7 +92,7 @@ async def train_while_ticking(output_dir: Path, *, via_train_async: bool) -> dic
             async with Orchestrator(output_dir=output_dir, report_to="none", sinks=[sink]) as orch:
                 await orch.train(trainer)
         tg.cancel_scope.cancel()
-    return {"max_lag": max(gaps, default=0.0), "ticks": len(gaps), "sink": sink}
+    return {"max_lag": max(gaps, default=0.0), "ticks": waiter.ticked, "sink": sink}
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
@@ -83,9 +111,9 @@ def test_host_loop_keeps_ticking_while_training(
 
     result = anyio.run(main, backend=backend)
     record_property("max_tick_lag_ms", round(result["max_lag"] * 1000, 1))
-    print(f"\n{backend}: largest tick lag {result['max_lag'] * 1000:.1f} ms over {result['ticks']}")
-    assert result["ticks"] > 0
-    assert result["max_lag"] < 1.0  # a sanity bound; the target (10 ms p99) is benchmarked
+    print(f"\n{backend}: largest tick lag {result['max_lag'] * 1000:.1f} ms")
+    [ticked] = result["ticks"]
+    assert ticked >= TICKS_DURING_TRAINING  # the host's loop ran while training was under way
     record = find_run_dir(tmp_path).read_record()
     assert record.status == "completed"
     if not via_train_async:

@@ -565,7 +565,6 @@ REFUSED_SAMPLES: dict[str, Any] = {
     "ddp_broadcast_buffers": False,
     "ddp_static_graph": True,
     "ddp_backend": "gloo",
-    "ddp_timeout": 60,
     "fsdp": "full_shard",
     "fsdp_config": {"min_num_params": 1},
     "deepspeed": "ds_config.json",
