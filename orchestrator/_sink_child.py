@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from trainbus.bus._follow import follow
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
-from trainbus.orchestrator.sink_host import DONE, REPORT_NAME, Handoff
+from trainbus.orchestrator.sink_host import DONE, NICENESS, REPORT_NAME, Handoff
 from trainbus.orchestrator.sync import rebuild_sinks
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds to flush at the end")
     options = parser.parse_args(argv)
     configure_logging()
+    with contextlib.suppress(OSError):  # a platform without nice: same priority as training
+        os.nice(NICENESS)
     handoff = msgspec.json.decode(sys.stdin.buffer.readline() or b'{"env": {}}', type=Handoff)
     if handoff.argv:
         sys.argv = handoff.argv  # the SDKs describe the training script, not this module

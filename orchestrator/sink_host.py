@@ -36,13 +36,17 @@ import structlog
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.rundir import RunDir
 
-__all__ = ["DONE", "Handoff", "REPORT_NAME", "SinkHost", "read_reports"]
+__all__ = ["DONE", "NICENESS", "Handoff", "REPORT_NAME", "SinkHost", "read_reports"]
 
 log = structlog.get_logger(__name__)
 
 REPORT_NAME: Final = "sink-host.json"
 DONE: Final = b"done\n"
 """What the parent writes on the child's stdin when the journal is complete."""
+NICENESS: Final = 10
+"""How much the sink process lowers its CPU priority (``os.nice``), and with it every process its
+SDKs start: where cores are scarce, training gets them first and the sinks catch up when they
+are free (what is still behind at the end is delivered within the flush deadline, or by sync)."""
 _EXIT_GRACE: Final = 30.0
 """Seconds beyond the flush deadline the parent waits for the child (closing sinks, the report)."""
 

@@ -16,7 +16,7 @@ from trainbus.bus._events import Log, RunFinished, RunStarted, StepEnd
 from trainbus.bus.testing import RecordingSink
 from trainbus.orchestrator.run import Orchestrator
 from trainbus.orchestrator.rundir import find_run_dir
-from trainbus.orchestrator.sink_host import read_reports
+from trainbus.orchestrator.sink_host import NICENESS, read_reports
 from trainbus.orchestrator.sync import sync_run
 
 
@@ -35,11 +35,25 @@ def _slow_training(steps: int) -> object:
     return work
 
 
+async def _niceness(pid: int) -> int:
+    """The child's niceness once it has lowered it (it does so first thing after starting
+    Python); what it is after a minute otherwise."""
+    import psutil
+
+    child = psutil.Process(pid)
+    for _ in range(1200):
+        if child.nice() != os.nice(0):
+            break
+        await anyio.sleep(0.05)
+    return int(child.nice())
+
+
 async def test_report_to_sinks_run_in_a_child_process_and_deliver_everything(
     tmp_path: Path,
 ) -> None:
     """TensorBoard in the child writes every scalar at its step; a user sink stays in process;
-    the child's report comes back and its cursor covers the whole journal."""
+    the child runs at a lower CPU priority; its report comes back and its cursor covers the whole
+    journal."""
     logs = tmp_path / "tb"
     env = {**os.environ, "TENSORBOARD_LOGGING_DIR": str(logs), "TRAINBUS_SINK_PROCESS": "1"}
     local = RecordingSink("local")
@@ -50,6 +64,8 @@ async def test_report_to_sinks_run_in_a_child_process_and_deliver_everything(
             assert orch.sink_process
             assert [r.name for r in orch.bus.sinks] == ["local"]  # TensorBoard moved out
             await orch.run_in_thread(_slow_training(40))  # type: ignore[arg-type]
+            assert orch._host is not None
+            assert await _niceness(orch._host.process.pid) == os.nice(0) + NICENESS
     run_dir = find_run_dir(tmp_path)
     reports = read_reports(run_dir)
     assert list(reports) == ["tensorboard"]
