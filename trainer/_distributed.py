@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainbus.bus._errors import DistributedError
 from trainbus.trainer._state import TrainerControl
 
-__all__ = ["FLAGS", "Distributed"]
+__all__ = ["FLAGS", "Distributed", "cpu_group"]
 
 FLAGS: Final = (
     "should_training_stop",
@@ -90,9 +90,9 @@ class Distributed:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             with self._collective("joining the process group"):
                 dist.init_process_group(backend=backend, timeout=self.timeout)
-        if self._flag_group is None and dist.get_backend() != "gloo":
+        if self._flag_group is None:
             with self._collective("making the gloo group the control flags travel on"):
-                self._flag_group = dist.new_group(backend="gloo", timeout=self.timeout)
+                self._flag_group = cpu_group(self.timeout)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to run forward/backward through: DDP when distributed, else ``model``."""
@@ -190,6 +190,26 @@ class Distributed:
                 f"{self.doing}): another rank has most likely died, raised or taken another "
                 f"path, and its own output names the cause; backend error: {_first_line(exc)}"
             ) from exc
+
+
+_cpu_group: list[Any] = [None, None]
+"""``[default group, its gloo twin]``, made once per process group."""
+
+
+def cpu_group(timeout: timedelta | None = None) -> Any:
+    """The group for small CPU-side collectives (control flags, Python objects): ``None`` (the
+    default group) under gloo, else one gloo twin of it, made on first use (a collective: every
+    rank reaches it at the same point) and shared by every caller.
+
+    Under NCCL a CPU tensor cannot travel at all, and an object collective would stage its bytes
+    on whatever CUDA device is current, the same one on every rank unless the script chose one.
+    """
+    world = dist.group.WORLD
+    if dist.get_backend() == "gloo":
+        return None
+    if _cpu_group[0] is not world:
+        _cpu_group[:] = [world, dist.new_group(backend="gloo", timeout=timeout)]
+    return _cpu_group[1]
 
 
 def _first_line(exc: BaseException) -> str:

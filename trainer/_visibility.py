@@ -44,7 +44,7 @@ from trainbus.bus._env import env_int
 from trainbus.bus._errors import ConfigurationError, StateFileError
 from trainbus.trainer import _checkpoint as ckpt
 from trainbus.trainer._arguments import TrainingArguments
-from trainbus.trainer._distributed import Distributed
+from trainbus.trainer._distributed import Distributed, cpu_group
 from trainbus.trainer._state import TrainerState
 
 __all__ = [
@@ -279,26 +279,8 @@ def agree_on_best(args: TrainingArguments, state: TrainerState) -> Path | None:
     return path
 
 
-_cpu_group: list[Any] = [None, None]
-"""``[default group, its gloo twin]``: object collectives run on the CPU, whatever the backend."""
-
-
-def _group() -> Any:
-    """The group to gather Python objects over: the default one under gloo, else a gloo twin.
-
-    Under NCCL an object collective would stage its bytes on whatever CUDA device is current,
-    the same one on every rank unless the script chose; a gloo twin keeps them on the CPU.
-    """
-    world = dist.group.WORLD
-    if dist.get_backend() == "gloo":
-        return None
-    if _cpu_group[0] is not world:
-        _cpu_group[:] = [world, dist.new_group(backend="gloo")]
-    return _cpu_group[1]
-
-
 def _gather(obj: T) -> list[T]:
     """Every rank's ``obj``, in rank order."""
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj, group=_group())
+    dist.all_gather_object(gathered, obj, group=cpu_group())
     return gathered
