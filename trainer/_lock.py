@@ -7,7 +7,9 @@ job and start time for the error message.
 
 * **One job shares it.** Every process of a job (the ranks of one ``torchrun``, on every node of
   a shared file system) computes the same job id: ``TORCHELASTIC_RUN_ID`` (torchrun's rendezvous
-  id), else ``MASTER_ADDR:MASTER_PORT`` of a process group, else the process itself. The first
+  id) with the job's ``MASTER_ADDR:MASTER_PORT`` (two jobs may reuse a rendezvous id, never at
+  one master at once), else ``MASTER_ADDR:MASTER_PORT`` of a process group, else the process
+  itself. The first
   process to lock holds it; a process that finds it held by its own job goes on without it.
 * **A dead holder's lock is free.** The kernel drops a record lock when its process exits, however
   it exits (SIGKILL included), so a stale lock needs no clean-up: the next job simply takes it.
@@ -55,10 +57,12 @@ _held: dict[Path, list[int]] = {}
 def job_id() -> str:
     """What the processes of one training job have in common, and two jobs never do."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    if run_id and run_id != "none":
-        return f"torchelastic:{run_id}"
     address, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if address and port and _world.world_size() > 1:
+    master = f"@{address}:{port}" if address and port else ""
+    if run_id and run_id != "none":
+        # A rendezvous id can be reused by another job at the same time; its master cannot.
+        return f"torchelastic:{run_id}{master}"
+    if master and _world.world_size() > 1:
         return f"group:{address}:{port}"
     return f"process:{socket.gethostname()}:{os.getpid()}"
 

@@ -36,7 +36,8 @@ def holder_env() -> dict[str, str]:
 def other_job(tmp_path: Path, holder_env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """Another process holding ``tmp_path/out``'s lock until the test lets it go or kills it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("TORCHELASTIC_RUN_ID", None)
+    for name in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
     process = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(tmp_path / "out")],
         stdin=subprocess.PIPE,
@@ -84,6 +85,23 @@ def test_processes_of_one_job_share_the_lock(
     assert run.trainer.train().global_step == 2
     assert other_job.poll() is None  # the holder kept it all along
     assert b'"job": "torchelastic:job-17"' in (tmp_path / "out" / LOCK_NAME).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "holder_env",
+    [{"TORCHELASTIC_RUN_ID": "job-17", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}],
+)
+def test_another_job_reusing_the_rendezvous_id_is_refused(
+    tmp_path: Path, other_job: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rendezvous id can be reused by a job running at the same time (its own master): that
+    job is another one and does not share the lock."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-17")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29501")
+    run = make_run(tmp_path, max_steps=2)
+    with pytest.raises(ConfigurationError, match="is in use by another training"):
+        run.trainer.train()
 
 
 def test_one_process_may_hold_a_lock_twice(tmp_path: Path) -> None:
