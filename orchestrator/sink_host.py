@@ -36,7 +36,7 @@ import structlog
 from trainbus.bus._stats import SinkReport
 from trainbus.orchestrator.rundir import RunDir
 
-__all__ = ["DONE", "NICENESS", "REPORT_NAME", "Handoff", "SinkHost", "read_reports"]
+__all__ = ["DONE", "Handoff", "NICENESS", "REPORT_NAME", "SinkHost", "read_reports"]
 
 log = structlog.get_logger(__name__)
 
