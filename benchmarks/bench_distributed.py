@@ -43,16 +43,6 @@ STEPS = {"full": 400, "quick": 60, "smoke": 20}
 ROUNDS = {"full": 3, "quick": 1, "smoke": 1}
 """Alternations of hand loop and Trainer."""
 MERGES = {"full": 5000, "quick": 1000, "smoke": 200}
-COLLECTIVES = (
-    "all_reduce",
-    "broadcast",
-    "all_gather",
-    "all_gather_object",
-    "broadcast_object_list",
-    "all_gather_into_tensor",
-    "reduce_scatter_tensor",
-    "barrier",
-)
 IN_FEATURES, HIDDEN, CLASSES, BATCH, SAMPLES = 128, 256, 10, 32, 4096
 
 
@@ -118,54 +108,22 @@ def _arguments(out: str, steps: int, ga: int) -> Any:
 
 def _count(out: str, ga: int) -> dict[str, float]:
     """Collectives per update at ``ga``, after the first update: DDP's buckets, and the rest."""
-    import torch
-    import torch.distributed as dist
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    from trainbus.trainer import Trainer, TrainerCallback
+    from trainbus.trainer import Trainer
     from trainbus.trainer._launcher import LocalLauncher
+    from trainbus.trainer.testing import CollectiveCounter
 
-    counts = {"ddp": 0, "other": 0}
-    originals = {name: getattr(dist, name) for name in COLLECTIVES}
-    marks: list[dict[str, int]] = []
-
-    def counting(name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            counts["other"] += 1
-            return originals[name](*args, **kwargs)
-
-        return call
-
-    def ddp_hook(group: Any, bucket: Any) -> Any:
-        counts["ddp"] += 1
-        counts["other"] -= 1  # the hook's all_reduce, counted by the wrapper, is DDP's own
-        return allreduce_hook(group, bucket)
-
-    ddp_hook.__annotations__ = {}  # DDP checks them, and these are strings (future annotations)
-
-    class Count(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            trainer.model_wrapped.register_comm_hook(None, ddp_hook)
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            marks.append(dict(counts))  # not on_step_begin: a listener there is agreed on
-
+    counter = CollectiveCounter()
     trainer = Trainer(
         _model(),
         _arguments(out, 6, ga),
         train_dataset=_dataset(),
-        callbacks=[Count()],
+        callbacks=[counter.callback],
         launcher=LocalLauncher(),
     )
-    for name in COLLECTIVES:
-        setattr(torch.distributed, name, counting(name))
-    try:
+    with counter.counting(trainer):
         trainer.train()
-    finally:
-        for name, original in originals.items():
-            setattr(torch.distributed, name, original)
-    updates = len(marks) - 1
-    return {kind: (marks[-1][kind] - marks[0][kind]) / updates for kind in ("ddp", "other")}
+    per_update = counter.per_update()
+    return {kind: sum(counts) / len(counts) for kind, counts in per_update.items()}
 
 
 def _trainer_ms(out: str, steps: int) -> float:

@@ -15,7 +15,6 @@ saw to ``OUT/<case>/rank<r>.json``. Several cases share one launch, since a laun
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -175,55 +174,15 @@ def run_case(out: str, case: str, *, batch_size: int, raising: bool, rank: int) 
     }
 
 
-COLLECTIVES = (
-    "all_reduce",
-    "broadcast",
-    "all_gather",
-    "all_gather_object",
-    "broadcast_object_list",
-    "all_gather_into_tensor",
-    "reduce_scatter_tensor",
-    "barrier",
-)
-"""The Python-level collectives trainbus could call (DDP's gradient all-reduce is counted apart)."""
-
-
 def count_collectives(out: str, ga: int, *, listen: str | None) -> dict[str, list[int]]:
     """Train 4 updates at ``gradient_accumulation_steps=ga`` (no logs, evaluations or saves);
     the collectives of each update after the first: DDP's gradient buckets, and the others.
     ``listen``: a hook a callback listens to (doing nothing), or ``None``."""
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
     from trainbus.trainer import Trainer, TrainerCallback, TrainingArguments
     from trainbus.trainer._launcher import LocalLauncher
-    from trainbus.trainer.testing import RegressionDataset, TinyRegressor
+    from trainbus.trainer.testing import CollectiveCounter, RegressionDataset, TinyRegressor
 
-    counts = {"ddp": 0, "other": 0}
-    originals = {name: getattr(torch.distributed, name) for name in COLLECTIVES}
-
-    def counting(name: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            counts["other"] += 1
-            return originals[name](*args, **kwargs)
-
-        return call
-
-    def ddp_hook(group: Any, bucket: Any) -> Any:
-        counts["ddp"] += 1
-        counts["other"] -= 1  # the hook's all_reduce, counted by the wrapper, is DDP's own
-        return allreduce_hook(group, bucket)
-
-    ddp_hook.__annotations__ = {}  # DDP checks them, and these are strings (future annotations)
-
-    per_step: dict[str, list[int]] = {"ddp": [], "other": []}
-    marks: list[dict[str, int]] = []
-
-    class Count(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            trainer.model_wrapped.register_comm_hook(None, ddp_hook)
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            marks.append(dict(counts))  # not on_step_begin: a listener there is agreed on
+    counter = CollectiveCounter()
 
     def nothing(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         pass
@@ -239,7 +198,7 @@ def count_collectives(out: str, ga: int, *, listen: str | None) -> dict[str, lis
         disable_tqdm=True,
         report_to="none",
     )
-    callbacks = [Count()]
+    callbacks = [counter.callback]
     if listen is not None:
         callbacks.append(type("Listen", (TrainerCallback,), {listen: nothing})())
     trainer = Trainer(
@@ -249,17 +208,9 @@ def count_collectives(out: str, ga: int, *, listen: str | None) -> dict[str, lis
         callbacks=callbacks,
         launcher=LocalLauncher(),
     )
-    for name in COLLECTIVES:
-        setattr(torch.distributed, name, counting(name))
-    try:
+    with counter.counting(trainer):
         trainer.train()
-    finally:
-        for name, original in originals.items():
-            setattr(torch.distributed, name, original)
-    for before, after in itertools.pairwise(marks):
-        for kind in per_step:
-            per_step[kind].append(after[kind] - before[kind])
-    return per_step
+    return counter.per_update()
 
 
 def _fail(out: str, how: str, rank: int) -> None:
