@@ -281,7 +281,7 @@ class SinkRunner:
         self._record_quarantine(batch[-1].seq)
         self._in_flight = ()
         self.acked = batch[-1].seq
-        self._cursors.write(self.name, self.acked)
+        self._cursors.write(self.name, self._durably_acked())
 
     async def _attempt(self, part: Sequence[Event]) -> PermanentSinkError | None:
         """Send ``part`` until it is accepted (``None``), refused for good, or the sink is
@@ -417,6 +417,16 @@ class SinkRunner:
         self._read_offset = 0
         self._set_mode("live")
 
+    def _durably_acked(self) -> int:
+        """Where the cursor file goes: the acknowledged seq, or less where the sink says its
+        destination does not hold all of that for good yet (``Sink.durable_seq``)."""
+        try:
+            durable = self.sink.durable_seq()
+        except Exception as exc:  # an overridden durable_seq() with a bug: trust nothing new
+            log.error("sink_durable_seq_failed", sink=self.name, exc_info=exc)
+            return min(self.acked, self._cursors.read(self.name))
+        return self.acked if durable is None else min(self.acked, durable)
+
     def _disable(self, reason: str) -> None:
         self._last_error = reason
         self._set_mode("disabled")
@@ -430,8 +440,9 @@ class SinkRunner:
         )
         if caught_up:
             self.acked = max(self.acked, self._source.last_seq)
-        self._cursors.write(self.name, self.acked, durable=True)
-        undelivered = 0 if caught_up else self._count_after(self.acked)
+        durable = self._durably_acked()
+        self._cursors.write(self.name, durable, durable=True)
+        undelivered = 0 if caught_up and durable == self.acked else self._count_after(durable)
         if self._records is not None:
             self._records.close()
             self._records = None
@@ -441,7 +452,7 @@ class SinkRunner:
             delivered=self._delivered,
             skipped=self._skipped,
             undelivered=undelivered,
-            acknowledged_seq=self.acked,
+            acknowledged_seq=durable,
             disabled=disabled,
             last_error=self._last_error,
             quarantined=self._quarantine.count,

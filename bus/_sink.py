@@ -132,6 +132,19 @@ class Sink:
     async def close(self) -> None:
         """Flush and release resources. Called once, after the last ``write``."""
 
+    def durable_seq(self) -> int | None:
+        """The last seq the destination holds durably, where that lags what ``write`` returned.
+
+        ``write`` returning means the destination accepted the batch, and for most sinks that is
+        for good (a server's answer, a file written). A vendor SDK may accept points into a
+        buffer of its own that a crash of this process loses (W&B's service keeps its offline
+        file's last block in memory); such a sink returns here how far the destination has them
+        for good, and the runtime keeps the sink's cursor file there, so that the next run or
+        ``trainbus sync`` delivers the rest again. ``None`` (the default): everything
+        acknowledged is durable. Called after each acknowledged batch and after ``close``.
+        """
+        return None
+
     def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
         """Independent parts of ``batch``, which the destination refused with ``error``.
 

@@ -13,13 +13,15 @@ disk once its ``exit`` record, the last record the service writes, is in the fil
 from __future__ import annotations
 
 import importlib
+import json
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["HEADER", "TransactionLog", "iter_records"]
+__all__ = ["HEADER", "DurableFrontier", "TransactionLog", "iter_records"]
 
 HEADER: Final = b":W&B\xe1\xbe\x00"
 BLOCK: Final = 32 * 1024
@@ -66,24 +68,79 @@ def iter_records(data: bytes, *, base: int = 0) -> Iterator[tuple[int, bytes]]:
 
 
 class TransactionLog:
-    """One run's transaction log, read incrementally from the last complete record seen."""
+    """One run's transaction log, read incrementally from the last complete record seen.
+
+    Besides whether the run ended, it tells how many history rows are on disk (``rows``: the
+    highest ``_step`` seen, plus one), which is how far a crash of this process would leave
+    the run: the service writes records in the order the SDK was called.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.rows = 0
         self._offset = 0
-        self._last: bytes | None = None
+        self._ended = False
+        self._schema: Any = None
 
     def ended(self) -> bool:
         """Whether the last complete record in the file is the run's ``exit`` record."""
+        self.refresh()
+        return self._ended
+
+    @property
+    def complete(self) -> bool:
+        """What ``ended()`` found last, without reading the file again."""
+        return self._ended
+
+    def refresh(self) -> None:
+        """Read the records written since the last call."""
         try:
             with self.path.open("rb") as file:
                 file.seek(self._offset)
                 data = file.read()
         except FileNotFoundError:
-            return False
+            return
+        if self._schema is None:
+            self._schema = importlib.import_module("wandb.proto.wandb_internal_pb2")
         for end, payload in iter_records(data, base=self._offset):
-            self._offset, self._last = end, payload
-        if self._last is None:
-            return False
-        schema: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
-        return bool(schema.Record.FromString(self._last).WhichOneof("record_type") == "exit")
+            self._offset = end
+            record = self._schema.Record.FromString(payload)
+            kind = record.WhichOneof("record_type")
+            self._ended = kind == "exit"
+            if kind == "history":
+                self.rows = max(self.rows, _row_step(record.history) + 1)
+
+
+def _row_step(history: Any) -> int:
+    """The ``_step`` of a history record (-1 when it has none)."""
+    for item in history.item:
+        if (item.key or "/".join(item.nested_key)) == "_step":
+            return int(json.loads(item.value_json))
+    return -1
+
+
+class DurableFrontier:
+    """Which of the events handed to the SDK a run's transaction log holds for good.
+
+    Each event is marked with the number of history rows that must be on disk for all of its
+    records to be there: the rows logged so far when the event logged a row last, one more when
+    it logged none (a summary, the config, an artifact: the next row, written after them,
+    proves them). An ended log holds every event.
+    """
+
+    def __init__(self, transaction_log: TransactionLog) -> None:
+        self.log = transaction_log
+        self._marks: deque[tuple[int, int]] = deque()
+
+    def mark(self, seq: int, rows_needed: int) -> None:
+        """Record that every record of event ``seq`` is in the log once it has ``rows_needed``
+        history rows."""
+        self._marks.append((seq, rows_needed))
+
+    def advance(self) -> int | None:
+        """Read the log; the last seq now held for good, if any event newly is."""
+        self.log.refresh()
+        last = None
+        while self._marks and (self.log.complete or self._marks[0][1] <= self.log.rows):
+            last = self._marks.popleft()[0]
+        return last

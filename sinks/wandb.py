@@ -42,6 +42,10 @@ until the run's stream closes, which ``run.finish()`` requests without waiting f
 sink has finished a run, ``write`` (for ``RunFinished``) and ``close`` return only when the file
 ends with the run's exit record (``sinks/_wandb_log.py``), within ``flush_timeout`` seconds:
 everything acknowledged is then on disk, and a new sink on the same run directory resumes it.
+Until then the service holds the file's last block in memory, and a job killed with its service
+loses it: offline, the sink keeps the state file's ``written_seq`` and its cursor
+(``durable_seq``) at the last event the file holds (``DurableFrontier``), so that ``trainbus
+sync`` hands the SDK the rest again.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._sdk_worker import SdkWorker, SinkState, imported_sdk
 from trainbus.sinks._wandb_auth import LOGIN_HINT, needs_login
-from trainbus.sinks._wandb_log import TransactionLog
+from trainbus.sinks._wandb_log import DurableFrontier, TransactionLog
 from trainbus.sinks._wandb_rows import (
     SINGLE_VALUE_SCALARS,
     STEP_METRIC,
@@ -174,6 +178,12 @@ class WandbSink(Sink):
         self._state = SinkState(run_dir / STATE_FILE)
         self._log_file: TransactionLog | None = None
         """The offline file of a run this sink finished, until it is complete on disk."""
+        self._handed_seq = -1
+        """The last event handed to the SDK by this sink (the state file's ``written_seq`` is
+        the last one on disk, where W&B's offline file holds it)."""
+        self._durable: DurableFrontier | None = None
+        """How far the offline file of a run this sink owns holds what it was handed."""
+        self._config_handed = False
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -225,23 +235,30 @@ class WandbSink(Sink):
     async def open(self) -> None:
         """Import the SDK only; the run starts at the first write, when its config is known."""
         self._state.load()
+        self._handed_seq = self._state.written_seq
         self._wandb = await self._worker.call(_import_wandb)
 
     async def write(self, batch: Sequence[Event]) -> None:
         """Hand the batch to the SDK (summary, history, artifacts, finish), in order."""
-        fresh = self._state.fresh(batch)
+        fresh = [event for event in batch if event.seq > self._handed_seq]
         if not fresh:
             return
         await self._worker.call(self._write, fresh)
+        self._handed_seq = fresh[-1].seq
         await self._wait_for_log_file()
-        self._state.advance(fresh[-1].seq)
+        await self._note_durable()
 
     async def close(self) -> None:
         """Finish a run this sink started whose ``RunFinished`` never came, as failed."""
         if self._run is not None and self._owns_run:
             await self._worker.call(self._finish, 1)
             await self._wait_for_log_file()
+            await self._note_durable()
         self._run = None
+
+    def durable_seq(self) -> int | None:
+        """Offline, the last event W&B's offline file holds: what a crash would keep."""
+        return self._state.written_seq if self._durable is not None else None
 
     def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
         """Halves, unless W&B refused the run itself: then no part would fare better."""
@@ -255,6 +272,24 @@ class WandbSink(Sink):
         return str(self._run.id) if self._run is not None else self._state.get("wandb_run_id")
 
     # --- internals (event loop) ---------------------------------------------------------------
+
+    async def _note_durable(self) -> None:
+        """Move the state file's ``written_seq`` to the last event that is on disk.
+
+        Online, or in a run the user started, that is the last event handed to the SDK: its
+        service, or the user, owns the rest. Offline in a run of ours, it is what the run's
+        transaction log holds, so that a restart after a crash hands the SDK the events the
+        crash took with the service's memory.
+        """
+        durable = self._durable
+        if durable is None:
+            self._state.advance(self._handed_seq)
+            return
+        seq = await anyio.to_thread.run_sync(durable.advance)
+        if seq is not None:
+            self._state.advance(seq)
+        if durable.log.complete:
+            self._durable = None
 
     async def _wait_for_log_file(self) -> None:
         """Wait until the service has written the finished run's offline file in full.
@@ -284,22 +319,29 @@ class WandbSink(Sink):
     def _write(self, events: Sequence[Event]) -> None:
         for event in events:
             run = self._run if self._run is not None else self._start(event)
-            if isinstance(event, Log):
-                self._log(run, event)
-            elif isinstance(event, Predict):
-                row = predict_row(event.metrics, event.global_step)
-                if row:
-                    run.log(row)
-            elif isinstance(event, Histograms):
-                self._log_histograms(run, event)
-            elif isinstance(event, RunStarted):
-                if not self._state.get("config_sent"):
-                    run.config.update(_config(event), allow_val_change=True)
-                    self._note_config(event)
-            elif isinstance(event, Artifact) and self._wants(event):
-                self._log_artifact(run, event)
-            elif isinstance(event, RunFinished) and self._owns_run:
-                self._finish(1 if event.status in ("failed", "killed") else 0)
+            durable, rows_before = self._durable, run.step
+            self._write_one(run, event)
+            if durable is not None:  # a finished run's step is not read: it ends the log anyway
+                rows = rows_before if isinstance(event, RunFinished) else run.step
+                durable.mark(event.seq, rows if rows > rows_before else rows + 1)
+
+    def _write_one(self, run: Any, event: Event) -> None:
+        if isinstance(event, Log):
+            self._log(run, event)
+        elif isinstance(event, Predict):
+            row = predict_row(event.metrics, event.global_step)
+            if row:
+                run.log(row)
+        elif isinstance(event, Histograms):
+            self._log_histograms(run, event)
+        elif isinstance(event, RunStarted):
+            if not self._config_sent():
+                run.config.update(_config(event), allow_val_change=True)
+                self._note_config(event)
+        elif isinstance(event, Artifact) and self._wants(event):
+            self._log_artifact(run, event)
+        elif isinstance(event, RunFinished) and self._owns_run:
+            self._finish(1 if event.status in ("failed", "killed") else 0)
 
     def _start(self, first: Event) -> Any:
         wandb = self._wandb
@@ -308,7 +350,7 @@ class WandbSink(Sink):
         else:
             name = (first.run_name if isinstance(first, RunStarted) else "") or self.run_name
             saved = self._state.get("wandb_run_id")
-            fresh = isinstance(first, RunStarted) and not self._state.get("config_sent")
+            fresh = isinstance(first, RunStarted) and not self._config_sent()
             self.directory.mkdir(parents=True, exist_ok=True)
             try:
                 self._run = wandb.init(
@@ -333,12 +375,24 @@ class WandbSink(Sink):
         run.define_metric("*", step_metric=STEP_METRIC, step_sync=True)
         self._state["wandb_run_id"] = str(run.id)
         self._state.save()
+        if self._owns_run and run.offline:
+            self._durable = DurableFrontier(TransactionLog(Path(run.settings.sync_file)))
         log.info("wandb run ready", run_id=str(run.id), mode=self.mode or "default")
         return run
 
+    def _config_sent(self) -> bool:
+        """Whether the run has its config: handed to the SDK by this sink, or on disk before
+        (``config_sent``: a state file written before the offline file was followed)."""
+        if self._config_handed or self._state.get("config_sent"):
+            return True
+        sent_at = self._state.get("config_seq")
+        return isinstance(sent_at, int) and sent_at <= self._state.written_seq
+
     def _note_config(self, started: RunStarted) -> None:
-        """Remember that the config went out, and what names the model artifact."""
-        self._state["config_sent"] = True
+        """Remember that the config went out (durably once its event is on disk), and what
+        names the model artifact."""
+        self._config_handed = True
+        self._state["config_seq"] = started.seq
         self._state["run_name"] = started.run_name
         self._state["output_dir"] = started.output_dir
         self._state.save()
@@ -347,7 +401,9 @@ class WandbSink(Sink):
         run, self._run = self._run, None
         offline = bool(run.offline)
         run.finish(exit_code=exit_code)
-        if offline:
+        if self._durable is not None:
+            self._log_file = self._durable.log
+        elif offline:
             self._log_file = TransactionLog(Path(run.settings.sync_file))
 
     def _log(self, run: Any, event: Log) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from trainbus.sinks.wandb import WandbSink, _map_errors
 pytest.importorskip("wandb")
 
 
-def read_records(path: Path) -> Iterator[Any]:
-    """The protobuf records of a complete ``.wandb`` file, decoded with wandb's own schema."""
+def read_records(path: Path, *, crashed: bool = False) -> Iterator[Any]:
+    """The protobuf records of a complete ``.wandb`` file, decoded with wandb's own schema;
+    ``crashed``: of a file whose service died, which may end in a record written in part."""
     schema: Any = importlib.import_module("wandb.proto.wandb_internal_pb2")
     data = path.read_bytes()
     assert data.startswith(HEADER)
@@ -33,19 +35,39 @@ def read_records(path: Path) -> Iterator[Any]:
     for end, payload in iter_records(data):
         tail = end
         yield schema.Record.FromString(payload)
-    assert data[tail:].strip(b"\x00") == b"", f"{path} ends in a partial record at byte {tail}"
+    if not crashed:
+        assert data[tail:].strip(b"\x00") == b"", f"{path} ends in a partial record at {tail}"
 
 
 def _items(items: Any) -> dict[str, Any]:
     return {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in items}
 
 
-class OfflineRun:
-    """Everything the offline run directories of one W&B run recorded."""
+def wait_until_written(files: list[Path], timeout: float = 60.0) -> None:
+    """Wait until each ``.wandb`` file ends with its run's exit record.
 
-    def __init__(self, root: Path) -> None:
+    ``wandb.finish()`` returns before W&B's service has written the file's last block (the
+    sink waits for it, a run finished through the SDK directly does not): reading at once
+    races the service. The timeout only guards against a hang; a file still incomplete then
+    is read as it is, and the assertions say what it lacks.
+    """
+    logs = [TransactionLog(f) for f in files]
+    give_up = time.monotonic() + timeout
+    while not all(log.ended() for log in logs) and time.monotonic() < give_up:
+        time.sleep(0.05)
+
+
+class OfflineRun:
+    """Everything the offline run directories of one W&B run recorded, once W&B's service has
+    written them in full."""
+
+    def __init__(self, root: Path, *, wait: bool = True, crashed: frozenset[Path] = frozenset()):
+        """``wait=False`` reads the files as they are now (a test of the sink's own wait);
+        ``crashed`` names files whose service was killed: read as far as they were written."""
         self.files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
-        per_file = [list(read_records(f)) for f in self.files]
+        if wait:
+            wait_until_written([f for f in self.files if f not in crashed])
+        per_file = [list(read_records(f, crashed=f in crashed)) for f in self.files]
         self.complete = [bool(rs) and rs[-1].WhichOneof("record_type") == "exit" for rs in per_file]
         """Per file, whether it ends with its run's exit record (the service wrote it all)."""
         records = [r for rs in per_file for r in rs]
@@ -234,7 +256,7 @@ async def test_close_returns_once_the_offline_file_is_complete(
             await sink.open()
             await sink.write(events[:-1])
             await sink.close()
-        run = OfflineRun(tmp_path)  # read before the service may run again
+        run = OfflineRun(tmp_path, wait=False)  # read before the service may run again
     finally:
         thaw()
     assert [s for s, _ in run.series("train/loss")] == list(range(1, 7))
