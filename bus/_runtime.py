@@ -334,8 +334,7 @@ class SinkRunner:
                 self._hold(self.sink.take_quarantined())
                 if self._accepted_seqs is not None:
                     self._accepted_seqs.update(event.seq for event in part)
-                if attempt or crashes:
-                    self._health.delivered(attempts=attempt + crashes + 1)
+                self._health.delivered(attempts=attempt + crashes + 1)  # logs only a change
                 return None
 
     async def _narrow(self, part: Sequence[Event], error: PermanentSinkError) -> None:

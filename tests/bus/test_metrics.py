@@ -131,6 +131,27 @@ async def test_retrying_again_after_recovering_is_a_new_change(make_bus: MakeBus
     ]
 
 
+async def test_a_refused_batch_whose_parts_all_arrive_recovers(make_bus: MakeBus) -> None:
+    """Retrying, then refused, then delivered in halves: the sink is ``healthy`` again."""
+    sink = RecordingSink("narrowed")
+    sink.fail_retryable(times=1)
+    sink.fail_permanent("one bad part, somewhere")
+    with anyio.fail_after(30), capture_logs() as logs:
+        async with make_bus([sink]) as bus:
+            bus.emit(StepEnd, global_step=1)
+            bus.emit(StepEnd, global_step=2)
+            await bus.drain()
+            await sink.wait_for(2)
+            stats = bus.stats()["narrowed"]
+    assert [len(batch) for batch in sink.attempts] == [2, 2, 1, 1]
+    assert (stats.health, stats.quarantined) == ("healthy", 0)
+    assert _transitions(logs, "narrowed") == [
+        ("healthy", "retrying"),
+        ("retrying", "healthy"),
+        ("healthy", "closed"),
+    ]
+
+
 async def test_quarantine_is_sticky_and_failure_is_final(make_bus: MakeBus) -> None:
     """A refused point makes a sink ``quarantined`` for the run; a crashing one ends ``failed``."""
     refusing = RecordingSink("refusing", max_batch_size=1)  # one event a write, in order
