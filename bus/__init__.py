@@ -49,6 +49,7 @@ from trainbus.bus._events import (
     TrainEnd,
     hook_name,
 )
+from trainbus.bus._health import STATE_CHANGED as SINK_STATE_CHANGED
 from trainbus.bus._journal import (
     JournalReader,
     JournalWriter,
@@ -56,11 +57,12 @@ from trainbus.bus._journal import (
     TornTail,
     repair_journal,
 )
+from trainbus.bus._metrics import BusMetrics
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import replay
 from trainbus.bus._segmented import JournalSettings
 from trainbus.bus._sink import Sink
-from trainbus.bus._stats import QuarantinedPoint, SinkMode, SinkReport, SinkStats
+from trainbus.bus._stats import QuarantinedPoint, SinkHealth, SinkMode, SinkReport, SinkStats
 from trainbus.bus._stream import Subscription
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "Artifact",
     "ArtifactKind",
     "Bus",
+    "BusMetrics",
     "ConfigurationError",
     "CursorStore",
     "DistributedError",
@@ -103,9 +106,11 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "RunStatus",
+    "SINK_STATE_CHANGED",
     "Save",
     "Sink",
     "SinkError",
+    "SinkHealth",
     "SinkMode",
     "SinkReport",
     "SinkStats",

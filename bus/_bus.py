@@ -38,6 +38,7 @@ import math
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from trainbus.bus._dispatch import Hook, adispatch, dispatch
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Event, EventBase
 from trainbus.bus._journal import JournalWriter
+from trainbus.bus._metrics import BusMetrics, journal_bytes
 from trainbus.bus._numbers import check_seconds
 from trainbus.bus._outbox import DEFAULT_WAKE_INTERVAL, CallSoon, Mark, Outbox, loop_call_soon
 from trainbus.bus._retry import RetryPolicy
@@ -218,6 +220,7 @@ class Bus:
         self._offer_scheduled = False
         self._offered_seq = -1
         self._abandoned = False
+        self._journaled = 0  # events appended by this bus (under the delivery lock)
 
     # --- training side: any thread ------------------------------------------------------------
 
@@ -337,6 +340,25 @@ class Bus:
         """Per sink: counts, lag and mode. Safe to call from any thread (a best-effort snapshot)."""
         return {runner.name: runner.stats() for runner in list(self._runners)}
 
+    def metrics(self) -> BusMetrics:
+        """The bus's own metrics and every sink's ``stats()``, from any thread, open or closed
+        (``trainbus.bus._metrics``); the sinks of a sink process are the orchestrator's to add."""
+        outbox = self._outbox
+        journal = self._journal
+        return BusMetrics(
+            run_id=self.run_id,
+            rank=self.rank,
+            time=time.time(),
+            running=self._token is not None,
+            published=outbox.published,
+            journaled=self._journaled,
+            last_seq=outbox.last_seq,
+            queued=len(outbox),
+            journal_bytes=journal_bytes(journal.path if journal is not None else self.journal_path),
+            publish_pauses=outbox.flow_control_pauses,
+            sinks=tuple(self.stats().values()),
+        )
+
     # --- loop side ----------------------------------------------------------------------------
 
     async def afsync(self) -> None:
@@ -392,7 +414,9 @@ class Bus:
     def _append(self, journal: JournalWriter | SegmentedJournalWriter, batch: list[Event]) -> None:
         """Journal ``batch``, or the part of it ``journal_filter`` keeps."""
         keep = self._journal_filter
-        journal.append(batch if keep is None else [event for event in batch if keep(event)])
+        kept = batch if keep is None else [event for event in batch if keep(event)]
+        journal.append(kept)
+        self._journaled += len(kept)
 
     def _offer(self, batch: list[Event]) -> None:
         self._offered_seq = batch[-1].seq

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -25,7 +26,7 @@ from trainbus.bus._journal import Record, SeqIndex, decode_record, read_appended
 from trainbus.bus._retry import RetryPolicy
 from trainbus.bus._runtime import DEFAULT_QUEUE_SIZE, SinkRunner
 from trainbus.bus._sink import Sink
-from trainbus.bus._stats import SinkReport
+from trainbus.bus._stats import SinkReport, SinkStats
 
 __all__ = ["LiveJournal", "follow"]
 
@@ -80,12 +81,15 @@ async def follow(
     interval: float = 0.1,
     policy: RetryPolicy | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    on_stats: Callable[[list[SinkStats]], None] | None = None,
 ) -> dict[str, SinkReport]:
     """Deliver the journal into ``sinks`` as it grows, until ``done`` is set; then the rest.
 
     Each sink starts from its cursor, so whatever an earlier process left undelivered comes first.
     After ``done`` the journal is read to its end once more and the sinks get ``deadline``
     seconds to deliver it; what they do not is in their reports and stays for ``trainbus sync``.
+    ``on_stats`` gets the sinks' ``stats()`` after every look at the journal and once more at
+    the end (the sink process publishes them to the training process).
     """
     source = LiveJournal(journal_path)
     source.skip_existing()
@@ -96,11 +100,15 @@ async def follow(
             tg.start_soon(runner.run, name=f"trainbus sink {runner.name}")
         while not done.is_set():
             _offer(runners, source.poll())
+            if on_stats is not None:
+                on_stats([runner.stats() for runner in runners])
             with anyio.move_on_after(interval):
                 await done.wait()
         _offer(runners, source.poll())
         for runner in runners:
             runner.begin_close(deadline)
+    if on_stats is not None:
+        on_stats([runner.stats() for runner in runners])
     return {r.name: r.report for r in runners if r.report is not None}
 
 

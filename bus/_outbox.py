@@ -120,6 +120,7 @@ class Outbox:
         self._pending: deque[Event] = deque(maxlen=UNSTARTED_LIMIT if bounded else None)
         self._lock = threading.Lock()
         self._next_seq = 0
+        self._first_seq = 0
         self._wake_scheduled = False
         self._call_soon: CallSoon | None = None
         self.delivering = threading.Lock()
@@ -268,12 +269,23 @@ class Outbox:
                         f"this bus published seq 0..{self._next_seq - 1} before it started."
                     )
                 self._next_seq = last_seq + 1
+                self._first_seq = self._next_seq
 
     # --- the loop's side ----------------------------------------------------------------------
 
     def __len__(self) -> int:
         """How many events wait (a snapshot when other threads publish)."""
         return len(self._pending)
+
+    @property
+    def published(self) -> int:
+        """How many events this outbox numbered (those before a journal it continues excluded)."""
+        return self._next_seq - self._first_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last event numbered (-1 for none)."""
+        return self._next_seq - 1
 
     def on_loop_thread(self) -> bool:
         """Whether the caller runs on the thread of the loop this outbox serves."""

@@ -28,6 +28,7 @@ import structlog
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._errors import PermanentSinkError, RetryableSinkError
 from trainbus.bus._events import Event, Log
+from trainbus.bus._health import SinkHealthLog
 from trainbus.bus._journal import JournalReader, Record, _decode
 from trainbus.bus._quarantine import QuarantineLog
 from trainbus.bus._retry import RetryPolicy
@@ -107,6 +108,7 @@ class SinkRunner:
         self._quarantine = QuarantineLog.for_sink(cursors, self.name)
         self._delivered = self._retried = self._failed = self._skipped = self._crashes = 0
         self._last_error: str | None = None
+        self._health = SinkHealthLog(self.name)
         self.report: SinkReport | None = None
         if source.last_seq > self.acked:  # a restart, or ``trainbus sync``: start from the cursor
             self._start_catch_up(self.acked + 1)
@@ -181,11 +183,12 @@ class SinkRunner:
             try:
                 await self.sink.open()
                 self._opened = True
+                self._health.delivered()
                 return True
             except RetryableSinkError as exc:
                 attempt += 1
                 self._retried += 1
-                self._note_error(exc, "sink_open_retrying", attempt)
+                self._retrying(exc, "open")
                 await anyio.sleep(self._policy.delay(attempt, exc.retry_after))
             except PermanentSinkError as exc:
                 self._disable(f"opening failed permanently: {exc}")
@@ -196,6 +199,7 @@ class SinkRunner:
                 if self._crashes >= self._policy.max_crashes:
                     self._disable(f"open() raised {type(exc).__name__}: {exc}")
                     return False
+                self._health.enter("retrying", error=f"{type(exc).__name__}: {exc}")
                 await anyio.sleep(self._policy.delay(self._crashes))
 
     async def _next_batch(self) -> list[Event] | None:
@@ -295,7 +299,7 @@ class SinkRunner:
                 self._hold(self.sink.take_quarantined())
                 attempt += 1
                 self._retried += 1
-                self._note_error(exc, "sink_retrying", attempt)
+                self._retrying(exc, "write")
                 await anyio.sleep(self._policy.delay(attempt, exc.retry_after))
             except PermanentSinkError as exc:
                 self._hold(self.sink.take_quarantined())
@@ -324,13 +328,13 @@ class SinkRunner:
                 if crashes >= self._policy.max_crashes:
                     self._disable(f"write() raised {crashes} times in a row: {self._last_error}")
                     return None
+                self._health.enter("retrying", error=self._last_error)
                 await anyio.sleep(self._policy.delay(crashes))
             else:
                 self._hold(self.sink.take_quarantined())
                 if self._accepted_seqs is not None:
                     self._accepted_seqs.update(event.seq for event in part)
-                if attempt or crashes:
-                    log.info("sink_recovered", sink=self.name, attempts=attempt + crashes + 1)
+                self._health.delivered(attempts=attempt + crashes + 1)  # logs only a change
                 return None
 
     async def _narrow(self, part: Sequence[Event], error: PermanentSinkError) -> None:
@@ -378,6 +382,7 @@ class SinkRunner:
         points = sorted(self._held.values(), key=lambda p: p.seq)
         self._held = {}
         if self._quarantine.record(points, through_seq):
+            self._health.enter("quarantined", points=len(points), total=self._quarantine.count)
             log.warning(
                 "sink_quarantined",
                 sink=self.name,
@@ -387,10 +392,9 @@ class SinkRunner:
                 reason=points[0].reason,
             )
 
-    def _note_error(self, exc: RetryableSinkError, event: str, attempt: int) -> None:
+    def _retrying(self, exc: RetryableSinkError, call: str) -> None:
         self._last_error = str(exc)
-        if attempt == 1:
-            log.warning(event, sink=self.name, error=str(exc), retry_after=exc.retry_after)
+        self._health.enter("retrying", call=call, error=str(exc), retry_after=exc.retry_after)
 
     async def _close_sink(self) -> None:
         try:
@@ -431,6 +435,7 @@ class SinkRunner:
         self._last_error = reason
         self._set_mode("disabled")
         log.error("sink_disabled", sink=self.name, reason=reason)
+        self._health.enter("failed", reason=reason)
 
     def _finish(self) -> None:
         disabled = self._mode == "disabled"
@@ -460,8 +465,9 @@ class SinkRunner:
         )
         if not disabled:
             self._mode = "closed"
-        event = "sink_closed" if undelivered == 0 else "sink_closed_with_backlog"
-        log.info(event, sink=self.name, delivered=self._delivered, undelivered=undelivered)
+        self._health.enter(
+            "closed", warning=undelivered > 0, delivered=self._delivered, undelivered=undelivered
+        )
         if self._quarantine.count:
             log.warning(
                 "sink_closed_with_quarantined_points",
@@ -540,6 +546,8 @@ class SinkRunner:
             lag_seconds=lag_seconds,
             last_error=self._last_error,
             quarantined=self._quarantine.count,
+            queued=len(self._queue) + len(self._in_flight),
+            health=self._health.state,
         )
 
 

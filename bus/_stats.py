@@ -6,11 +6,20 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
-__all__ = ["QuarantinedPoint", "SinkMode", "SinkReport", "SinkStats"]
+__all__ = ["QuarantinedPoint", "SinkHealth", "SinkMode", "SinkReport", "SinkStats"]
 
 SinkMode: TypeAlias = Literal["starting", "live", "catch-up", "disabled", "closed"]
 """``live``: fed from memory; ``catch-up``: reading the journal after its queue overflowed (or
 after a restart); ``disabled``: stopped after repeated crashes or a permanent error opening."""
+
+SinkHealth: TypeAlias = Literal[
+    "starting", "healthy", "retrying", "quarantined", "failed", "closed"
+]
+"""How a sink is doing, for operators (``trainbus.bus._health``): ``healthy`` delivers;
+``retrying`` waits to send again after a retryable error or a crash; ``quarantined`` delivers, but
+has held back points its destination refuses (it stays so for the run: the points are lost to
+that destination until someone looks); ``failed`` is disabled; ``closed`` has finished. Where
+data flows from is ``SinkMode``'s business, not this one's."""
 
 
 class QuarantinedPoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +55,10 @@ class SinkStats(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     quarantined: int = 0
     """Points never sent because the destination refuses them (see ``SinkReport``)."""
+    queued: int = 0
+    """Events waiting in the sink's in-memory queue or in the batch being sent."""
+    health: SinkHealth = "healthy"
+    """The sink's state, as its ``sink_state_changed`` log events tell it."""
 
 
 class SinkReport(msgspec.Struct, frozen=True, kw_only=True):

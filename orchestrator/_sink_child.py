@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,10 +28,17 @@ import structlog
 
 from trainbus.bus._files import replace_file
 from trainbus.bus._follow import follow
-from trainbus.bus._stats import SinkReport
+from trainbus.bus._stats import SinkReport, SinkStats
 from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
-from trainbus.orchestrator.sink_host import DONE, NICENESS, REPORT_NAME, Handoff
+from trainbus.orchestrator.sink_host import (
+    DONE,
+    NICENESS,
+    REPORT_NAME,
+    STATS_EVERY,
+    STATS_NAME,
+    Handoff,
+)
 from trainbus.orchestrator.sync import rebuild_sinks
 
 log = structlog.get_logger(__name__)
@@ -47,6 +56,31 @@ def _wait_for_done(done: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> N
             anyio.from_thread.run_sync(done.set, token=token)
 
 
+class _StatsFile:
+    """Writes the sinks' stats for the training process, at most every ``STATS_EVERY`` seconds
+    (the last call, at the end, always)."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self._path = run_dir.path / STATS_NAME
+        self._last = -math.inf
+        self._final: list[SinkStats] | None = None
+
+    def __call__(self, stats: list[SinkStats]) -> None:
+        now = time.monotonic()
+        self._final = stats
+        if now - self._last >= STATS_EVERY:
+            self._last = now
+            self.write()
+
+    def write(self) -> None:
+        if self._final is None:
+            return
+        try:  # owner-only: a last error may quote a server's answer
+            replace_file(self._path, msgspec.json.encode(self._final), mode=0o600)
+        except OSError as exc:  # a full disk: the figures are for watching, delivery goes on
+            log.warning("sink_stats_not_written", path=str(self._path), error=str(exc))
+
+
 async def _host(
     run_dir: RunDir, names: Sequence[str], deadline: float, env: Mapping[str, str]
 ) -> list[SinkReport]:
@@ -56,9 +90,16 @@ async def _host(
     token = anyio.lowlevel.current_token()
     threading.Thread(target=_wait_for_done, args=(done, token), daemon=True).start()
     log.info("sink_process_following", run_dir=str(run_dir.path), sinks=list(names))
+    stats = _StatsFile(run_dir)
     reports = await follow(
-        run_dir.journal_path, sinks, cursor_dir=run_dir.cursor_dir, done=done, deadline=deadline
+        run_dir.journal_path,
+        sinks,
+        cursor_dir=run_dir.cursor_dir,
+        done=done,
+        deadline=deadline,
+        on_stats=stats,
     )
+    stats.write()  # the final figures, whatever the throttle said
     return list(reports.values())
 
 

@@ -44,18 +44,26 @@ import structlog
 
 from trainbus.bus import _world
 from trainbus.bus._bus import Bus
-from trainbus.bus._env import SINK_PROCESS_VARIABLE, env_flag, env_str
+from trainbus.bus._env import SINK_PROCESS_VARIABLE, env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import EventBase, RunFinished
+from trainbus.bus._metrics import BusMetrics
 from trainbus.bus._numbers import check_seconds
 from trainbus.bus._run_context import RunContext
 from trainbus.bus._sink import Sink
 from trainbus.bus._stats import SinkReport
 from trainbus.bus._stream import Subscription
 from trainbus.bus._worker import run_in_worker_thread
+from trainbus.orchestrator._live import MetricsStream, check_interval, run_metrics
 from trainbus.orchestrator._rank_journal import RankJournal, journal_filter, rank_journal_from
 from trainbus.orchestrator.config import check_writable_dir
 from trainbus.orchestrator.logging import configure_logging
+from trainbus.orchestrator.metrics import (
+    METRICS_ADDR_VARIABLE,
+    METRICS_PORT_VARIABLE,
+    MetricsServer,
+    serve_prometheus,
+)
 from trainbus.orchestrator.registry import IntegrationChoice, build_sinks, explain_report_to
 from trainbus.orchestrator.rundir import (
     RecordStatus,
@@ -108,6 +116,10 @@ class Orchestrator:
     ``run_id`` continues that run (default: ``$TRAINBUS_RUN_ID``, else a fresh id; under
     ``torchrun`` world rank zero's). ``rank_journal`` is what a rank other than world rank zero
     journals: ``"errors"`` (default, or ``$TRAINBUS_RANK_JOURNAL``), ``"none"`` or ``"full"``.
+    ``metrics_port`` serves the bus's metrics to Prometheus while the run is open (default:
+    ``$TRAINBUS_METRICS_PORT``, else none; 0 picks a free port, see ``metrics_url``) on
+    ``metrics_addr`` (default ``$TRAINBUS_METRICS_ADDR``, else ``127.0.0.1``); see
+    ``trainbus.orchestrator.metrics`` and ``docs/observability.md``.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class Orchestrator:
         flush_timeout: float = 30.0,
         sink_process: bool | None = None,
         rank_journal: RankJournal | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str | None = None,
     ) -> None:
         self.flush_timeout = check_seconds("flush_timeout", flush_timeout)
         """Seconds the sinks get at close; what they have not delivered by then waits for sync."""
@@ -154,6 +168,18 @@ class Orchestrator:
         ``trainbus.orchestrator.sink_host``), ``False`` all in the training process, ``None``
         (the default) each where it prefers (``Sink.prefers_sink_process``)."""
         self._host: SinkHost | None = None
+        self.metrics_port = (
+            env_int(self.env, METRICS_PORT_VARIABLE) if metrics_port is None else metrics_port
+        )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigurationError(
+                f"metrics_port must be a TCP port between 0 and 65535, got {self.metrics_port}."
+            )
+        self.metrics_addr = metrics_addr or env_str(self.env, METRICS_ADDR_VARIABLE) or "127.0.0.1"
+        self._metrics_server: MetricsServer | None = None
+        self._last_bus: Bus | None = None  # kept after the close: its figures stay readable
+        self._moved: list[str] = []
+        self._finished: anyio.Event | None = None
         self._choices: list[IntegrationChoice] = []
         """Every integration, picked or skipped and why (``_prepare``)."""
 
@@ -279,6 +305,8 @@ class Orchestrator:
                 continued=continued,
             ),
         )
+        self._finished = anyio.Event()
+        self._last_bus, self._moved = bus, moved
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(bus)
             if moved:
@@ -290,6 +318,14 @@ class Orchestrator:
             self._stack = stack.pop_all()
         self._bus = bus
         self._status_watch = bus.stream(RunFinished, max_buffer=8)
+        if self.metrics_port is not None:
+            try:  # last, so that nothing opened before it is left open when the port is taken
+                self._metrics_server = serve_prometheus(
+                    self.metrics_snapshot, port=self.metrics_port, addr=self.metrics_addr
+                )
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         skipped = {c.name: c.reason for c in self._choices if not c.picked}
         log.info(
             "run_started",
@@ -330,6 +366,9 @@ class Orchestrator:
                     self._record.error = f"{type(exc).__name__}: {exc}"
                 self.run_dir.write_record(self._record)
             log.info("run_closed", run_id=self.run_id, status=status)
+            self._stop_metrics_server()
+            if self._finished is not None:
+                self._finished.set()
 
     def _moved_to_sink_process(self, sinks: Sequence[Sink]) -> list[str]:
         """The sinks the sink process runs: only ``report_to`` sinks (a process rebuilds them
@@ -437,3 +476,44 @@ class Orchestrator:
         ``dropped`` counts them); what must see every event is a sink, or reads the journal.
         """
         return self.bus.stream(*types, max_buffer=max_buffer)
+
+    # --- watching the run -----------------------------------------------------------------------
+
+    def metrics_snapshot(self) -> BusMetrics | None:
+        """The bus's own metrics now, every sink included (``trainbus.orchestrator._live``); the
+        last run's final figures after it closed, ``None`` before it opened. Any thread."""
+        bus = self._last_bus
+        return None if bus is None else run_metrics(bus, self.run_dir, self._moved)
+
+    def metrics(self, *, interval: float = 1.0) -> MetricsStream:
+        """``async for snapshot in orch.metrics(interval=...)``: the run's metrics now, then every
+        ``interval`` seconds, and a final snapshot once the run has closed; call inside
+        ``async with``. Snapshots are taken as they are asked for, so nothing piles up."""
+        interval = check_interval(interval)
+        _ = self.bus  # a clear error outside ``async with``
+        assert self._finished is not None  # set with the bus
+        return MetricsStream(self.metrics_snapshot, self._finished, interval)
+
+    @property
+    def status(self) -> RecordStatus | None:
+        """``"running"`` while the run is open, then how it ended; ``None`` before it opened."""
+        return self._record.status if self._record is not None else None
+
+    async def wait_finished(self) -> RecordStatus:
+        """Wait until the run has closed (delivery done or the flush deadline passed) and return
+        how it ended; call on the run's loop, inside ``async with`` or after it."""
+        if self._finished is None:
+            raise RuntimeError("Orchestrator.wait_finished() needs a run opened with 'async with'.")
+        await self._finished.wait()
+        assert self._record is not None
+        return self._record.status
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the Prometheus endpoint serves while the run is open (``metrics_port``)."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    def _stop_metrics_server(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        if server is not None:
+            server.stop()

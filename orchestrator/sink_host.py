@@ -14,7 +14,9 @@ the pipe closing when the parent dies) tells the child to deliver the rest withi
 deadline and exit. The child writes its sinks' reports to ``sink-host.json`` in the run
 directory; what it could not deliver stays in the journal for ``trainbus sync``. Sinks passed as
 objects (``sinks=[...]``) stay in the training process: only sinks a process can rebuild by name
-move. ``trainbus.bus._stats()`` in the training process does not see the moved ones.
+move. ``Bus.stats()`` in the training process does not see the moved ones: the child writes
+their ``stats()`` to ``sink-host.stats.json`` at most every ``STATS_EVERY`` seconds and once at the
+end, and ``read_live_stats`` is how the training process reports them (its metrics exporters).
 """
 
 from __future__ import annotations
@@ -33,14 +35,27 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from trainbus.bus._stats import SinkReport
+from trainbus.bus._stats import SinkReport, SinkStats
 from trainbus.orchestrator.rundir import RunDir
 
-__all__ = ["DONE", "Handoff", "NICENESS", "REPORT_NAME", "SinkHost", "read_reports"]
+__all__ = [
+    "DONE",
+    "Handoff",
+    "NICENESS",
+    "REPORT_NAME",
+    "STATS_EVERY",
+    "STATS_NAME",
+    "SinkHost",
+    "read_live_stats",
+    "read_reports",
+]
 
 log = structlog.get_logger(__name__)
 
 REPORT_NAME: Final = "sink-host.json"
+STATS_NAME: Final = "sink-host.stats.json"
+STATS_EVERY: Final = 1.0
+"""Seconds between two writes of the child's sink stats: how stale the parent's figures may be."""
 DONE: Final = b"done\n"
 """What the parent writes on the child's stdin when the journal is complete."""
 NICENESS: Final = 10
@@ -76,6 +91,7 @@ class SinkHost:
     ) -> SinkHost:
         """Start the child for the sinks ``names`` of the run in ``run_dir``."""
         (run_dir.path / REPORT_NAME).unlink(missing_ok=True)
+        (run_dir.path / STATS_NAME).unlink(missing_ok=True)
         command = [sys.executable, "-m", "trainbus.orchestrator._sink_child", str(run_dir.path)]
         for name in names:
             command += ["--sink", name]
@@ -144,3 +160,11 @@ def read_reports(run_dir: RunDir) -> dict[str, SinkReport]:
     except (FileNotFoundError, msgspec.DecodeError):
         return {}
     return {report.name: report for report in reports}
+
+
+def read_live_stats(run_dir: RunDir) -> list[SinkStats]:
+    """The child's sinks as it last described them (none before its first write)."""
+    try:
+        return msgspec.json.decode((run_dir.path / STATS_NAME).read_bytes(), type=list[SinkStats])
+    except (FileNotFoundError, msgspec.DecodeError):
+        return []
