@@ -15,6 +15,7 @@ from trainbus.bus._events import (
     Event,
     EventBase,
     TensorHistogram,
+    TrialInfo,
     decode_json,
     decode_msgpack,
     encode_json,
@@ -63,6 +64,15 @@ _histogram = st.builds(
     TensorHistogram, low=_finite, high=_finite, counts=st.lists(st.integers(0, 2**40), max_size=64)
 )
 
+_trial = st.builds(
+    TrialInfo,
+    search=st.text(),
+    search_id=st.text(),
+    number=st.integers(0, 2**31),
+    name=st.text(),
+    params=st.dictionaries(st.text(max_size=10), _scalar, max_size=4),
+)
+
 
 def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]:
     envelope = {
@@ -93,6 +103,8 @@ def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]
             extra[field.name] = st.integers(0, 2**31)
         elif field.type is bool:
             extra[field.name] = st.booleans()
+        elif field.name == "trial":
+            extra[field.name] = st.none() | _trial
         elif field.name == "checkpoint_dir" or field.name == "error":
             extra[field.name] = st.none() | st.text()
         else:
