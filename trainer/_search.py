@@ -29,6 +29,10 @@ Where it differs from transformers, and why:
   warning, as transformers does.
 * The seed. The trial's arguments apply before ``model_init`` runs, so a searched ``seed`` also
   seeds the model's initial weights (transformers builds the model under the previous seed).
+* A SIGTERM or SIGINT stops the trial gracefully, as it stops any ``train()`` (its run ends
+  ``killed``), and ends the search there: the trial is PRUNED (it stopped early), no further trial
+  starts, and the best trial so far is returned; ``trainer.stopped_by_signal`` names the signal.
+  transformers has no graceful stop: the signal ends the process.
 * Pruning stops the run at the evaluation that asked for it (``should_training_stop``, and no
   checkpoint at that step), closes it normally with status ``stopped`` (its sinks flushed, its
   journal complete), then tells Optuna ``TrialPruned``; transformers raises from inside the loop
@@ -329,6 +333,11 @@ class _Search:
             self.trial = None
         trial.set_user_attr("trainbus_run_id", self.run_id)
         trial.set_user_attr("trainbus_output_dir", output_dir)
+        stopped_by = trainer.stopped_by_signal
+        if stopped_by is not None:  # SIGTERM/SIGINT stopped the trial: the search ends with it
+            log.warning("hyperparameter_search_stopped", trial=trial.number, signal=stopped_by.name)
+            trial.study.stop()
+            raise self.optuna.TrialPruned(f"stopped by {stopped_by.name}")
         if self.pruned_at is not None:
             log.info("trial_pruned", trial=trial.number, step=self.pruned_at, run_id=self.run_id)
             raise self.optuna.TrialPruned(f"pruned at step {self.pruned_at}")

@@ -6,6 +6,8 @@ journals, the TensorBoard files and the Optuna study are read back to check what
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Evaluate, Event, RunFinished, RunStarted
 from trainbus.bus._journal import JournalReader
 from trainbus.orchestrator.rundir import find_run_dir
-from trainbus.trainer import BestRun
+from trainbus.trainer import BestRun, TrainerCallback
 from trainbus.trainer._arguments import TrainingArguments
 from trainbus.trainer._search import default_compute_objective
+from trainbus.trainer._state import TrainerControl, TrainerState
 from trainbus.trainer._trainer import Trainer
 
 optuna = pytest.importorskip("optuna")
@@ -58,17 +61,18 @@ def test_four_trials_are_four_runs_with_their_journals_params_and_pruning(tmp_pa
     base_args = trainer.args
     storage = optuna.storages.InMemoryStorage()
 
-    best = trainer.hyperparameter_search(
-        hp_space=hp_space,
-        compute_objective=loss_only,
-        n_trials=4,
-        direction="minimize",
-        hp_name=lambda trial: f"trial-{trial.number}",
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        pruner=PruneTrialOne(),
-        study_name="digits-search",
-    )
+    with capture_logs() as logs:
+        best = trainer.hyperparameter_search(
+            hp_space=hp_space,
+            compute_objective=loss_only,
+            n_trials=4,
+            direction="minimize",
+            hp_name=lambda trial: f"trial-{trial.number}",
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=PruneTrialOne(),
+            study_name="digits-search",
+        )
 
     study = optuna.load_study(study_name="digits-search", storage=storage)
     states = [trial.state for trial in study.trials]
@@ -85,6 +89,10 @@ def test_four_trials_are_four_runs_with_their_journals_params_and_pruning(tmp_pa
     assert best.objective == winner.value
     assert best.hyperparameters == winner.params
     assert best.run_summary.study_name == "digits-search"
+    (reported,) = [e for e in logs if e["event"] == "hyperparameter_search_best_trial"]
+    assert (reported["trial"], reported["objective"]) == (winner.number, winner.value)
+    assert reported["run_id"] == winner.user_attrs["trainbus_run_id"]
+    assert reported["output_dir"] == str(tmp_path / f"trial-{winner.number}")
 
     run_ids = set()
     search_ids = set()
@@ -151,6 +159,38 @@ def test_without_evaluation_during_training_the_objective_comes_from_evaluate_in
     warned = [entry for entry in logs if entry["event"] == "hyperparameter_not_an_argument"]
     assert [entry["name"] for entry in warned] == ["hidden", "hidden"]
     assert [s["name"] for s in seen.seen] == [None, None]
+
+
+class SignalAtStep(TrainerCallback):
+    """Sends this process SIGTERM at step 2 of trial ``number``, as a scheduler stopping a job."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        in_trial = args.output_dir.endswith(f"run-{self.number}")
+        if in_trial and state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_signal_ends_the_search_after_the_trial_it_stopped(tmp_path: Path) -> None:
+    """SIGTERM in trial 1 stops that trial gracefully (its run ``killed``) and the search with
+    it: no third trial, trial 1 pruned, the best trial so far returned, the signal named."""
+    trainer = make_trainer(tmp_path, report_to=[], callbacks=[SignalAtStep(1)])
+
+    best = trainer.hyperparameter_search(hp_space=hp_space, n_trials=4)
+
+    study = best.run_summary
+    assert [t.state for t in study.trials] == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+    ]
+    assert best.run_id == "0"
+    assert trainer.stopped_by_signal == signal.SIGTERM
+    (finished,) = [e for e in journal_of(tmp_path / "run-1") if isinstance(e, RunFinished)]
+    assert (finished.status, finished.global_step) == ("killed", 2)
 
 
 def test_several_objectives_return_the_best_trials(tmp_path: Path) -> None:
