@@ -14,6 +14,7 @@ from trainbus.bus._events import (
     HF_EVENT_TYPES,
     Event,
     EventBase,
+    RunStarted,
     TensorHistogram,
     TrialInfo,
     decode_json,
@@ -127,3 +128,13 @@ def test_every_event_round_trips_through_msgpack(event: Event) -> None:
 def test_every_event_round_trips_through_json(event: Event) -> None:
     """Any event with finite floats, encoded as JSON and decoded, comes back equal."""
     assert decode_json(encode_json(event)) == event
+
+
+def test_a_run_started_written_before_trials_existed_still_decodes() -> None:
+    """A journal written before ``RunStarted.trial`` existed decodes, with no trial."""
+    old = b'{"type":"run_started","run_id":"r","seq":0,"time":1.0,"run_name":"x","continued":false}'
+    event = decode_json(old)
+    assert isinstance(event, RunStarted) and event.trial is None and event.run_name == "x"
+    card = TrialInfo(search="s", search_id="i", number=3, name="run-3", params={"lr": 0.1})
+    again = decode_msgpack(encode_msgpack(RunStarted(run_id="r", seq=0, time=1.0, trial=card)))
+    assert isinstance(again, RunStarted) and again.trial == card
