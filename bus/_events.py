@@ -2,7 +2,7 @@
 
 The training loop, with each event at the line where it fires (the Hugging Face callback points)::
 
-    RunStarted(config, hparams, continued)            # the run's identity card, every call
+    RunStarted(config, hparams, continued, trial)     # the run's identity card, every call
     InitEnd                                           # end of Trainer.__init__
     TrainBegin
     for epoch in epochs:
@@ -86,6 +86,7 @@ __all__ = [
     "TrainBegin",
     "TensorHistogram",
     "TrainEnd",
+    "TrialInfo",
     "decode_json",
     "decode_msgpack",
     "encode_json",
@@ -193,6 +194,27 @@ class PushBegin(EventBase, frozen=True, kw_only=True, tag="push_begin"):
 # --- Run-level events -------------------------------------------------------------------------
 
 
+class TrialInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Which trial of which hyper-parameter search a run is, so trackers can group the trials.
+
+    A search runs each trial as a run of its own (its own run id, run directory and journal);
+    this card is what ties the runs together: the MLflow sink nests each trial's run under one
+    parent run per ``search_id``, W&B groups them under ``search``, and TensorBoard writes one
+    directory per ``name``.
+    """
+
+    search: str
+    """The search's name, shared by its trials (the W&B group, the MLflow parent run's name)."""
+    search_id: str
+    """Unique per search: the key trackers find the search's parent run by."""
+    number: int
+    """The trial's number in the search, from 0 (Optuna's ``trial.number``)."""
+    name: str
+    """The trial's name: ``hp_name(trial)`` when given, else ``run-<number>`` (its directory)."""
+    params: dict[str, Any] = {}
+    """The hyper-parameters the trial tries, as ``TrainerState.trial_params`` holds them."""
+
+
 class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
     """The run's identity card: arguments (secrets removed) and model hyper-parameters.
 
@@ -209,6 +231,8 @@ class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
     config: dict[str, Any] = {}
     hparams: dict[str, Any] = {}
     continued: bool = False
+    trial: TrialInfo | None = None
+    """The hyper-parameter search trial this run is, if any (``Trainer.hyperparameter_search``)."""
 
 
 class Artifact(EventBase, frozen=True, kw_only=True, tag="artifact"):

@@ -4,7 +4,10 @@ A plain script's ``Trainer.train()`` (or ``await Trainer.train_async()``) asks i
 its run; it opens an ``Orchestrator`` built from the trainer, so ``report_to``, the journal and
 the run directory apply to plain scripts exactly as to the CLI. Later calls on the same trainer
 (``evaluate()`` after ``train()``) continue its run: same run directory, journal and tracker
-runs. The threading around it (portal thread or worker thread) is the trainer's.
+runs, as long as they write to the same ``output_dir``. A trainer moved to another ``output_dir``
+starts a new run there: a hyper-parameter search moves it to each trial's directory, so each
+trial is a run of its own. The threading around it (portal thread or worker thread) is the
+trainer's.
 
 Under ``torchrun`` a new run first joins the trainer's process group and takes world rank zero's
 run id (``Orchestrator.for_trainer``); that may wait for the other ranks to start, so it runs in a
@@ -29,20 +32,24 @@ __all__ = ["LAUNCHER", "OrchestratorLauncher"]
 
 
 class OrchestratorLauncher:
-    """Opens one ``Orchestrator`` run per trainer, continued by each later call on that trainer."""
+    """Opens one ``Orchestrator`` run per trainer and ``output_dir``, continued by each later
+    call on that trainer that writes to the same ``output_dir``."""
 
     def __init__(self) -> None:
-        self._run_ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self._run_ids: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+        """trainer -> (the ``output_dir`` of its last run, that run's id)."""
 
     @asynccontextmanager
     async def open_run(self, trainer: Any) -> AsyncIterator[Bus]:
         """Open (or continue) ``trainer``'s run on the running loop and yield its bus."""
         _apply_log_level(trainer.args)
+        output_dir = str(trainer.args.output_dir)
+        last_dir, last_id = self._run_ids.get(trainer, ("", None))
         build = functools.partial(
-            Orchestrator.for_trainer, trainer, run_id=self._run_ids.get(trainer)
+            Orchestrator.for_trainer, trainer, run_id=last_id if last_dir == output_dir else None
         )
         orch = await anyio.to_thread.run_sync(build)
-        self._run_ids[trainer] = orch.run_id
+        self._run_ids[trainer] = (output_dir, orch.run_id)
         async with orch.open_run(trainer) as bus:
             yield bus
 

@@ -25,6 +25,11 @@ with ``HF_MLFLOW_LOG_ARTIFACTS``), with what the callback could not do:
   the run (``trainbus.run_id``), so ``evaluate()``/``predict()`` after ``train()`` and
   ``trainbus sync`` log into the same MLflow run, and params are sent once. ``predict()``'s
   ``test_*`` metrics are logged too (the callback has no ``on_predict``).
+* A hyper-parameter search's trials (``RunStarted.trial``) are nested runs: one parent run per
+  search (found again by its ``trainbus.search_id`` tag, so each trial's sink finds the one the
+  first trial created), each trial a child with ``mlflow.parentRunId``, named after the trial.
+  The parent is running while a trial runs and ends as the last trial ended. With
+  ``MLFLOW_NESTED_RUN`` and ``MLFLOW_RUN_ID`` the search's parent nests under that run.
 * Checkpoint files land where the run's artifact URI says: through the server when it proxies
   artifacts, else straight to the store (a path, ``s3://`` ...) with the mlflow client's artifact
   repository, as the client itself does.
@@ -57,7 +62,7 @@ import structlog
 
 from trainbus.bus._env import env_flag, env_int, env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
-from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted
+from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted, TrialInfo
 from trainbus.bus._paths import confined_files, output_root, safe_relative_name
 from trainbus.bus._secrets import redact, redact_url
 from trainbus.bus._sink import Sink
@@ -88,6 +93,12 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE: Final = "mlflow.json"
 RUN_TAG: Final = "trainbus.run_id"
+SEARCH_TAG: Final = "trainbus.search_id"
+"""Tags the parent run of a hyper-parameter search (its ``TrialInfo.search_id``)."""
+TRIAL_TAG: Final = "trainbus.trial"
+"""Tags a trial's run with its number in the search."""
+PARENT_TAG: Final = "mlflow.parentRunId"
+SEARCH_RUN_KEY: Final = "search_run_id"
 ACKED_KEY: Final = "acked"
 DEFAULT_URI_KEY: Final = "default_tracking_uri"
 PIPELINE: Final = 2
@@ -276,6 +287,9 @@ class MLflowSink(Sink):
                 status = _STATUS.get(event.status, "KILLED")
                 await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
                 log.info("mlflow run ended", run_id=run.run_id, status=status)
+                parent = self._state.get(SEARCH_RUN_KEY)
+                if isinstance(parent, str):  # the search's run ends as its latest trial did
+                    await api.update_run(parent, status=status, end_ms=_ms(event.time))
         if batch:
             last = batch[-1].seq
             # A part of a split event is not the whole event: its other parts are still to come.
@@ -376,11 +390,46 @@ class MLflowSink(Sink):
         if run_name:
             tags["mlflow.runName"] = run_name
         if self.nested and self.requested_run_id:
-            tags["mlflow.parentRunId"] = self.requested_run_id
+            tags[PARENT_TAG] = self.requested_run_id
         start = started.time if started is not None else time.time()
+        trial = started.trial if started is not None else None
+        if trial is not None:
+            search = await self._search_run(api, experiment_id, trial, _ms(start), dict(tags))
+            run_name = trial.name
+            tags.update({PARENT_TAG: search.run_id, TRIAL_TAG: str(trial.number)})
+            tags["mlflow.runName"] = run_name
         return await api.create_run(
             experiment_id, run_name=run_name, start_ms=_ms(start), tags=tags
         )
+
+    async def _search_run(
+        self,
+        api: MlflowBackend,
+        experiment_id: str,
+        trial: TrialInfo,
+        start_ms: int,
+        tags: dict[str, str],
+    ) -> RunInfo:
+        """The parent run of ``trial``'s search: the one an earlier trial created (found by its
+        tag), else a new one; running again while this trial runs.
+
+        Args:
+            tags: the trial run's own tags (context, ``MLFLOW_TAGS``, the nesting under
+                ``MLFLOW_RUN_ID``), which the parent shares, less the trial run's identity.
+        """
+        search = await api.find_run(experiment_id, SEARCH_TAG, trial.search_id)
+        if search is None:
+            tags.pop(RUN_TAG, None)
+            name = _clip(trial.search, MAX_TAG_VALUE_LENGTH)
+            tags.update({SEARCH_TAG: trial.search_id, "mlflow.runName": name})
+            search = await api.create_run(
+                experiment_id, run_name=name, start_ms=start_ms, tags=tags
+            )
+            log.info("mlflow search run created", run_id=search.run_id, search=trial.search)
+        elif search.status != "RUNNING":
+            await api.update_run(search.run_id, status="RUNNING")
+        self._state[SEARCH_RUN_KEY] = search.run_id
+        return search
 
     async def _log_params(self, api: MlflowBackend, run: RunInfo, started: RunStarted) -> None:
         merged: dict[str, Any] = {**redact(started.hparams), **redact(started.config)}

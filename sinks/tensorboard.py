@@ -6,8 +6,12 @@ and the model config (``model_config``) as text; each ``Log`` becomes scalars at
 ``predict()``'s metrics (``Predict``, which transformers does not log) become ``test/*`` scalars
 at the step the model was trained to. The directory is ``TENSORBOARD_LOGGING_DIR`` when set, else
 ``<output_dir>/runs/<Mon DD_HH-MM-SS>_<host>`` with the time of ``RunStarted``, so a replay finds
-the same directory. An ``evaluate()`` or ``predict()`` after ``train()`` continues the run in that
-directory (one more event file in it, one TensorBoard run) and does not write the texts again.
+the same directory. A hyper-parameter search's trial (``RunStarted.trial``) trains in an
+``output_dir`` of its own, so each trial gets a directory of its own by default; under
+``TENSORBOARD_LOGGING_DIR`` it writes to ``<TENSORBOARD_LOGGING_DIR>/<trial name>``, as Hugging
+Face's callback gives each named trial a directory. An ``evaluate()`` or ``predict()`` after
+``train()`` continues the run in that directory (one more event file in it, one TensorBoard run)
+and does not write the texts again.
 
 By default events go through the minimal writer in ``trainbus.sinks._tfrecord`` (a few µs per scalar
 instead of ~130 µs), flushed once per batch rather than once per event. An injected writer (HF's
@@ -31,7 +35,7 @@ import structlog
 from trainbus.bus._env import env_str
 from trainbus.bus._errors import ConfigurationError, PermanentSinkError
 from trainbus.bus._events import Event, Log, Predict, RunFinished, RunStarted
-from trainbus.bus._paths import confine, output_root
+from trainbus.bus._paths import confine, output_root, safe_relative_name
 from trainbus.bus._secrets import redact
 from trainbus.bus._sink import Sink
 from trainbus.sinks._rewrite import rewrite_logs
@@ -80,6 +84,8 @@ class TensorBoardSink(Sink):
         self.tb_writer = tb_writer
         self._writer: EventFileWriter | None = None
         self._written_seq = -1
+        self._trial = ""
+        """The search trial's name (``RunStarted.trial``), kept for a replay that starts later."""
 
     @classmethod
     def is_available(cls, env: Mapping[str, str]) -> bool:
@@ -102,6 +108,7 @@ class TensorBoardSink(Sink):
         output directory is refused (the file is data, and data never picks where we write)."""
         state = load_state(self.run_dir / STATE_FILE)
         self._written_seq = int(state.get("written_seq", -1))
+        self._trial = str(state.get("trial", ""))
         if self.logging_dir is None and state.get("log_dir"):
             self.logging_dir = self._confined(state["log_dir"], f"{STATE_FILE} log_dir")
 
@@ -119,7 +126,11 @@ class TensorBoardSink(Sink):
             self._flush()
         if batch and batch[-1].seq > self._written_seq:
             self._written_seq = batch[-1].seq
-            state = {"written_seq": self._written_seq, "log_dir": str(self.log_dir or "")}
+            state = {
+                "written_seq": self._written_seq,
+                "log_dir": str(self.log_dir or ""),
+                "trial": self._trial,
+            }
             save_state(self.run_dir / STATE_FILE, state)
 
     async def close(self) -> None:
@@ -133,9 +144,13 @@ class TensorBoardSink(Sink):
 
     def _file(self, started: RunStarted | None) -> EventFileWriter:
         if self._writer is None:
+            if started is not None and started.trial is not None:
+                self._trial = started.trial.name
             directory = self.logging_dir
             if directory is None:
                 directory = self._confined(_default_dir(started, self.run_dir), "output_dir")
+            elif self._trial:
+                directory = directory / _trial_folder(self._trial)
             self._writer = EventFileWriter(directory)
             log.info("tensorboard writing", log_dir=str(directory))
         return self._writer
@@ -212,6 +227,17 @@ def _default_dir(started: RunStarted | None, run_dir: Path) -> Path:
     root = output_root(run_dir)
     output_dir = root if root != run_dir.resolve() else Path(started.output_dir)
     return output_dir / "runs" / f"{stamp}_{socket.gethostname()}"
+
+
+def _trial_folder(name: str) -> str:
+    """A trial's name as one folder name; run data never picks a path that climbs or nests."""
+    try:
+        safe_relative_name(name, what="trial name")
+    except ConfigurationError as exc:
+        raise PermanentSinkError(str(exc)) from None
+    if "/" in name or "\\" in name:
+        raise PermanentSinkError(f"trial name {name!r} is not one folder name, so it is refused")
+    return name
 
 
 def _json(data: Mapping[str, Any]) -> str:

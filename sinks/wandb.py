@@ -7,7 +7,9 @@ prefixes plus ``train/global_step``, without ``step=`` (so train and eval logs n
 W&B's own step); HF's single-value scalars (``train_runtime``, ``train_samples_per_second``,
 ``train_steps_per_second``, ``train_loss``, ``total_flos``) go to the run summary instead.
 ``predict()``'s metrics go out under ``test/`` at the run's last step, as HF logs them. An
-active run created by the user is reused (and left open), as in HF.
+active run created by the user is reused (and left open), as in HF. A hyper-parameter search's
+trials (``RunStarted.trial``) are runs of one W&B group, the search's name (its ``run_name``, else
+its ``output_dir``), each named after its trial, as HF names and groups a named trial's run.
 
 Environment: ``WANDB_PROJECT`` (default ``huggingface``), ``WANDB_ENTITY``, ``WANDB_MODE``
 (``online``, ``offline``, ``disabled``), ``WANDB_DIR`` (default: the run directory, where HF
@@ -348,7 +350,10 @@ class WandbSink(Sink):
         if wandb.run is not None:
             self._run, self._owns_run = wandb.run, False
         else:
+            trial = first.trial if isinstance(first, RunStarted) else None
             name = (first.run_name if isinstance(first, RunStarted) else "") or self.run_name
+            if trial is not None:
+                name = trial.name
             saved = self._state.get("wandb_run_id")
             fresh = isinstance(first, RunStarted) and not self._config_sent()
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -357,6 +362,7 @@ class WandbSink(Sink):
                     project=self.project,
                     entity=self.entity,
                     name=name or None,
+                    group=trial.search if trial is not None else None,
                     dir=str(self.directory),
                     mode=self.mode,
                     id=saved,

@@ -12,10 +12,12 @@ from trainbus.trainer._handler import CallbackHandler
 from trainbus.trainer._launcher import Launcher, LocalLauncher
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import set_seed
+from trainbus.trainer._search import BestRun
 from trainbus.trainer._state import ExportableState, TrainerControl, TrainerState
 from trainbus.trainer._trainer import Trainer
 
 __all__ = [
+    "BestRun",
     "CallbackHandler",
     "DefaultFlowCallback",
     "EarlyStoppingCallback",

@@ -334,7 +334,10 @@ MEMBER_NOTES: Final[Mapping[str, str]] = {
     "Trainer.push_to_hub": "planned with the operations work, once a push destination exists",
     "Trainer.init_hf_repo": "Hub pushes: planned with the operations work",
     "Trainer.create_model_card": "Hub pushes: planned with the operations work",
-    "Trainer.hyperparameter_search": "Optuna, Ray Tune, SigOpt and W&B sweeps",
+    "Trainer.hyperparameter_search": (
+        "Optuna only, trials one after another in one process, each a run of its own "
+        "(see docs/hyperparameter_search.md); Ray Tune, SigOpt and W&B sweeps are refused"
+    ),
     "Trainer.create_accelerator_and_postprocess": "trainbus does not run on Accelerate",
     "Trainer.loss_is_scaled_for_ga": "a class attribute a subclass sets",
     "Trainer.get_cp_size": "context parallelism (Accelerate)",

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainbus.bus._bus import Bus, Mark
 from trainbus.bus._errors import ConfigurationError
-from trainbus.bus._events import EventBase, InitEnd, RunFinished, RunStarted, RunStatus
+from trainbus.bus._events import EventBase, InitEnd, RunFinished, RunStarted, RunStatus, TrialInfo
 from trainbus.bus._sink import Sink
 from trainbus.trainer._accounting import accepts_loss_kwargs, loss_shifts_labels
 from trainbus.trainer._arguments import TrainingArguments
@@ -69,6 +69,7 @@ from trainbus.trainer._preflight import check_before_training
 from trainbus.trainer._progress import PrinterCallback, ProgressCallback
 from trainbus.trainer._rng import seed_run
 from trainbus.trainer._run_info import check_arguments, check_model_source, run_config
+from trainbus.trainer._search import BestRun, HpSpace, Objective, search_hyperparameters
 from trainbus.trainer._signals import stop_on_signals
 from trainbus.trainer._state import TrainerControl, TrainerState
 from trainbus.trainer._support import RefusesUnsupportedMethods
@@ -230,6 +231,16 @@ class Trainer(
         self._created_scheduler = False
         """Whether ``lr_scheduler`` is ours (a second ``train()`` then gets a fresh one)."""
         self._trial: Any = None
+        self._search_trial: Callable[[], TrialInfo] | None = None
+        """The search trial the current run is (``RunStarted.trial``), read when the run starts
+        (after ``model_init``, which may pick parameters too); set by the search."""
+        # What transformers' hyperparameter_search sets on the trainer, for callbacks to read.
+        self.hp_search_backend: str | None = None
+        self.hp_space: HpSpace | None = None
+        self.hp_name: Callable[[Any], str] | None = None
+        self.compute_objective: Objective | None = None
+        self.objective: Any = None
+        """The last trial's objective: from its last evaluation during training, else after."""
         self._ignore_keys_for_eval: list[str] | None = None
         self._initial_num_input_tokens_seen = 0
         """``state.num_input_tokens_seen`` when the current ``train()`` began (tokens/s)."""
@@ -303,6 +314,40 @@ class Trainer(
             return await launch_async(
                 self._launcher(launcher), self, functools.partial(self._work, body)
             )
+
+    def hyperparameter_search(
+        self,
+        hp_space: HpSpace | None = None,
+        compute_objective: Objective | None = None,
+        n_trials: int = 20,
+        direction: str | list[str] = "minimize",
+        backend: Any = None,
+        hp_name: Callable[[Any], str] | None = None,
+        **kwargs: Any,
+    ) -> BestRun | list[BestRun]:
+        """Search hyper-parameters with Optuna, each trial a run of its own; needs ``model_init``.
+
+        Args:
+            hp_space: ``trial -> {argument: value}``, the space to search (default: transformers'
+                learning rate, epochs, seed and batch size).
+            compute_objective: ``metrics -> objective`` from ``evaluate()``'s metrics (default:
+                ``eval_loss``, or the sum of the other metrics when there are any).
+            n_trials: how many trials to run.
+            direction: ``"minimize"`` or ``"maximize"``; a list of them for several objectives.
+            backend: ``"optuna"`` or ``None``; transformers' other backends are refused.
+            hp_name: ``trial -> name`` of the trial's directory and runs (``run-<number>``).
+            kwargs: for ``optuna.create_study`` (``storage``, ``sampler``, ``pruner``,
+                ``study_name``, ...) and ``study.optimize`` (``timeout``, ``gc_after_trial``,
+                ``catch``).
+
+        Returns:
+            The best trial (a list of the best trials for several objectives). Trials run one
+            after another in this process, each in ``<output_dir>/<trial name>``; see
+            ``trainbus.trainer._search`` and ``docs/hyperparameter_search.md``.
+        """
+        return search_hyperparameters(
+            self, hp_space, compute_objective, n_trials, direction, backend, hp_name, **kwargs
+        )
 
     @property
     def stopped_by_signal(self) -> signal.Signals | None:
@@ -380,7 +425,7 @@ class Trainer(
         try:
             context = bus.context
             config = run_config(self.args, self.model, report_to=context.report_to)
-            bus.emit(RunStarted, continued=context.continued, **config)
+            bus.emit(RunStarted, continued=context.continued, trial=self._trial_info(), **config)
             if self._init_end_pending:
                 self._init_end_pending = False
                 bus.emit(InitEnd)
@@ -402,6 +447,9 @@ class Trainer(
             return result
         finally:
             self._bus = self.callback_handler.bus = None
+
+    def _trial_info(self) -> TrialInfo | None:
+        return None if self._search_trial is None else self._search_trial()
 
     def _on_stop_signal(self, signum: int) -> None:
         """Record a stop signal; the loop turns it into agreed flags at the next safe point.

@@ -14,7 +14,9 @@ from trainbus.bus._events import (
     HF_EVENT_TYPES,
     Event,
     EventBase,
+    RunStarted,
     TensorHistogram,
+    TrialInfo,
     decode_json,
     decode_msgpack,
     encode_json,
@@ -63,6 +65,15 @@ _histogram = st.builds(
     TensorHistogram, low=_finite, high=_finite, counts=st.lists(st.integers(0, 2**40), max_size=64)
 )
 
+_trial = st.builds(
+    TrialInfo,
+    search=st.text(),
+    search_id=st.text(),
+    number=st.integers(0, 2**31),
+    name=st.text(),
+    params=st.dictionaries(st.text(max_size=10), _scalar, max_size=4),
+)
+
 
 def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]:
     envelope = {
@@ -93,6 +104,8 @@ def _event_strategy(event_type: type[EventBase]) -> st.SearchStrategy[EventBase]
             extra[field.name] = st.integers(0, 2**31)
         elif field.type is bool:
             extra[field.name] = st.booleans()
+        elif field.name == "trial":
+            extra[field.name] = st.none() | _trial
         elif field.name == "checkpoint_dir" or field.name == "error":
             extra[field.name] = st.none() | st.text()
         else:
@@ -115,3 +128,13 @@ def test_every_event_round_trips_through_msgpack(event: Event) -> None:
 def test_every_event_round_trips_through_json(event: Event) -> None:
     """Any event with finite floats, encoded as JSON and decoded, comes back equal."""
     assert decode_json(encode_json(event)) == event
+
+
+def test_a_run_started_written_before_trials_existed_still_decodes() -> None:
+    """A journal written before ``RunStarted.trial`` existed decodes, with no trial."""
+    old = b'{"type":"run_started","run_id":"r","seq":0,"time":1.0,"run_name":"x","continued":false}'
+    event = decode_json(old)
+    assert isinstance(event, RunStarted) and event.trial is None and event.run_name == "x"
+    card = TrialInfo(search="s", search_id="i", number=3, name="run-3", params={"lr": 0.1})
+    again = decode_msgpack(encode_msgpack(RunStarted(run_id="r", seq=0, time=1.0, trial=card)))
+    assert isinstance(again, RunStarted) and again.trial == card

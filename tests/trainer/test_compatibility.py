@@ -127,9 +127,11 @@ def test_main_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_table_status_follows_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
     """A method our Trainer gains turns its row to implemented, without editing the registry."""
-    assert "| `hyperparameter_search` | refused |" in render()
-    monkeypatch.setattr(Trainer, "hyperparameter_search", lambda self: None, raising=False)
-    assert "| `hyperparameter_search` | implemented |" in render()
+    assert "| `create_accelerator_and_postprocess` | refused |" in render()
+    monkeypatch.setattr(
+        Trainer, "create_accelerator_and_postprocess", lambda self: None, raising=False
+    )
+    assert "| `create_accelerator_and_postprocess` | implemented |" in render()
     assert "| `push_to_hub` | refused | planned with the operations work" in render()
     assert "| `deepspeed` | `None` | refused | DeepSpeed |" in render()
     assert "| `report_to` | `'none'` | implemented |" in render()
@@ -152,8 +154,8 @@ def test_a_missing_transformers_method_is_refused_in_one_line(tmp_path: Path) ->
         "(planned with the operations work, once a push destination exists)."
     )
     assert isinstance(info.value, AttributeError)
-    assert not hasattr(trainer, "hyperparameter_search")
-    assert getattr(trainer, "hyperparameter_search", "absent") == "absent"
+    assert not hasattr(trainer, "create_accelerator_and_postprocess")
+    assert getattr(trainer, "create_accelerator_and_postprocess", "absent") == "absent"
 
 
 def test_other_missing_attributes_stay_plain_attribute_errors(tmp_path: Path) -> None:
@@ -173,8 +175,10 @@ def test_subclasses_and_arguments_refuse_the_same_way(tmp_path: Path) -> None:
         pass
 
     trainer = MyTrainer(TinyRegressor(), TrainingArguments(output_dir=str(tmp_path)))
-    with pytest.raises(UnsupportedError, match=r"^Trainer\.hyperparameter_search is not"):
-        trainer.hyperparameter_search  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(
+        UnsupportedError, match=r"^Trainer\.create_accelerator_and_postprocess is not"
+    ):
+        trainer.create_accelerator_and_postprocess  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(UnsupportedError, match=r"^TrainingArguments\.set_training is not"):
         TrainingArguments().set_training(learning_rate=1e-3)  # type: ignore[attr-defined]
     with pytest.raises(AttributeError, match=r"'TrainingArguments' object has no attribute 'x'"):
