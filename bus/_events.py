@@ -29,7 +29,8 @@ The training loop, with each event at the line where it fires (the Hugging Face 
 
     evaluate():     RunStarted(continued), PredictionStep * N, Log, Evaluate, RunFinished
     predict():      RunStarted(continued), PredictionStep * N, Predict(metrics), RunFinished
-    push_to_hub():  PushBegin
+    push_to_hub():  RunStarted(continued), PushBegin, [Artifact(register_as)], RunFinished
+    a save under hub_strategy other than "end": PushBegin [Artifact(register_as)] before Save
 
 Every event carries the same envelope: ``run_id``, ``seq`` (per-run, strictly increasing, assigned
 at publish time), ``global_step``, ``epoch``, ``time`` (Unix wall time, seconds) and ``rank``
@@ -188,7 +189,13 @@ class Save(EventBase, frozen=True, kw_only=True, tag="save"):
 
 
 class PushBegin(EventBase, frozen=True, kw_only=True, tag="push_begin"):
-    """Start of a push to a model hub."""
+    """Start of a push to a model hub (``push_to_hub``, or a save under ``hub_strategy``).
+
+    ``destination`` names where the model goes (``hub_model_id`` as given, or the Hub repo id it
+    defaults to); empty in journals written before the field existed.
+    """
+
+    destination: str = ""
 
 
 # --- Run-level events -------------------------------------------------------------------------
@@ -241,6 +248,9 @@ class Artifact(EventBase, frozen=True, kw_only=True, tag="artifact"):
     path: str
     kind: ArtifactKind = "file"
     name: str = ""
+    register_as: str = ""
+    """A model registry name (``hub_model_id="models:/<name>"``): a sink with a registry
+    uploads the files as ``name`` and registers them as a new version of this model."""
 
 
 class RunFinished(EventBase, frozen=True, kw_only=True, tag="run_finished"):

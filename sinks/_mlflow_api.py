@@ -43,12 +43,14 @@ __all__ = [
     "BatchPayload",
     "MlflowApi",
     "MlflowBackend",
+    "ModelVersionInfo",
     "RunInfo",
     "chunk_batches",
     "is_proxied",
     "metric_entry",
     "name_problem",
     "refusal_is_about_points",
+    "version_filter",
 ]
 
 MAX_METRICS_PER_BATCH: Final = 1000
@@ -159,6 +161,37 @@ class RunInfo:
     status: str
 
 
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """A version of a registered model, as the registry reports it."""
+
+    name: str
+    version: str
+    status: str
+    """``READY``, ``PENDING_REGISTRATION`` or ``FAILED_REGISTRATION``."""
+    source: str
+    run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _version_info(payload: dict[str, Any]) -> ModelVersionInfo:
+    tags = payload.get("tags") or []
+    return ModelVersionInfo(
+        name=str(payload["name"]),
+        version=str(payload["version"]),
+        status=str(payload.get("status", "")),
+        source=str(payload.get("source", "")),
+        run_id=str(payload.get("run_id", "")),
+        tags={str(t["key"]): str(t.get("value", "")) for t in tags},
+    )
+
+
+def version_filter(name: str, run_id: str) -> str:
+    """The registry search filter for the versions of ``name`` made from run ``run_id``."""
+    escaped = name.replace("'", "\\'")
+    return f"name='{escaped}' and run_id='{run_id}'"
+
+
 def _run_info(payload: dict[str, Any]) -> RunInfo:
     info = payload["run"]["info"]
     return RunInfo(
@@ -193,6 +226,13 @@ class MlflowBackend(Protocol):
     async def update_run(self, run_id: str, *, status: str, end_ms: int | None = None) -> None: ...
     async def log_batch(self, run_id: str, payload: BatchPayload) -> None: ...
     async def upload_file(self, artifact_uri: str, artifact_path: str, local: Path) -> None: ...
+    async def create_registered_model(self, name: str) -> None: ...
+    async def find_model_version(
+        self, name: str, run_id: str, tag: str, value: str
+    ) -> ModelVersionInfo | None: ...
+    async def create_model_version(
+        self, name: str, *, source: str, run_id: str, tags: dict[str, str]
+    ) -> ModelVersionInfo: ...
 
 
 class MlflowApi:
@@ -297,6 +337,44 @@ class MlflowApi:
         with map_errors("MLflow artifacts"):
             response = await self._client.put(url, content=_read_chunks(local))
             response.raise_for_status()
+
+    # --- model registry ---------------------------------------------------------------------
+
+    async def create_registered_model(self, name: str) -> None:
+        """Create registered model ``name``; one that exists already is fine."""
+        try:
+            await self._call("POST", "registered-models/create", json={"name": name})
+        except PermanentSinkError as exc:
+            if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    async def find_model_version(
+        self, name: str, run_id: str, tag: str, value: str
+    ) -> ModelVersionInfo | None:
+        """The version of ``name`` made from ``run_id`` whose tag ``tag`` is ``value``."""
+        found = await self._call(
+            "GET",
+            "model-versions/search",
+            params={"filter": version_filter(name, run_id), "max_results": 1000},
+        )
+        for payload in found.get("model_versions") or []:
+            version = _version_info(payload)
+            if version.tags.get(tag) == value:
+                return version
+        return None
+
+    async def create_model_version(
+        self, name: str, *, source: str, run_id: str, tags: dict[str, str]
+    ) -> ModelVersionInfo:
+        """A new version of ``name`` whose files are ``source`` (in run ``run_id``'s artifacts)."""
+        body = {
+            "name": name,
+            "source": source,
+            "run_id": run_id,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
+        created = await self._call("POST", "model-versions/create", json=body)
+        return _version_info(created["model_version"])
 
 
 def is_proxied(artifact_uri: str) -> bool:

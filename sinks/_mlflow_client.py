@@ -32,7 +32,7 @@ from trainbus.bus._errors import (
     SinkError,
 )
 from trainbus.bus._secrets import redact_url
-from trainbus.sinks._mlflow_api import BatchPayload, RunInfo
+from trainbus.sinks._mlflow_api import BatchPayload, ModelVersionInfo, RunInfo, version_filter
 
 __all__ = [
     "INSTALL_HINT",
@@ -154,6 +154,17 @@ def _run_info(run: Any) -> RunInfo:
     )
 
 
+def _version_info(version: Any) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        name=str(version.name),
+        version=str(version.version),
+        status=str(version.status),
+        source=str(version.source),
+        run_id=str(version.run_id or ""),
+        tags={str(k): str(v) for k, v in (version.tags or {}).items()},
+    )
+
+
 class ClientApi:
     """The calls ``MlflowApi`` makes, through ``MlflowClient`` in a worker thread.
 
@@ -272,6 +283,38 @@ class ClientApi:
         """Write one file to the run's artifact store."""
         uri = self.tracking_uri or ""
         await self._call(upload_to_repository, artifact_uri, artifact_path, local, uri)
+
+    async def create_registered_model(self, name: str) -> None:
+        """Create registered model ``name``; one that exists already is fine."""
+        await self._call(self._create_registered_model, name)
+
+    def _create_registered_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    async def find_model_version(
+        self, name: str, run_id: str, tag: str, value: str
+    ) -> ModelVersionInfo | None:
+        """The version of ``name`` made from ``run_id`` whose tag ``tag`` is ``value``."""
+        found = await self._call(self._client.search_model_versions, version_filter(name, run_id))
+        for version in found:
+            if version.tags.get(tag) == value:
+                return _version_info(version)
+        return None
+
+    async def create_model_version(
+        self, name: str, *, source: str, run_id: str, tags: dict[str, str]
+    ) -> ModelVersionInfo:
+        """A new version of ``name`` whose files are ``source`` (in run ``run_id``'s artifacts)."""
+        created = await self._call(
+            lambda: self._client.create_model_version(name, source, run_id=run_id, tags=tags)
+        )
+        return _version_info(created)
 
     async def aclose(self) -> None:
         """Nothing to release: the client holds no connection the sink must close."""

@@ -38,14 +38,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import msgspec
 
 from trainbus.bus._env import env_flag, env_str
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._events import Artifact
 from trainbus.bus._paths import output_root
 from trainbus.bus._secrets import redact_url
-from trainbus.sinks._mlflow_api import MlflowBackend, RunInfo
 from trainbus.sinks.mlflow import MLflowSink
 
 try:
@@ -121,9 +119,9 @@ class DagsHubSink(MLflowSink):
         """The run's output directory, found from the run directory above our subfolder."""
         return output_root(self.run_dir.parent)
 
-    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
-        name = event.name or Path(event.path).name
-        await super()._upload(api, run, msgspec.structs.replace(event, name=_under(name)))
+    def _artifact_name(self, event: Artifact) -> str:
+        """Under the repository's artifacts folder, as DagsHub's callback puts them."""
+        return _under(super()._artifact_name(event))
 
 
 def _under(name: str) -> str:

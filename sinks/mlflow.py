@@ -30,6 +30,11 @@ with ``HF_MLFLOW_LOG_ARTIFACTS``), with what the callback could not do:
   first trial created), each trial a child with ``mlflow.parentRunId``, named after the trial.
   The parent is running while a trial runs and ends as the last trial ended. With
   ``MLFLOW_NESTED_RUN`` and ``MLFLOW_RUN_ID`` the search's parent nests under that run.
+* Pushes to the model registry (``hub_model_id="models:/<name>"``, see ``docs/push.md``): an
+  ``Artifact`` with ``register_as`` is uploaded to the run's artifacts under its ``name`` and
+  registered as a new version of that model, its source those artifacts. The version is tagged
+  with the push (``trainbus.push``) and looked up before it is created, so a replay never
+  registers one push twice; a version still ``PENDING_REGISTRATION`` is waited for as a retry.
 * Checkpoint files land where the run's artifact URI says: through the server when it proxies
   artifacts, else straight to the store (a path, ``s3://`` ...) with the mlflow client's artifact
   repository, as the client itself does.
@@ -61,7 +66,12 @@ import msgspec
 import structlog
 
 from trainbus.bus._env import env_flag, env_int, env_str
-from trainbus.bus._errors import ConfigurationError, PermanentSinkError, SinkError
+from trainbus.bus._errors import (
+    ConfigurationError,
+    PermanentSinkError,
+    RetryableSinkError,
+    SinkError,
+)
 from trainbus.bus._events import Artifact, Event, Log, Predict, RunFinished, RunStarted, TrialInfo
 from trainbus.bus._paths import confined_files, output_root, safe_relative_name
 from trainbus.bus._secrets import redact, redact_url
@@ -99,6 +109,9 @@ TRIAL_TAG: Final = "trainbus.trial"
 """Tags a trial's run with its number in the search."""
 PARENT_TAG: Final = "mlflow.parentRunId"
 SEARCH_RUN_KEY: Final = "search_run_id"
+PUSH_TAG: Final = "trainbus.push"
+"""Tag of a registered model version: the push it came from (``<bus run id>:<event seq>``)."""
+REGISTERED_KEY: Final = "registered"
 ACKED_KEY: Final = "acked"
 DEFAULT_URI_KEY: Final = "default_tracking_uri"
 PIPELINE: Final = 2
@@ -282,7 +295,11 @@ class MLflowSink(Sink):
         await self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))])
         for event in batch:
             if isinstance(event, Artifact) and self._wants(event):
-                await self._upload(api, run, event)
+                uploaded = await self._upload(api, run, event)
+                if event.register_as and uploaded:
+                    await self._register(api, run, event)
+                elif event.register_as:
+                    self.quarantine(event, "pushed model files unreadable", key=event.path)
             elif isinstance(event, RunFinished):
                 status = _STATUS.get(event.status, "KILLED")
                 await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
@@ -331,6 +348,8 @@ class MLflowSink(Sink):
             self._acked_seq = saved["seq"]
 
     def _wants(self, event: Artifact) -> bool:
+        if event.register_as:  # a push to the model registry: always uploaded
+            return True
         return self.log_artifacts and event.kind in self.artifact_kinds
 
     def _require_api(self) -> MlflowBackend:
@@ -525,23 +544,28 @@ class MLflowSink(Sink):
         if errors:
             raise _most_telling(errors)
 
+    def _artifact_name(self, event: Artifact) -> str:
+        """Where an ``Artifact`` event's files go in the run's artifacts."""
+        return event.name or Path(event.path).name
+
     def _artifact_root(self) -> Path:
         """Where an ``Artifact`` event's files must lie: the run's output directory."""
         return output_root(self.run_dir)
 
-    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
+    async def _upload(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> bool:
+        """Upload the artifact's files (those not uploaded yet); whether they were all there."""
         source = Path(event.path)
-        base = event.name or source.name
+        base = self._artifact_name(event)
         uploaded: list[str] = self._state.setdefault("artifacts", [])
         if not source.exists():
             log.warning("mlflow artifact missing, skipped", path=str(source))
-            return
+            return False
         try:
             files = confined_files(source, self._artifact_root(), what="artifact path")
             safe_relative_name(base, what="artifact name")
         except ConfigurationError as exc:
             log.warning("mlflow artifact refused, skipped", reason=str(exc))
-            return
+            return False
         source = source.resolve()
         for file in files:
             rel = base if file == source else f"{base}/{file.relative_to(source).as_posix()}"
@@ -553,6 +577,32 @@ class MLflowSink(Sink):
             uploaded.append(marker)
         save_state(self.run_dir / STATE_FILE, self._state)
         log.info("mlflow artifact uploaded", name=base, files=len(files))
+        return True
+
+    async def _register(self, api: MlflowBackend, run: RunInfo, event: Artifact) -> None:
+        """Register the uploaded artifact as a new version of ``event.register_as``, once."""
+        name = event.register_as
+        push = f"{event.run_id}:{event.seq}"
+        registered: dict[str, str] = self._state.setdefault(REGISTERED_KEY, {})
+        if push in registered:
+            return
+        source = f"{run.artifact_uri.rstrip('/')}/{self._artifact_name(event)}"
+        await api.create_registered_model(name)
+        version = await api.find_model_version(name, run.run_id, PUSH_TAG, push)
+        if version is None:
+            tags = {PUSH_TAG: push, RUN_TAG: event.run_id}
+            version = await api.create_model_version(
+                name, source=source, run_id=run.run_id, tags=tags
+            )
+        if version.status == "PENDING_REGISTRATION":
+            raise RetryableSinkError(f"MLflow model {name!r} version {version.version} is pending")
+        if version.status == "FAILED_REGISTRATION":
+            raise PermanentSinkError(
+                f"MLflow refused to register model {name!r} version {version.version}"
+            )
+        registered[push] = version.version
+        save_state(self.run_dir / STATE_FILE, self._state)
+        log.info("mlflow model registered", name=name, version=version.version, source=source)
 
 
 def _most_telling(errors: Sequence[SinkError]) -> SinkError:

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from trainbus.bus import _world
 from trainbus.bus._errors import ConfigurationError
 from trainbus.bus._secrets import is_secret
-from trainbus.trainer._argument_checks import LOG_LEVELS, SAMPLING_STRATEGIES, START_METHODS, settle
+from trainbus.trainer._argument_checks import (
+    HUB_STRATEGIES,
+    LOG_LEVELS,
+    SAMPLING_STRATEGIES,
+    START_METHODS,
+    settle,
+)
 from trainbus.trainer._support import ARGUMENTS_MEMBERS, RefusesUnsupportedMethods
 
 if TYPE_CHECKING:
@@ -255,6 +261,43 @@ class TrainingArguments(RefusesUnsupportedMethods):
             k: None if v == f"<{str(k).upper()}>" else v for k, v in data.items()
         }
         return cls(**values)
+
+    def set_push_to_hub(
+        self,
+        model_id: str,
+        strategy: str = "every_save",
+        token: str | None = None,
+        private_repo: bool | None = None,
+        always_push: bool = False,
+        revision: str | None = None,
+    ) -> TrainingArguments:
+        """Turn pushing on and set every ``hub_*`` field at once, as transformers' method does.
+
+        Args:
+            model_id: the destination (``hub_model_id``): ``"file:///<dir>"``, an absolute
+                directory, ``"models:/<name>"`` or a Hub repo id (see ``trainbus.trainer._push``).
+            strategy: ``hub_strategy``: ``"end"``, ``"every_save"``, ``"checkpoint"`` or
+                ``"all_checkpoints"``.
+            token: ``hub_token``.
+            private_repo: ``hub_private_repo``.
+            always_push: ``hub_always_push``.
+            revision: ``hub_revision``.
+
+        Returns:
+            These arguments, changed in place.
+        """
+        strategy = str(getattr(strategy, "value", strategy))
+        if strategy not in HUB_STRATEGIES:
+            choices = ", ".join(repr(v) for v in HUB_STRATEGIES)
+            raise ConfigurationError(f"hub_strategy must be one of {choices}, got {strategy!r}.")
+        self.push_to_hub = True
+        self.hub_model_id = model_id
+        self.hub_strategy = strategy
+        self.hub_token = token
+        self.hub_private_repo = private_repo
+        self.hub_always_push = always_push
+        self.hub_revision = revision
+        return self
 
     # --- derived values Hugging Face callbacks read -----------------------------------------
 

@@ -55,6 +55,7 @@ __all__ = [
     "FINAL_MODEL_DIR",
     "OPTIMIZER_NAME",
     "PREFIX",
+    "PUSH_PREFIX",
     "RNG_NAME",
     "SCHEDULER_NAME",
     "STATE_NAME",
@@ -81,8 +82,10 @@ ARGS_NAME: Final = "training_args.json"
 FINAL_MODEL_DIR: Final = "final_model"
 """``<output_dir>/final_model``: the model written at the end of training for the sinks that
 upload it (``trainbus.trainer._final_model``), replaced at each ``train()``."""
+PUSH_PREFIX: Final = "push"
+"""``.push-<step>.tmp-<pid>``: a push's snapshot of a checkpoint (``trainbus.trainer._push``)."""
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
-_STAGING = re.compile(rf"^\.({PREFIX}-\d+|{FINAL_MODEL_DIR})\.(tmp|old)-\d+$")
+_STAGING = re.compile(rf"^\.({PREFIX}-\d+|{FINAL_MODEL_DIR}|{PUSH_PREFIX}-\w+)\.(tmp|old)-\d+$")
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
@@ -208,10 +211,10 @@ def write_directory(final: Path, fill: Callable[[Path], None]) -> Path:
 def recover_interrupted_saves(output_dir: str | os.PathLike[str]) -> list[Path]:
     """Clean up after saves a killed process left unfinished; returns the directories removed.
 
-    A staging directory (``.checkpoint-<step>.tmp-<pid>``, ``.final_model.tmp-<pid>``) is half a
-    checkpoint: removed. A retired one (``.checkpoint-<step>.old-<pid>``) is a complete one moved
-    aside for a newer save of the same name: renamed back when that save never landed, removed
-    otherwise.
+    A staging directory (``.checkpoint-<step>.tmp-<pid>``, ``.final_model.tmp-<pid>``, a push's
+    snapshot ``.push-<step>.tmp-<pid>``) is half a checkpoint or a push never placed: removed.
+    A retired one (``.checkpoint-<step>.old-<pid>``) is a complete one moved aside for a newer
+    save of the same name: renamed back when that save never landed, removed otherwise.
     Call it before any rank of this job can save: it takes every such directory for a dead
     process's (``output_dir`` belongs to one training at a time).
     """

@@ -520,6 +520,7 @@ class TrainingLoop:
                 processing_class=trainer.processing_class,
                 data_collator=trainer.data_collator,
             )
+            trainer._push_from_checkpoint(path)  # hub_strategy (trainer/_push.py)
             ckpt.rotate_checkpoints(
                 args.output_dir, args.save_total_limit, state.best_model_checkpoint
             )

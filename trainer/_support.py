@@ -80,7 +80,7 @@ def _no(note: str = "", *, falsy_is_default: bool = False) -> Support:
 
 
 _SCRIPTS: Final = "read by scripts, not by the Trainer (as in transformers)"
-_HUB: Final = "read only when pushing to the Hub (push_to_hub is refused)"
+_HUB: Final = "read when pushing (docs/push.md)"
 _DDP: Final = "a DistributedDataParallel option; torchrun runs use torch's defaults"
 _TRACKIO: Final = "no Trackio sink"
 
@@ -164,11 +164,11 @@ FIELDS: Final[Mapping[str, Support]] = {
     "enable_jit_checkpoint": _no(
         "SIGTERM already stops a run gracefully, saving when save_strategy saves"
     ),
-    "push_to_hub": _no("planned with the operations work, once a push destination exists"),
+    "push_to_hub": _yes("to a directory, the MLflow model registry or the Hub (docs/push.md)"),
     "hub_token": _yes(_HUB),
     "hub_private_repo": _yes(_HUB),
-    "hub_model_id": _yes(_HUB),
-    "hub_strategy": _yes(_HUB),
+    "hub_model_id": _yes("the destination: file:///<dir>, models:/<name> or a Hub repo id"),
+    "hub_strategy": _yes("the MLflow registry adds a version per push at every strategy"),
     "hub_always_push": _yes(_HUB),
     "hub_revision": _yes(_HUB),
     "load_best_model_at_end": _yes(),
@@ -331,9 +331,9 @@ ARGUMENTS_MEMBERS: Final = (
 _CLASS_BODY: Final = "a name left over from transformers' field definitions, not an API"
 
 MEMBER_NOTES: Final[Mapping[str, str]] = {
-    "Trainer.push_to_hub": "planned with the operations work, once a push destination exists",
-    "Trainer.init_hf_repo": "Hub pushes: planned with the operations work",
-    "Trainer.create_model_card": "Hub pushes: planned with the operations work",
+    "Trainer.push_to_hub": "to hub_model_id: a directory, the MLflow registry or the Hub",
+    "Trainer.init_hf_repo": "checks the destination; creates a directory or a Hub repo",
+    "Trainer.create_model_card": "trainbus's own card (docs/push.md)",
     "Trainer.hyperparameter_search": (
         "Optuna only, trials one after another in one process, each a run of its own "
         "(see docs/hyperparameter_search.md); Ray Tune, SigOpt and W&B sweeps are refused"
@@ -346,7 +346,6 @@ MEMBER_NOTES: Final[Mapping[str, str]] = {
     "Trainer.model_init": "a fresh model per train() (hyperparameter search)",
     "TrainingArguments.default_optim": _CLASS_BODY,
     "TrainingArguments.is_torch_greater_or_equal_than_2_8": _CLASS_BODY,
-    "TrainingArguments.set_push_to_hub": "push_to_hub is refused",
 }
 """Notes for the table's method and argument rows, keyed ``Owner.name``."""
 

@@ -81,6 +81,7 @@ from trainbus.trainer._trainer_optimizers import (
     Optimizers,
     OptimizersMixin,
 )
+from trainbus.trainer._trainer_push import PushMixin
 from trainbus.trainer._trainer_reporting import ReportingMixin
 
 __all__ = ["Trainer"]
@@ -96,6 +97,7 @@ class Trainer(
     EvaluationMixin,
     OptimizersMixin,
     ReportingMixin,
+    PushMixin,
     RefusesUnsupportedMethods,
 ):
     """Trains ``model`` on ``train_dataset`` under ``args``, with Hugging Face's public API.
@@ -244,6 +246,10 @@ class Trainer(
         self._ignore_keys_for_eval: list[str] | None = None
         self._initial_num_input_tokens_seen = 0
         """``state.num_input_tokens_seen`` when the current ``train()`` began (tokens/s)."""
+        self.hub_model_id = None
+        self._pusher = None
+        if self.args.push_to_hub:  # the destination is checked now, before any training
+            self._push_destination()
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
         config = getattr(self.model, "config", None)
         if config is not None:  # as transformers: a training forward keeps no key/value cache
@@ -400,7 +406,10 @@ class Trainer(
         """What ``train()`` runs inside a run: one ``TrainingLoop`` (``trainbus.trainer._loop``)."""
         self.is_in_train = True
         try:
-            return TrainingLoop(self).run(resume_from_checkpoint)
+            self._check_push_sink()
+            output = TrainingLoop(self).run(resume_from_checkpoint)
+            self._finish_current_push()  # a push started at the last save (trainer/_push.py)
+            return output
         finally:
             self.is_in_train = False
 

@@ -47,6 +47,15 @@ class ReportingMixin:
         def _flush_marks(self) -> None: ...
         def _publish(self, event_type: type[EventBase], **fields: Any) -> None: ...
         def is_world_process_zero(self) -> bool: ...
+        def push_to_hub(
+            self,
+            commit_message: str | None = ...,
+            blocking: bool = ...,
+            token: str | None = ...,
+            revision: str | None = ...,
+            private: bool | None = ...,
+            **kwargs: Any,
+        ) -> Any: ...
 
     def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
         """Add ``epoch``, append to ``log_history``, publish ``Log`` and fire ``on_log``.
@@ -103,7 +112,7 @@ class ReportingMixin:
             directory.mkdir(parents=True, exist_ok=True)
             self.state.save_to_json(directory / ckpt.STATE_NAME)
 
-    def save_model(self, output_dir: str | None = None) -> Path:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> Path:
         """Write the model so that ``from_pretrained(output_dir)`` loads it, as transformers does.
 
         A model with ``save_pretrained`` writes its config and safetensors weights through it
@@ -119,8 +128,12 @@ class ReportingMixin:
         ``<output_dir>/final_model`` and publish it at the end of training, as transformers'
         callbacks do in ``on_train_end`` (see ``trainbus.trainer._final_model``).
 
+        With ``push_to_hub=True`` it then pushes (``push_to_hub(commit_message="Model save")``), as
+        transformers does.
+
         Args:
             output_dir: where to write; ``args.output_dir`` when ``None``.
+            _internal_call: transformers' flag for its own calls, which never push.
 
         Returns:
             The directory written to.
@@ -135,4 +148,6 @@ class ReportingMixin:
                 self.data_collator,
             )
             self._publish(Artifact, kind="model", path=str(target), name=target.name)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
         return target

@@ -556,7 +556,6 @@ REFUSED_SAMPLES: dict[str, Any] = {
     "trackio_static_space_id": False,
     "eval_use_gather_object": True,
     "enable_jit_checkpoint": True,
-    "push_to_hub": True,
     "ignore_data_skip": True,
     "accelerator_config": {"split_batches": True},
     "parallelism_config": object(),
@@ -594,17 +593,14 @@ def test_refused_field_raises_one_line_naming_it(name: str, value: Any) -> None:
 
 def test_refused_fields_at_their_default_are_accepted() -> None:
     """Passing a refused field's default (or, for fsdp/debug, an empty value) is fine."""
-    args = TrainingArguments(
-        push_to_hub=False, ddp_timeout=1800, skip_memory_metrics=True, fsdp="", debug=[]
-    )
+    args = TrainingArguments(ddp_timeout=1800, skip_memory_metrics=True, fsdp="", debug=[])
     assert args.debug == [] and args.fsdp == ""
 
 
-def test_push_to_hub_says_it_is_planned() -> None:
-    """push_to_hub=True is refused until the push destination exists, and says so."""
-    with pytest.raises(ConfigurationError, match=r"push_to_hub is not supported .* operations"):
-        TrainingArguments(push_to_hub=True, hub_model_id="me/model")
-    assert TrainingArguments(hub_model_id="me/model").hub_model_id == "me/model"
+def test_push_to_hub_is_accepted_with_its_destination() -> None:
+    """push_to_hub=True is an argument like any other (the Trainer checks the destination)."""
+    args = TrainingArguments(push_to_hub=True, hub_model_id="models:/digits")
+    assert args.push_to_hub and args.hub_model_id == "models:/digits"
 
 
 def test_optimizers_beyond_torch_are_refused_naming_the_value() -> None:

@@ -132,7 +132,7 @@ def test_table_status_follows_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
         Trainer, "create_accelerator_and_postprocess", lambda self: None, raising=False
     )
     assert "| `create_accelerator_and_postprocess` | implemented |" in render()
-    assert "| `push_to_hub` | refused | planned with the operations work" in render()
+    assert "| `push_to_hub` | implemented | to hub_model_id" in render()
     assert "| `deepspeed` | `None` | refused | DeepSpeed |" in render()
     assert "| `report_to` | `'none'` | implemented |" in render()
 
@@ -145,13 +145,13 @@ def _trainer(tmp_path: Path) -> Trainer:
 
 
 def test_a_missing_transformers_method_is_refused_in_one_line(tmp_path: Path) -> None:
-    """Trainer.push_to_hub raises UnsupportedError (an AttributeError) naming it and the table."""
+    """Trainer.get_tp_size raises UnsupportedError (an AttributeError) naming it and the table."""
     trainer = _trainer(tmp_path)
     with pytest.raises(UnsupportedError) as info:
-        trainer.push_to_hub()  # type: ignore[attr-defined]
+        trainer.get_tp_size()  # type: ignore[attr-defined]
     assert str(info.value) == (
-        "Trainer.push_to_hub is not supported by trainbus yet; see docs/compatibility.md "
-        "(planned with the operations work, once a push destination exists)."
+        "Trainer.get_tp_size is not supported by trainbus yet; see docs/compatibility.md "
+        "(tensor parallelism (Accelerate))."
     )
     assert isinstance(info.value, AttributeError)
     assert not hasattr(trainer, "create_accelerator_and_postprocess")
