@@ -139,6 +139,8 @@ class TrainbusCallback(_HFCallback):
         self._run: BridgeRun | None = None
         self._in_train = False
         self._init_end_pending = False
+        self._state: Any = None
+        """The trainer's ``TrainerState``, as the last call that opened the run handed it."""
         self._staged: list[tuple[type[EventBase], float, int, float]] = []
 
     # --- the run ----------------------------------------------------------------------------
@@ -150,9 +152,10 @@ class TrainbusCallback(_HFCallback):
             return None
         return self._run.orchestrator.run_dir.path
 
-    def _resolve(self, args: Any) -> list[str]:
+    def _resolve(self, args: Any, *, late: bool = False) -> list[str]:
         """Check the arguments and resolve ``report_to`` (errors before training starts), and
-        take transformers' callbacks for those integrations out of the calling trainer."""
+        take transformers' callbacks for those integrations out of the calling trainer (``late``:
+        after they may have started, when this callback was added after ``__init__``)."""
         if not isinstance(args, _HFArguments):
             raise ConfigurationError(
                 "TrainbusCallback is a callback for transformers.Trainer, got arguments of type "
@@ -171,14 +174,21 @@ class TrainbusCallback(_HFCallback):
                 )
             return self._names
         removed = _hf_takeover.remove_integration_callbacks(handler, self._names)
-        if removed:
+        if removed and late:
+            log.warning(
+                "bridge_took_over_late",
+                removed=removed,
+                reason="the callbacks had already started their own runs at on_train_begin",
+                hint="pass TrainbusCallback in transformers.Trainer(callbacks=[...])",
+            )
+        elif removed:
             log.info("bridge_took_over", integrations=self._names, removed=removed)
         return self._names
 
     def _open(self, args: Any, state: Any, model: Any) -> BridgeRun:
         """Open the run for one trainer call and publish ``RunStarted`` (and a pending
         ``InitEnd``)."""
-        names = self._resolve(args)
+        names = self._resolve(args, late=self._names is None)
         orchestrator = Orchestrator(
             output_dir=self.output_dir if self.output_dir is not None else args.output_dir,
             run_name=self.run_name or args.run_name,
@@ -192,7 +202,7 @@ class TrainbusCallback(_HFCallback):
             sink_process=self.sink_process,
         )
         run = BridgeRun(orchestrator)
-        self._run, self.run_id = run, orchestrator.run_id
+        self._run, self.run_id, self._state = run, orchestrator.run_id, state
         close_at_exit(self)
         bus = run.bus
         bus.emit(
@@ -234,7 +244,9 @@ class TrainbusCallback(_HFCallback):
             error = SystemExit("the process exited during train(), before on_train_end")
         self._flush_marks()
         self._in_train = False
-        run.finish(status_of(error), step=0, epoch=0.0, error=error)
+        state = self._state
+        step, epoch = (0, 0.0) if state is None else (state.global_step, float(state.epoch or 0))
+        run.finish(status_of(error), step=step, epoch=epoch, error=error)
 
     # --- publishing -------------------------------------------------------------------------
 

@@ -49,9 +49,7 @@ from trainbus.orchestrator.rundir import RunDir, find_run_dir  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def hf_trainer(
-    output_dir: Path, callback: TrainbusCallback, *, report_to: Any = "none", steps: int = 4
-) -> Any:
+def hf_trainer(output_dir: Path, callback: Any, *, report_to: Any = "none", steps: int = 4) -> Any:
     """A ``transformers.Trainer`` on the tiny BERT, logging and evaluating every two steps."""
     model, rows = tiny_bert()
     args = transformers.TrainingArguments(
@@ -127,6 +125,23 @@ def test_transformers_callbacks_taken_over_are_removed(tmp_path: Path) -> None:
     tb.Reload()
     assert [s.step for s in tb.Scalars("train/loss")] == [1, 2, 3, 4]  # once each
     (started,) = [e for e in journal(callback.run_dir or tmp_path) if isinstance(e, RunStarted)]
+    assert started.config["report_to"] == ["tensorboard"]
+
+
+def test_a_bridge_added_after_init_still_takes_over(tmp_path: Path) -> None:
+    """``trainer.add_callback(TrainbusCallback())`` after ``__init__``: transformers' callback is
+    removed at ``on_train_begin`` (late: it already started), and the run is ours."""
+    late = TrainbusCallback(output_dir=tmp_path / "late")
+    other = hf_trainer(tmp_path, transformers.TrainerCallback(), report_to=["tensorboard"])
+    assert any(
+        type(cb).__name__ == "TensorBoardCallback" for cb in other.callback_handler.callbacks
+    )
+    other.add_callback(late)
+    other.train()
+    names = [type(cb).__name__ for cb in other.callback_handler.callbacks]
+    assert "TensorBoardCallback" not in names
+    assert late.run_dir is not None and late.run_dir.is_relative_to(tmp_path / "late")
+    (started,) = [e for e in journal(late.run_dir) if isinstance(e, RunStarted)]
     assert started.config["report_to"] == ["tensorboard"]
 
 
