@@ -62,7 +62,7 @@ LATENCY_S: Final = 0.2
 """What the proxy adds to every request to MLflow."""
 TARGET: Final = 0.97
 """TrainbusCallback's steps/s over no callback's, by the step clock."""
-PLAN: Final = {"full": (100, 7), "quick": (60, 3), "smoke": (WARM_UP_STEPS + 5, 1)}
+PLAN: Final = {"full": (100, 7), "quick": (50, 2), "smoke": (WARM_UP_STEPS + 5, 1)}
 """Optimizer steps per run and rounds, by mode."""
 
 Name = Literal["none", "mlflow_callback", "trainbus_callback"]

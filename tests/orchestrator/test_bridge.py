@@ -110,6 +110,24 @@ def test_train_then_evaluate_is_one_run_with_our_events(tmp_path: Path) -> None:
     assert started.config["max_steps"] == 4 and started.hparams["hidden_size"] == 16
     assert run_dir.read_record().status == "completed"
 
+    png = tmp_path / "run.png"
+    recording = ["--sink-class", "trainbus.bus.testing:RecordingSink"]  # named, as sync asks
+    for command in (["show"], ["plot", "-o", str(png)], ["sync", *recording]):
+        done = trainbus_cli(*command[:1], str(run_dir.path), *command[1:])
+        assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def trainbus_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``trainbus ARGUMENTS`` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainbus", "--log-level", "WARNING", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
 
 def test_transformers_callbacks_taken_over_are_removed(tmp_path: Path) -> None:
     """``report_to`` on transformers' arguments: its TensorBoard callback is removed from the
@@ -250,13 +268,7 @@ def test_every_point_reaches_mlflow_once(
     tb.Reload()
     assert [s.step for s in tb.Scalars("train/loss")] == logged_steps(events, "loss")
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "trainbus", "show", str(run_dir.path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = trainbus_cli("show", str(run_dir.path))
     assert shown.returncode == 0, shown.stderr
     assert "completed" in shown.stdout and "mlflow" in shown.stdout
 
