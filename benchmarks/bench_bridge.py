@@ -58,6 +58,10 @@ from benchmarks._common import (
 from benchmarks.bench_hf import TinyBert
 from benchmarks.bench_trainer import WARM_UP_STEPS, _silenced, _steady
 
+# Importing transformers' integrations imports comet_ml, whose import hooks would patch mlflow and
+# torch in this process (and write Comet archives into the working directory) for every contender.
+os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
+
 LATENCY_S: Final = 0.2
 """What the proxy adds to every request to MLflow."""
 TARGET: Final = 0.97
