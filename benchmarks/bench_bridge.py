@@ -238,7 +238,8 @@ def _headlines(runs: dict[Name, list[Run]], rounds: int) -> list[Headline]:
                 "x",
                 f">= {TARGET}" if ours else "-",
                 step_clock >= TARGET if ours else None,
-                "every loss point in MLflow exactly once (checked)" if ours else "",
+                f"best of {rounds} runs each: {_best(runs, name, 'steady'):.3f}"
+                + ("; every loss point in MLflow exactly once (checked)" if ours else ""),
             ),
             Headline(
                 f"{base.format(who=who)}, end to end, median of {rounds} paired ratios",
