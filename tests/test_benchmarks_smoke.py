@@ -15,6 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from benchmarks.__main__ import SUITE_FILE, load_results
 from benchmarks._common import RESULTS_DIR, SKIPPED_EXIT
 from benchmarks._report import render_markdown, target_rows
@@ -205,3 +207,29 @@ def test_results_markdown_holds_only_what_the_result_files_say() -> None:
     plot = ROOT / "benchmarks" / "results.png"
     expected = render_markdown(load_results(RESULTS_DIR), context, plot if plot.exists() else None)
     assert committed == expected
+
+
+@pytest.mark.slow
+def test_bridge_benchmark_runs_the_three_contenders(tmp_path: Path) -> None:
+    """``bench_bridge`` in smoke mode trains transformers.Trainer with no callback, with its
+    MLflowCallback and with TrainbusCallback against a real MLflow server behind the proxy, finds
+    every loss point in MLflow once for the bridge, and writes both ratios for each callback."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("mlflow")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_bridge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRAINBUS_BENCH_RESULTS": str(tmp_path), "TRAINBUS_BENCH_SMOKE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "bridge.json").read_text())
+    rows = {row["contender"]: row for row in result["tables"]["bridge"]}
+    assert len(rows) == 3
+    bridge = rows["TrainbusCallback (MLflow sink)"]
+    assert bridge["loss_points_in_mlflow"] == bridge["loss_points_logged"] == result["steps"]
+    assert all(row["steps_per_s"] > 0 for row in rows.values())
+    assert len(result["headline"]) == 4
+    assert all(math.isfinite(h["value"]) for h in result["headline"])

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         TrainbusError,
     )
     from trainbus.orchestrator import Orchestrator, sync_run
+    from trainbus.orchestrator.bridge import TrainbusCallback
     from trainbus.trainer import (
         DefaultFlowCallback,
         EarlyStoppingCallback,
@@ -56,6 +57,7 @@ __all__ = [
     "RetryableSinkError",
     "Sink",
     "TrainOutput",
+    "TrainbusCallback",
     "TrainbusError",
     "Trainer",
     "TrainerCallback",
@@ -73,6 +75,7 @@ _HOME = {
         "trainbus.bus",
     ),
     **dict.fromkeys(["Orchestrator", "sync_run"], "trainbus.orchestrator"),
+    "TrainbusCallback": "trainbus.orchestrator.bridge",
 }
 
 
