@@ -45,7 +45,7 @@ import functools
 import json
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -268,14 +268,19 @@ class MLflowSink(Sink):
         run = await self._ensure_run(api, batch[0] if batch else None, started)
         if started is not None and not self._state.get("params_logged"):
             await self._log_params(api, run, started)
-        await self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))])
-        for event in batch:
-            if isinstance(event, Artifact) and self._wants(event):
-                await self._upload(api, run, event)
-            elif isinstance(event, RunFinished):
-                status = _STATUS.get(event.status, "KILLED")
-                await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
-                log.info("mlflow run ended", run_id=run.run_id, status=status)
+        # Artifacts and the final status go out beside the metrics, not after them: the last
+        # batch of a run then costs one round trip, not two (MLflow takes metrics for a run
+        # already marked finished). A retry sends all three again; each is idempotent.
+        errors: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_collect, errors, self._files_and_status(api, run, batch))
+            await _collect(
+                errors,
+                self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))]),
+            )
+        if errors:
+            sink_errors = [e for e in errors if isinstance(e, SinkError)]
+            raise _most_telling(sink_errors) if len(sink_errors) == len(errors) else errors[0]
         if batch:
             last = batch[-1].seq
             # A part of a split event is not the whole event: its other parts are still to come.
@@ -285,6 +290,18 @@ class MLflowSink(Sink):
             # that keeps duplicates (the file store).
             self._state[ACKED_KEY] = {"run": batch[-1].run_id, "seq": self._acked_seq}
             save_state(self.run_dir / STATE_FILE, self._state)
+
+    async def _files_and_status(
+        self, api: MlflowBackend, run: RunInfo, batch: Sequence[Event]
+    ) -> None:
+        """The batch's checkpoints and status changes, in the batch's order."""
+        for event in batch:
+            if isinstance(event, Artifact) and self._wants(event):
+                await self._upload(api, run, event)
+            elif isinstance(event, RunFinished):
+                status = _STATUS.get(event.status, "KILLED")
+                await api.update_run(run.run_id, status=status, end_ms=_ms(event.time))
+                log.info("mlflow run ended", run_id=run.run_id, status=status)
 
     def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
         """Halves of a batch the server refused, down to one part per metric of a single
@@ -504,6 +521,15 @@ class MLflowSink(Sink):
             uploaded.append(marker)
         save_state(self.run_dir / STATE_FILE, self._state)
         log.info("mlflow artifact uploaded", name=base, files=len(files))
+
+
+async def _collect(errors: list[Exception], work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work``, keeping what it raises in ``errors`` (one error for the runtime, never an
+    exception group)."""
+    try:
+        await work
+    except Exception as exc:
+        errors.append(exc)
 
 
 def _most_telling(errors: Sequence[SinkError]) -> SinkError:
