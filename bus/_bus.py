@@ -34,6 +34,7 @@ What still needs the loop waits for it: barriers with ``async def`` hooks and th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -221,6 +222,7 @@ class Bus:
         self._offered_seq = -1
         self._abandoned = False
         self._journaled = 0  # events appended by this bus (under the delivery lock)
+        self._flush_listeners: list[Callable[[], None]] = []
 
     # --- training side: any thread ------------------------------------------------------------
 
@@ -321,6 +323,42 @@ class Bus:
             self._outbox.deliver_now()
         else:
             anyio.from_thread.run(self.drain, token=token)
+
+    def begin_flush(self) -> None:
+        """Tell the sinks to deliver what was published so far now, not when their batch timer
+        says; never blocks, and the bus goes on accepting events.
+
+        The trainer calls it once the last training step's events are out and the final
+        evaluation or save is about to run, so that delivery overlaps them instead of following
+        them. Later events are batched as usual and the close still waits for the sinks (or
+        their deadline). Each ``on_begin_flush`` listener is then called on the loop.
+        """
+        call_soon = self._call_soon
+        if call_soon is None or self._journal is None or self._outbox.failure is not None:
+            return  # not running, or nothing to deliver to (no journal: no sink runners)
+        self._outbox.deliver_now()  # journaled from here: offered to the runners on the loop
+        if self._outbox.on_loop_thread():
+            self._flush_runners()
+            return
+        # After the offer ``deliver_now`` scheduled; a loop closed meanwhile delivered it all.
+        with contextlib.suppress(RuntimeError):
+            call_soon(self._flush_runners)
+
+    def on_begin_flush(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the loop whenever ``begin_flush`` is asked (the orchestrator
+        tells the sink process); a listener that raises is logged and the others still run."""
+        self._flush_listeners.append(listener)
+
+    def _flush_runners(self) -> None:  # on the loop
+        with self._outbox.delivering:
+            self._offer_journaled()
+        for runner in self._runners:
+            runner.flush_now()
+        for listener in self._flush_listeners:
+            try:
+                listener()
+            except Exception as exc:
+                log.error("bus_flush_listener_failed", run_id=self.run_id, exc_info=exc)
 
     def fsync(self) -> None:
         """Block until every event published so far is in the journal and durable on disk."""

@@ -77,6 +77,7 @@ async def follow(
     *,
     cursor_dir: str | os.PathLike[str] | None,
     done: anyio.Event,
+    flush: anyio.Event | None = None,
     deadline: float = math.inf,
     interval: float = 0.1,
     policy: RetryPolicy | None = None,
@@ -86,8 +87,12 @@ async def follow(
     """Deliver the journal into ``sinks`` as it grows, until ``done`` is set; then the rest.
 
     Each sink starts from its cursor, so whatever an earlier process left undelivered comes first.
-    After ``done`` the journal is read to its end once more and the sinks get ``deadline``
-    seconds to deliver it; what they do not is in their reports and stays for ``trainbus sync``.
+    Once ``flush`` is set (the writer's ``Bus.begin_flush``: the run's end is near) the journal is
+    read at once and the sinks send what they hold without waiting for their batch timers
+    (``SinkRunner.flush_now``); whoever sets ``done`` sets ``flush`` too, or ``done`` is seen
+    within ``interval``. After ``done`` the journal is read to its end once more and the sinks
+    get ``deadline`` seconds to deliver it; what they do not is in their reports and stays for
+    ``trainbus sync``.
     ``on_stats`` gets the sinks' ``stats()`` after every look at the journal and once more at
     the end (the sink process publishes them to the training process).
     """
@@ -100,10 +105,14 @@ async def follow(
             tg.start_soon(runner.run, name=f"trainbus sink {runner.name}")
         while not done.is_set():
             _offer(runners, source.poll())
+            if flush is not None and flush.is_set():
+                flush = None
+                for runner in runners:
+                    runner.flush_now()
             if on_stats is not None:
                 on_stats([runner.stats() for runner in runners])
             with anyio.move_on_after(interval):
-                await done.wait()
+                await (done if flush is None else flush).wait()
         _offer(runners, source.poll())
         for runner in runners:
             runner.begin_close(deadline)

@@ -3,9 +3,10 @@ sinks.
 
 Started by the training process as ``python -m trainbus.orchestrator._sink_child RUN_DIR --sink NAME
 ...`` with the sinks' environment and the training process's ``argv`` as one JSON line on stdin
-(``Handoff``); runs until the parent writes ``done``
-(or the pipe ends: the parent died), then delivers the rest within ``--deadline`` seconds and writes
-the reports. Kept out of the package's imports so that ``-m`` runs it fresh.
+(``Handoff``); runs until the parent writes ``done`` (or the pipe ends: the parent died), then
+delivers the rest within ``--deadline`` seconds, writes the reports and says so on
+``--reported-fd``; a ``flush`` line before that makes the sinks send what they hold without
+waiting for their batch timers. Kept out of the package's imports so that ``-m`` runs it fresh.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from trainbus.orchestrator.logging import configure_logging
 from trainbus.orchestrator.rundir import RunDir, find_run_dir
 from trainbus.orchestrator.sink_host import (
     DONE,
+    FLUSH,
     NICENESS,
     REPORT_NAME,
+    REPORTED,
     STATS_EVERY,
     STATS_NAME,
     Handoff,
@@ -44,15 +47,21 @@ from trainbus.orchestrator.sync import rebuild_sinks
 log = structlog.get_logger(__name__)
 
 
-def _wait_for_done(done: anyio.Event, token: anyio.lowlevel.EventLoopToken) -> None:
+def _wait_for_done(
+    done: anyio.Event, flush: anyio.Event, token: anyio.lowlevel.EventLoopToken
+) -> None:
     """Read stdin until the parent says "done" or the pipe ends (the parent died), then set
-    ``done`` on the loop."""
+    ``flush`` and ``done`` on the loop; a "flush" line on the way sets ``flush``."""
     try:
         for line in sys.stdin.buffer:
             if line == DONE:
                 break
+            if line == FLUSH:
+                with contextlib.suppress(RuntimeError):
+                    anyio.from_thread.run_sync(flush.set, token=token)
     finally:
         with contextlib.suppress(RuntimeError):  # the loop is gone already: nothing to tell
+            anyio.from_thread.run_sync(flush.set, token=token)
             anyio.from_thread.run_sync(done.set, token=token)
 
 
@@ -86,9 +95,9 @@ async def _host(
 ) -> list[SinkReport]:
     # The training process that wrote this run.json started us: its own classes are trusted.
     sinks = rebuild_sinks(run_dir, env=env, only=names, allow_classes=True)
-    done = anyio.Event()
+    done, flush = anyio.Event(), anyio.Event()
     token = anyio.lowlevel.current_token()
-    threading.Thread(target=_wait_for_done, args=(done, token), daemon=True).start()
+    threading.Thread(target=_wait_for_done, args=(done, flush, token), daemon=True).start()
     log.info("sink_process_following", run_dir=str(run_dir.path), sinks=list(names))
     stats = _StatsFile(run_dir)
     reports = await follow(
@@ -96,6 +105,7 @@ async def _host(
         sinks,
         cursor_dir=run_dir.cursor_dir,
         done=done,
+        flush=flush,
         deadline=deadline,
         on_stats=stats,
     )
@@ -109,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--sink", action="append", required=True, help="a sink of the run")
     parser.add_argument("--deadline", type=float, default=30.0, help="seconds to flush at the end")
+    parser.add_argument(
+        "--reported-fd", type=int, default=None, help="a pipe to say the reports are written on"
+    )
     options = parser.parse_args(argv)
     configure_logging()
     with contextlib.suppress(OSError):  # a platform without nice: same priority as training
@@ -120,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports = anyio.run(_host, run_dir, options.sink, options.deadline, handoff.env)
     # Owner-only: a sink's last error may quote a server's answer.
     replace_file(run_dir.path / REPORT_NAME, msgspec.json.encode(reports), mode=0o600)
+    if options.reported_fd is not None:  # delivery is over: the parent need not wait for our exit
+        with contextlib.suppress(OSError):
+            os.write(options.reported_fd, REPORTED)
+            os.close(options.reported_fd)
     return 0
 
 

@@ -102,6 +102,18 @@ def warm_up() -> None:
             continue
 
 
+async def _tell_journal_complete(bus: Bus, host: SinkHost) -> None:
+    """Journal what is left and tell the sink process the run is whole, before the bus closes:
+    its final delivery then runs beside this process's sinks' instead of after them. A failed
+    drain is the bus's close's to report; the sink process is then told by ``host.finish``."""
+    try:
+        with anyio.CancelScope(shield=True):
+            await bus.drain()
+    except Exception:
+        return
+    host.journal_complete()
+
+
 def _factory_of(sink: Sink) -> str | None:
     """``module:Class`` of a sink class that can be rebuilt without arguments, for ``sync``."""
     cls = type(sink)
@@ -315,6 +327,7 @@ class Orchestrator:
                 )
                 self._record.sink_pid = self._host.process.pid
                 self.run_dir.write_record(self._record)
+                bus.on_begin_flush(self._host.begin_flush)
             self._stack = stack.pop_all()
         self._bus = bus
         self._status_watch = bus.stream(RunFinished, max_buffer=8)
@@ -346,6 +359,8 @@ class Orchestrator:
         bus = self._bus
         try:
             if self._stack is not None:
+                if bus is not None and self._host is not None:
+                    await _tell_journal_complete(bus, self._host)
                 # No shield here: the bus's task group must exit in the scope it was entered in;
                 # the bus shields its own final drain.
                 await self._stack.__aexit__(exc_type, exc, tb)

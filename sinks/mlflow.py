@@ -55,7 +55,7 @@ import functools
 import json
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -292,7 +292,33 @@ class MLflowSink(Sink):
         run = await self._ensure_run(api, batch[0] if batch else None, started)
         if started is not None and not self._state.get("params_logged"):
             await self._log_params(api, run, started)
-        await self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))])
+        # Artifacts and the final status go out beside the metrics, not after them: the last
+        # batch of a run then costs one round trip, not two (MLflow takes metrics for a run
+        # already marked finished). A retry sends all three again; each is idempotent.
+        errors: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_collect, errors, self._files_and_status(api, run, batch))
+            await _collect(
+                errors,
+                self._log_metrics(api, run, [e for e in batch if isinstance(e, (Log, Predict))]),
+            )
+        if errors:
+            sink_errors = [e for e in errors if isinstance(e, SinkError)]
+            raise _most_telling(sink_errors) if len(sink_errors) == len(errors) else errors[0]
+        if batch:
+            last = batch[-1].seq
+            # A part of a split event is not the whole event: its other parts are still to come.
+            self._acked_seq = max(self._acked_seq, last - 1 if last in self._split_seqs else last)
+            self._split_seqs = {seq for seq in self._split_seqs if seq > self._acked_seq}
+            # Kept on disk too: a batch re-sent after a crash adds no points, even to a store
+            # that keeps duplicates (the file store).
+            self._state[ACKED_KEY] = {"run": batch[-1].run_id, "seq": self._acked_seq}
+            save_state(self.run_dir / STATE_FILE, self._state)
+
+    async def _files_and_status(
+        self, api: MlflowBackend, run: RunInfo, batch: Sequence[Event]
+    ) -> None:
+        """The batch's checkpoints, registry pushes and status changes, in the batch's order."""
         for event in batch:
             if isinstance(event, Artifact) and self._wants(event):
                 uploaded = await self._upload(api, run, event)
@@ -307,15 +333,6 @@ class MLflowSink(Sink):
                 parent = self._state.get(SEARCH_RUN_KEY)
                 if isinstance(parent, str):  # the search's run ends as its latest trial did
                     await api.update_run(parent, status=status, end_ms=_ms(event.time))
-        if batch:
-            last = batch[-1].seq
-            # A part of a split event is not the whole event: its other parts are still to come.
-            self._acked_seq = max(self._acked_seq, last - 1 if last in self._split_seqs else last)
-            self._split_seqs = {seq for seq in self._split_seqs if seq > self._acked_seq}
-            # Kept on disk too: a batch re-sent after a crash adds no points, even to a store
-            # that keeps duplicates (the file store).
-            self._state[ACKED_KEY] = {"run": batch[-1].run_id, "seq": self._acked_seq}
-            save_state(self.run_dir / STATE_FILE, self._state)
 
     def split(self, batch: Sequence[Event], error: PermanentSinkError) -> Sequence[Sequence[Event]]:
         """Halves of a batch the server refused, down to one part per metric of a single
@@ -603,6 +620,15 @@ class MLflowSink(Sink):
         registered[push] = version.version
         save_state(self.run_dir / STATE_FILE, self._state)
         log.info("mlflow model registered", name=name, version=version.version, source=source)
+
+
+async def _collect(errors: list[Exception], work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work``, keeping what it raises in ``errors`` (one error for the runtime, never an
+    exception group)."""
+    try:
+        await work
+    except Exception as exc:
+        errors.append(exc)
 
 
 def _most_telling(errors: Sequence[SinkError]) -> SinkError:

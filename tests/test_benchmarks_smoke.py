@@ -70,6 +70,33 @@ def test_hf_benchmark_trains_the_same_bert_on_both_trainers(tmp_path: Path) -> N
     assert paired["met"] == (paired["value"] > 1)
 
 
+def test_teardown_benchmark_times_the_end_of_a_run_and_checks_delivery(tmp_path: Path) -> None:
+    """``bench_teardown`` in smoke mode trains against a real MLflow server behind the latency
+    proxy, times each case's end against its final work and one round trip, and finds every
+    loss point in MLflow exactly once."""
+    pytest.importorskip("mlflow")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_teardown"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRAINBUS_BENCH_RESULTS": str(tmp_path), "TRAINBUS_BENCH_SMOKE": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "teardown.json").read_text())
+    rows = {row["case"]: row for row in result["tables"]["teardown"]}
+    assert set(rows) == {"no final work", "final evaluation and save"}
+    for row in rows.values():
+        assert row["code"] == "after"
+        assert row["end_ms"] > row["final_work_ms"] > 0
+        assert row["round_trip_ms"] >= 200  # the proxy adds 200 ms to every request
+        assert row["points_once"] is True
+    for item in result["headline"]:
+        assert item["value"] == rows[item["name"].rsplit(": ", 1)[1]]["end_ms"]
+        assert isinstance(item["met"], bool)
+
+
 def test_hf_benchmark_names_runs_that_trained_differently() -> None:
     """The apples-to-apples check of ``bench_hf`` names a differing step count, number of loss
     entries, mean loss or single loss entry, and accepts runs within its tolerances."""

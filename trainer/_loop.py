@@ -21,7 +21,8 @@ schedule in use) is this object's own state, set in ``__init__`` and ``_prepare`
                  zero_grad; global_step += 1; StepEnd; _decide
     _decide:     this rank's signal or stop request into the flags; agree; _maybe_log_save_evaluate
     _maybe_log_save_evaluate (each action followed by: this rank's signal or request; agree):
-                 [Log] [PredictionStep*, Log, Evaluate] [Save, Artifact]
+                 [Log] [the sinks told to flush, when the training stops here]
+                 [PredictionStep*, Log, Evaluate] [Save, Artifact]
 
 Each event point is two lines: publish (or stamp) the event, then the handler's barrier, whose
 returned control the trainer keeps.
@@ -446,6 +447,10 @@ class TrainingLoop:
         if trainer.control.should_log and trainer.state.global_step > self.last_logged:
             trainer.log(self._training_logs(), self.start_time)
             self._agree_with_news("after a log entry")
+        if self._stopping(training_only=True) and (
+            trainer.control.should_evaluate or trainer.control.should_save
+        ):
+            self._flush_before_final_work()
         if trainer.control.should_evaluate:
             is_new_best = self._evaluate_during_training(track_best=True)
             if self.args.save_strategy == "best":  # agreed: rank 0's metric decides
@@ -454,6 +459,15 @@ class TrainingLoop:
         if trainer.control.should_save:
             self._save_checkpoint()
             self._agree_with_news("after a save")
+
+    def _flush_before_final_work(self) -> None:
+        """Let the sinks deliver what training published while the final evaluation, save or
+        model runs (``Bus.begin_flush``), instead of after it: the end of ``train()`` then
+        waits for that work or for the sinks, not for both in turn."""
+        trainer = self.trainer
+        trainer._flush_marks()
+        if trainer._bus is not None:
+            trainer._bus.begin_flush()
 
     def _take_loss(self) -> float:
         """The loss summed since the last log entry (mean over ranks), read once; then zero."""
@@ -572,6 +586,8 @@ class TrainingLoop:
             self._load_best_model()
         if args.save_total_limit == 1 and best is not None and args.should_save:
             ckpt.rotate_checkpoints(args.output_dir, 0, best, keep_only_best=True)
+        if trainer._bus is not None and trainer._bus.context.wants_final_model:
+            self._flush_before_final_work()  # writing the final model is a save too
         publish_final_model(trainer)  # only when a sink uploads it (trainer/_final_model.py)
         trainer._publish(TrainEnd)
         trainer.control = self.handler.on_train_end(args, state, trainer.control)
