@@ -323,6 +323,12 @@ class TrainbusCallback(_HFCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         self._ensure(args, state, kwargs)
         self._emit(Log, state, logs=plain_metrics(logs or {}))
+        last = self._in_train and 0 < state.max_steps <= state.global_step
+        if last and self._run is not None and (control.should_evaluate or control.should_save):
+            # The last step's log, and transformers evaluates or saves next: the sinks deliver
+            # meanwhile (``Bus.begin_flush``), not after that work. Without final work the close
+            # follows at once and sends the last events in one batch.
+            self._run.bus.begin_flush()
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._ensure(args, state, kwargs)
@@ -367,6 +373,7 @@ class TrainbusCallback(_HFCallback):
         if run is None or run.closed:
             return
         if run.bus.context.wants_final_model and args.should_save:
+            run.bus.begin_flush()  # writing the model is slow: deliver meanwhile
             self._publish_final_model(args, state, kwargs)
         self._emit(TrainEnd, state)
         self._finish(state, stopped=state.global_step < state.max_steps)

@@ -317,3 +317,40 @@ def wait_for_backlog(proc: subprocess.Popen[str], out: Path, *, logs: int) -> Ru
             return run_dir
         time.sleep(0.1)
     raise AssertionError(f"the run did not reach {logs} logs within two minutes")
+
+
+class _WaitInFinalEvaluation(transformers.TrainerCallback):  # type: ignore[misc]
+    """In the last step's evaluation, waits (hang guard: 60 s) until the sink holds that step's
+    loss, and records whether it did."""
+
+    def __init__(self, sink: RecordingSink, steps: int) -> None:
+        self.sink, self.steps = sink, steps
+        self.seen: bool | None = None
+
+    def _has_last_loss(self) -> bool:
+        return any(
+            isinstance(e, Log) and e.global_step == self.steps and "loss" in e.logs
+            for e in self.sink.received
+        )
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step != self.steps or self.seen is not None:
+            return
+        end = time.monotonic() + 60.0
+        while not self._has_last_loss() and time.monotonic() < end:
+            time.sleep(0.01)
+        self.seen = self._has_last_loss()
+
+
+def test_delivery_overlaps_transformers_final_evaluation(tmp_path: Path) -> None:
+    """A sink that holds its batches for an hour has the last step's loss while transformers
+    runs the final evaluation: the bridge flushed the bus at the last log; the rest follows
+    once, in order."""
+    sink = RecordingSink("slow", max_batch_latency=3600.0)
+    trainer = hf_trainer(tmp_path, TrainbusCallback(sinks=[sink]))
+    hook = _WaitInFinalEvaluation(sink, steps=4)
+    trainer.add_callback(hook)
+    trainer.train()
+    assert hook.seen is True
+    seqs = [e.seq for e in sink.received]
+    assert seqs == sorted(set(seqs)) and isinstance(sink.received[-1], RunFinished)
