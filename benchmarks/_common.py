@@ -178,6 +178,32 @@ def command_line() -> str:
 # --- statistics --------------------------------------------------------------------------------
 
 
+def wait_for_sink_processes(timeout: float = 30.0) -> None:
+    """Wait until no sink process of an earlier run is left among this process's children.
+
+    A run returns once its sink process has reported, and the child's interpreter then exits in
+    the background (``orchestrator/sink_host.py``); a benchmark that starts its next run at once
+    would time that exit against the next contender, and count its CPU in that run.
+    ``timeout`` only guards against a hang.
+    """
+    import time
+
+    import psutil
+
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        alive = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if "trainbus.orchestrator._sink_child" in " ".join(child.cmdline()):
+                    alive.append(child)
+            except psutil.Error:
+                continue
+        if not alive:
+            return
+        psutil.wait_procs(alive, timeout=0.1)
+
+
 def median(values: Sequence[float]) -> float:
     """Median, or NaN for no values (a missing figure must never look like a zero)."""
     return statistics.median(values) if values else math.nan

@@ -53,6 +53,7 @@ from benchmarks._common import (
     bench_parser,
     format_table,
     median,
+    wait_for_sink_processes,
     write_result,
 )
 from benchmarks.bench_hf import TinyBert
@@ -66,7 +67,7 @@ LATENCY_S: Final = 0.2
 """What the proxy adds to every request to MLflow."""
 TARGET: Final = 0.97
 """TrainbusCallback's steps/s over no callback's, by the step clock."""
-PLAN: Final = {"full": (100, 7), "quick": (50, 2), "smoke": (WARM_UP_STEPS + 5, 1)}
+PLAN: Final = {"full": (400, 5), "quick": (50, 2), "smoke": (WARM_UP_STEPS + 5, 1)}
 """Optimizer steps per run and rounds, by mode."""
 
 Name = Literal["none", "mlflow_callback", "trainbus_callback"]
@@ -136,6 +137,7 @@ def _train(name: Name, bert: TinyBert, steps: int, workdir: Path, uri: str) -> R
         began = time.perf_counter()
         trainer.train()
         ended = time.perf_counter()
+    wait_for_sink_processes()
     logged = tuple(int(e["step"]) for e in trainer.state.log_history if "loss" in e)
     return Run(
         wall_s=ended - began,

@@ -48,6 +48,7 @@ from benchmarks._common import (
     bench_parser,
     format_table,
     median,
+    wait_for_sink_processes,
     write_result,
 )
 from benchmarks._contenders import _with_env
@@ -126,18 +127,25 @@ def _moved_contender(name: str, env: Mapping[str, str], root: Path) -> str:
     return name + (IN_TRAINING_PROCESS if sink.prefers_sink_process else IN_SINK_PROCESS)
 
 
-def _child_cpu_s() -> float:
-    """CPU seconds of every live descendant process (the SDKs' helpers), user + system."""
+def _child_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) of every live descendant process (the sink process, the
+    SDKs' helpers), by pid."""
     import psutil
 
-    total = 0.0
+    seconds = {}
     for child in psutil.Process().children(recursive=True):
         try:
             times = child.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        seconds[child.pid] = times.user + times.system
+    return seconds
+
+
+def _cpu_between(start: Mapping[int, float], end: Mapping[int, float]) -> float:
+    """CPU seconds the descendants alive at ``end`` spent since ``start`` (one started since
+    counts from zero)."""
+    return sum(seconds - start.get(pid, 0.0) for pid, seconds in end.items())
 
 
 def _train(
@@ -156,7 +164,7 @@ def _train(
     run.mkdir()
     stamps: list[float] = []
     cpu: list[float] = []
-    child_cpu: list[float] = []
+    child_cpu: list[dict[int, float]] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -194,6 +202,7 @@ def _train(
         ),
     )
     returned = time.perf_counter()
+    wait_for_sink_processes()
     timed = stamps[WARMUP_STEPS:]
     window = timed[-1] - timed[0]
     return {
@@ -201,7 +210,7 @@ def _train(
         "steps": len(stamps),
         "steps_per_s": (len(timed) - 1) / window,
         "train_process_cpu_us_per_step": 1e6 * (cpu[-1] - cpu[WARMUP_STEPS]) / (len(timed) - 1),
-        "sdk_process_cpu_pct": 100 * (child_cpu[-1] - child_cpu[0]) / window,
+        "sdk_process_cpu_pct": 100 * _cpu_between(child_cpu[0], child_cpu[-1]) / window,
         "flush_s": returned - stamps[-1],
     }
 

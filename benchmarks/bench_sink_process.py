@@ -40,6 +40,7 @@ from benchmarks._common import (
     bench_parser,
     format_table,
     median,
+    wait_for_sink_processes,
     write_result,
 )
 from benchmarks._contenders import _with_env
@@ -129,6 +130,7 @@ def _train(stage: Stage, contender: Contender, seconds: float) -> dict[str, Any]
             )
         ),
     )
+    wait_for_sink_processes()
     timed = stamps[WARMUP_STEPS:]
     return {
         "contender": contender.name,

@@ -46,6 +46,7 @@ from benchmarks._common import (
     bench_parser,
     format_table,
     median,
+    wait_for_sink_processes,
     write_result,
 )
 from benchmarks._proxy import LatencyProxy
@@ -127,6 +128,7 @@ def run_case(
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     returned = time.perf_counter()
+    wait_for_sink_processes()
     with httpx.Client(base_url=proxy_url, timeout=30) as client:
         trips = []
         for _ in range(5):

@@ -27,6 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 from tests.orchestrator.test_kill_sync import log_count, sync  # noqa: E402
+from tests.support.kill_job import kill_job  # noqa: E402
 from tests.support.tiny_bert import tiny_bert  # noqa: E402
 from trainbus import TrainbusCallback  # noqa: E402
 from trainbus.bus._cursor import CursorStore  # noqa: E402
@@ -288,8 +289,7 @@ def test_sync_completes_mlflow_after_sigkill(tmp_path: Path, mlflow_server: Any)
         try:
             run_dir = wait_for_backlog(proc, out, logs=60)
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
+            kill_job(proc, out)  # the trainer and the sink process: the whole job
     last = JournalReader(run_dir.journal_path).last_seq()
     assert CursorStore(run_dir.cursor_dir).read("mlflow") < last  # behind at the kill
     assert run_dir.read_record().status == "running"

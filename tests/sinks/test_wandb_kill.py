@@ -9,9 +9,7 @@ sync`` hands the SDK the rest again, into the same W&B run (a second offline dir
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ import pytest
 
 from tests.orchestrator.test_kill_sync import CONFIG, log_count, sync
 from tests.sinks.test_wandb import OFFLINE_ENV, OfflineRun
+from tests.support.kill_job import kill_job
 from trainbus.bus._cursor import CursorStore
 from trainbus.bus._events import Log
 from trainbus.bus._journal import JournalReader
@@ -60,34 +59,7 @@ def _kill_job_after(tmp_path: Path, env: dict[str, str], *, logs: int) -> RunDir
             time.sleep(0.1)
         raise AssertionError(f"the run did not reach {logs} logs on disk within the guard")
     finally:
-        _kill_sessions(tmp_path, proc)
-
-
-def _kill_sessions(tmp_path: Path, proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the sink process's session (it holds W&B's service), then the trainer's: the
-    whole job at once, as when its machine goes down. The sink process alone would otherwise
-    finish the W&B run cleanly once the trainer is gone."""
-    try:
-        sink_pid = find_run_dir(tmp_path / "out").read_record().sink_pid
-    except (ValueError, OSError):
-        sink_pid = None
-    if sink_pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(sink_pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    if sink_pid is not None:  # not our child: wait until it is gone (a hang guard bounds it)
-        give_up = time.monotonic() + 30
-        while _alive(sink_pid) and time.monotonic() < give_up:
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        kill_job(proc, tmp_path / "out")
 
 
 @pytest.mark.slow
