@@ -213,7 +213,7 @@ async def test_restart_resumes_the_run_without_duplicate_points(
     # Each part on disk in full when its sink returned: a missing point below is then the
     # sink's, not a read racing the service's last write.
     assert not [e for e in logs if "still incomplete" in e["event"]]
-    run = OfflineRun(tmp_path)
+    run = OfflineRun(tmp_path, wait=False)  # as the sinks left it
     assert run.complete == [True, True]
     assert {r.run_id for r in run.runs} == {ids[0]}
     assert [s for s, _ in run.series("train/loss")] == list(range(1, 13))
